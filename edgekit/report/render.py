@@ -1,0 +1,133 @@
+"""Renderers: they only read a report dict. Terminal table (rich), Markdown, and HTML."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.table import Table
+
+COLUMNS = (
+    # header, function(variant) -> text
+    ("variant", lambda v: v["name"]),
+    ("size", lambda v: _size(v["size_bytes"])),
+    ("p50 ms", lambda v: _latency(v, "p50")),
+    ("p90 ms", lambda v: _latency(v, "p90")),
+    ("vs base", lambda v: _relative(v)),
+    ("peak RSS", lambda v: _size((v["memory"] or {}).get("peak_rss_bytes"))),
+    ("cos min", lambda v: _num((v["accuracy"] or {}).get("cosine_min"), ".5f")),
+    ("max |err|", lambda v: _num((v["accuracy"] or {}).get("max_abs_err"), ".2e")),
+    ("top-1 agree", lambda v: _pct((v["accuracy"] or {}).get("top1_agreement"))),
+    ("task acc", lambda v: _pct((v["accuracy"] or {}).get("task_accuracy"))),
+)
+
+NOT_MEASURED = "—"
+
+
+def _size(n):
+    if n is None:
+        return NOT_MEASURED
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+
+
+def _num(x, fmt):
+    return NOT_MEASURED if x is None else format(x, fmt)
+
+
+def _pct(x):
+    return NOT_MEASURED if x is None else f"{100 * x:.1f}%"
+
+
+def _latency(variant, key):
+    latency = variant["latency_ms"] or {}
+    value = latency.get(key)
+    return NOT_MEASURED if value is None else f"{value:.3f}"
+
+
+def _relative(variant):
+    rel = variant.get("relative")
+    if not rel or rel.get("speedup") is None:
+        return "base" if variant.get("latency_ms") and rel is None else NOT_MEASURED
+    lo, hi = rel.get("ci95") or (None, None)
+    text = f"{rel['speedup']:.2f}x"
+    if lo is not None and hi is not None:
+        text += f" ±{(hi - lo) / 2:.2f}"
+    return text
+
+
+def rows(report: dict) -> list[list[str]]:
+    return [[fn(v) for _, fn in COLUMNS] for v in report["variants"]]
+
+
+def _errors_and_notes(report: dict) -> list[str]:
+    lines = []
+    for v in report["variants"]:
+        if v.get("error"):
+            lines.append(f"{v['name']}: FAILED: {v['error']}")
+        for note in v.get("notes") or []:
+            lines.append(f"{v['name']}: {note}")
+    return lines
+
+
+def terminal(report: dict, console: Console | None = None) -> None:
+    console = console or Console()
+    table = Table(title=f"edgekit {report['command']} — {_title(report)}", title_justify="left")
+    for header, _ in COLUMNS:
+        table.add_column(header, justify="left" if header == "variant" else "right")
+    for row in rows(report):
+        table.add_row(*row)
+    console.print(table)
+    console.print(f"[dim]{_device_line(report)}[/dim]")
+    for line in _errors_and_notes(report):
+        console.print(f"  {line}", style="red" if "FAILED" in line else None, highlight=False)
+    for warning in report.get("warnings") or []:
+        console.print(f"[yellow]warning:[/yellow] {warning}", highlight=False)
+    rec = report.get("recommendation")
+    if rec:
+        console.print(f"[bold]recommended:[/bold] {rec['variant']} — {rec['reason']}", highlight=False)
+
+
+def _title(report: dict) -> str:
+    source = report.get("source") or {}
+    return source.get("path") or ", ".join(v["name"] for v in report["variants"])
+
+
+def _device_line(report: dict) -> str:
+    d = report.get("device") or {}
+    s = report.get("settings") or {}
+    return (
+        f"device: {d.get('cpu')} ({d.get('arch')}, {d.get('cores')} cores) · "
+        f"onnxruntime {d.get('onnxruntime')} · threads {s.get('intra_op_threads')}"
+    )
+
+
+def markdown(report: dict) -> str:
+    headers = [h for h, _ in COLUMNS]
+    lines = [f"# edgekit {report['command']} report", "", f"Model: `{_title(report)}`", ""]
+    rec = report.get("recommendation")
+    if rec:
+        lines += [f"**Recommended: `{rec['variant']}`** — {rec['reason']}", ""]
+    lines += ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows(report)]
+    lines += ["", f"_{_device_line(report)}_", ""]
+    notes = _errors_and_notes(report)
+    if notes:
+        lines += ["## Notes", ""] + [f"- {n}" for n in notes] + [""]
+    warnings = report.get("warnings") or []
+    if warnings:
+        lines += ["## Warnings", ""] + [f"- {w}" for w in warnings] + [""]
+    lines += [
+        f"{NOT_MEASURED} = not measured; `report.json` says why under each variant's `unmeasured`.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def html(report: dict) -> str | None:
+    """The self-contained HTML page (edgekit.report.html), or None where it is not available."""
+    try:
+        from edgekit.report import html as html_page
+    except ImportError:
+        return None
+    return html_page.render(report)

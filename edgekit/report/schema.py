@@ -1,0 +1,100 @@
+"""The report contract (docs/report-schema.md): building a report and writing it out atomically.
+Torch-free: the device side writes reports too."""
+
+from __future__ import annotations
+
+import json
+import math
+from datetime import datetime, timezone
+from pathlib import Path
+
+from edgekit import __version__
+from edgekit.fsutil import atomic_write_text
+
+SCHEMA_VERSION = 1
+REPORT_KIND = "edgekit-report"
+
+# Every variant row has all of these keys, so scripts can index without guarding.
+VARIANT_KEYS = (
+    "name",
+    "parent",
+    "passes",
+    "file",
+    "size_bytes",
+    "sha256",
+    "latency_ms",
+    "cold_start",
+    "relative",
+    "memory",
+    "accuracy",
+    "notes",
+    "unmeasured",
+    "error",
+)
+
+
+def new_variant(name: str, **fields) -> dict:
+    """A variant row with every contract key present; unknown keys are refused to catch typos."""
+    unknown = set(fields) - set(VARIANT_KEYS)
+    if unknown:
+        raise ValueError(f"not report variant fields: {sorted(unknown)}")
+    row = {key: None for key in VARIANT_KEYS}
+    row.update(name=name, passes=[], notes=[], unmeasured={})
+    row.update(fields)
+    return row
+
+
+def new_report(command: str, **fields) -> dict:
+    report = {
+        "schema_version": SCHEMA_VERSION,
+        "kind": REPORT_KIND,
+        "edgekit_version": __version__,
+        "command": command,
+        "created_utc": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "source": None,
+        "inputs": [],
+        "data": None,
+        "device": {},
+        "settings": {},
+        "variants": [],
+        "recommendation": None,
+        "warnings": [],
+    }
+    report.update(fields)
+    return report
+
+
+def _clean(value):
+    """JSON has no NaN or infinity: an unmeasurable float becomes null, never a made-up number."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    if hasattr(value, "item") and callable(value.item):  # numpy scalars
+        return _clean(value.item())
+    return value
+
+
+def to_json(report: dict) -> str:
+    return json.dumps(_clean(report), indent=2, allow_nan=False) + "\n"
+
+
+def write_outputs(report: dict, out_dir: Path) -> list[Path]:
+    """Write report.json, report.md and report.html into `out_dir`, each atomically."""
+    from edgekit.report import render
+
+    out_dir = Path(out_dir)
+    outputs = {
+        "report.json": to_json(report),
+        "report.md": render.markdown(report),
+    }
+    html = render.html(report)
+    if html is not None:
+        outputs["report.html"] = html
+    written = []
+    for name, text in outputs.items():
+        atomic_write_text(out_dir / name, text)
+        written.append(out_dir / name)
+    return written
