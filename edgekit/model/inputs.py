@@ -60,7 +60,9 @@ def parse_input_spec(text: str) -> InputSpec:
         )
     shape = tuple(int(d) for d in match["shape"].split("x"))
     if any(d <= 0 for d in shape):
-        raise EdgekitError(f"The input spec {text!r} has a zero-sized axis; every axis must be >= 1.")
+        raise EdgekitError(
+            f"The input spec {text!r} has a zero-sized axis; every axis must be >= 1."
+        )
     is_int = np.issubdtype(np.dtype(dtype), np.integer)
     default_high = 100.0 if is_int else 1.0
     low = float(match["low"]) if match["low"] is not None else 0.0
@@ -127,7 +129,9 @@ def load_npz(path: Path) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
     Never unpickles: object arrays are refused."""
     path = Path(path)
     if not path.is_file():
-        raise EdgekitError(f"The data file {path} does not exist. Pass an existing .npz file to --data.")
+        raise EdgekitError(
+            f"The data file {path} does not exist. Pass an existing .npz file to --data."
+        )
     try:
         with np.load(path, allow_pickle=False) as archive:
             arrays = {key: archive[key] for key in archive.files}
@@ -154,8 +158,12 @@ def specs_from_data(arrays: dict[str, np.ndarray]) -> list[InputSpec]:
     for name, array in arrays.items():
         dtype = str(array.dtype)
         if dtype not in SUPPORTED_DTYPES:
-            raise EdgekitError(f"The data array {name!r} has dtype {dtype}, which is not supported.")
-        low, high = (float(array.min()), float(array.max())) if array.size else _default_range(dtype)
+            raise EdgekitError(
+                f"The data array {name!r} has dtype {dtype}, which is not supported."
+            )
+        low, high = (
+            (float(array.min()), float(array.max())) if array.size else _default_range(dtype)
+        )
         if high <= low:
             high = low + 1
         specs.append(InputSpec(name, (1, *array.shape[1:]), dtype, low, high))

@@ -85,7 +85,9 @@ def terminal(report: dict, console: Console | None = None) -> None:
         console.print(f"[yellow]warning:[/yellow] {warning}", highlight=False)
     rec = report.get("recommendation")
     if rec:
-        console.print(f"[bold]recommended:[/bold] {rec['variant']} — {rec['reason']}", highlight=False)
+        console.print(
+            f"[bold]recommended:[/bold] {rec['variant']} — {rec['reason']}", highlight=False
+        )
 
 
 def _title(report: dict) -> str:

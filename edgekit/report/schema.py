@@ -57,6 +57,8 @@ def new_report(command: str, **fields) -> dict:
         "device": {},
         "settings": {},
         "variants": [],
+        "budget": None,
+        "notes": [],
         "recommendation": None,
         "warnings": [],
     }

@@ -1,0 +1,213 @@
+"""`optimize()`: what the CLI and Python users call to turn a model file into a measured report.
+
+model file ─load─▶ LoadedModel + InputSpecs ─export─▶ fp32 ─simplify · quantize─▶ variants
+  ─accuracy vs the float model─▶ drift ─bench (worker processes, interleaved)─▶ latency, memory
+  ─recommend─▶ report
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from edgekit.accuracy import drift, is_classifier_output, run_onnx
+from edgekit.errors import EdgekitError
+from edgekit.fsutil import sha256_file
+from edgekit.model.inputs import (
+    InputSpec,
+    check_data_matches,
+    generate_samples,
+    load_npz,
+    parse_input_spec,
+    specs_from_data,
+)
+from edgekit.passes import PassContext, Variant
+from edgekit.recommend import Budget, default_budget, recommend
+from edgekit.report.schema import new_report, new_variant, write_outputs
+
+GENERATED_SAMPLES = 32  # random inputs for drift when no --data is given
+PARITY_SAMPLES = 16
+
+
+@dataclass
+class OptimizeOptions:
+    arch: str | None = None
+    code: Sequence[str] = ()
+    trust_pickle: bool = False
+    inputs: Sequence[str] = ()  # --input specs as text
+    data: Path | None = None
+    out_dir: Path | None = None  # default: <model>.edgekit beside the model
+    budget: Budget | None = None  # default: by output kind
+    threads: list[int] | None = None
+    min_time: float = 2.0
+    max_time: float = 10.0
+
+
+@contextlib.contextmanager
+def _no_progress(message: str) -> Iterator[Callable[[str], None]]:
+    """The default `step`: `with step("what") as update:` where update(text) reports progress."""
+    yield lambda text: None
+
+
+def default_out_dir(model_path: Path) -> Path:
+    return model_path.with_name(model_path.name.split(".")[0] + ".edgekit")
+
+
+def optimize(model_path: Path, options: OptimizeOptions, step=_no_progress) -> dict:
+    """Run the whole pipeline; returns the report (also written to the output folder).
+    Bad input raises EdgekitError before anything is written; a failing pass or benchmark
+    becomes an error row. Earlier outputs in the folder are replaced only at the very end."""
+    from edgekit.model.export import check_parity, export_onnx, torch_outputs
+    from edgekit.model.load import load_model
+    from edgekit.passes.quantize import int8_variants
+    from edgekit.passes.simplify import simplify
+
+    model_path = Path(model_path)
+    out_dir = Path(options.out_dir or default_out_dir(model_path))
+    with step("loading the model"):
+        loaded = load_model(
+            model_path, arch=options.arch, code=options.code, trust_pickle=options.trust_pickle
+        )
+    arrays, labels = load_npz(options.data) if options.data else (None, None)
+    specs = _input_specs(options.inputs, loaded.input_specs, arrays)
+    if arrays is not None:
+        check_data_matches(specs, arrays, str(options.data))
+        feeds = {s.name: arrays[s.name] for s in specs}
+    else:
+        feeds = generate_samples(specs, GENERATED_SAMPLES)
+
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".edgekit-staging-", dir=out_dir.parent))
+    try:
+        fp32 = Variant("fp32", staging / "fp32.onnx")
+        if loaded.format == "onnx":
+            shutil.copyfile(loaded.path, fp32.path)
+            fp32.passes.append({"name": "load-onnx", "settings": {}})
+            fp32.notes.append("the source is ONNX: drift is measured against it")
+            reference = run_onnx(fp32.path, feeds)
+        else:
+            with step("exporting to ONNX"):
+                export = export_onnx(loaded, specs, fp32.path)
+                parity_feeds = {k: v[:PARITY_SAMPLES] for k, v in feeds.items()}
+                parity = check_parity(loaded, fp32.path, parity_feeds)
+            fp32.passes.append({"name": "export", "settings": export})
+            fp32.notes.append(
+                f"export parity vs torch: max |err| {parity['max_abs_err']:.2e}, "
+                f"mean {parity['mean_abs_err']:.2e} ({export['exporter']} exporter, "
+                f"opset {export['opset']})"
+            )
+            fp32.notes += export.get("notes", [])
+            with step("running the torch model for reference outputs"):
+                reference = torch_outputs(loaded, feeds)
+
+        budget = options.budget or default_budget(
+            is_classifier_output(reference), labels is not None
+        )
+        ctx = PassContext(
+            staging=staging,
+            feeds=feeds,
+            labels=labels,
+            reference=reference,
+            data_is_real=arrays is not None,
+            budget=budget,
+            step=step,
+        )
+        variants = [fp32]
+        with step("simplifying with onnxsim"):
+            simplified = simplify(fp32, ctx)
+        variants.append(simplified)
+        quant_parent = fp32 if simplified.error else simplified
+        variants += int8_variants(quant_parent, ctx)
+
+        with step("measuring accuracy"):
+            rows = {v.name: _variant_row(v, reference, feeds, labels) for v in variants}
+        measured = [v for v in variants if v.error is None]
+        bench_result = _bench(measured, feeds, specs, options, step)
+        for name, result in bench_result.variants.items():
+            row = rows[name]
+            for key in ("latency_ms", "cold_start", "relative", "memory"):
+                row[key] = result.get(key)
+            row["notes"] += result.get("notes") or []
+            row["unmeasured"].update(result.get("unmeasured") or {})
+            row["error"] = row["error"] or result.get("error")
+
+        variant_rows = list(rows.values())
+        report = new_report(
+            "optimize",
+            source={"path": str(model_path), "format": loaded.format, "sha256": loaded.sha256},
+            inputs=[s.to_json() for s in specs],
+            data={
+                "path": str(options.data) if options.data else None,
+                "samples": len(next(iter(feeds.values()))),
+                "labels": labels is not None,
+                "generated": arrays is None,
+            },
+            device=bench_result.device,
+            settings=bench_result.settings,
+            variants=variant_rows,
+            budget=str(budget),
+            notes=ctx.notes,
+            recommendation=recommend(variant_rows, "fp32", budget),
+            warnings=list(bench_result.warnings),
+        )
+        _publish([v.path for v in measured], out_dir)
+        write_outputs(report, out_dir)
+        return report
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _input_specs(
+    texts: Sequence[str], from_file: list[InputSpec] | None, arrays: dict | None
+) -> list[InputSpec]:
+    """--input wins; then shapes the file carries; then the shapes of the --data arrays."""
+    if texts:
+        return [parse_input_spec(t) for t in texts]
+    if from_file:
+        return from_file
+    if arrays is not None:
+        return specs_from_data(arrays)
+    raise EdgekitError(
+        "This model file does not say what input it takes. Give its shape with "
+        "`--input NAME:1x3x224x224:float32` (repeat for several inputs), or pass real samples "
+        "with `--data FILE.npz` (arrays named after the inputs)."
+    )
+
+
+def _variant_row(v: Variant, reference, feeds, labels) -> dict:
+    row = new_variant(v.name, parent=v.parent, passes=v.passes, notes=list(v.notes), error=v.error)
+    row.update(v.extra)
+    if v.error:
+        return row
+    row.update(file=v.path.name, size_bytes=v.path.stat().st_size, sha256=sha256_file(v.path))
+    try:
+        accuracy, unmeasured = drift(reference, run_onnx(v.path, feeds), labels)
+    except Exception as exc:  # onnxruntime refuses the model: a row with the reason
+        row["error"] = f"onnxruntime could not run this variant: {exc}"
+        return row
+    row["accuracy"] = accuracy
+    row["unmeasured"].update(unmeasured)
+    return row
+
+
+def _bench(variants: list[Variant], feeds, specs: list[InputSpec], options, step):
+    from edgekit.bench import BenchOptions, measure
+
+    batch = {s.name: feeds[s.name][: s.shape[0]] for s in specs}
+    bench_options = BenchOptions(
+        threads=options.threads, min_time=options.min_time, max_time=options.max_time
+    )
+    with step("benchmarking " + ", ".join(v.name for v in variants)) as update:
+        return measure({v.name: v.path for v in variants}, batch, bench_options, progress=update)
+
+
+def _publish(files: list[Path], out_dir: Path) -> None:
+    """Move the finished variant files into the output folder (a rename on the same disk)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for path in files:
+        os.replace(path, out_dir / path.name)
