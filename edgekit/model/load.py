@@ -1,0 +1,434 @@
+"""Model file → torch object. The format is detected from the file's bytes, never its name.
+
+Formats: TorchScript archive (torch.jit.save), torch.export program (.pt2), torch.save of a
+state_dict (needs `arch`), torch.save of a whole module (needs `trust_pickle`), ONNX.
+Every bad input becomes an EdgekitError with one paragraph saying what to do.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+import pickle
+import sys
+import types
+import warnings
+import zipfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edgekit.errors import EdgekitError
+from edgekit.fsutil import sha256_file
+from edgekit.model.inputs import InputSpec, specs_from_onnx
+
+FORMATS = ("torchscript", "exported_program", "pickled_module", "state_dict", "onnx")
+_ZIP_MAGIC = b"PK\x03\x04"
+_SAVE_HINT = (
+    "edgekit reads TorchScript (torch.jit.save), torch.export programs (torch.export.save), "
+    "torch.save files (a state_dict with --arch, or a whole module with --trust-pickle) and ONNX."
+)
+# Keys under which training scripts commonly nest the weights in a checkpoint dict.
+_CHECKPOINT_KEYS = ("state_dict", "model_state_dict", "model", "net", "module")
+
+
+@dataclass
+class LoadedModel:
+    path: Path
+    format: str  # one of FORMATS
+    sha256: str
+    module: Any | None  # nn.Module / ScriptModule / ExportedProgram; None for onnx
+    input_specs: list[InputSpec] | None  # when the file carries shapes (onnx, .pt2)
+    notes: list[str] = field(default_factory=list)
+
+
+def load_model(
+    path,
+    *,
+    arch: str | None = None,
+    code: Sequence[str] = (),
+    trust_pickle: bool = False,
+) -> LoadedModel:
+    path = Path(path)
+    _check_readable(path)
+    sha = sha256_file(path)
+    with open(path, "rb") as handle:
+        head = handle.read(16)
+
+    if head.startswith(_ZIP_MAGIC):
+        names = _zip_names(path)
+        if any(n.endswith("archive_format") for n in names):
+            return _load_pt2(path, sha)
+        if any(n.endswith("constants.pkl") or "/code/" in n for n in names):
+            return _load_torchscript(path, sha)
+        if any(n.endswith("data.pkl") for n in names):
+            return _load_torch_save(path, sha, arch, code, trust_pickle)
+        raise _not_a_model(path, f"it is a zip archive of other files ({_preview(names)})")
+    if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
+        # A pickle: torch.save's legacy (non-zip) format.
+        return _load_torch_save(path, sha, arch, code, trust_pickle)
+    return _load_onnx(path, sha, head)
+
+
+# ---------------------------------------------------------------------------- per format
+
+
+def _load_torchscript(path: Path, sha: str) -> LoadedModel:
+    import torch
+
+    try:
+        with warnings.catch_warnings():  # torch 2.10+ calls torch.jit deprecated; it still works
+            warnings.simplefilter("ignore")
+            module = torch.jit.load(str(path), map_location="cpu")
+    except Exception as exc:  # torch raises RuntimeError for anything corrupt inside
+        raise _corrupt(path, "TorchScript archive", exc) from None
+    module.eval()
+    return LoadedModel(path, "torchscript", sha, module, None)
+
+
+def _load_pt2(path: Path, sha: str) -> LoadedModel:
+    import torch
+
+    try:
+        program = torch.export.load(str(path))
+    except Exception as exc:
+        raise _corrupt(path, "torch.export program (.pt2)", exc) from None
+    return LoadedModel(path, "exported_program", sha, program, _specs_from_program(program))
+
+
+def _specs_from_program(program) -> list[InputSpec] | None:
+    import torch
+
+    args, kwargs = program.example_inputs or ((), {})
+    names = list(program.graph_signature.user_inputs)
+    tensors = [*args, *kwargs.values()]
+    if not tensors or len(names) != len(tensors):
+        return None
+    specs = []
+    for name, tensor in zip(names, tensors, strict=True):
+        if not isinstance(tensor, torch.Tensor):
+            return None
+        dtype = str(tensor.dtype).removeprefix("torch.")
+        if tensor.dtype.is_floating_point:
+            low, high = 0.0, 1.0
+        else:  # token ids and the like: stay inside the range the example used
+            low, high = 0.0, float(tensor.max()) + 1 if tensor.numel() else 100.0
+        specs.append(InputSpec(name, (1, *tensor.shape[1:]), dtype, low, high))
+    return specs
+
+
+def _load_torch_save(path, sha, arch, code, trust_pickle) -> LoadedModel:
+    import torch
+
+    try:
+        obj = torch.load(str(path), weights_only=True, map_location="cpu")
+    except pickle.UnpicklingError as exc:
+        if "global" not in str(exc).lower():
+            raise _corrupt(path, "torch.save file", exc) from None
+        return _load_pickled_module(path, sha, code, trust_pickle)
+    except Exception as exc:
+        raise _corrupt(path, "torch.save file", exc) from None
+
+    state_dict = _find_state_dict(obj)
+    if state_dict is None:
+        raise _not_a_model(
+            path, f"it is a torch.save file holding a {type(obj).__name__}, not model weights"
+        )
+    if arch is None:
+        raise EdgekitError(
+            f"{path} holds only weights (a state_dict with {len(state_dict)} tensors) and no "
+            "architecture. Tell edgekit how to build the model with `--arch module:Factory` or "
+            "`--arch path/to/file.py:Factory`, where Factory is a class or function that takes no "
+            "arguments and returns the nn.Module these weights belong to."
+        )
+    module = _build_arch(arch)
+    _load_weights(module, state_dict, path, arch)
+    module.eval()
+    return LoadedModel(path, "state_dict", sha, module, None)
+
+
+def _find_state_dict(obj) -> dict | None:
+    """The weights in a plain state_dict or in a common checkpoint dict; None if neither."""
+    import torch
+
+    def is_state_dict(value) -> bool:
+        return (
+            isinstance(value, dict)
+            and bool(value)
+            and all(isinstance(k, str) for k in value)
+            and all(isinstance(v, torch.Tensor) for v in value.values())
+        )
+
+    if is_state_dict(obj):
+        found = obj
+    elif isinstance(obj, dict):
+        found = next((obj[k] for k in _CHECKPOINT_KEYS if is_state_dict(obj.get(k))), None)
+        if found is None:
+            return None
+    else:
+        return None
+    # nn.DataParallel / DistributedDataParallel save every key under "module.".
+    if all(k.startswith("module.") for k in found):
+        found = {k.removeprefix("module."): v for k, v in found.items()}
+    return found
+
+
+def _load_weights(module, state_dict: dict, path: Path, arch: str) -> None:
+    expected = module.state_dict().keys()
+    missing = [k for k in expected if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in expected]
+    fix = "Point --arch at the exact architecture (and settings) the weights were trained with."
+    if missing or unexpected:
+        raise EdgekitError(
+            f"The weights in {path} do not fit the model built by --arch {arch}: "
+            f"{len(missing)} missing key(s) {_preview(missing)} and "
+            f"{len(unexpected)} unexpected key(s) {_preview(unexpected)}. {fix}"
+        )
+    try:
+        module.load_state_dict(state_dict, strict=True)
+    except RuntimeError as exc:  # same keys, different shapes
+        detail = " ".join(str(exc).split())[:400]
+        raise EdgekitError(
+            f"The weights in {path} do not fit the model built by --arch {arch}: {detail}. {fix}"
+        ) from None
+
+
+def _load_pickled_module(path, sha, code, trust_pickle) -> LoadedModel:
+    import torch
+
+    needed = _unsafe_globals(path)
+    needs = f" (it needs {_preview(needed)})" if needed else ""
+    if not trust_pickle:
+        raise EdgekitError(
+            f"{path} holds a pickled Python object{needs}, such as a whole model saved with "
+            "torch.save(model). Loading it means unpickling, which runs code from the file. Pass "
+            "--trust-pickle only if you trust where the file came from, together with "
+            "--code path/to/file.py (or a module path) so the model's class is importable. Safer: "
+            "save model.state_dict() and use --arch, or save with torch.jit.save / torch.export.save."
+        )
+    code_modules = [_import_code(item) for item in code]
+    try:
+        obj = torch.load(
+            str(path),
+            weights_only=False,
+            map_location="cpu",
+            pickle_module=_pickle_with_fallback(code_modules),
+        )
+    except (ImportError, AttributeError) as exc:
+        raise EdgekitError(
+            f"{path} is a pickled model whose class cannot be imported ({exc}){needs}. Pass the "
+            "Python file that defines the class with --code path/to/file.py (or its module path, "
+            "e.g. --code mypackage.models), so unpickling can find it."
+        ) from None
+    except Exception as exc:
+        raise _corrupt(path, "pickled torch.save file", exc) from None
+
+    if isinstance(obj, dict):  # a checkpoint that nests the whole module
+        obj = next(
+            (obj[k] for k in _CHECKPOINT_KEYS if isinstance(obj.get(k), torch.nn.Module)), obj
+        )
+    if not isinstance(obj, torch.nn.Module):
+        raise _not_a_model(path, f"it unpickles to a {type(obj).__name__}, not an nn.Module")
+    obj.eval()
+    return LoadedModel(path, "pickled_module", sha, obj, None)
+
+
+def _unsafe_globals(path: Path) -> list[str]:
+    import torch
+
+    try:  # reads the pickle's opcodes without running them (zip format only)
+        globals_ = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
+    except Exception:
+        return []
+    return [g for g in globals_ if not g.startswith("torch.")]
+
+
+def _pickle_with_fallback(code_modules: list[types.ModuleType]) -> types.ModuleType:
+    """A `pickle` stand-in for torch.load: classes pickled from a module that is not importable
+    under that name (often `__main__`, or a script run from another folder) are looked up in the
+    --code modules by class name."""
+
+    class Unpickler(pickle.Unpickler):
+        def find_class(self, module_name, name):
+            try:
+                return super().find_class(module_name, name)
+            except (ImportError, AttributeError):
+                for module in code_modules:
+                    if hasattr(module, name):
+                        return getattr(module, name)
+                raise
+
+    shim = types.ModuleType("edgekit_pickle")
+    shim.__dict__.update({k: getattr(pickle, k) for k in dir(pickle) if not k.startswith("__")})
+    shim.Unpickler = Unpickler
+    shim.load = lambda file, **kw: Unpickler(file, **kw).load()
+    return shim
+
+
+def _load_onnx(path: Path, sha: str, head: bytes) -> LoadedModel:
+    import onnx
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+        parsed = model.ir_version > 0 and len(model.graph.node) > 0
+    except Exception:
+        parsed = False
+    if not parsed:
+        # torch and most tools write ir_version first: field 1, varint (0x08).
+        if head[:1] == b"\x08":
+            raise EdgekitError(
+                f"{path} starts like an ONNX model but cannot be parsed: it is probably truncated "
+                "or corrupt (an interrupted download or copy?). Copy or export the file again."
+            )
+        raise _not_a_model(path, "its contents are not a model format edgekit knows")
+    try:
+        onnx.checker.check_model(str(path))
+    except Exception as exc:
+        detail = " ".join(str(exc).split())[:400]
+        raise EdgekitError(
+            f"{path} is an ONNX model that fails ONNX's checker ({detail}). If it uses external "
+            "data, keep the data file next to it; otherwise export it again."
+        ) from None
+    try:
+        specs = specs_from_onnx(path)
+    except EdgekitError:
+        raise
+    except Exception as exc:  # onnxruntime refuses it (unknown op, bad opset, ...)
+        detail = " ".join(str(exc).split())[:400]
+        raise EdgekitError(
+            f"{path} is a valid ONNX model, but onnxruntime cannot load it ({detail}). "
+            "Export it again with an opset and ops that onnxruntime supports."
+        ) from None
+    return LoadedModel(path, "onnx", sha, None, specs)
+
+
+# ---------------------------------------------------------------------------- arch and code
+
+
+def _build_arch(arch: str):
+    import torch
+
+    target, sep, factory_name = arch.rpartition(":")
+    if not sep or not target or not factory_name.isidentifier():
+        raise EdgekitError(
+            f"Cannot read --arch {arch!r}. Write it as `package.module:Factory` or "
+            "`path/to/file.py:Factory`, where Factory builds the model with no arguments."
+        )
+    module = _import_code(target, flag="--arch")
+    factory = getattr(module, factory_name, None)
+    if not callable(factory):
+        raise EdgekitError(
+            f"--arch {arch}: {target} has no class or function named {factory_name!r}. "
+            f"Check the spelling; it must be defined at the top level of {target}."
+        )
+    try:
+        model = factory()
+    except Exception as exc:
+        raise EdgekitError(
+            f"--arch {arch}: calling {factory_name}() failed ({type(exc).__name__}: {exc}). "
+            "The factory must build the model with no arguments; wrap it in a function that "
+            "passes the settings the weights were trained with."
+        ) from None
+    if not isinstance(model, torch.nn.Module):
+        raise EdgekitError(
+            f"--arch {arch}: {factory_name}() returned a {type(model).__name__}, not a "
+            "torch.nn.Module. Point --arch at a class or function that returns the model."
+        )
+    return model
+
+
+def _import_code(target: str, flag: str = "--code") -> types.ModuleType:
+    """Import a .py file path or a dotted module name; any failure becomes a clear error."""
+    is_file = target.endswith(".py") or "/" in target or "\\" in target
+    try:
+        if is_file:
+            return _import_file(Path(target), flag)
+        if os.getcwd() not in sys.path:  # the `edgekit` console script leaves it out
+            sys.path.insert(0, os.getcwd())
+        return importlib.import_module(target)
+    except EdgekitError:
+        raise
+    except Exception as exc:
+        what = "file" if is_file else "module"
+        raise EdgekitError(
+            f"{flag} {target}: importing the {what} failed ({type(exc).__name__}: {exc}). "
+            "Check the path or module name, and that the packages it imports are installed "
+            "(a module name must be importable from the current directory or installed)."
+        ) from None
+
+
+def _import_file(file: Path, flag: str) -> types.ModuleType:
+    file = file.resolve()
+    if not file.is_file():
+        raise EdgekitError(f"{flag} {file}: there is no such file. Give the path of a .py file.")
+    # Import under the file's own name (how a pickle made from `import mymodels` refers to it),
+    # unless that name is taken; sibling imports work because its folder joins sys.path.
+    name = file.stem if file.stem.isidentifier() else "edgekit_code"
+    existing = sys.modules.get(name)
+    if existing is not None:
+        if Path(getattr(existing, "__file__", "") or "").resolve() == file:
+            return existing
+        name = f"edgekit_code_{abs(hash(str(file)))}"
+    if str(file.parent) not in sys.path:
+        sys.path.insert(0, str(file.parent))
+    spec = importlib.util.spec_from_file_location(name, file)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[name]
+        raise
+    return module
+
+
+# ---------------------------------------------------------------------------- errors
+
+
+def _check_readable(path: Path) -> None:
+    if not path.exists():
+        raise EdgekitError(f"The model file {path} does not exist. Check the path and try again.")
+    if path.is_dir():
+        raise EdgekitError(
+            f"{path} is a folder, not a model file. Pass the model file itself, e.g. model.pt, "
+            "model.pt2 or model.onnx."
+        )
+    if path.stat().st_size == 0:
+        raise EdgekitError(
+            f"The model file {path} is empty (0 bytes); saving or copying it was probably "
+            "interrupted. Save or copy the model again."
+        )
+
+
+def _zip_names(path: Path) -> list[str]:
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return archive.namelist()
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise EdgekitError(
+            f"{path} starts like a zip archive (the container of torch.save, torch.jit.save and "
+            f".pt2 files) but cannot be read ({exc}): it is probably truncated or corrupt, e.g. "
+            "an interrupted download or copy. Copy or save the model again."
+        ) from None
+
+
+def _corrupt(path: Path, kind: str, exc: Exception) -> EdgekitError:
+    detail = " ".join(str(exc).split())[:300]
+    return EdgekitError(
+        f"{path} looks like a {kind} but loading it failed ({type(exc).__name__}: {detail}). "
+        "The file may be truncated or corrupt, or saved by an incompatible torch version; "
+        "save or copy it again."
+    )
+
+
+def _not_a_model(path: Path, why: str) -> EdgekitError:
+    return EdgekitError(f"{path} is not a model file edgekit can read: {why}. {_SAVE_HINT}")
+
+
+def _preview(items: Sequence[str], limit: int = 4) -> str:
+    items = list(items)
+    shown = ", ".join(items[:limit])
+    more = f", … {len(items) - limit} more" if len(items) > limit else ""
+    return f"[{shown}{more}]"
