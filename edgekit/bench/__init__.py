@@ -1,0 +1,211 @@
+"""Benchmarks you can trust: time ONNX models on this CPU, fairly and with honest intervals.
+
+    from edgekit.bench import BenchOptions, measure
+    result = measure({"fp32": Path("fp32.onnx"), "int8": Path("int8.onnx")}, feeds, BenchOptions())
+
+Every (model, threads) pair runs in its own long-lived worker process (edgekit/bench/worker.py,
+which imports only onnxruntime and numpy); rounds are interleaved so drift hits all alike. The
+first model is the baseline of `relative`. Never imports torch.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from edgekit.bench import device, flops, runner, stats
+
+OUTLIER_NOTE_FRACTION = 0.05
+
+
+@dataclass
+class BenchOptions:
+    threads: list[int] | None = None  # intra-op threads; None -> physical cores; several -> a sweep
+    arena: bool = True  # ORT CPU memory arena
+    min_time: float = 2.0  # seconds of timed rounds per model, at least
+    max_time: float = 10.0  # seconds of timed rounds per model, at most
+    profile: bool = False  # add the top operators by time (separate profiling session)
+    # Stop early once every median's 95% interval is within ±target_ci of it (0.01 = ±1%).
+    target_ci: float = 0.01
+
+
+@dataclass
+class BenchResult:
+    device: dict
+    settings: dict
+    warnings: list[str]
+    variants: dict[str, dict] = field(default_factory=dict)  # key: name, or name@Nt in a sweep
+    round_log: list[str] = field(default_factory=list)  # the order in which rounds really ran
+
+
+def variant_key(name: str, threads: int, sweep: bool) -> str:
+    """`fp32` normally; `fp32@2t` (2 intra-op threads) when several thread counts are swept."""
+    return f"{name}@{threads}t" if sweep else name
+
+
+def measure(
+    models: dict[str, Path],
+    feeds: dict[str, np.ndarray],
+    options: BenchOptions | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> BenchResult:
+    """Time every model on `feeds` (one batch, as the model takes it). A model that fails to load
+    or run becomes an entry with `error` set and null numbers; the others still finish."""
+    options = options or BenchOptions()
+    dev = device.collect()
+    threads = list(options.threads or [dev["cores"]])
+    sweep = len(threads) > 1
+    jobs = [
+        runner.Job(variant_key(name, t, sweep), Path(path), t)
+        for t in threads
+        for name, path in models.items()
+    ]
+    with tempfile.TemporaryDirectory(prefix="edgekit-bench-") as tmp:
+        feeds_npz = Path(tmp) / "feeds.npz"
+        np.savez(feeds_npz, **feeds)
+        log = runner.run(
+            jobs,
+            feeds_npz,
+            arena=options.arena,
+            min_time=options.min_time,
+            max_time=options.max_time,
+            target_ci=options.target_ci,
+            profile=options.profile,
+            progress=progress,
+        )
+    dev["load_avg_after"] = device.load_avg()
+
+    counts = {}
+    for name, path in models.items():
+        try:
+            counts[name] = flops.count(path, feeds)
+        except Exception as exc:  # FLOPs are extra information, never a reason to fail
+            counts[name] = f"could not count FLOPs: {type(exc).__name__}: {exc}"
+    names = {variant_key(n, t, sweep): n for t in threads for n in models}
+    variants = {job.name: _variant(job, counts[names[job.name]], jobs[0]) for job in jobs}
+
+    warnings = device.condition_warnings(dev, threads)
+    for key, v in variants.items():
+        latency = v["latency_ms"]
+        if latency and latency["median_ci95"]:
+            width = stats.relative_half_width(latency["median_ci95"], latency["p50"])
+            if width > options.target_ci:
+                warnings.append(
+                    f"{key}: the median's 95% interval is ±{100 * width:.1f}%, wider than the "
+                    f"±{100 * options.target_ci:g}% target within the time budget: conditions were "
+                    "unstable or the budget is short (raise --max-time)."
+                )
+    settings = {
+        "intra_op_threads": threads[0] if not sweep else threads,
+        "inter_op_threads": 1,
+        "allow_spinning": True,
+        "arena": options.arena,
+        "graph_optimization_level": "ORT_ENABLE_ALL",
+        "execution_provider": "CPUExecutionProvider",
+        "execution_mode": "ORT_SEQUENTIAL",
+        "batch": _batch(feeds),
+        "interleaved": True,
+        "min_time_s": options.min_time,
+        "max_time_s": options.max_time,
+        "target_ci": options.target_ci,
+        "threads_sweep": threads if sweep else None,
+        "baseline": jobs[0].name,
+        "timer": "time.perf_counter_ns around session.run",
+    }
+    return BenchResult(dev, settings, warnings, variants, log)
+
+
+def _batch(feeds: dict[str, np.ndarray]) -> int | None:
+    first = next(iter(feeds.values()), None)
+    return int(first.shape[0]) if first is not None and first.ndim else None
+
+
+def _variant(job: runner.Job, count, baseline: runner.Job) -> dict:
+    v = {
+        "threads": job.threads,
+        "size_bytes": None,
+        "latency_ms": None,
+        "cold_start": None,
+        "relative": None,
+        "memory": None,
+        "flops": None,
+        "gflops_per_s": None,
+        "profile": None,
+        "error": job.error,
+        "notes": [],
+        "unmeasured": {},
+    }
+    try:
+        v["size_bytes"] = flops.size_on_disk(job.model)
+    except Exception as exc:
+        v["unmeasured"]["size_bytes"] = f"could not read the model file: {exc}"
+    if isinstance(count, dict):
+        v["flops"] = count
+    else:
+        v["unmeasured"]["flops"] = count
+    if job.error:
+        for key in ("latency_ms", "cold_start", "relative", "memory", "gflops_per_s"):
+            v["unmeasured"][key] = "the model failed; see error"
+        return v
+
+    samples = [s for r in job.rounds for s in r]
+    latency = stats.summary(samples)
+    latency["median_ci95"] = _list(stats.median_interval(job.rounds))
+    latency["outliers"] = int(len(stats.outliers(samples)))
+    latency["rounds"] = len(job.rounds)
+    latency["round_sizes"] = [len(r) for r in job.rounds]
+    latency["samples"] = [round(s, 6) for s in samples]
+    v["latency_ms"] = latency
+    if len(job.rounds) < 10:
+        v["notes"].append(
+            f"only {len(job.rounds)} rounds: the interval of the median rests on little data"
+        )
+    if latency["outliers"] > OUTLIER_NOTE_FRACTION * latency["n"]:
+        v["notes"].append(
+            f"{latency['outliers']} of {latency['n']} runs are outliers (modified z-score > 14): "
+            "other work competed for the CPU, or run times vary with the input"
+        )
+
+    load = job.load
+    v["cold_start"] = {
+        "session_create_ms": load["session_create_ms"],
+        "first_run_ms": load["first_run_ms"],
+        "warmup_runs": load["warmup_runs"],
+        "warmup_settled": load["warmup_settled"],
+    }
+    if not load["warmup_settled"]:
+        v["notes"].append("warm-up hit its time cap before the timings settled")
+    peak, base = job.memory["peak_rss_bytes"], job.memory["baseline_rss_bytes"]
+    v["memory"] = {
+        "peak_rss_bytes": peak,
+        "model_rss_bytes": peak - base,
+        "baseline_rss_bytes": base,
+    }
+    if isinstance(count, dict) and latency["p50"] > 0:
+        v["gflops_per_s"] = count["flops"] / (latency["p50"] / 1e3) / 1e9
+    v["profile"] = job.profile
+
+    if job is baseline:
+        pass  # relative stays null: it is the reference
+    elif baseline.error:
+        v["unmeasured"]["relative"] = f"the baseline {baseline.name} failed"
+    else:
+        r = stats.ratio_of_medians(baseline.rounds, job.rounds)
+        v["relative"] = {
+            "baseline": baseline.name,
+            "speedup": r["ratio"],
+            "ci95": r["ci95"],
+            "significant": r["significant"],
+        }
+    return v
+
+
+def _list(ci):
+    return list(ci) if ci else None
+
+
+__all__ = ["BenchOptions", "BenchResult", "measure", "variant_key"]

@@ -1,0 +1,205 @@
+"""Parent side of the benchmark: one long-lived worker process per (model, threads) job, rounds
+interleaved A B C A B C ... so that machine drift hits every job alike, until the medians are
+known well enough or the time budget is spent."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from edgekit.bench import stats
+
+WORKER = Path(__file__).with_name("worker.py")
+
+
+class WorkerError(Exception):
+    pass
+
+
+class Local:
+    """Where the workers run: this machine. edgekit.bench.remote.Remote is the same for a device
+    over SSH; the worker protocol is identical, only the command that starts it differs."""
+
+    target = None
+
+    def worker_command(self) -> list[str]:
+        return [sys.executable, str(WORKER)]
+
+    def path(self, local: Path) -> str:
+        """The path under which the worker sees a local file."""
+        return str(Path(local).resolve())
+
+    def device(self) -> dict:
+        from edgekit.bench import device
+
+        return {**device.collect(), "target": None}
+
+    def load_avg(self) -> list[float] | None:
+        from edgekit.bench import device
+
+        return device.load_avg()
+
+
+class Worker:
+    """A worker process started from the worker's file path (not `-m edgekit...`), the way it
+    runs on a device: nothing of edgekit gets imported into the timing process."""
+
+    def __init__(self, command: list[str] | None = None):
+        # stderr goes to a file: a chatty runtime can never fill a pipe and stall the worker
+        self.stderr = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 (closed in close())
+        self.proc = subprocess.Popen(
+            command or Local().worker_command(),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self.stderr,
+            text=True,
+            bufsize=1,
+        )
+        self.hello = self._read()
+
+    def _read(self) -> dict:
+        line = self.proc.stdout.readline()
+        if not line:
+            self.proc.wait(timeout=10)
+            self.stderr.seek(0)
+            err = self.stderr.read().strip().splitlines()
+            tail = err[-1] if err else "no message"
+            raise WorkerError(f"the worker process died (exit code {self.proc.returncode}): {tail}")
+        reply = json.loads(line)
+        if not reply.pop("ok", False):
+            raise WorkerError(reply.get("error", "unknown worker error"))
+        return reply
+
+    def ask(self, cmd: str, **fields) -> dict:
+        try:
+            self.proc.stdin.write(json.dumps({"cmd": cmd, **fields}) + "\n")
+            self.proc.stdin.flush()
+        except (BrokenPipeError, OSError):
+            pass  # _read reports how the worker died
+        return self._read()
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            with contextlib.suppress(WorkerError, ValueError, OSError):
+                self.ask("quit")
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        for stream in (self.proc.stdin, self.proc.stdout, self.stderr):
+            stream.close()
+
+
+@dataclass
+class Job:
+    name: str
+    model: Path
+    threads: int
+    rounds: list[list[float]] = field(default_factory=list)  # ms, one list per round
+    load: dict | None = None
+    memory: dict | None = None
+    profile: dict | None = None
+    error: str | None = None
+    time_s: float = 0.0  # wall time spent in this job's rounds
+
+
+def _median_settled(job: Job, target: float) -> bool:
+    samples = [s for r in job.rounds for s in r]
+    if not samples:
+        return False
+    ci = stats.median_interval(job.rounds)
+    width = stats.relative_half_width(ci, stats.summary(samples)["p50"])
+    return width is not None and width <= target
+
+
+def run(
+    jobs: list[Job],
+    feeds_npz: Path,
+    *,
+    arena: bool,
+    min_time: float,
+    max_time: float,
+    target_ci: float,
+    profile: bool,
+    spinning: bool = True,
+    opt_level: str = "ORT_ENABLE_ALL",
+    progress: Callable[[str], None] | None = None,
+    place: Local | None = None,
+) -> list[str]:
+    """Fill in each job's rounds, load, memory and profile (or error). Returns the round log: job
+    names in the order their rounds actually ran. `place` says where the workers run (default:
+    here); the models and feeds must already be there."""
+    place = place or Local()
+    say = progress or (lambda _msg: None)
+    round_s = min(0.1, max(min_time / 10, 0.01))
+    workers: dict[str, Worker] = {}
+    log: list[str] = []
+    try:
+        for job in jobs:  # cold start of each job while the others sit idle
+            say(f"loading {job.name}")
+            try:
+                workers[job.name] = worker = Worker(place.worker_command())
+                job.load = worker.ask(
+                    "load",
+                    model=place.path(job.model),
+                    feeds=place.path(feeds_npz),
+                    threads=job.threads,
+                    spinning=spinning,
+                    arena=arena,
+                    opt_level=opt_level,
+                    warmup_max_s=max(0.5, 0.25 * max_time),
+                )
+            except WorkerError as exc:
+                job.error = f"could not load and run the model: {exc}"
+
+        start = time.perf_counter()
+        while True:
+            live = [j for j in jobs if j.error is None]
+            if not live:
+                break
+            for job in live:  # one cycle: a round of every job, always in the same order
+                t0 = time.perf_counter()
+                try:
+                    reply = workers[job.name].ask("round", seconds=round_s)
+                except WorkerError as exc:
+                    job.error = f"the model failed while timing: {exc}"
+                    job.rounds = []
+                    continue
+                job.time_s += time.perf_counter() - t0
+                job.rounds.append([ns / 1e6 for ns in reply["samples_ns"]])
+                log.append(job.name)
+            live = [j for j in jobs if j.error is None]
+            if not live:
+                break
+            spent = min(j.time_s for j in live)
+            say(f"timing {len(live)} model(s): {spent:.1f}s of {min_time:g}-{max_time:g}s each")
+            if spent >= max_time:
+                break
+            if spent >= min_time and all(_median_settled(j, target_ci) for j in live):
+                break
+            if time.perf_counter() - start > 2 * max_time * len(jobs) + 30:
+                break  # a safety net against a stuck clock, never the normal way out
+
+        for job in jobs:
+            if job.error is None:
+                job.memory = workers[job.name].ask("memory")
+        if profile:
+            for job in jobs:
+                if job.error is None:
+                    say(f"profiling {job.name}")
+                    try:
+                        job.profile = workers[job.name].ask("profile", seconds=1.0)
+                    except WorkerError as exc:
+                        job.profile = {"error": str(exc)}
+    finally:
+        for worker in workers.values():
+            worker.close()
+    return log

@@ -1,0 +1,145 @@
+"""Statistics for latency samples. Pure numpy and the standard library.
+
+Two kinds of uncertainty matter on a real machine and both are covered:
+- run-to-run noise: the distribution-free (order-statistic) interval of the median assumes
+  independent samples;
+- drift between rounds (another process wakes up, the CPU clocks down): samples within a round are
+  not independent of each other, so we also bootstrap whole rounds. The reported interval of the
+  median is the hull of both; a ratio between two variants is bootstrapped over *paired* rounds
+  (rounds that ran in the same cycle share the drift, which then cancels in the ratio).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+SEED = 20240601  # fixed: the same samples always give the same intervals
+N_BOOT = 1000
+
+
+def summary(samples_ms) -> dict:
+    """p50/p90/p99 (linear interpolation between order statistics), mean, std (n-1), min, max,
+    MAD (raw median absolute deviation, not scaled to sigma), n."""
+    x = np.asarray(samples_ms, dtype=float)
+    p50, p90, p99 = np.percentile(x, [50, 90, 99])
+    return {
+        "p50": float(p50),
+        "p90": float(p90),
+        "p99": float(p99),
+        "mean": float(x.mean()),
+        "std": float(x.std(ddof=1)) if len(x) > 1 else None,
+        "min": float(x.min()),
+        "max": float(x.max()),
+        "mad": mad(x),
+        "n": int(len(x)),
+    }
+
+
+def mad(samples) -> float:
+    x = np.asarray(samples, dtype=float)
+    return float(np.median(np.abs(x - np.median(x))))
+
+
+def _binom_cdf_half(k: int, n: int) -> float:
+    """P(Binomial(n, 1/2) <= k), exact, in log space so large n does not overflow."""
+    if k < 0:
+        return 0.0
+    log_half_n = -n * math.log(2)
+    lg_n = math.lgamma(n + 1)
+    return sum(
+        math.exp(lg_n - math.lgamma(i + 1) - math.lgamma(n - i + 1) + log_half_n)
+        for i in range(k + 1)
+    )
+
+
+def median_ci_ranks(n: int, confidence: float = 0.95) -> tuple[int, int] | None:
+    """1-based ranks (l, u) so that [x(l), x(u)] covers the median with at least `confidence`,
+    for independent samples of any continuous distribution. None when n is too small (n < 6)."""
+    alpha = 1 - confidence
+    if n > 1000:  # normal approximation of the binomial; exact enough at this size
+        low = math.floor(n / 2 - 1.959964 * math.sqrt(n) / 2)
+    else:
+        low = 0
+        while _binom_cdf_half(low, n) <= alpha / 2:  # largest low with P(B <= low-1) <= alpha/2
+            low += 1
+    if low < 1:
+        return None
+    return low, n + 1 - low
+
+
+def median_ci(samples, confidence: float = 0.95) -> tuple[float, float] | None:
+    """Order-statistic interval of the median (distribution-free, assumes independent samples)."""
+    x = np.sort(np.asarray(samples, dtype=float))
+    ranks = median_ci_ranks(len(x), confidence)
+    if ranks is None:
+        return None
+    return float(x[ranks[0] - 1]), float(x[ranks[1] - 1])
+
+
+def _boot_indices(n_rounds: int, n_boot: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, n_rounds, size=(n_boot, n_rounds))
+
+
+def bootstrap_median_ci(rounds, n_boot: int = N_BOOT, seed: int = SEED, confidence=0.95):
+    """Interval of the pooled median when whole rounds are resampled (captures drift between
+    rounds). None with fewer than 3 rounds."""
+    rounds = [np.asarray(r, dtype=float) for r in rounds if len(r)]
+    if len(rounds) < 3:
+        return None
+    medians = [
+        np.median(np.concatenate([rounds[i] for i in pick]))
+        for pick in _boot_indices(len(rounds), n_boot, seed)
+    ]
+    tail = (1 - confidence) / 2 * 100
+    lo, hi = np.percentile(medians, [tail, 100 - tail])
+    return float(lo), float(hi)
+
+
+def median_interval(rounds) -> tuple[float, float] | None:
+    """The reported 95% interval of the median: the hull of the order-statistic interval and the
+    round bootstrap, so it is honest about both noise and drift."""
+    pooled = np.concatenate([np.asarray(r, dtype=float) for r in rounds]) if rounds else []
+    candidates = [ci for ci in (median_ci(pooled), bootstrap_median_ci(rounds)) if ci]
+    if not candidates:
+        return None
+    return min(c[0] for c in candidates), max(c[1] for c in candidates)
+
+
+def ratio_of_medians(base_rounds, other_rounds, n_boot: int = N_BOOT, seed: int = SEED) -> dict:
+    """median(base) / median(other), i.e. the speedup of `other` over `base`, with a 95% interval
+    from a bootstrap over paired rounds (round i of both ran in the same cycle). `significant` is
+    true when the interval excludes 1."""
+    base = [np.asarray(r, dtype=float) for r in base_rounds]
+    other = [np.asarray(r, dtype=float) for r in other_rounds]
+    ratio = float(np.median(np.concatenate(base)) / np.median(np.concatenate(other)))
+    n = min(len(base), len(other))
+    if n < 3:
+        return {"ratio": ratio, "ci95": None, "significant": None}
+    base, other = base[:n], other[:n]
+    boot = []
+    for pick in _boot_indices(n, n_boot, seed):
+        b = np.median(np.concatenate([base[i] for i in pick]))
+        o = np.median(np.concatenate([other[i] for i in pick]))
+        boot.append(b / o)
+    lo, hi = (float(v) for v in np.percentile(boot, [2.5, 97.5]))
+    return {"ratio": ratio, "ci95": [lo, hi], "significant": bool(lo > 1 or hi < 1)}
+
+
+def outliers(samples, threshold: float = 14.0) -> np.ndarray:
+    """Indices of outliers by the modified z-score (Iglewicz & Hoaglin),
+    0.6745 * |x - median| / MAD > threshold. The threshold is hyperfine's: latency has a long
+    right tail by nature, and the textbook 3.5 would flag a good part of any real run."""
+    x = np.asarray(samples, dtype=float)
+    spread = mad(x)
+    if spread == 0:
+        return np.flatnonzero(x != np.median(x))
+    return np.flatnonzero(0.6745 * np.abs(x - np.median(x)) / spread > threshold)
+
+
+def relative_half_width(ci, center) -> float | None:
+    """Half the interval's width as a fraction of `center` (0.01 means ±1%)."""
+    if not ci or not center:
+        return None
+    return (ci[1] - ci[0]) / 2 / center

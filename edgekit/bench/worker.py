@@ -1,0 +1,216 @@
+"""edgekit timing worker: one long-lived process that times one ONNX model.
+
+Self-contained on purpose: only the standard library, onnxruntime and numpy, so this single file can
+be copied to a device (a Raspberry Pi) and run there as `python3 worker.py`.
+
+Protocol: one JSON object per line. The worker first writes {"ok": true, "ready": true, ...}; then it
+answers every request line on stdin with exactly one line on stdout:
+
+  {"cmd": "load", "model": PATH, "feeds": NPZ, "threads": 2, "spinning": true, "arena": true,
+   "opt_level": "ORT_ENABLE_ALL", "warmup_max_s": 2.0}
+      -> baseline_rss_bytes, session_create_ms, first_run_ms, warmup_runs, warmup_settled
+  {"cmd": "round", "seconds": 0.1}   -> samples_ns: timed runs for about that long
+  {"cmd": "memory"}                  -> peak_rss_bytes, baseline_rss_bytes
+  {"cmd": "profile", "seconds": 1.0} -> ops: top operators by time (a separate profiling session)
+  {"cmd": "quit"}
+A failed request answers {"ok": false, "error": "..."}. A worker that loads nothing still answers
+"memory": that is the baseline memory of the runtime itself.
+"""
+
+import gc
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+
+import numpy as np
+import onnxruntime as ort
+
+# Warm-up: timings are grouped in blocks of about this long; warm-up ends when a block's median is
+# no longer faster than the previous one by more than SETTLE_TOL (the caches, allocator and thread
+# pool have stopped improving). Slower blocks are noise, not warm-up, so they do not extend it.
+WARMUP_BLOCK_S = 0.05
+SETTLE_TOL = 0.02
+MIN_BLOCKS = 3
+
+
+def peak_rss_bytes():
+    """Peak resident memory of this process, from the kernel (VmHWM), else getrusage."""
+    try:
+        with open("/proc/self/status") as handle:
+            for line in handle:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024  # macOS gives bytes, Linux KiB
+
+
+class Worker:
+    def __init__(self):
+        self.session = None
+        self.feeds = None
+        self.request = None
+        self.baseline = peak_rss_bytes()
+
+    def session_options(self, profile=False):
+        req = self.request
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = int(req.get("threads") or 0)
+        opts.inter_op_num_threads = 1
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        opts.graph_optimization_level = getattr(
+            ort.GraphOptimizationLevel, req.get("opt_level", "ORT_ENABLE_ALL")
+        )
+        opts.enable_cpu_mem_arena = bool(req.get("arena", True))
+        spinning = "1" if req.get("spinning", True) else "0"
+        opts.add_session_config_entry("session.intra_op.allow_spinning", spinning)
+        opts.add_session_config_entry("session.inter_op.allow_spinning", spinning)
+        opts.log_severity_level = 3
+        if profile:
+            opts.enable_profiling = True
+            opts.profile_file_prefix = os.path.join(tempfile.mkdtemp(prefix="edgekit-prof-"), "p")
+        return opts
+
+    def new_session(self, profile=False):
+        return ort.InferenceSession(
+            self.request["model"],
+            sess_options=self.session_options(profile),
+            providers=["CPUExecutionProvider"],
+        )
+
+    def timed_run(self, session):
+        feeds = self.feeds
+        start = time.perf_counter_ns()
+        session.run(None, feeds)
+        return time.perf_counter_ns() - start
+
+    def cmd_load(self, req):
+        self.request = req
+        with np.load(req["feeds"], allow_pickle=False) as archive:
+            arrays = {k: np.ascontiguousarray(archive[k]) for k in archive.files}
+        # The model's share of memory is measured against this point: runtime and feeds loaded.
+        self.baseline = peak_rss_bytes()
+        start = time.perf_counter_ns()
+        self.session = self.new_session()
+        create_ns = time.perf_counter_ns() - start
+        names = [i.name for i in self.session.get_inputs()]
+        missing = [n for n in names if n not in arrays]
+        if missing:
+            raise ValueError(f"the feeds have no array for the model input(s) {missing}")
+        self.feeds = {n: arrays[n] for n in names}
+        first_ns = self.timed_run(self.session)
+        runs, settled = self.warm_up(first_ns, float(req.get("warmup_max_s", 2.0)))
+        return {
+            "baseline_rss_bytes": self.baseline,
+            "session_create_ms": create_ns / 1e6,
+            "first_run_ms": first_ns / 1e6,
+            "warmup_runs": runs,
+            "warmup_settled": settled,
+        }
+
+    def warm_up(self, first_ns, max_s):
+        deadline = time.perf_counter() + max_s
+        per_block = max(3, min(1000, math.ceil(WARMUP_BLOCK_S * 1e9 / max(first_ns, 1))))
+        medians, runs = [], 0
+        while time.perf_counter() < deadline:
+            block = [self.timed_run(self.session) for _ in range(per_block)]
+            runs += per_block
+            medians.append(float(np.median(block)))
+            if len(medians) >= MIN_BLOCKS and medians[-1] >= medians[-2] * (1 - SETTLE_TOL):
+                return runs, True
+            # first blocks include the cold ones: re-size from what a warm run costs now
+            per_block = max(3, min(1000, math.ceil(WARMUP_BLOCK_S * 1e9 / max(medians[-1], 1))))
+        return runs, False
+
+    def cmd_round(self, req):
+        session = self.session
+        if session is None:
+            raise RuntimeError("no model loaded")
+        # One untimed run: the previous worker's spinning threads and the process switch cost
+        # land here, not in the samples.
+        session.run(None, self.feeds)
+        budget_ns = int(float(req.get("seconds", 0.1)) * 1e9)
+        samples = []
+        gc.disable()  # a collection inside a timed run is Python's cost, not the model's
+        try:
+            begin = time.perf_counter_ns()
+            while True:
+                samples.append(self.timed_run(session))
+                if time.perf_counter_ns() - begin >= budget_ns:
+                    break
+        finally:
+            gc.enable()
+        return {"samples_ns": samples}
+
+    def cmd_memory(self, req):
+        return {"peak_rss_bytes": peak_rss_bytes(), "baseline_rss_bytes": self.baseline}
+
+    def cmd_profile(self, req):
+        """Top operators by time, from a separate profiling session (profiling slows runs down,
+        so it never touches the timed session)."""
+        session = self.new_session(profile=True)
+        deadline = time.perf_counter() + float(req.get("seconds", 1.0))
+        runs = 0
+        while runs < 3 or (time.perf_counter() < deadline and runs < 1000):
+            session.run(None, self.feeds)
+            runs += 1
+        path = session.end_profiling()
+        try:
+            with open(path) as handle:
+                events = json.load(handle)
+        finally:
+            os.remove(path)
+            os.rmdir(os.path.dirname(path))
+        by_op = {}
+        for event in events:
+            args = event.get("args") or {}
+            if event.get("cat") == "Node" and event.get("name", "").endswith("_kernel_time"):
+                op = args.get("op_name", "?")
+                total, calls = by_op.get(op, (0, 0))
+                by_op[op] = (total + int(event.get("dur", 0)), calls + 1)
+        all_us = sum(t for t, _ in by_op.values()) or 1
+        ops = [
+            {"op_type": op, "total_us": t, "calls": c, "share": t / all_us, "per_run_us": t / runs}
+            for op, (t, c) in sorted(by_op.items(), key=lambda kv: -kv[1][0])
+        ]
+        return {"runs": runs, "ops": ops[:10]}
+
+
+def main():
+    # Keep the protocol channel private: stray prints from native code go to stderr instead.
+    proto = os.fdopen(os.dup(1), "w", buffering=1)
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    worker = Worker()
+
+    def send(message):
+        proto.write(json.dumps(message) + "\n")
+        proto.flush()
+
+    send({"ok": True, "ready": True, "pid": os.getpid(), "baseline_rss_bytes": worker.baseline})
+    for line in sys.stdin:
+        if not line.strip():
+            continue
+        try:
+            req = json.loads(line)
+            if req.get("cmd") == "quit":
+                send({"ok": True})
+                break
+            handler = getattr(worker, "cmd_" + str(req.get("cmd")), None)
+            if handler is None:
+                raise ValueError(f"unknown command {req.get('cmd')!r}")
+            reply = handler(req)
+            reply["ok"] = True
+            send(reply)
+        except Exception as exc:  # the parent turns this into the variant's error row
+            send({"ok": False, "error": f"{type(exc).__name__}: {exc}".strip()})
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,276 @@
+"""Benchmark ONNX models on this CPU and write a report.
+
+Each model runs in its own worker process; their timed rounds are interleaved (A B C A B C ...) so
+that machine drift hits all alike, until every median's 95% interval is within ±1% or --max-time is
+spent. The first model is the baseline for the "vs base" column. Works without torch installed.
+
+examples:
+  edgekit bench model.onnx
+  edgekit bench fp32.onnx int8.onnx --threads 1,2,4 -o results
+  edgekit bench model.onnx --input ids:1x128:int64:0-30522 --json > report.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+HELP = "benchmark ONNX models (latency, cold start, memory) on this CPU"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "models",
+        nargs="+",
+        type=Path,
+        metavar="MODEL.onnx",
+        help="models to time; the first is the baseline",
+    )
+    parser.add_argument(
+        "-o",
+        "--output",
+        type=Path,
+        default=Path("edgekit-bench"),
+        metavar="DIR",
+        help="folder for report.json / report.md (default: ./edgekit-bench)",
+    )
+    parser.add_argument(
+        "--input",
+        action="append",
+        default=[],
+        metavar="NAME:SHAPE:DTYPE",
+        help="input spec, repeatable, e.g. image:1x3x224x224:float32 "
+        "(default: read from the first model; axis 0 is the batch)",
+    )
+    parser.add_argument(
+        "--data",
+        type=Path,
+        metavar="FILE.npz",
+        help="real inputs: arrays named after the model inputs (first batch used)",
+    )
+    parser.add_argument(
+        "--threads",
+        type=_thread_list,
+        metavar="N[,N...]",
+        help="intra-op threads; several values sweep (default: physical cores)",
+    )
+    parser.add_argument(
+        "--arena",
+        choices=("on", "off"),
+        default="on",
+        help="onnxruntime CPU memory arena (default: on)",
+    )
+    parser.add_argument(
+        "--min-time",
+        type=float,
+        default=2.0,
+        metavar="S",
+        help="seconds of timed runs per model, at least (default: 2)",
+    )
+    parser.add_argument(
+        "--max-time",
+        type=float,
+        default=10.0,
+        metavar="S",
+        help="seconds of timed runs per model, at most (default: 10)",
+    )
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="add the top operators by time for each model (ORT profiling)",
+    )
+    parser.add_argument("--json", action="store_true", help="print only the JSON report to stdout")
+    parser.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
+
+
+def _thread_list(text: str) -> list[int]:
+    try:
+        values = [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        values = []
+    if not values or any(v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"expected positive integers like 1,2,4, got {text!r}")
+    return values
+
+
+def _check_model(path: Path) -> None:
+    """Fail early and clearly on a file that is missing or is not an ONNX model."""
+    import onnx
+    from google.protobuf.message import DecodeError
+
+    from edgekit.errors import EdgekitError
+
+    if not path.is_file():
+        raise EdgekitError(f"The model file {path} does not exist. Pass the path of an .onnx file.")
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except (DecodeError, ValueError, OSError, RuntimeError) as exc:
+        model, reason = None, str(exc)
+    else:
+        reason = "it holds no graph"
+    if model is None or model.ir_version == 0 or not model.graph.node:
+        raise EdgekitError(
+            f"The file {path} is not an ONNX model ({reason}). `edgekit bench` times .onnx files; "
+            "run `edgekit optimize` to export a PyTorch model first."
+        )
+
+
+def _feeds(args, first_model: Path):
+    """The input specs and one batch of feeds, from --input / --data / the model itself."""
+    import numpy as np
+
+    from edgekit.errors import EdgekitError
+    from edgekit.model import inputs
+
+    if args.input:
+        specs = [inputs.parse_input_spec(text) for text in args.input]
+    else:
+        try:
+            specs = inputs.specs_from_onnx(first_model)
+        except EdgekitError:
+            raise
+        except Exception as exc:
+            raise EdgekitError(
+                f"onnxruntime cannot load {first_model}: {exc}. Check that the file is a complete, "
+                "valid ONNX model."
+            ) from None
+    batch = specs[0].shape[0]
+    if args.data is None:
+        feeds = inputs.generate_samples(specs, count=batch)
+        data = {"path": None, "samples": batch, "labels": False, "generated": True}
+        return specs, feeds, data
+    arrays, labels = inputs.load_npz(args.data)
+    inputs.check_data_matches(specs, arrays, str(args.data))
+    count = len(next(iter(arrays.values())))
+    if count < batch:
+        raise EdgekitError(
+            f"The data file {args.data} has {count} samples; the batch needs {batch}."
+        )
+    feeds = {s.name: np.ascontiguousarray(arrays[s.name][:batch].astype(s.dtype)) for s in specs}
+    data = {
+        "path": str(args.data),
+        "samples": count,
+        "labels": labels is not None,
+        "generated": False,
+    }
+    return specs, feeds, data
+
+
+def _names(paths: list[Path]) -> list[str]:
+    """Variant names from file stems, made unique (model, model-2, ...)."""
+    names: list[str] = []
+    for path in paths:
+        name, n = path.stem, 2
+        while name in names:
+            name, n = f"{path.stem}-{n}", n + 1
+        names.append(name)
+    return names
+
+
+def _file_field(path: Path, out_dir: Path) -> str:
+    try:
+        return os.path.relpath(path.resolve(), out_dir.resolve())
+    except ValueError:  # another drive on Windows
+        return str(path.resolve())
+
+
+def run(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from edgekit.bench import BenchOptions, measure
+    from edgekit.errors import EdgekitError
+    from edgekit.fsutil import sha256_file
+    from edgekit.report import render, schema
+
+    if args.min_time <= 0 or args.max_time < args.min_time:
+        raise EdgekitError("Give 0 < --min-time <= --max-time (seconds of timed runs per model).")
+    for path in args.models:
+        _check_model(path)
+    specs, feeds, data = _feeds(args, args.models[0])
+
+    paths = dict(zip(_names(args.models), args.models, strict=True))
+    options = BenchOptions(
+        threads=args.threads,
+        arena=args.arena == "on",
+        min_time=args.min_time,
+        max_time=args.max_time,
+        profile=args.profile,
+    )
+    err = Console(stderr=True)
+    if args.quiet:
+        result = measure(paths, feeds, options)
+    else:
+        with err.status("benchmarking") as status:
+            result = measure(paths, feeds, options, progress=status.update)
+
+    sweep = len(options.threads or []) > 1
+    rows = []
+    for key, v in result.variants.items():
+        model = paths[key.rsplit("@", 1)[0] if sweep else key]
+        row = schema.new_variant(
+            key,
+            file=_file_field(model, args.output),
+            size_bytes=v["size_bytes"],
+            sha256=sha256_file(model),
+            unmeasured={"accuracy": "edgekit bench has no reference outputs"},
+        )
+        schema.add_measurement(row, v)
+        rows.append(row)
+    report = schema.new_report(
+        "bench",
+        inputs=[s.to_json() for s in specs],
+        data=data,
+        device=result.device,
+        settings=result.settings,
+        variants=rows,
+        warnings=result.warnings,
+    )
+    schema.write_outputs(report, args.output)
+
+    if args.json:
+        sys.stdout.write(schema.to_json(report))
+    elif not args.quiet:
+        console = Console(width=None if sys.stdout.isatty() else 120)
+        render.terminal(report, console)
+        for line in summary_lines(report):
+            console.print(line, highlight=False)
+        console.print(f"[dim]report: {args.output / 'report.json'}[/dim]")
+    return 0
+
+
+def summary_lines(report: dict) -> list[str]:
+    """hyperfine-style lines: mean ± σ, range, interval of the median, and the speedup."""
+    lines = []
+    for v in report["variants"]:
+        lat = v["latency_ms"]
+        if not lat:
+            continue
+        ci = lat.get("median_ci95") or [None, None]
+        ci_text = f"[{ci[0]:.4f}, {ci[1]:.4f}]" if ci[0] is not None else "n/a"
+        std = lat["std"] if lat["std"] is not None else float("nan")
+        line = (
+            f"{v['name']}: median {lat['p50']:.4f} ms (95% CI {ci_text}), "
+            f"mean {lat['mean']:.4f} ± {std:.4f} ms, range {lat['min']:.4f} … {lat['max']:.4f} ms, "
+            f"{lat['n']} runs"
+        )
+        if v.get("gflops_per_s"):
+            line += f", {v['gflops_per_s']:.1f} GFLOP/s"
+        lines.append(line)
+        rel = v.get("relative")
+        if rel and rel.get("speedup"):
+            s, rci = rel["speedup"], rel.get("ci95")
+            word, factor = ("faster", s) if s >= 1 else ("slower", 1 / s)
+            spread = ""
+            if rci:
+                lo, hi = (rci[0], rci[1]) if s >= 1 else (1 / rci[1], 1 / rci[0])
+                spread = f" ± {(hi - lo) / 2:.2f}"
+            verdict = "" if rel.get("significant") else " (not significant)"
+            lines.append(f"  {factor:.2f}{spread} times {word} than {rel['baseline']}{verdict}")
+        if v.get("profile") and v["profile"].get("ops"):
+            top = ", ".join(
+                f"{op['op_type']} {100 * op['share']:.0f}%" for op in v["profile"]["ops"][:4]
+            )
+            lines.append(f"  time by operator: {top}")
+    return lines

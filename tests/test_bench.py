@@ -1,0 +1,280 @@
+"""edgekit bench: FLOP counting, the worker, the runner's interleaving, and the real CLI.
+No timing assertions: only structure, order and counts."""
+
+from __future__ import annotations
+
+import ast
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from conftest import run_edgekit, torch_blocked_env
+from onnx import TensorProto, helper, numpy_helper
+
+from edgekit.bench import BenchOptions, flops, measure
+
+TINY = ["--min-time", "0.05", "--max-time", "0.2"]
+
+
+def _save(path: Path, nodes, inputs, inits, external: bool = False) -> Path:
+    graph = helper.make_graph(
+        nodes, path.stem, inputs, [helper.make_tensor_value_info(nodes[-1].output[0], 1, None)],
+        inits,
+    )  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    if external:
+        onnx.save(model, path, save_as_external_data=True, location=path.name + ".data",
+                  size_threshold=0)  # fmt: skip
+    else:
+        onnx.save(model, path)
+    return path
+
+
+def _w(name, *shape):
+    return numpy_helper.from_array(np.full(shape, 0.01, np.float32), name)
+
+
+def flops_model(path: Path, external: bool = False) -> Path:
+    """x[N,3,8,8] -> Conv 4x3x3x3 pad 1 -> Conv group 2 (4x2x3x3) pad 1 -> Flatten -> Gemm 256x10
+    -> MatMul 10x6."""
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["c1"], pads=[1, 1, 1, 1]),
+        helper.make_node("Conv", ["c1", "w2"], ["c2"], pads=[1, 1, 1, 1], group=2),
+        helper.make_node("Flatten", ["c2"], ["f"]),
+        helper.make_node("Gemm", ["f", "g"], ["h"]),
+        helper.make_node("MatMul", ["h", "m"], ["y"]),
+    ]
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])]
+    inits = [_w("w1", 4, 3, 3, 3), _w("w2", 4, 2, 3, 3), _w("g", 256, 10), _w("m", 10, 6)]
+    return _save(path, nodes, inputs, inits, external)
+
+
+def failing_model(path: Path) -> Path:
+    """Loads fine, fails on the first run: a Reshape of 192 values to 7 x -1."""
+    shape = numpy_helper.from_array(np.array([7, -1], np.int64), "shape")
+    nodes = [helper.make_node("Reshape", ["x", "shape"], ["y"])]
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])]
+    return _save(path, nodes, inputs, [shape])
+
+
+@pytest.fixture
+def models(tmp_path):
+    return {
+        "a": flops_model(tmp_path / "a.onnx"),
+        "b": flops_model(tmp_path / "b.onnx"),
+        "bad": failing_model(tmp_path / "bad.onnx"),
+    }
+
+
+def feeds(batch=1):
+    return {"x": np.random.default_rng(0).uniform(size=(batch, 3, 8, 8)).astype(np.float32)}
+
+
+# ---------------------------------------------------------------- FLOPs and files
+
+
+def test_flops_counted_by_hand(tmp_path):
+    path = flops_model(tmp_path / "m.onnx")
+    # Conv 1: output 4x8x8 = 256 elements, each 3 in-channels x 3x3 kernel = 27 MACs -> 6912
+    # Conv 2 (group 2): output 256 elements, each 4/2 = 2 channels x 9 = 18 MACs   -> 4608
+    # Gemm [1,256] x [256,10]: 10 outputs x 256                                     -> 2560
+    # MatMul [1,10] x [10,6]: 6 outputs x 10                                        ->   60
+    count = flops.count(path, feeds(1))
+    assert count["by_op"] == {"Conv": 6912 + 4608, "Gemm": 2560, "MatMul": 60}
+    assert count["macs"] == 14140 and count["flops"] == 28280 and count["complete"]
+    # the actual batch is used: batch 2 doubles everything
+    assert flops.count(path, feeds(2))["macs"] == 2 * 14140
+
+
+def test_size_on_disk_includes_external_data(tmp_path):
+    path = flops_model(tmp_path / "ext.onnx", external=True)
+    data = tmp_path / "ext.onnx.data"
+    assert data.is_file()
+    assert flops.files_on_disk(path) == [path, data]
+    assert flops.size_on_disk(path) == path.stat().st_size + data.stat().st_size
+
+
+# ---------------------------------------------------------------- the worker
+
+
+def test_worker_imports_only_stdlib_onnxruntime_numpy():
+    source = (Path(__file__).parents[1] / "edgekit/bench/worker.py").read_text()
+    imported = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            imported |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            imported.add((node.module or "").split(".")[0])
+    assert imported - set(sys.stdlib_module_names) == {"numpy", "onnxruntime"}
+
+
+def test_worker_runs_as_a_copied_single_file(tmp_path):
+    """As on a Pi: the file alone, in a folder without edgekit, speaking its JSON-lines protocol."""
+    worker = shutil.copy(Path(__file__).parents[1] / "edgekit/bench/worker.py", tmp_path)
+    model = flops_model(tmp_path / "m.onnx")
+    np.savez(tmp_path / "feeds.npz", **feeds())
+    requests = [
+        {"cmd": "memory"},  # loads nothing: the baseline memory
+        {"cmd": "load", "model": str(model), "feeds": str(tmp_path / "feeds.npz"), "threads": 1,
+         "warmup_max_s": 0.2},
+        {"cmd": "round", "seconds": 0.01},
+        {"cmd": "memory"},
+        {"cmd": "profile", "seconds": 0.05},
+        {"cmd": "nonsense"},
+        {"cmd": "quit"},
+    ]  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, worker],
+        input="".join(json.dumps(r) + "\n" for r in requests),
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=120,
+    )
+    replies = [json.loads(line) for line in out.stdout.splitlines()]
+    hello, empty, load, rnd, mem, prof, bad, bye = replies
+    assert hello["ready"] and empty["peak_rss_bytes"] > 0
+    assert load["ok"] and load["session_create_ms"] > 0 and load["warmup_runs"] > 0
+    assert rnd["samples_ns"] and all(isinstance(s, int) for s in rnd["samples_ns"])
+    assert mem["peak_rss_bytes"] >= load["baseline_rss_bytes"]
+    assert {op["op_type"] for op in prof["ops"]} >= {"Conv", "Gemm"}
+    assert not bad["ok"] and "nonsense" in bad["error"]
+    assert bye["ok"]
+
+
+# ---------------------------------------------------------------- the runner
+
+
+def test_rounds_interleave_and_a_failing_model_becomes_an_error_row(models):
+    opts = BenchOptions(threads=[1], min_time=0.05, max_time=0.2)
+    result = measure(models, feeds(), opts)
+    # the real order in which rounds ran: a b a b ... (bad failed at load and has no rounds)
+    log = result.round_log
+    assert len(log) >= 4 and log == ["a", "b"] * (len(log) // 2)
+    good, bad = result.variants["b"], result.variants["bad"]
+    assert bad["error"] and "Reshape" in bad["error"]
+    assert bad["latency_ms"] is None and bad["memory"] is None and bad["relative"] is None
+    assert "latency_ms" in bad["unmeasured"]
+    assert good["error"] is None
+    assert good["latency_ms"]["n"] == len(good["latency_ms"]["samples"])
+    assert sum(good["latency_ms"]["round_sizes"]) == good["latency_ms"]["n"]
+    assert good["relative"]["baseline"] == "a" and len(good["relative"]["ci95"]) == 2
+    assert good["memory"]["peak_rss_bytes"] > good["memory"]["model_rss_bytes"] >= 0
+    assert result.variants["a"]["relative"] is None  # the baseline
+
+
+def test_thread_sweep_keys_and_order(models):
+    two = {k: models[k] for k in ("a", "b")}
+    result = measure(two, feeds(), BenchOptions(threads=[1, 2], min_time=0.05, max_time=0.1))
+    names = ["a@1t", "b@1t", "a@2t", "b@2t"]
+    assert list(result.variants) == names
+    assert result.round_log[:8] == names * 2
+    assert result.variants["b@2t"]["threads"] == 2
+    assert result.variants["b@2t"]["relative"]["baseline"] == "a@1t"
+    assert result.settings["threads_sweep"] == [1, 2]
+
+
+# ---------------------------------------------------------------- the CLI
+
+
+def _report(out: Path) -> dict:
+    return json.loads((out / "report.json").read_text())
+
+
+def test_cli_report_fields(models, tmp_path):
+    out = tmp_path / "out"
+    proc = run_edgekit("bench", models["a"], models["b"], models["bad"], "-o", out,
+                       "--threads", "1", "--profile", "--json", *TINY)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)  # --json: stdout is exactly the report
+    assert report == _report(out)
+    assert report["command"] == "bench" and report["schema_version"] == 1
+    assert report["inputs"] == [{"name": "x", "shape": [1, 3, 8, 8], "dtype": "float32"}]
+    for key in ("cpu", "arch", "cores", "logical_cpus", "features", "governor", "temperature_c",
+                "throttled", "load_avg_before", "load_avg_after", "python", "onnxruntime", "numpy",
+                "os"):  # fmt: skip
+        assert key in report["device"]
+    for key in ("intra_op_threads", "inter_op_threads", "allow_spinning", "arena",
+                "graph_optimization_level", "execution_provider", "batch", "interleaved",
+                "min_time_s", "max_time_s", "target_ci"):  # fmt: skip
+        assert key in report["settings"]
+    a, b, bad = report["variants"]
+    assert [a["name"], b["name"], bad["name"]] == ["a", "b", "bad"]
+    for key in ("p50", "p90", "p99", "mean", "std", "min", "mad", "n", "median_ci95", "samples",
+                "rounds", "round_sizes", "outliers"):  # fmt: skip
+        assert key in b["latency_ms"]
+    lo, hi = b["latency_ms"]["median_ci95"]
+    assert lo <= b["latency_ms"]["p50"] <= hi
+    assert set(b["cold_start"]) >= {"session_create_ms", "first_run_ms", "warmup_runs"}
+    assert b["relative"]["baseline"] == "a" and b["relative"]["speedup"] > 0
+    assert b["memory"]["peak_rss_bytes"] > 0 and b["memory"]["model_rss_bytes"] is not None
+    assert b["size_bytes"] == models["b"].stat().st_size and len(b["sha256"]) == 64
+    assert b["flops"]["macs"] == 14140 and b["gflops_per_s"] > 0 and b["threads"] == 1
+    assert b["profile"]["ops"][0]["op_type"] in {"Conv", "Gemm", "MatMul", "ReorderOutput"}
+    assert b["accuracy"] is None and "accuracy" in b["unmeasured"]
+    assert bad["error"] and bad["latency_ms"] is None
+    assert (out / "report.md").is_file()
+
+
+def test_cli_works_with_torch_unimportable(models, tmp_path):
+    env = torch_blocked_env(tmp_path)
+    probe = subprocess.run(
+        [sys.executable, "-c",
+         "import sys, edgekit.bench, edgekit.commands.bench\n"
+         "assert 'torch' not in sys.modules\n"
+         "try:\n    import torch\nexcept ImportError:\n    print('blocked')"],
+        capture_output=True, text=True, env={**__import__('os').environ, **env},
+    )  # fmt: skip
+    assert probe.returncode == 0 and probe.stdout.strip() == "blocked", probe.stderr
+    helped = run_edgekit("bench", "--help", env=env)
+    assert helped.returncode == 0 and "--threads" in helped.stdout
+    out = tmp_path / "out"
+    proc = run_edgekit("bench", models["a"], "-o", out, *TINY, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert "a" in proc.stdout and _report(out)["variants"][0]["latency_ms"]["n"] > 0
+
+
+def unknown_shape_model(path: Path) -> Path:
+    nodes = [helper.make_node("Relu", ["x"], ["y"])]
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", "C", 8, 8])]
+    return _save(path, nodes, inputs, [])
+
+
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("missing", "does not exist"),
+        ("not-onnx", "is not an ONNX model"),
+        ("unknown-shape", "unknown size on axis 1"),
+    ],
+)
+def test_bad_input_exits_2_without_a_report(case, message, tmp_path):
+    if case == "missing":
+        path = tmp_path / "nope.onnx"
+    elif case == "not-onnx":
+        path = tmp_path / "notes.onnx"
+        path.write_text("this is a text file, not a model\n")
+    else:
+        path = unknown_shape_model(tmp_path / "dyn.onnx")
+    out = tmp_path / "out"
+    proc = run_edgekit("bench", path, "-o", out, *TINY)
+    assert proc.returncode == 2
+    assert message in proc.stderr and "Traceback" not in proc.stderr
+    assert proc.stderr.startswith("edgekit: error:")
+    assert not out.exists()
+
+
+def test_unknown_shape_can_be_given_with_input(tmp_path):
+    path = unknown_shape_model(tmp_path / "dyn.onnx")
+    out = tmp_path / "out"
+    proc = run_edgekit("bench", path, "-o", out, "--input", "x:2x5x8x8:float32", "-q", *TINY)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == ""
+    report = _report(out)
+    assert report["inputs"][0]["shape"] == [2, 5, 8, 8] and report["settings"]["batch"] == 2

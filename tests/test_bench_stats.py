@@ -1,0 +1,88 @@
+"""Statistics on sample sets whose answers are known by hand."""
+
+import math
+
+import numpy as np
+import pytest
+
+from edgekit.bench import stats
+
+
+def test_summary_of_one_to_ten():
+    s = stats.summary(np.arange(1, 11, dtype=float))
+    # linear interpolation: rank = q * (n - 1) on 0-based sorted data
+    assert s["p50"] == pytest.approx(5.5)  # between 5 and 6
+    assert s["p90"] == pytest.approx(9.1)  # 0.9 * 9 = 8.1 -> 9 + 0.1 * (10 - 9)
+    assert s["p99"] == pytest.approx(9.91)  # 0.99 * 9 = 8.91 -> 9 + 0.91
+    assert s["mean"] == pytest.approx(5.5)
+    assert s["std"] == pytest.approx(math.sqrt(82.5 / 9))  # sum of squares 82.5, n - 1 = 9
+    assert s["min"] == 1 and s["max"] == 10 and s["n"] == 10
+    # |x - 5.5| = 4.5 3.5 2.5 1.5 .5 .5 1.5 2.5 3.5 4.5 -> median 2.5
+    assert s["mad"] == pytest.approx(2.5)
+
+
+def test_median_ci_ranks_match_binomial_tables():
+    # n = 10: P(B <= 1) = 11/1024 = 0.0107 <= 0.025 < P(B <= 2) = 56/1024 -> ranks 2 and 9
+    assert stats.median_ci_ranks(10) == (2, 9)
+    # n = 6: P(B <= 0) = 1/64 = 0.0156 <= 0.025 < P(B <= 1) = 7/64 -> ranks 1 and 6
+    assert stats.median_ci_ranks(6) == (1, 6)
+    # n = 5: even the extremes cover only 1 - 2/32 = 93.75% -> no 95% interval
+    assert stats.median_ci_ranks(5) is None
+    # n = 100: the textbook ranks 40 and 61
+    assert stats.median_ci_ranks(100) == (40, 61)
+    # large n, normal approximation: floor(5000 - 1.96 * 50) = 4902
+    assert stats.median_ci_ranks(10_000) == (4902, 5099)
+
+
+def test_median_ci_bounds_are_order_statistics():
+    x = np.array([7.0, 1, 9, 3, 5, 2, 10, 4, 8, 6])
+    assert stats.median_ci(x) == (2.0, 9.0)
+    assert stats.median_ci([1.0, 2, 3]) is None
+
+
+def test_ratio_ci_contains_true_ratio_and_is_significant():
+    rng = np.random.default_rng(1)
+    base = [2.0 * rng.lognormal(0, 0.1, 200) for _ in range(20)]
+    fast = [1.0 * rng.lognormal(0, 0.1, 200) for _ in range(20)]
+    r = stats.ratio_of_medians(base, fast)
+    lo, hi = r["ci95"]
+    assert lo < 2.0 < hi
+    assert r["ratio"] == pytest.approx(2.0, rel=0.02)
+    assert r["significant"] is True
+
+
+def test_ratio_of_identical_distributions_is_rarely_significant():
+    # A 95% interval excludes the true ratio 1 in about 5% of experiments: 2 of 40 expected;
+    # 7 or more would have probability 0.003 (binomial 40, 0.05) and mean the interval is too narrow.
+    false_positives = 0
+    for seed in range(40):
+        rng = np.random.default_rng(seed)
+        a = [rng.lognormal(0, 0.1, 200) for _ in range(20)]
+        b = [rng.lognormal(0, 0.1, 200) for _ in range(20)]
+        false_positives += stats.ratio_of_medians(a, b, n_boot=200)["significant"]
+    assert false_positives <= 6
+
+
+def test_paired_rounds_cancel_shared_drift():
+    # The machine slows down by up to 2x between rounds; B is always exactly 1.5x faster.
+    rng = np.random.default_rng(3)
+    drift = np.linspace(1.0, 2.0, 12)
+    base = [d * 1.5 * rng.lognormal(0, 0.01, 100) for d in drift]
+    other = [d * 1.0 * rng.lognormal(0, 0.01, 100) for d in drift]
+    r = stats.ratio_of_medians(base, other)
+    assert r["ci95"][0] < 1.5 < r["ci95"][1]
+    # ... while the interval of one median widens to show the drift
+    naive = stats.median_ci(np.concatenate(other))
+    honest = stats.median_interval(other)
+    assert honest[1] - honest[0] > naive[1] - naive[0]
+
+
+def test_outliers_by_modified_z_score():
+    x = [1.0, 1.1, 0.9, 1.0, 1.05, 0.95, 1.02, 10.0]
+    assert list(stats.outliers(x)) == [7]
+    assert list(stats.outliers([1.0] * 5)) == []
+
+
+def test_relative_half_width():
+    assert stats.relative_half_width((0.99, 1.01), 1.0) == pytest.approx(0.01)
+    assert stats.relative_half_width(None, 1.0) is None
