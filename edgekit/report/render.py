@@ -2,21 +2,24 @@
 
 from __future__ import annotations
 
+import sys
+
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
 COLUMNS = (
-    # header, function(variant) -> text
-    ("variant", lambda v: v["name"]),
-    ("size", lambda v: _size(v["size_bytes"])),
-    ("p50 ms", lambda v: _latency(v, "p50")),
-    ("p90 ms", lambda v: _latency(v, "p90")),
-    ("vs base", lambda v: _relative(v)),
-    ("peak RSS", lambda v: _size((v["memory"] or {}).get("peak_rss_bytes"))),
-    ("cos min", lambda v: _num((v["accuracy"] or {}).get("cosine_min"), ".5f")),
-    ("max |err|", lambda v: _num((v["accuracy"] or {}).get("max_abs_err"), ".2e")),
-    ("top-1 agree", lambda v: _pct((v["accuracy"] or {}).get("top1_agreement"))),
-    ("task acc", lambda v: _pct((v["accuracy"] or {}).get("task_accuracy"))),
+    # header, function(variant) -> text, shown in the (narrow) terminal table too
+    ("variant", lambda v: v["name"], True),
+    ("size", lambda v: _size(v["size_bytes"]), True),
+    ("p50 ms", lambda v: _latency(v, "p50"), True),
+    ("p90 ms", lambda v: _latency(v, "p90"), False),
+    ("speed", lambda v: _relative(v), True),
+    ("peak RSS", lambda v: _size((v["memory"] or {}).get("peak_rss_bytes")), True),
+    ("cos min", lambda v: _num((v["accuracy"] or {}).get("cosine_min"), ".4f"), True),
+    ("max |err|", lambda v: _num((v["accuracy"] or {}).get("max_abs_err"), ".2e"), False),
+    ("top-1", lambda v: _pct((v["accuracy"] or {}).get("top1_agreement")), True),
+    ("task acc", lambda v: _pct((v["accuracy"] or {}).get("task_accuracy")), True),
 )
 
 NOT_MEASURED = "—"
@@ -52,12 +55,16 @@ def _relative(variant):
     lo, hi = rel.get("ci95") or (None, None)
     text = f"{rel['speedup']:.2f}x"
     if lo is not None and hi is not None:
-        text += f" ±{(hi - lo) / 2:.2f}"
+        text += f"±{(hi - lo) / 2:.2f}"
     return text
 
 
-def rows(report: dict) -> list[list[str]]:
-    return [[fn(v) for _, fn in COLUMNS] for v in report["variants"]]
+def _columns(terminal: bool) -> list[tuple]:
+    return [(h, fn) for h, fn, narrow in COLUMNS if narrow or not terminal]
+
+
+def rows(report: dict, terminal: bool = False) -> list[list[str]]:
+    return [[fn(v) for _, fn in _columns(terminal)] for v in report["variants"]]
 
 
 def _errors_and_notes(report: dict) -> list[str]:
@@ -71,11 +78,20 @@ def _errors_and_notes(report: dict) -> list[str]:
 
 
 def terminal(report: dict, console: Console | None = None) -> None:
-    console = console or Console()
-    table = Table(title=f"edgekit {report['command']} — {_title(report)}", title_justify="left")
-    for header, _ in COLUMNS:
-        table.add_column(header, justify="left" if header == "variant" else "right")
-    for row in rows(report):
+    # Piped output has no width: 120 columns keeps the table whole in logs and files.
+    console = console or Console(width=None if sys.stdout.isatty() else 120)
+    table = Table(
+        title=f"edgekit {report['command']} — {_title(report)}",
+        title_justify="left",
+        padding=(0, 1),
+        box=box.SIMPLE_HEAD,
+    )
+    for header, _ in _columns(terminal=True):
+        if header == "variant":
+            table.add_column(header, no_wrap=True)
+        else:
+            table.add_column(header, justify="right", no_wrap=True)
+    for row in rows(report, terminal=True):
         table.add_row(*row)
     console.print(table)
     console.print(f"[dim]{_device_line(report)}[/dim]")
@@ -105,7 +121,7 @@ def _device_line(report: dict) -> str:
 
 
 def markdown(report: dict) -> str:
-    headers = [h for h, _ in COLUMNS]
+    headers = [h for h, _ in _columns(terminal=False)]
     lines = [f"# edgekit {report['command']} report", "", f"Model: `{_title(report)}`", ""]
     rec = report.get("recommendation")
     if rec:

@@ -30,6 +30,26 @@ VARIANT_KEYS = (
     "notes",
     "unmeasured",
     "error",
+    # from the benchmark (docs/report-schema.md, "bench additions")
+    "threads",
+    "flops",
+    "gflops_per_s",
+    "profile",
+    # from passes that make them
+    "pruning",
+    "sensitivity",
+)
+
+# What edgekit.bench.measure() reports per variant and a report row carries as is.
+MEASURED_KEYS = (
+    "latency_ms",
+    "cold_start",
+    "relative",
+    "memory",
+    "threads",
+    "flops",
+    "gflops_per_s",
+    "profile",
 )
 
 
@@ -41,6 +61,16 @@ def new_variant(name: str, **fields) -> dict:
     row = {key: None for key in VARIANT_KEYS}
     row.update(name=name, passes=[], notes=[], unmeasured={})
     row.update(fields)
+    return row
+
+
+def add_measurement(row: dict, measured: dict) -> dict:
+    """Fill a variant row with one benchmark result; an error or a note is added, not replaced."""
+    for key in MEASURED_KEYS:
+        row[key] = measured.get(key)
+    row["notes"] += measured.get("notes") or []
+    row["unmeasured"].update(measured.get("unmeasured") or {})
+    row["error"] = row["error"] or measured.get("error")
     return row
 
 

@@ -1,0 +1,185 @@
+"""Reading report.json safely: a file from another machine or another tool gets one clear error
+paragraph (EdgekitError, exit code 2), never a traceback. Torch-free.
+
+The checks are hand-written and cover what readers (compare, the renderers) rely on; fields the
+contract may add later within schema version 1 pass through untouched.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from numbers import Real
+from pathlib import Path
+
+from edgekit import __version__
+from edgekit.errors import EdgekitError
+from edgekit.report.schema import REPORT_KIND, SCHEMA_VERSION, VARIANT_KEYS
+
+# Variant keys readers index directly; the other contract keys get their empty default if absent.
+REQUIRED_VARIANT_KEYS = (
+    "name",
+    "parent",
+    "size_bytes",
+    "latency_ms",
+    "memory",
+    "accuracy",
+    "error",
+)
+_NUMBER_FIELDS = {
+    "latency_ms": ("p50", "p90", "p99", "mean", "std", "min", "mad"),
+    "memory": ("peak_rss_bytes", "model_rss_bytes"),
+    "accuracy": ("max_abs_err", "mean_abs_err", "cosine_min", "top1_agreement", "task_accuracy"),
+    "relative": ("speedup",),
+}
+_DEFAULTS = {"passes": list, "notes": list, "unmeasured": dict}
+
+
+class _Invalid(Exception):
+    pass
+
+
+def read_report(path) -> dict:
+    """Load and check a report.json (or a folder holding one). Returns the report dict, with every
+    variant key of the contract present."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "report.json"
+    if not path.is_file():
+        raise EdgekitError(f"{path}: no such report file. Pass the report.json that edgekit wrote.")
+    data = path.read_bytes()
+    try:
+        # NaN/Infinity are not JSON; a writer that let one through meant "not measured".
+        report = json.loads(data.decode("utf-8"), parse_constant=lambda _: None)
+    except UnicodeDecodeError:
+        raise EdgekitError(
+            f"{path}: not a JSON text file (it is not UTF-8); not an edgekit report."
+        ) from None
+    except json.JSONDecodeError as exc:
+        if exc.pos >= len(exc.doc.rstrip()):
+            raise EdgekitError(
+                f"{path}: the JSON ends early ({len(data)} bytes, cut off at line {exc.lineno}): the "
+                "file looks truncated, e.g. by a copy or a run that was stopped while writing. "
+                "Copy it again or re-run the benchmark."
+            ) from None
+        raise EdgekitError(
+            f"{path}: not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno}); "
+            "not an edgekit report."
+        ) from None
+    _check_kind(path, report)
+    try:
+        _check(report)
+    except _Invalid as exc:
+        raise EdgekitError(
+            f"{path}: not a usable edgekit report (schema version {SCHEMA_VERSION}): {exc}. "
+            "The file may have been edited by hand or written by a broken edgekit build; "
+            "re-run the benchmark to get a fresh report."
+        ) from None
+    return report
+
+
+def _check_kind(path: Path, report) -> None:
+    if not isinstance(report, dict) or report.get("kind") != REPORT_KIND:
+        found = (
+            f'"kind" is {json.dumps(report.get("kind"))[:60]}'
+            if isinstance(report, dict) and "kind" in report
+            else f'a JSON {type(report).__name__} without "kind": "{REPORT_KIND}"'
+        )
+        raise EdgekitError(
+            f"{path}: not an edgekit report ({found}). edgekit reads the report.json that "
+            "`edgekit optimize` or `edgekit bench` writes."
+        )
+    version = report.get("schema_version")
+    if not _is_int(version) or version < 1:
+        raise EdgekitError(
+            f"{path}: an edgekit report without a valid schema_version "
+            f"(found {json.dumps(version)[:40]}); re-run the benchmark to get a fresh report."
+        )
+    if version > SCHEMA_VERSION:
+        raise EdgekitError(
+            f"{path}: this report has schema_version {version} (written by edgekit "
+            f"{report.get('edgekit_version', '?')}), newer than this edgekit {__version__} can read "
+            f"(up to {SCHEMA_VERSION}). Upgrade edgekit where you read it: pip install -U edgekit."
+        )
+
+
+def _check(report: dict) -> None:
+    for key, kind in (("device", dict), ("settings", dict)):
+        if report.get(key) is None:
+            report[key] = {}
+        _expect(report[key], kind, key)
+    for key in ("warnings", "inputs"):
+        report.setdefault(key, [])
+        _expect(report[key], list, key)
+    _expect(report.setdefault("command", None), (str, type(None)), "command")
+    rec = report.setdefault("recommendation", None)
+    if rec is not None:
+        _expect(rec, dict, "recommendation")
+        _expect(rec.get("variant"), (str, type(None)), "recommendation.variant")
+    if "variants" not in report:
+        raise _Invalid('the "variants" list is missing')
+    _expect(report["variants"], list, "variants")
+    seen = set()
+    for i, variant in enumerate(report["variants"]):
+        where = f"variants[{i}]"
+        _expect(variant, dict, where)
+        missing = [k for k in REQUIRED_VARIANT_KEYS if k not in variant]
+        if missing:
+            raise _Invalid(f"{where} lacks {', '.join(missing)}")
+        _check_variant(variant, where)
+        if variant["name"] in seen:
+            raise _Invalid(f'{where}: the variant name "{variant["name"]}" appears twice')
+        seen.add(variant["name"])
+        for key in VARIANT_KEYS:
+            if key not in variant:
+                variant[key] = _DEFAULTS[key]() if key in _DEFAULTS else None
+
+
+def _check_variant(v: dict, where: str) -> None:
+    _expect(v["name"], str, f"{where}.name")
+    if not v["name"]:
+        raise _Invalid(f"{where}.name is empty")
+    where = f'{where} ("{v["name"][:40]}")'
+    _expect(v["parent"], (str, type(None)), f"{where}.parent")
+    _expect(v["error"], (str, type(None)), f"{where}.error")
+    _expect_number(v["size_bytes"], f"{where}.size_bytes")
+    for key, fields in _NUMBER_FIELDS.items():
+        block = v.get(key)
+        if block is None:
+            continue
+        _expect(block, dict, f"{where}.{key}")
+        for field in fields:
+            _expect_number(block.get(field), f"{where}.{key}.{field}")
+    samples = (v["latency_ms"] or {}).get("samples")
+    if samples is not None:
+        _expect(samples, list, f"{where}.latency_ms.samples")
+        if not all(_is_number(x) for x in samples):
+            raise _Invalid(f"{where}.latency_ms.samples holds something other than numbers")
+    for key in ("notes", "passes"):
+        if v.get(key) is not None:
+            _expect(v[key], list, f"{where}.{key}")
+    if v.get("unmeasured") is not None:
+        _expect(v["unmeasured"], dict, f"{where}.unmeasured")
+
+
+def _is_int(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _is_number(x) -> bool:
+    return isinstance(x, Real) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _expect_number(x, where: str) -> None:
+    if x is not None and not _is_number(x):
+        raise _Invalid(f"{where} should be a number or null, not {json.dumps(x)[:40]}")
+
+
+_TYPE_NAMES = {dict: "an object", list: "a list", str: "a string", type(None): "null"}
+
+
+def _expect(x, kind, where: str) -> None:
+    if not isinstance(x, kind):
+        kinds = kind if isinstance(kind, tuple) else (kind,)
+        wanted = " or ".join(_TYPE_NAMES[k] for k in kinds)
+        raise _Invalid(f"{where} should be {wanted}, not {json.dumps(x)[:40]}")

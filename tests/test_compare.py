@@ -1,0 +1,136 @@
+"""`edgekit compare`: the real CLI on real report files, torch blocked where it must not be needed."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import run_edgekit, torch_blocked_env
+from fixtures.sample_reports import FIXTURES, PI, make_report, write
+
+from edgekit.report.compare import compare, ratio_ci
+
+
+@pytest.fixture
+def two_runs(tmp_path):
+    """Two runs of the same model on one machine: same true latencies, different noise."""
+    a = write(make_report(seed=1), tmp_path / "a.json")
+    b = write(make_report(seed=2), tmp_path / "b.json")
+    return a, b
+
+
+@pytest.fixture
+def slow_int8(tmp_path):
+    """Run B's int8-static variant made 30% slower (as with fewer threads)."""
+    return write(make_report(seed=3, slow={"int8-static": 1.3}, threads=1), tmp_path / "slow.json")
+
+
+def test_ratio_ci_covers_truth_and_is_repeatable():
+    import numpy as np
+
+    rng = np.random.default_rng(5)
+    a = 1 + rng.exponential(0.1, 3000)
+    b = 1.2 * (1 + rng.exponential(0.1, 3000))
+    ratio, ci = ratio_ci(a, b)
+    assert ci[0] < 1.2 < ci[1] and ci[0] < ratio < ci[1]
+    assert ratio_ci(a, b) == (ratio, ci)  # fixed seed
+    assert ratio_ci(a[:5], b[:5])[1] is None  # too few samples: no interval
+
+
+def test_two_runs_table_and_gates_pass(two_runs, tmp_path):
+    a, b = two_runs
+    result = run_edgekit(
+        "compare", a, b, "--fail-if-slower", 5, "--fail-if-drift", 0.95, "--fail-if-larger", 10,
+        env={**torch_blocked_env(tmp_path), "COLUMNS": "220"},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout
+    for name in ("fp32", "simplified", "int8-static", "int8-dynamic", "pruned-30"):
+        assert name in out
+    assert "no significant difference" in out and "gates passed" in out
+    assert "AMD EPYC 7B13" in out
+
+
+def test_markdown_format(two_runs):
+    result = run_edgekit("compare", *two_runs, "--format", "md")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    table = [line for line in lines if line.startswith("|")]
+    assert table[0].startswith("| variant | p50 A ms |") and set(table[1]) <= set("|-")
+    assert len(table) == 2 + 5
+    # every row has as many cells as the header (a "|" inside a cell would break the table)
+    widths = {line.replace("\\|", "").count("|") for line in table}
+    assert len(widths) == 1
+
+
+def test_slower_gate_trips(two_runs, slow_int8, tmp_path):
+    a, _ = two_runs
+    result = run_edgekit(
+        "compare", a, slow_int8, "--fail-if-slower", 10, "--format", "md",
+        env=torch_blocked_env(tmp_path),
+    )  # fmt: skip
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "gate tripped: --fail-if-slower 10%: int8-static" in result.stderr
+    assert "1.30x" in result.stderr and "95% CI" in result.stderr
+    # only int8-static tripped; the same gate at 40% lets a 30% slowdown pass
+    assert result.stderr.count("gate tripped") == 1
+    assert run_edgekit("compare", a, slow_int8, "--fail-if-slower", 40).returncode == 0
+
+
+def test_drift_and_size_gates(two_runs):
+    a, b = two_runs
+    drift = run_edgekit("compare", a, b, "--fail-if-drift", 0.99, "--json")
+    assert drift.returncode == 1
+    tripped = [g for g in json.loads(drift.stdout)["gates"] if g["tripped"]]
+    assert [(g["gate"], g["variant"]) for g in tripped] == [("--fail-if-drift", "pruned-30")]
+    assert "0.971200" in tripped[0]["message"]
+    # one report: every variant against fp32; int8 shrinks, nothing grows
+    assert run_edgekit("compare", a, "--fail-if-larger", 0).returncode == 0
+
+
+def test_one_report_against_float_root(two_runs):
+    result = run_edgekit("compare", two_runs[0], "--json")
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert data["mode"] == "one-report"
+    rows = {r["variant"]: r for r in data["rows"]}
+    assert set(rows) == {"simplified", "int8-static", "int8-dynamic", "pruned-30"}
+    assert {r["baseline"] for r in rows.values()} == {"fp32"}  # via simplified, up to the root
+    assert rows["int8-static"]["latency"]["significant"] is True
+    assert rows["int8-static"]["latency"]["ratio"] < 0.6  # 0.031 / 0.060 ms
+    assert rows["int8-dynamic"]["latency"]["ratio"] > 1.4  # the slow ConvInteger recipe
+
+
+def test_missing_and_failed_variants_and_two_devices(tmp_path):
+    a = write(make_report(seed=1), tmp_path / "laptop.json")
+    pi = make_report(seed=2, device=PI, drop=("pruned-30",), failed={"int8-dynamic": "ORT crashed"})
+    b = write(pi, tmp_path / "pi.json")
+    result = run_edgekit("compare", a, b, "--format", "md", "--fail-if-slower", 5)
+    assert result.returncode == 0, result.stderr  # a failed variant is shown, not a gate
+    out = result.stdout
+    assert "only in A: pruned-30" in out
+    assert "FAILED in B: ORT crashed" in out
+    assert "AMD EPYC 7B13" in out and "Cortex-A76" in out and "two devices" in out
+
+
+def test_unusable_input_exit_2(tmp_path, two_runs):
+    for bad in (FIXTURES / "foreign.json", FIXTURES / "future_version.json", tmp_path / "no.json"):
+        result = run_edgekit("compare", two_runs[0], bad, "--fail-if-slower", 5)
+        assert result.returncode == 2, (bad, result.stderr)
+        assert "Traceback" not in result.stderr
+    assert run_edgekit("compare", *two_runs, two_runs[0]).returncode == 2
+    assert run_edgekit("compare", *two_runs, "--fail-if-drift", 3).returncode == 2
+
+
+def test_help_without_torch(tmp_path):
+    result = run_edgekit("compare", "--help", env=torch_blocked_env(tmp_path))
+    assert result.returncode == 0, result.stderr
+    assert "--fail-if-slower" in result.stdout and "cosine_min" in result.stdout
+
+
+def test_api_names_gate_variant_and_numbers():
+    a, b = make_report(seed=1, n=300), make_report(seed=2, n=300, slow={"fp32": 2.0})
+    result = compare(a, b, fail_if_slower=5)
+    assert result["exit_code"] == 1
+    (gate,) = [g for g in result["gates"] if g["tripped"]]
+    assert gate["variant"] == "fp32" and "2.0" in gate["message"]
