@@ -8,6 +8,8 @@ examples:
   edgekit bench model.onnx
   edgekit bench fp32.onnx int8.onnx --threads 1,2,4 -o results
   edgekit bench model.onnx --input ids:1x128:int64:0-30522 --json > report.json
+  edgekit bench fp32.onnx int8.onnx --target ssh://pi@raspberrypi.local
+  edgekit bench model.onnx --targets fleet.toml -o fleet   # several devices at once
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ import argparse
 import os
 import sys
 from pathlib import Path
+
+from edgekit.errors import EdgekitError
 
 HELP = "benchmark ONNX models (latency, cold start, memory) on this CPU"
 
@@ -81,8 +85,59 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="add the top operators by time for each model (ORT profiling)",
     )
+    add_target_arguments(parser, fleet=True)
     parser.add_argument("--json", action="store_true", help="print only the JSON report to stdout")
     parser.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
+
+
+def add_target_arguments(parser, fleet: bool) -> None:
+    """--target and friends (edgekit.bench.remote); `edgekit optimize` takes one target."""
+    group = parser.add_argument_group("devices over SSH")
+    group.add_argument(
+        "--target",
+        action="append" if fleet else "store",
+        default=[] if fleet else None,
+        metavar="ssh://[USER@]HOST[:PORT]",
+        help="benchmark on this device instead (or a Host alias from ~/.ssh/config); it needs "
+        "python3 with onnxruntime and numpy"
+        + (
+            ". Repeat for a fleet: one report per device in OUT/NAME/ and a summary"
+            if fleet
+            else ""
+        ),
+    )
+    if fleet:
+        group.add_argument(
+            "--targets",
+            type=Path,
+            metavar="FILE",
+            help='a fleet: one target per line, or TOML tables [name] with target = "ssh://…" '
+            '(and optionally python = "…"). Exit code 1 if any device failed',
+        )
+    group.add_argument(
+        "--remote-python",
+        default="python3",
+        metavar="PATH",
+        help="the device's Python (default: python3), e.g. a venv's bin/python3",
+    )
+    group.add_argument(
+        "--ssh-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="passed to ssh as -o KEY=VALUE (repeatable); the environment variable "
+        "EDGEKIT_SSH_OPTIONS adds any ssh arguments. ssh runs with BatchMode=yes: set up keys",
+    )
+
+
+def parse_targets(args) -> list:
+    from edgekit.bench import remote
+
+    given = args.target if isinstance(args.target, list) else [args.target] * bool(args.target)
+    targets = [remote.parse_target(t, args.remote_python, args.ssh_option) for t in given]
+    if getattr(args, "targets", None):
+        targets += remote.read_targets(args.targets, args.remote_python, args.ssh_option)
+    return remote.unique_names(targets)
 
 
 def _thread_list(text: str) -> list[int]:
@@ -180,8 +235,6 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from edgekit.bench import BenchOptions, measure
-    from edgekit.errors import EdgekitError
-    from edgekit.fsutil import sha256_file
     from edgekit.report import render, schema
 
     if args.min_time <= 0 or args.max_time < args.min_time:
@@ -198,35 +251,18 @@ def run(args: argparse.Namespace) -> int:
         max_time=args.max_time,
         profile=args.profile,
     )
+    targets = parse_targets(args)
+    if len(targets) > 1 or getattr(args, "targets", None):
+        return _fleet(args, targets, paths, options, specs, feeds, data)
+    target = targets[0] if targets else None
     err = Console(stderr=True)
     if args.quiet:
-        result = measure(paths, feeds, options)
+        result = measure(paths, feeds, options, target=target)
     else:
         with err.status("benchmarking") as status:
-            result = measure(paths, feeds, options, progress=status.update)
+            result = measure(paths, feeds, options, progress=status.update, target=target)
 
-    sweep = len(options.threads or []) > 1
-    rows = []
-    for key, v in result.variants.items():
-        model = paths[key.rsplit("@", 1)[0] if sweep else key]
-        row = schema.new_variant(
-            key,
-            file=_file_field(model, args.output),
-            size_bytes=v["size_bytes"],
-            sha256=sha256_file(model),
-            unmeasured={"accuracy": "edgekit bench has no reference outputs"},
-        )
-        schema.add_measurement(row, v)
-        rows.append(row)
-    report = schema.new_report(
-        "bench",
-        inputs=[s.to_json() for s in specs],
-        data=data,
-        device=result.device,
-        settings=result.settings,
-        variants=rows,
-        warnings=result.warnings,
-    )
+    report = _report(result, paths, options, specs, data, args.output)
     schema.write_outputs(report, args.output)
 
     if args.json:
@@ -238,6 +274,85 @@ def run(args: argparse.Namespace) -> int:
             console.print(line, highlight=False)
         console.print(f"[dim]report: {args.output / 'report.json'}[/dim]")
     return 0
+
+
+def _fleet(args, targets, paths, options, specs, feeds, data) -> int:
+    """Every device at once; OUT/<name>/report.json each, OUT/summary.json and summary.md."""
+    import json
+
+    from rich.console import Console
+
+    from edgekit.bench import measure, remote
+    from edgekit.fsutil import atomic_write_text
+    from edgekit.report import schema
+
+    if not targets:
+        raise EdgekitError(f"The targets file {args.targets} lists no device.")
+
+    def bench_one(target) -> dict:
+        out = args.output / target.name
+        result = measure(paths, feeds, options, target=target)
+        report = _report(result, paths, options, specs, data, out)
+        schema.write_outputs(report, out)
+        return report
+
+    def fail_report(target, message: str) -> dict:
+        rows = [schema.new_variant(name, error=message) for name in paths]
+        report = schema.new_report(
+            "bench",
+            inputs=[s.to_json() for s in specs],
+            data=data,
+            device={"target": target.spec},
+            variants=rows,
+        )
+        schema.write_outputs(report, args.output / target.name)
+        return report
+
+    if not args.quiet:
+        names = ", ".join(t.name for t in targets)
+        print(f"benchmarking on {len(targets)} devices at once: {names}", file=sys.stderr)
+    outcomes = remote.run_fleet(targets, bench_one, fail_report)
+    result = remote.summary(outcomes)
+    atomic_write_text(args.output / "summary.json", json.dumps(result, indent=2) + "\n")
+    atomic_write_text(args.output / "summary.md", remote.summary_markdown(result))
+    if args.json:
+        sys.stdout.write(json.dumps(result, indent=2) + "\n")
+    elif not args.quiet:
+        console = Console(width=None if sys.stdout.isatty() else 120)
+        remote.summary_terminal(result, console)
+        console.print(f"[dim]summary: {args.output / 'summary.md'}[/dim]")
+    for outcome in outcomes:
+        if outcome.error:
+            print(f"edgekit: error: {outcome.error}", file=sys.stderr)
+    return 1 if result["failed"] else 0
+
+
+def _report(result, paths, options, specs, data, out_dir: Path) -> dict:
+    from edgekit.fsutil import sha256_file
+    from edgekit.report import schema
+
+    sweep = len(options.threads or []) > 1
+    rows = []
+    for key, v in result.variants.items():
+        model = paths[key.rsplit("@", 1)[0] if sweep else key]
+        row = schema.new_variant(
+            key,
+            file=_file_field(model, out_dir),
+            size_bytes=v["size_bytes"],
+            sha256=sha256_file(model),
+            unmeasured={"accuracy": "edgekit bench has no reference outputs"},
+        )
+        schema.add_measurement(row, v)
+        rows.append(row)
+    return schema.new_report(
+        "bench",
+        inputs=[s.to_json() for s in specs],
+        data=data,
+        device=result.device,
+        settings=result.settings,
+        variants=rows,
+        warnings=result.warnings,
+    )
 
 
 def summary_lines(report: dict) -> list[str]:

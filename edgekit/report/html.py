@@ -256,7 +256,7 @@ def _charts(report: dict) -> tuple[dict, list[str]]:
 
 def _variants_table(report: dict) -> str:
     rec = (report.get("recommendation") or {}).get("variant")
-    head = "".join(f"<th>{_e(h)}</th>" for h, _ in text.COLUMNS)
+    head = "".join(f"<th>{_e(h)}</th>" for h in text.headers())
     body = []
     for v, row in zip(report["variants"], text.rows(report), strict=True):
         cls = "failed" if v.get("error") else "best" if v["name"] == rec else ""
@@ -265,7 +265,7 @@ def _variants_table(report: dict) -> str:
         )
         body.append(f'<tr class="{cls}">{cells}</tr>')
         if v.get("error"):
-            span = len(text.COLUMNS)
+            span = len(text.headers())
             body.append(
                 f'<tr class="failed"><td colspan="{span}">FAILED: {_e(v["error"])}</td></tr>'
             )
@@ -366,7 +366,7 @@ def render(report: dict) -> str:
 <title>edgekit report — {_e(title)}</title><style>{CSS}</style></head>
 <body><main>
 <h1>edgekit {_e(report.get("command") or "")} report: {_e(title)}</h1>
-<p class="sub">{_e(text._device_line(report))} · created {_e(report.get("created_utc") or "?")}
+<p class="sub">{_e(text.device_line(report))} · created {_e(report.get("created_utc") or "?")}
  · edgekit {_e(report.get("edgekit_version") or "?")}</p>
 {rec_html}
 <h2>Variants</h2>

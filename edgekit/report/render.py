@@ -63,6 +63,10 @@ def _columns(terminal: bool) -> list[tuple]:
     return [(h, fn) for h, fn, narrow in COLUMNS if narrow or not terminal]
 
 
+def headers(terminal: bool = False) -> list[str]:
+    return [h for h, _ in _columns(terminal)]
+
+
 def rows(report: dict, terminal: bool = False) -> list[list[str]]:
     return [[fn(v) for _, fn in _columns(terminal)] for v in report["variants"]]
 
@@ -86,7 +90,7 @@ def terminal(report: dict, console: Console | None = None) -> None:
         padding=(0, 1),
         box=box.SIMPLE_HEAD,
     )
-    for header, _ in _columns(terminal=True):
+    for header in headers(terminal=True):
         if header == "variant":
             table.add_column(header, no_wrap=True)
         else:
@@ -94,7 +98,7 @@ def terminal(report: dict, console: Console | None = None) -> None:
     for row in rows(report, terminal=True):
         table.add_row(*row)
     console.print(table)
-    console.print(f"[dim]{_device_line(report)}[/dim]")
+    console.print(f"[dim]{device_line(report)}[/dim]")
     for line in _errors_and_notes(report):
         console.print(f"  {line}", style="red" if "FAILED" in line else None, highlight=False)
     for warning in report.get("warnings") or []:
@@ -111,7 +115,7 @@ def _title(report: dict) -> str:
     return source.get("path") or ", ".join(v["name"] for v in report["variants"])
 
 
-def _device_line(report: dict) -> str:
+def device_line(report: dict) -> str:
     d = report.get("device") or {}
     s = report.get("settings") or {}
     return (
@@ -121,14 +125,14 @@ def _device_line(report: dict) -> str:
 
 
 def markdown(report: dict) -> str:
-    headers = [h for h, _ in _columns(terminal=False)]
+    names = headers()
     lines = [f"# edgekit {report['command']} report", "", f"Model: `{_title(report)}`", ""]
     rec = report.get("recommendation")
     if rec:
         lines += [f"**Recommended: `{rec['variant']}`** — {rec['reason']}", ""]
-    lines += ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(names) + " |", "|" + "---|" * len(names)]
     lines += ["| " + " | ".join(row) + " |" for row in rows(report)]
-    lines += ["", f"_{_device_line(report)}_", ""]
+    lines += ["", f"_{device_line(report)}_", ""]
     notes = _errors_and_notes(report)
     if notes:
         lines += ["## Notes", ""] + [f"- {n}" for n in notes] + [""]
