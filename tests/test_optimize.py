@@ -1,0 +1,120 @@
+"""`edgekit optimize` end to end on the shipped model: real export, real onnxruntime, real files."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from conftest import REPO, run_edgekit
+
+from edgekit.report.read import read_report
+from edgekit.report.schema import SCHEMA_VERSION, VARIANT_KEYS
+
+MODEL = REPO / "models" / "digits_cnn.pt"
+ARCH = f"{REPO / 'models' / 'digits_cnn.py'}:DigitsCNN"
+DATA = REPO / "models" / "digits_test.npz"
+QUICK = ("--min-time", "0.2", "--max-time", "0.6")
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo") / "out"
+    result = run_edgekit("optimize", MODEL, "--arch", ARCH, "--data", DATA, "-o", out, *QUICK)
+    assert result.returncode == 0, result.stderr
+    return out, result
+
+
+def test_writes_every_output_and_nothing_half_done(demo):
+    out, _ = demo
+    names = {p.name for p in out.iterdir()}
+    assert {"report.json", "report.md", "report.html", "fp32.onnx", "simplified.onnx"} <= names
+    assert "int8-dynamic.onnx" in names
+    assert not [p for p in out.parent.iterdir() if p.name.startswith(".edgekit-staging")]
+    assert not [n for n in names if n.endswith(".tmp")]
+
+
+def test_report_contract(demo):
+    out, _ = demo
+    report = json.loads((out / "report.json").read_text())
+    assert report["schema_version"] == SCHEMA_VERSION
+    for key in ("edgekit_version", "source", "device", "variants", "recommendation"):
+        assert report[key], key
+    assert report["source"]["format"] == "state_dict"
+    assert len(report["source"]["sha256"]) == 64
+    assert {"cpu", "arch", "cores"} <= set(report["device"])
+    by_name = {v["name"]: v for v in report["variants"]}
+    assert {"fp32", "simplified", "int8-dynamic"} <= set(by_name)
+    for v in report["variants"]:
+        assert set(VARIANT_KEYS) <= set(v), v["name"]
+        if v["error"]:
+            continue
+        assert (out / v["file"]).is_file()
+        assert v["size_bytes"] == (out / v["file"]).stat().st_size
+        for key in ("p50", "p90", "p99", "mean", "std", "n"):
+            assert v["latency_ms"][key] is not None, (v["name"], key)
+        assert v["memory"]["peak_rss_bytes"] > 0
+        for key in ("max_abs_err", "mean_abs_err", "cosine_min", "top1_agreement"):
+            assert v["accuracy"][key] is not None, (v["name"], key)
+        # labelled data: task accuracy for every variant, and the model is really good
+        assert v["accuracy"]["task_accuracy"] > 0.9, v["name"]
+    assert by_name["int8-dynamic"]["size_bytes"] <= 0.30 * by_name["fp32"]["size_bytes"]
+    assert report["recommendation"]["variant"] in by_name
+    assert read_report(out / "report.json")["variants"]  # our own reader accepts it
+
+
+def test_terminal_table_and_markdown(demo):
+    out, result = demo
+    assert "int8-dynamic" in result.stdout and "task acc" in result.stdout
+    assert "recommended:" in result.stdout
+    md = (out / "report.md").read_text()
+    assert "| variant |" in md and "int8-dynamic" in md
+
+
+def test_a_failed_run_leaves_the_earlier_report_untouched(demo, tmp_path):
+    out, _ = demo
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, input=np.zeros((4, 3, 8, 8), np.float32))  # 3 channels: export fails
+    result = run_edgekit("optimize", MODEL, "--arch", ARCH, "--data", bad, "-o", out, *QUICK)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr and "(1, 8, 8)" not in result.stderr
+    assert "shape" in result.stderr
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+def test_onnx_source_skips_export_and_generates_inputs(demo, tmp_path):
+    out, _ = demo
+    onnx_file = tmp_path / "digits.onnx"
+    shutil.copy(out / "fp32.onnx", onnx_file)
+    result = run_edgekit("optimize", onnx_file, "--json", *QUICK)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)  # --json prints only the report
+    assert report["source"]["format"] == "onnx"
+    assert report["data"]["generated"] is True
+    fp32 = report["variants"][0]
+    assert fp32["accuracy"]["task_accuracy"] is None
+    assert "labels" in fp32["unmeasured"]["accuracy.task_accuracy"]
+    assert (tmp_path / "digits.edgekit" / "report.json").is_file()  # default: beside the model
+
+
+def test_a_model_without_input_shapes_asks_for_input(tmp_path):
+    result = run_edgekit("optimize", MODEL, "--arch", ARCH, "-o", tmp_path / "out")
+    assert result.returncode == 2
+    assert "--input" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    "args,words",
+    [
+        (("--input", "input:1x1x8x8:complex64"), "dtype"),
+        (("--input", "input:1x8"), "input"),  # a shape the model cannot take
+        (("--max-drift", "speed>=2"), "cosine>=0.99"),
+        (("--data", "missing.npz"), "does not exist"),
+    ],
+)
+def test_bad_options_are_clear_errors(tmp_path, args, words):
+    result = run_edgekit("optimize", MODEL, "--arch", ARCH, "-o", tmp_path / "o", *args)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert "edgekit: error:" in result.stderr and words in result.stderr
