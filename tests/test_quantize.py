@@ -1,0 +1,156 @@
+"""int8 recipes: which ones the op mix calls for, the types each CPU gets, and what is recorded."""
+
+from __future__ import annotations
+
+import contextlib
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from edgekit.accuracy import run_onnx
+from edgekit.passes import PassContext, Variant
+from edgekit.passes.opmix import op_mix, plan
+from edgekit.passes.quantize import int8_settings, int8_variants
+from edgekit.recommend import parse_budget
+
+AVX2_ONLY = ("x86_64", ["avx2", "fma"])
+
+
+@pytest.mark.parametrize(
+    ("arch", "features", "activation", "reduce_range", "says"),
+    [
+        ("x86_64", ["avx2", "fma", "avx512f", "avx512_vnni"], "QUInt8", False, "with VNNI"),
+        ("x86_64", ["avx2", "avx_vnni"], "QUInt8", False, "with VNNI"),
+        ("x86_64", ["avx2", "amx_int8"], "QUInt8", False, "with VNNI"),
+        ("x86_64", ["avx2", "fma"], "QUInt8", True, "without VNNI"),
+        ("aarch64", ["asimd", "asimddp"], "QInt8", False, "with the int8 dot product"),
+        ("aarch64", ["asimd"], "QInt8", False, "without the int8 dot product"),
+    ],
+)
+def test_int8_types_follow_the_cpu_features(arch, features, activation, reduce_range, says):
+    settings = int8_settings(arch, features)
+    assert settings["activation_type"] == activation and settings["weight_type"] == "QInt8"
+    assert settings["reduce_range"] is reduce_range
+    assert says in settings["cpu"]
+
+
+def decisions(mix, mode="auto"):
+    return {d.recipe.name: d for d in plan({**dict.fromkeys(MIX_KEYS, 0), **mix}, mode)}
+
+
+MIX_KEYS = ("conv", "matmul", "recurrent", "attention")
+
+
+def test_conv_heavy_models_get_static_and_dynamic_only_to_show_its_slowdown():
+    d = decisions({"conv": 20, "matmul": 1})
+    assert d["int8-static"].tried and d["int8-static"].fix_drift
+    assert d["int8-dynamic"].tried and not d["int8-dynamic"].fix_drift
+    assert "ConvInteger" in d["int8-dynamic"].why and "10x slower" in d["int8-dynamic"].why
+    assert not d["int8-dynamic-pc"].tried and "ConvInteger" in d["int8-dynamic-pc"].why
+
+
+@pytest.mark.parametrize("mix", [{"matmul": 36}, {"recurrent": 2, "matmul": 1}, {"attention": 6}])
+def test_matmul_and_recurrent_heavy_models_get_every_recipe(mix):
+    d = decisions({"conv": 1, **mix})
+    assert all(x.tried and x.fix_drift for x in d.values())
+    if "recurrent" in mix:
+        assert "LSTM/GRU/RNN stay float" in d["int8-static"].why
+
+
+def test_modes_and_models_with_nothing_to_quantize():
+    assert not any(x.tried for x in decisions({"conv": 3}, "none").values())
+    assert [n for n, x in decisions({"conv": 3}, "static").items() if x.tried] == ["int8-static"]
+    assert [n for n, x in decisions({"conv": 3}, "dynamic").items() if x.tried] == [
+        "int8-dynamic",
+        "int8-dynamic-pc",
+    ]
+    assert all(x.tried for x in decisions({"conv": 3}, "all").values())
+    nothing = decisions({})
+    assert not any(x.tried for x in nothing.values())
+    assert "nothing int8 would speed up" in nothing["int8-static"].why
+
+
+def small_cnn(path):
+    """x (N, 3, 16, 16) → conv → relu → conv → relu → global pool → flatten → fc (N, 10)."""
+    rng = np.random.default_rng(0)
+    inits = [
+        numpy_helper.from_array(a.astype(np.float32), n)
+        for n, a in [
+            ("w1", rng.normal(0, 0.3, (8, 3, 3, 3))),
+            ("w2", rng.normal(0, 0.3, (8, 8, 3, 3))),
+            ("fc_w", rng.normal(0, 0.3, (10, 8))),
+            ("fc_b", np.zeros(10)),
+        ]
+    ]
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+        helper.make_node("Conv", ["r1", "w2"], ["c2"], name="conv2", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c2"], ["r2"], name="relu2"),
+        helper.make_node("GlobalAveragePool", ["r2"], ["p"], name="pool"),
+        helper.make_node("Flatten", ["p"], ["f"], name="flatten"),
+        helper.make_node("Gemm", ["f", "fc_w", "fc_b"], ["y"], name="fc", transB=1),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "cnn",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3, 16, 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 10])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
+
+
+@contextlib.contextmanager
+def no_progress(message):
+    yield lambda text: None
+
+
+def context(tmp_path, path, budget="top1>=0.9"):
+    feeds = {"x": np.random.default_rng(1).uniform(size=(16, 3, 16, 16)).astype(np.float32)}
+    return PassContext(
+        staging=tmp_path,
+        feeds=feeds,
+        labels=None,
+        reference=run_onnx(path, feeds),
+        data_is_real=False,
+        budget=parse_budget(budget),
+        step=no_progress,
+    )
+
+
+def test_a_small_cnn_gets_calibrated_static_int8_with_its_settings_recorded(tmp_path):
+    path = small_cnn(tmp_path / "simplified.onnx")
+    assert op_mix(onnx.load(str(path)))["conv"] == 2
+    ctx = context(tmp_path, path)
+    variants = {v.name: v for v in int8_variants(Variant("simplified", path), ctx, cpu=AVX2_ONLY)}
+    assert set(variants) == {"int8-dynamic", "int8-static"}
+    static = variants["int8-static"]
+    assert static.error is None and static.parent == "simplified"
+    settings = static.passes[-1]["settings"]
+    assert settings["reduce_range"] is True and settings["activation_type"] == "QUInt8"
+    assert settings["cpu_features"] == ["avx2", "fma"] and "without VNNI" in settings["cpu"]
+    assert (
+        settings["calibration"] == "MinMax" and settings["calibration_data"] == "generated inputs"
+    )
+    assert any("generated random inputs" in n for n in static.notes)
+    ops = {n.op_type for n in onnx.load(str(static.path)).graph.node}
+    assert "QuantizeLinear" in ops and "DequantizeLinear" in ops
+    assert any("ConvInteger" in n for n in variants["int8-dynamic"].notes)
+    assert ctx.notes[0].startswith("int8 op mix of simplified: 2 Conv, 1 MatMul/Gemm")
+    assert any(n.startswith("int8-dynamic-pc: skipped") for n in ctx.notes)
+
+
+def test_a_pruned_parent_names_its_int8_children_after_itself(tmp_path):
+    path = small_cnn(tmp_path / "structured-0.5.onnx")
+    ctx = context(tmp_path, path)
+    parent = Variant("structured-0.5", path)
+    variants = int8_variants(parent, ctx, mode="static", calibration="percentile", cpu=AVX2_ONLY)
+    assert [v.name for v in variants] == ["structured-0.5+int8-static"]
+    assert variants[0].parent == "structured-0.5" and variants[0].error is None
+    assert variants[0].passes[-1]["settings"]["calibration"] == "Percentile"

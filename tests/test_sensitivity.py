@@ -1,0 +1,118 @@
+"""Sensitivity exclusion on a model that plain int8 breaks: real quantization, real onnxruntime."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from edgekit.accuracy import run_onnx
+from edgekit.api import OptimizeOptions, optimize
+from edgekit.passes import PassContext, Variant
+from edgekit.passes.quantize import int8_variants
+from edgekit.passes.sensitivity import MAX_TRIALS, _groups
+from edgekit.recommend import parse_budget
+
+VNNI_CPU = ("x86_64", ["avx2", "avx512_vnni"])
+
+
+def outlier_model(path):
+    """x (N, 32) → fc1 → relu → fc2 → relu → fc3 → (N, 8, 2). fc1's bias puts a huge value in
+    one channel (the massive activations of real transformers) that fc2 ignores (zero weights):
+    quantizing fc2's input per tensor leaves every other channel a few int8 steps."""
+    rng = np.random.default_rng(0)
+    w1, b1 = rng.normal(0, 0.2, (32, 64)), np.zeros(64)
+    b1[0] = 200.0  # plain dynamic int8: cosine ~0.83
+    w2 = rng.normal(0, 0.2, (64, 64))
+    w2[0] = 0.0
+    w3 = rng.normal(0, 0.2, (64, 16))
+    inits = [
+        numpy_helper.from_array(a.astype(np.float32), n)
+        for a, n in [
+            (w1, "w1"),
+            (b1, "b1"),
+            (w2, "w2"),
+            (w3, "w3"),
+            (np.array([-1, 8, 2]), "shape"),
+        ]
+    ]
+    inits[-1] = numpy_helper.from_array(np.array([-1, 8, 2], dtype=np.int64), "shape")
+    nodes = [
+        helper.make_node("MatMul", ["x", "w1"], ["h1"], name="fc1"),
+        helper.make_node("Add", ["h1", "b1"], ["h1b"], name="fc1_bias"),
+        helper.make_node("Relu", ["h1b"], ["a1"], name="relu1"),
+        helper.make_node("MatMul", ["a1", "w2"], ["h2"], name="fc2"),
+        helper.make_node("Relu", ["h2"], ["a2"], name="relu2"),
+        helper.make_node("MatMul", ["a2", "w3"], ["h3"], name="fc3"),
+        helper.make_node("Reshape", ["h3", "shape"], ["y"], name="to_pairs"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "outlier",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 32])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 8, 2])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
+
+
+@contextlib.contextmanager
+def no_progress(message):
+    yield lambda text: None
+
+
+def test_sensitivity_keeps_the_outlier_layer_in_float(tmp_path):
+    path = outlier_model(tmp_path / "fp32.onnx")
+    feeds = {"x": np.random.default_rng(1).normal(size=(32, 32)).astype(np.float32)}
+    ctx = PassContext(
+        staging=tmp_path,
+        feeds=feeds,
+        labels=None,
+        reference=run_onnx(path, feeds),
+        data_is_real=False,
+        budget=parse_budget("cosine>=0.99"),
+        step=no_progress,
+    )
+    variants = int8_variants(Variant("fp32", path), ctx, mode="dynamic", cpu=VNNI_CPU)
+    by_name = {v.name: v for v in variants}
+    fixed = by_name["int8-dynamic-excl"]
+    report = fixed.extra["sensitivity"]
+    assert report["excluded"] == ["fc2"]
+    assert report["drift_before"] < 0.99 <= report["drift_after"]
+    assert report["within_budget"] and report["budget"] == "cosine>=0.99"
+    assert fixed.passes[-1]["settings"]["nodes_to_exclude"] == ["fc2"]
+    assert any("int8-dynamic-excl" in n and "fc2" in n for n in ctx.notes)
+
+
+def test_the_report_names_the_excluded_node_and_recommends_within_budget(tmp_path):
+    """The whole pipeline on an ONNX source: drift, bench and recommendation are the real ones."""
+    path = outlier_model(tmp_path / "outlier.onnx")
+    options = OptimizeOptions(out_dir=tmp_path / "out", min_time=0.05, max_time=0.3, int8="dynamic")
+    report = optimize(path, options)
+    assert report["budget"] == "cosine>=0.99"  # the default for a non-classifier output
+    rows = {v["name"]: v for v in report["variants"]}
+    plain, fixed = rows["int8-dynamic"], rows["int8-dynamic-excl"]
+    assert plain["accuracy"]["cosine_min"] < 0.99
+    assert fixed["sensitivity"]["excluded"] == ["fc2"]
+    assert fixed["accuracy"]["cosine_min"] >= 0.99
+    assert fixed["parent"] == "simplified" and fixed["latency_ms"]["p50"] > 0
+    assert any(n.startswith("int8-dynamic-excl:") and "fc2" in n for n in report["notes"])
+    on_disk = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert on_disk["variants"][list(rows).index("int8-dynamic-excl")]["sensitivity"][
+        "excluded"
+    ] == ["fc2"]
+    recommended = report["recommendation"]["variant"]
+    assert recommended == "fp32" or recommended not in ("int8-dynamic", "int8-dynamic-pc")
+
+
+def test_many_nodes_are_ranked_in_groups_of_consecutive_nodes():
+    nodes = [f"n{i}" for i in range(50)]
+    groups = _groups(nodes, MAX_TRIALS)
+    assert len(groups) <= MAX_TRIALS and sum(groups, []) == nodes
+    assert _groups(nodes[:5], MAX_TRIALS) == [[n] for n in nodes[:5]]
