@@ -14,6 +14,7 @@ import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from edgekit.accuracy import drift, is_classifier_output, run_onnx
 from edgekit.errors import EdgekitError
@@ -28,7 +29,10 @@ from edgekit.model.inputs import (
 )
 from edgekit.passes import PassContext, Variant
 from edgekit.recommend import Budget, default_budget, recommend
-from edgekit.report.schema import new_report, new_variant, write_outputs
+from edgekit.report.schema import add_measurement, new_report, new_variant, write_outputs
+
+if TYPE_CHECKING:
+    from edgekit.bench.remote import Target
 
 GENERATED_SAMPLES = 32  # random inputs for drift when no --data is given
 PARITY_SAMPLES = 16
@@ -43,9 +47,15 @@ class OptimizeOptions:
     data: Path | None = None
     out_dir: Path | None = None  # default: <model>.edgekit beside the model
     budget: Budget | None = None  # default: by output kind
+    int8: str = "auto"  # auto|dynamic|static|all|none: which int8 recipes to try
+    calibration: str = "minmax"  # static int8: minmax|entropy|percentile
     threads: list[int] | None = None
     min_time: float = 2.0
     max_time: float = 10.0
+    target: Target | None = None  # benchmark on this device over SSH (edgekit.bench.remote)
+    prune: Sequence[str] = ()  # "unstructured:0.5", "structured:0.3"
+    finetune_epochs: int = 0  # fine-tune pruned models on train_data before export
+    train_data: Path | None = None  # labelled .npz kept apart from `data`
 
 
 @contextlib.contextmanager
@@ -64,6 +74,7 @@ def optimize(model_path: Path, options: OptimizeOptions, step=_no_progress) -> d
     becomes an error row. Earlier outputs in the folder are replaced only at the very end."""
     from edgekit.model.export import check_parity, export_onnx, torch_outputs
     from edgekit.model.load import load_model
+    from edgekit.passes.prune import plan_pruning, pruned_variants
     from edgekit.passes.quantize import int8_variants
     from edgekit.passes.simplify import simplify
 
@@ -80,6 +91,9 @@ def optimize(model_path: Path, options: OptimizeOptions, step=_no_progress) -> d
         feeds = {s.name: arrays[s.name] for s in specs}
     else:
         feeds = generate_samples(specs, GENERATED_SAMPLES)
+    prune_plan = plan_pruning(
+        options.prune, options.finetune_epochs, options.train_data, specs, feeds
+    )
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".edgekit-staging-", dir=out_dir.parent))
@@ -122,19 +136,22 @@ def optimize(model_path: Path, options: OptimizeOptions, step=_no_progress) -> d
             simplified = simplify(fp32, ctx)
         variants.append(simplified)
         quant_parent = fp32 if simplified.error else simplified
-        variants += int8_variants(quant_parent, ctx)
+        variants += int8_variants(quant_parent, ctx, options.int8, options.calibration)
+        variants += pruned_variants(
+            prune_plan,
+            loaded,
+            specs,
+            fp32,
+            ctx,
+            int8=lambda parent: int8_variants(parent, ctx, options.int8, options.calibration),
+        )
 
         with step("measuring accuracy"):
             rows = {v.name: _variant_row(v, reference, feeds, labels) for v in variants}
         measured = [v for v in variants if v.error is None]
         bench_result = _bench(measured, feeds, specs, options, step)
-        for name, result in bench_result.variants.items():
-            row = rows[name]
-            for key in ("latency_ms", "cold_start", "relative", "memory"):
-                row[key] = result.get(key)
-            row["notes"] += result.get("notes") or []
-            row["unmeasured"].update(result.get("unmeasured") or {})
-            row["error"] = row["error"] or result.get("error")
+        for name, measured_row in bench_result.variants.items():
+            add_measurement(rows[name], measured_row)
 
         variant_rows = list(rows.values())
         report = new_report(
@@ -203,7 +220,8 @@ def _bench(variants: list[Variant], feeds, specs: list[InputSpec], options, step
         threads=options.threads, min_time=options.min_time, max_time=options.max_time
     )
     with step("benchmarking " + ", ".join(v.name for v in variants)) as update:
-        return measure({v.name: v.path for v in variants}, batch, bench_options, progress=update)
+        models = {v.name: v.path for v in variants}
+        return measure(models, batch, bench_options, progress=update, target=options.target)
 
 
 def _publish(files: list[Path], out_dir: Path) -> None:

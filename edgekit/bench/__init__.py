@@ -10,6 +10,7 @@ first model is the baseline of `relative`. Never imports torch.
 
 from __future__ import annotations
 
+import contextlib
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -17,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgekit.bench import device, flops, runner, stats
+from edgekit.bench import device, flops, remote, runner, stats
 
 OUTLIER_NOTE_FRACTION = 0.05
 
@@ -52,32 +53,38 @@ def measure(
     feeds: dict[str, np.ndarray],
     options: BenchOptions | None = None,
     progress: Callable[[str], None] | None = None,
+    target: remote.Target | None = None,
 ) -> BenchResult:
     """Time every model on `feeds` (one batch, as the model takes it). A model that fails to load
-    or run becomes an entry with `error` set and null numbers; the others still finish."""
+    or run becomes an entry with `error` set and null numbers; the others still finish.
+    With `target`, the models run on that device over SSH (edgekit.bench.remote); an unreachable
+    or unusable device raises EdgekitError."""
     options = options or BenchOptions()
-    dev = device.collect()
-    threads = list(options.threads or [dev["cores"]])
-    sweep = len(threads) > 1
-    jobs = [
-        runner.Job(variant_key(name, t, sweep), Path(path), t)
-        for t in threads
-        for name, path in models.items()
-    ]
     with tempfile.TemporaryDirectory(prefix="edgekit-bench-") as tmp:
         feeds_npz = Path(tmp) / "feeds.npz"
         np.savez(feeds_npz, **feeds)
-        log = runner.run(
-            jobs,
-            feeds_npz,
-            arena=options.arena,
-            min_time=options.min_time,
-            max_time=options.max_time,
-            target_ci=options.target_ci,
-            profile=options.profile,
-            progress=progress,
-        )
-    dev["load_avg_after"] = device.load_avg()
+        local = contextlib.nullcontext(runner.Local())
+        with remote.session(target, models, feeds_npz, progress) if target else local as place:
+            dev = place.device()
+            threads = list(options.threads or [dev["cores"]])
+            sweep = len(threads) > 1
+            jobs = [
+                runner.Job(variant_key(name, t, sweep), Path(path), t)
+                for t in threads
+                for name, path in models.items()
+            ]
+            log = runner.run(
+                jobs,
+                feeds_npz,
+                arena=options.arena,
+                min_time=options.min_time,
+                max_time=options.max_time,
+                target_ci=options.target_ci,
+                profile=options.profile,
+                progress=progress,
+                place=place,
+            )
+            dev["load_avg_after"] = place.load_avg()
 
     counts = {}
     for name, path in models.items():

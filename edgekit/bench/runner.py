@@ -72,7 +72,10 @@ class Worker:
             err = self.stderr.read().strip().splitlines()
             tail = err[-1] if err else "no message"
             raise WorkerError(f"the worker process died (exit code {self.proc.returncode}): {tail}")
-        reply = json.loads(line)
+        try:
+            reply = json.loads(line)
+        except ValueError:  # e.g. a device's shell start-up files printing to stdout
+            raise WorkerError(f"the worker sent a line that is not JSON: {line[:200]!r}") from None
         if not reply.pop("ok", False):
             raise WorkerError(reply.get("error", "unknown worker error"))
         return reply

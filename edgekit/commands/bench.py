@@ -272,6 +272,8 @@ def run(args: argparse.Namespace) -> int:
         render.terminal(report, console)
         for line in summary_lines(report):
             console.print(line, highlight=False)
+        if target:
+            console.print(f"measured on {target.spec}, over SSH", highlight=False, markup=False)
         console.print(f"[dim]report: {args.output / 'report.json'}[/dim]")
     return 0
 

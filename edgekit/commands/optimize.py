@@ -1,6 +1,6 @@
-"""Export a trained PyTorch model to ONNX, simplify it, make int8 variants, benchmark every
-variant on this CPU, measure accuracy drift against the float model (and task accuracy with
-labelled --data), and write a report with the variant to ship.
+"""Export a trained PyTorch model to ONNX, simplify it, make int8 (and, asked for, pruned)
+variants, benchmark every variant on this CPU, measure accuracy drift against the float model
+(and task accuracy with labelled --data), and write a report with the variant to ship.
 
 Model formats, detected from the file's contents: TorchScript (torch.jit.save), torch.export
 programs (.pt2), state_dicts (need --arch), pickled nn.Modules (need --trust-pickle), ONNX.
@@ -8,6 +8,10 @@ programs (.pt2), state_dicts (need --arch), pickled nn.Modules (need --trust-pic
 Example:
   edgekit optimize models/digits_cnn.pt --arch models/digits_cnn.py:DigitsCNN \\
       --data models/digits_test.npz
+  edgekit optimize models/digits_cnn.pt --arch models/digits_cnn.py:DigitsCNN \\
+      --data models/digits_test.npz --prune structured:0.5 --finetune-epochs 3 \\
+      --train-data models/digits_train.npz
+  edgekit optimize model.onnx --target ssh://pi@raspberrypi.local   # timed on the Pi
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ import argparse
 import contextlib
 import sys
 from pathlib import Path
+
+from edgekit.commands.bench import add_target_arguments, parse_targets
 
 HELP = "make, measure and recommend deployable variants of a PyTorch model"
 
@@ -57,11 +63,52 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="FILE.npz",
         help="real samples: arrays named after the inputs, optional `labels`",
     )
+    prune = parser.add_argument_group(
+        "pruning", "needs the nn.Module: a state_dict with --arch, or a pickled module"
+    )
+    prune.add_argument(
+        "--prune",
+        metavar="KIND:AMOUNT",
+        action="append",
+        default=[],
+        help="unstructured:0.5 (zero half the weights: a smaller compressed file, no speedup) or "
+        "structured:0.3 (remove 30%% of the channels: faster, needs fine-tuning) (repeatable)",
+    )
+    prune.add_argument(
+        "--finetune-epochs",
+        type=int,
+        default=0,
+        metavar="N",
+        help="fine-tune each pruned model for N epochs on --train-data before export",
+    )
+    prune.add_argument(
+        "--train-data",
+        type=Path,
+        metavar="FILE.npz",
+        help="labelled samples to fine-tune on (arrays named after the inputs, plus `labels`); "
+        "keep them apart from --data, on which accuracy is reported",
+    )
     decide = parser.add_argument_group("deciding")
     decide.add_argument(
         "--max-drift",
         metavar="BUDGET",
         help="cosine>=0.99, top1>=0.99 or accuracy-drop<=0.01 (default: by output kind)",
+    )
+    int8 = parser.add_argument_group("int8")
+    int8.add_argument(
+        "--int8",
+        choices=("auto", "dynamic", "static", "all", "none"),
+        default="auto",
+        help="int8 recipes to try: auto (by the model's op mix: static for Conv-heavy models, "
+        "dynamic and static for MatMul/recurrent-heavy ones), dynamic (per-tensor and "
+        "per-channel), static (QDQ, calibrated), all, or none (default auto)",
+    )
+    int8.add_argument(
+        "--calibration",
+        choices=("minmax", "entropy", "percentile"),
+        default="minmax",
+        help="how static int8 picks activation ranges from the calibration samples "
+        "(default minmax: exact and fast; nodes it fits badly are kept in float)",
     )
     bench = parser.add_argument_group("benchmark")
     bench.add_argument(
@@ -81,6 +128,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="S",
         help="seconds of timed runs per variant, at most (default 10)",
     )
+    add_target_arguments(parser, fleet=False)  # variants are made here, timed on the device
     out = parser.add_argument_group("output")
     out.add_argument("-q", "--quiet", action="store_true", help="no progress and no table")
     out.add_argument("--json", action="store_true", help="print only report.json to stdout")
@@ -99,6 +147,11 @@ def run(args: argparse.Namespace) -> int:
         raise EdgekitError(f"The model file {args.model} does not exist. Check the path.")
     if args.min_time <= 0 or args.max_time < args.min_time:
         raise EdgekitError("--min-time must be > 0 and --max-time at least --min-time.")
+    targets = parse_targets(args)
+    if targets:  # fail before minutes of exporting, not after
+        from edgekit.bench.remote import probe
+
+        probe(targets[0])
     options = OptimizeOptions(
         arch=args.arch,
         code=args.code,
@@ -110,6 +163,12 @@ def run(args: argparse.Namespace) -> int:
         threads=[args.threads] if args.threads else None,
         min_time=args.min_time,
         max_time=args.max_time,
+        target=targets[0] if targets else None,
+        int8=args.int8,
+        calibration=args.calibration,
+        prune=args.prune,
+        finetune_epochs=args.finetune_epochs,
+        train_data=args.train_data,
     )
     quiet = args.quiet or args.json
     console = Console(stderr=True)
@@ -127,7 +186,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         sys.stdout.write(to_json(report))
     elif not args.quiet:
-        render.terminal(report, Console())
+        render.terminal(report)
         out_dir = args.output or Path(report["source"]["path"]).parent
         console.print(f"[dim]report written to {options.out_dir or out_dir}[/dim]")
     return 0
