@@ -7,15 +7,27 @@ from pathlib import Path
 
 import numpy as np
 
+from edgekit.errors import EdgekitError
+
 
 def run_onnx(path: Path, feeds: dict[str, np.ndarray], chunk: int = 64) -> list[np.ndarray]:
-    """All outputs for all samples, running `chunk` samples per call (the batch axis is dynamic)."""
+    """All outputs for all samples, `chunk` samples per call, or the model's own batch size
+    where its batch axis is fixed (an ONNX file from elsewhere may have batch 1 baked in)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.log_severity_level = 3
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     total = len(next(iter(feeds.values())))
+    fixed = {i.shape[0] for i in session.get_inputs() if i.shape and isinstance(i.shape[0], int)}
+    if fixed:
+        chunk = fixed.pop()
+        if total % chunk:
+            raise EdgekitError(
+                f"{path.name} has a fixed batch size of {chunk}, and {total} samples do not "
+                f"divide into batches of {chunk}. Give --data with a multiple of {chunk} samples, "
+                "or export the model with a dynamic batch axis."
+            )
     parts: list[list[np.ndarray]] = []
     for start in range(0, total, chunk):
         batch = {name: array[start : start + chunk] for name, array in feeds.items()}

@@ -118,3 +118,28 @@ def test_bad_options_are_clear_errors(tmp_path, args, words):
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr
     assert "edgekit: error:" in result.stderr and words in result.stderr
+
+
+def test_onnx_with_a_fixed_batch_of_one(tmp_path):
+    """ONNX files from elsewhere often have batch 1 baked in: drift, calibration and the
+    benchmark must feed them one sample at a time."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    weight = numpy_helper.from_array(
+        np.random.default_rng(0).normal(size=(16, 8)).astype(np.float32), "w"
+    )
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])],
+        "fixed",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8])],
+        [weight],
+    )
+    path = tmp_path / "fixed.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    result = run_edgekit("optimize", path, "--json", *QUICK)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    failed = {v["name"]: v["error"] for v in report["variants"] if v["error"]}
+    assert not failed

@@ -22,7 +22,6 @@ CALIBRATION_METHODS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "
 # outliers it handles badly are what the sensitivity pass keeps in float.
 DEFAULT_CALIBRATION = "minmax"
 CALIBRATION_SAMPLES = 64
-CALIBRATION_BATCH = 8
 VNNI = ("avx512_vnni", "avx_vnni", "amx_int8")
 
 # The nodes each method quantizes (what sensitivity may keep in float).
@@ -234,13 +233,11 @@ def _make(
 
 
 class _CalibrationReader:
-    """onnxruntime's CalibrationDataReader over the first `samples` feeds, a few at a time."""
+    """onnxruntime's CalibrationDataReader over the first `samples` feeds, one per call: that
+    also fits models whose batch axis is fixed at 1."""
 
     def __init__(self, feeds: dict, samples: int) -> None:
-        self._batches = iter(
-            {k: v[start : start + CALIBRATION_BATCH] for k, v in feeds.items()}
-            for start in range(0, samples, CALIBRATION_BATCH)
-        )
+        self._batches = iter({k: v[i : i + 1] for k, v in feeds.items()} for i in range(samples))
 
     def get_next(self) -> dict | None:
         return next(self._batches, None)

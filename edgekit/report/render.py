@@ -99,8 +99,10 @@ def terminal(report: dict, console: Console | None = None) -> None:
         table.add_row(*row)
     console.print(table)
     console.print(f"[dim]{device_line(report)}[/dim]")
-    for line in _errors_and_notes(report):
-        console.print(f"  {line}", style="red" if "FAILED" in line else None, highlight=False)
+    # The terminal keeps to what needs attention; notes are in report.md and report.html.
+    for v in report["variants"]:
+        if v.get("error"):
+            console.print(f"[red]{v['name']}: FAILED:[/red] {v['error']}", highlight=False)
     for warning in report.get("warnings") or []:
         console.print(f"[yellow]warning:[/yellow] {warning}", highlight=False)
     rec = report.get("recommendation")
@@ -133,7 +135,7 @@ def markdown(report: dict) -> str:
     lines += ["| " + " | ".join(names) + " |", "|" + "---|" * len(names)]
     lines += ["| " + " | ".join(row) + " |" for row in rows(report)]
     lines += ["", f"_{device_line(report)}_", ""]
-    notes = _errors_and_notes(report)
+    notes = (report.get("notes") or []) + _errors_and_notes(report)
     if notes:
         lines += ["## Notes", ""] + [f"- {n}" for n in notes] + [""]
     warnings = report.get("warnings") or []
