@@ -59,7 +59,7 @@ class OptimizeOptions:
 
 
 @contextlib.contextmanager
-def _no_progress(message: str) -> Iterator[Callable[[str], None]]:
+def no_progress(message: str) -> Iterator[Callable[[str], None]]:
     """The default `step`: `with step("what") as update:` where update(text) reports progress."""
     yield lambda text: None
 
@@ -68,7 +68,7 @@ def default_out_dir(model_path: Path) -> Path:
     return model_path.with_name(model_path.name.split(".")[0] + ".edgekit")
 
 
-def optimize(model_path: Path, options: OptimizeOptions, step=_no_progress) -> dict:
+def optimize(model_path: Path, options: OptimizeOptions, step=no_progress) -> dict:
     """Run the whole pipeline; returns the report (also written to the output folder).
     Bad input raises EdgekitError before anything is written; a failing pass or benchmark
     becomes an error row. Earlier outputs in the folder are replaced only at the very end."""

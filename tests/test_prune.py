@@ -11,7 +11,7 @@ from conftest import REPO, run_edgekit
 from torch import nn
 
 from edgekit.accuracy import run_onnx
-from edgekit.api import _no_progress
+from edgekit.api import no_progress
 from edgekit.errors import EdgekitError
 from edgekit.model.export import export_onnx, torch_outputs
 from edgekit.model.inputs import InputSpec, generate_samples
@@ -62,7 +62,7 @@ def _setup(tmp_path, module, labels=None, fmt="state_dict"):
         reference=torch_outputs(loaded, feeds),
         data_is_real=False,
         budget=Budget("cosine", 0.99),
-        step=_no_progress,
+        step=no_progress,
     )
     return loaded, fp32, ctx
 

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
-
 import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from edgekit.accuracy import run_onnx
+from edgekit.api import no_progress
 from edgekit.passes import PassContext, Variant
 from edgekit.passes.opmix import op_mix, plan
 from edgekit.passes.quantize import int8_settings, int8_variants
@@ -104,11 +103,6 @@ def small_cnn(path):
     model.ir_version = 8
     onnx.save(model, str(path))
     return path
-
-
-@contextlib.contextmanager
-def no_progress(message):
-    yield lambda text: None
 
 
 def context(tmp_path, path, budget="top1>=0.9"):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 
 import numpy as np
@@ -10,7 +9,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from edgekit.accuracy import run_onnx
-from edgekit.api import OptimizeOptions, optimize
+from edgekit.api import OptimizeOptions, no_progress, optimize
 from edgekit.passes import PassContext, Variant
 from edgekit.passes.quantize import int8_variants
 from edgekit.passes.sensitivity import MAX_TRIALS, _groups
@@ -60,11 +59,6 @@ def outlier_model(path):
     model.ir_version = 8
     onnx.save(model, str(path))
     return path
-
-
-@contextlib.contextmanager
-def no_progress(message):
-    yield lambda text: None
 
 
 def test_sensitivity_keeps_the_outlier_layer_in_float(tmp_path):

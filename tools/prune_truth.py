@@ -17,57 +17,18 @@ import tempfile
 from pathlib import Path
 
 import torch
-from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from edgekit.api import _no_progress  # noqa: E402
+from reference_models import ResNet18  # noqa: E402
+
+from edgekit.api import no_progress  # noqa: E402
 from edgekit.bench import BenchOptions, measure  # noqa: E402
 from edgekit.model.export import export_onnx, torch_outputs  # noqa: E402
 from edgekit.model.inputs import InputSpec, generate_samples  # noqa: E402
 from edgekit.model.load import LoadedModel  # noqa: E402
 from edgekit.passes import PassContext, Variant  # noqa: E402
 from edgekit.passes.prune import PruneSpec, prune_variant  # noqa: E402
-
-
-class BasicBlock(nn.Module):
-    def __init__(self, cin: int, cout: int, stride: int) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(cout)
-        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(cout)
-        self.down = None
-        if stride != 1 or cin != cout:
-            self.down = nn.Sequential(
-                nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout)
-            )
-
-    def forward(self, x):
-        out = self.bn2(self.conv2(torch.relu(self.bn1(self.conv1(x)))))
-        return torch.relu(out + (x if self.down is None else self.down(x)))
-
-
-class ResNet18(nn.Module):
-    """torchvision's resnet18 layout: BasicBlocks [2, 2, 2, 2], widths 64-128-256-512."""
-
-    def __init__(self, classes: int = 1000) -> None:
-        super().__init__()
-        self.stem = nn.Sequential(
-            nn.Conv2d(3, 64, 7, 2, 3, bias=False),
-            nn.BatchNorm2d(64),
-            nn.ReLU(),
-            nn.MaxPool2d(3, 2, 1),
-        )
-        blocks, cin = [], 64
-        for cout, stride in ((64, 1), (128, 2), (256, 2), (512, 2)):
-            blocks += [BasicBlock(cin, cout, stride), BasicBlock(cout, cout, 1)]
-            cin = cout
-        self.blocks = nn.Sequential(*blocks)
-        self.fc = nn.Linear(512, classes)
-
-    def forward(self, x):
-        return self.fc(self.blocks(self.stem(x)).mean((2, 3)))
 
 
 def main() -> int:
@@ -86,7 +47,7 @@ def main() -> int:
         fp32 = Variant("fp32", staging / "fp32.onnx")
         export_onnx(loaded, specs, fp32.path)
         ctx = PassContext(
-            staging, feeds, None, torch_outputs(loaded, feeds), False, None, _no_progress
+            staging, feeds, None, torch_outputs(loaded, feeds), False, None, no_progress
         )
         pruned = [
             prune_variant(PruneSpec(kind, 0.5), loaded, specs, fp32, ctx)
