@@ -134,3 +134,44 @@ def test_api_names_gate_variant_and_numbers():
     assert result["exit_code"] == 1
     (gate,) = [g for g in result["gates"] if g["tripped"]]
     assert gate["variant"] == "fp32" and "2.0" in gate["message"]
+
+
+def _chain_model(path, matmuls: int):
+    """A model named the same in both runs; more chained MatMuls make it really slower."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    weight = numpy_helper.from_array(np.eye(256, dtype=np.float32) * 0.5, "w")
+    names = ["x"] + [f"h{i}" for i in range(matmuls - 1)] + ["y"]
+    nodes = [helper.make_node("MatMul", [names[i], "w"], [names[i + 1]]) for i in range(matmuls)]
+    graph = helper.make_graph(
+        nodes,
+        "chain",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 256])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 256])],
+        [weight],
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    return path
+
+
+def test_gate_on_real_benchmarks(tmp_path):
+    """Real `edgekit bench` reports: the gate passes on a rerun of the same model and trips
+    when the model under the same name was made 8x heavier."""
+    quick = ("--min-time", "0.3", "--max-time", "1", "-q")
+    light = _chain_model(tmp_path / "light" / "model.onnx", 2)
+    heavy = _chain_model(tmp_path / "heavy" / "model.onnx", 16)
+    for name, model in (("a", light), ("a_again", light), ("b", heavy)):
+        result = run_edgekit("bench", model, "-o", tmp_path / name, *quick)
+        assert result.returncode == 0, result.stderr
+    report = {n: tmp_path / n / "report.json" for n in ("a", "a_again", "b")}
+
+    same = run_edgekit("compare", report["a"], report["a_again"], "--fail-if-slower", "100")
+    assert same.returncode == 0, same.stdout + same.stderr
+    assert "model" in same.stdout
+
+    slower = run_edgekit("compare", report["a"], report["b"], "--fail-if-slower", "100")
+    assert slower.returncode == 1, slower.stdout + slower.stderr
+    assert "--fail-if-slower" in slower.stdout + slower.stderr
