@@ -66,6 +66,7 @@ def test_terminal_table_and_markdown(demo):
     out, result = demo
     assert "int8-dynamic" in result.stdout and "task acc" in result.stdout
     assert "recommended:" in result.stdout
+    assert f"report written to {out}" in " ".join(result.stderr.split())
     md = (out / "report.md").read_text()
     assert "| variant |" in md and "int8-dynamic" in md
 

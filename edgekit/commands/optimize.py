@@ -137,7 +137,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from edgekit.api import OptimizeOptions, optimize
+    from edgekit.api import OptimizeOptions, default_out_dir, optimize
     from edgekit.errors import EdgekitError
     from edgekit.recommend import parse_budget
     from edgekit.report import render
@@ -187,6 +187,6 @@ def run(args: argparse.Namespace) -> int:
         sys.stdout.write(to_json(report))
     elif not args.quiet:
         render.terminal(report)
-        out_dir = args.output or Path(report["source"]["path"]).parent
-        console.print(f"[dim]report written to {options.out_dir or out_dir}[/dim]")
+        out_dir = args.output or default_out_dir(args.model)
+        console.print(f"[dim]report written to {out_dir}/[/dim]")
     return 0
