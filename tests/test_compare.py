@@ -175,3 +175,22 @@ def test_gate_on_real_benchmarks(tmp_path):
     slower = run_edgekit("compare", report["a"], report["b"], "--fail-if-slower", "100")
     assert slower.returncode == 1, slower.stdout + slower.stderr
     assert "--fail-if-slower" in slower.stdout + slower.stderr
+
+
+def test_normalize_cancels_machine_drift_but_not_a_real_slowdown(tmp_path):
+    everything = {
+        n: 1.4 for n in ("fp32", "simplified", "int8-static", "int8-dynamic", "pruned-30")
+    }
+    drifted = write(make_report(seed=4, slow=everything), tmp_path / "drifted.json")
+    base = write(make_report(seed=1), tmp_path / "base.json")
+    raw = run_edgekit("compare", base, drifted, "--fail-if-slower", "10")
+    assert raw.returncode == 1  # without normalizing, the machine's slowdown trips the gate
+    normalized = run_edgekit("compare", base, drifted, "--fail-if-slower", "10", "--normalize")
+    assert normalized.returncode == 0, normalized.stdout
+    assert "--normalize" in normalized.stdout
+
+    int8_slower = {**everything, "int8-static": 1.4 * 1.3}
+    worse = write(make_report(seed=5, slow=int8_slower), tmp_path / "worse.json")
+    gated = run_edgekit("compare", base, worse, "--fail-if-slower", "10", "--normalize")
+    assert gated.returncode == 1
+    assert "int8-static" in gated.stdout + gated.stderr

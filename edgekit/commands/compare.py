@@ -10,6 +10,11 @@ Regression gates for CI: exit code 1 when a gate trips, 0 otherwise, 2 for unusa
                          cosine similarity, over the evaluation samples, between the variant's
                          outputs and the fp32 reference outputs (1.0 = identical)
   --fail-if-larger PCT   B's model file (with external data) is more than PCT percent larger than A's
+
+Two runs on a shared machine can differ by tens of percent for every variant alike (the machine,
+not the model, changed). --normalize compares each variant's latency relative to its own report's
+fp32, measured interleaved in the same run, so such drift cancels: use it for the slower-gate in CI
+on shared runners; leave it off to compare two devices.
 """
 
 from __future__ import annotations
@@ -47,6 +52,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fail-if-slower", type=_percent, metavar="PCT")
     parser.add_argument("--fail-if-drift", type=_bound, metavar="BOUND")
     parser.add_argument("--fail-if-larger", type=_percent, metavar="PCT")
+    parser.add_argument(
+        "--normalize",
+        action="store_true",
+        help="compare latencies relative to each report's own fp32 (cancels machine drift)",
+    )
 
 
 def run(args) -> int:
@@ -64,6 +74,7 @@ def run(args) -> int:
         fail_if_slower=args.fail_if_slower,
         fail_if_drift=args.fail_if_drift,
         fail_if_larger=args.fail_if_larger,
+        normalize=args.normalize,
     )
     if args.json:
         print(json.dumps(result, indent=2))

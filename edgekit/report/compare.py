@@ -112,9 +112,15 @@ def _pairs(report_a: dict, report_b: dict | None):
 _NO_LATENCY = {"ratio": None, "ci95": None, "significant": None, "method": None}
 
 
-def _latency(va: dict, vb: dict, ma: dict, mb: dict) -> dict:
+def _baseline_median(report: dict, variant: dict) -> float | None:
+    samples = _samples(_root(report, variant))
+    return float(np.median(samples)) if samples and min(samples) > 0 else None
+
+
+def _latency(va: dict, vb: dict, ma: dict, mb: dict, scales=(1.0, 1.0)) -> dict:
     out = dict(_NO_LATENCY)
-    sa, sb = _samples(va), _samples(vb)
+    sa = [x / scales[0] for x in _samples(va)]
+    sb = [x / scales[1] for x in _samples(vb)]
     if sa and sb and min(sa) > 0:
         out["ratio"], out["ci95"] = ratio_ci(sa, sb)
         out["method"] = "block bootstrap of the ratio of medians" if out["ci95"] else None
@@ -134,13 +140,20 @@ def compare(
     fail_if_slower: float | None = None,
     fail_if_drift: float | None = None,
     fail_if_larger: float | None = None,
+    normalize: bool = False,
 ) -> dict:
-    """The comparison as a JSON-able dict; `exit_code` is 1 when a gate tripped, else 0."""
+    """The comparison as a JSON-able dict; `exit_code` is 1 when a gate tripped, else 0.
+    `normalize` divides each report's latencies by the median of its own float root, measured
+    in the same interleaved run: drift of the whole machine between the runs then cancels, and
+    what is compared is each variant's speed relative to fp32 (the root's own spread is left out)."""
     pairs, only_a, only_b = _pairs(report_a, report_b)
     rows = []
     for va, vb in pairs:
         ma, mb = _metrics(va), _metrics(vb)
-        failed = bool(ma["error"] or mb["error"])
+        scales = (1.0, 1.0)
+        if normalize and report_b is not None:
+            scales = (_baseline_median(report_a, va), _baseline_median(report_b, vb))
+        failed = bool(ma["error"] or mb["error"]) or None in scales
         size_a, size_b = ma["size_bytes"], mb["size_bytes"]
         rows.append(
             {
@@ -149,7 +162,7 @@ def compare(
                 "a": ma,
                 "b": mb,
                 "failed": failed,
-                "latency": _latency(va, vb, ma, mb) if not failed else dict(_NO_LATENCY),
+                "latency": _latency(va, vb, ma, mb, scales) if not failed else dict(_NO_LATENCY),
                 "size_ratio": size_b / size_a if size_a and size_b is not None else None,
             }
         )
@@ -158,6 +171,7 @@ def compare(
         sides.append({"label": labels[1], "device": device_name(report_b), **_about(report_b)})
     result = {
         "mode": "one-report" if report_b is None else "two-reports",
+        "normalized": normalize and report_b is not None,
         "reports": sides,
         "same_device": len({s["device"] for s in sides}) == 1,
         "rows": rows,
@@ -354,6 +368,11 @@ def footer_lines(result: dict) -> list[str]:
         "B/A p50: ratio of median latencies with a 95% block-bootstrap CI from the raw samples; "
         "significant when the CI excludes 1."
     )
+    if result.get("normalized"):
+        lines.append(
+            "--normalize: each report's latencies were divided by the median of its own fp32, "
+            "so the ratio compares speed relative to fp32 and machine-wide drift cancels."
+        )
     lines += [f"note: {n}" for n in result["gate_notes"]]
     gates = result["gates"]
     tripped = [g for g in gates if g["tripped"]]
