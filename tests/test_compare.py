@@ -158,23 +158,24 @@ def _chain_model(path, matmuls: int):
 
 
 def test_gate_on_real_benchmarks(tmp_path):
-    """Real `edgekit bench` reports: the gate passes on a rerun of the same model and trips
-    when the model under the same name was made 8x heavier."""
+    """Real `edgekit bench` reports: the gate passes on a rerun of the same models and trips
+    when the model under the same name was made 8x heavier, with and without --normalize."""
     quick = ("--min-time", "0.3", "--max-time", "1", "-q")
+    base = _chain_model(tmp_path / "base" / "base.onnx", 2)
     light = _chain_model(tmp_path / "light" / "model.onnx", 2)
     heavy = _chain_model(tmp_path / "heavy" / "model.onnx", 16)
     for name, model in (("a", light), ("a_again", light), ("b", heavy)):
-        result = run_edgekit("bench", model, "-o", tmp_path / name, *quick)
+        result = run_edgekit("bench", base, model, "-o", tmp_path / name, *quick)
         assert result.returncode == 0, result.stderr
     report = {n: tmp_path / n / "report.json" for n in ("a", "a_again", "b")}
 
-    same = run_edgekit("compare", report["a"], report["a_again"], "--fail-if-slower", "100")
-    assert same.returncode == 0, same.stdout + same.stderr
-    assert "model" in same.stdout
-
-    slower = run_edgekit("compare", report["a"], report["b"], "--fail-if-slower", "100")
-    assert slower.returncode == 1, slower.stdout + slower.stderr
-    assert "--fail-if-slower" in slower.stdout + slower.stderr
+    for extra in ((), ("--normalize",)):
+        gate = ("--fail-if-slower", "100", *extra)
+        same = run_edgekit("compare", report["a"], report["a_again"], *gate)
+        assert same.returncode == 0, same.stdout + same.stderr
+        slower = run_edgekit("compare", report["a"], report["b"], *gate)
+        assert slower.returncode == 1, slower.stdout + slower.stderr
+        assert "--fail-if-slower" in slower.stdout + slower.stderr
 
 
 def test_normalize_cancels_machine_drift_but_not_a_real_slowdown(tmp_path):

@@ -268,7 +268,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         sys.stdout.write(schema.to_json(report))
     elif not args.quiet:
-        console = Console(width=None if sys.stdout.isatty() else 120)
+        console = render.stdout_console()
         render.terminal(report, console)
         for line in summary_lines(report):
             console.print(line, highlight=False)
@@ -282,11 +282,9 @@ def _fleet(args, targets, paths, options, specs, feeds, data) -> int:
     """Every device at once; OUT/<name>/report.json each, OUT/summary.json and summary.md."""
     import json
 
-    from rich.console import Console
-
     from edgekit.bench import measure, remote
     from edgekit.fsutil import atomic_write_text
-    from edgekit.report import schema
+    from edgekit.report import render, schema
 
     if not targets:
         raise EdgekitError(f"The targets file {args.targets} lists no device.")
@@ -320,7 +318,7 @@ def _fleet(args, targets, paths, options, specs, feeds, data) -> int:
     if args.json:
         sys.stdout.write(json.dumps(result, indent=2) + "\n")
     elif not args.quiet:
-        console = Console(width=None if sys.stdout.isatty() else 120)
+        console = render.stdout_console()
         remote.summary_terminal(result, console)
         console.print(f"[dim]summary: {args.output / 'summary.md'}[/dim]")
     for outcome in outcomes:

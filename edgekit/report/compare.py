@@ -112,8 +112,12 @@ def _pairs(report_a: dict, report_b: dict | None):
 _NO_LATENCY = {"ratio": None, "ci95": None, "significant": None, "method": None}
 
 
-def _baseline_median(report: dict, variant: dict) -> float | None:
-    samples = _samples(_root(report, variant))
+def _baseline_median(report: dict) -> float | None:
+    """Median latency of the report's baseline: the model every variant was interleaved with
+    (`settings.baseline` of a bench report; fp32, the first variant, of an optimize report)."""
+    by_name = {v["name"]: v for v in report["variants"]}
+    name = (report.get("settings") or {}).get("baseline")
+    samples = _samples(by_name.get(name) or report["variants"][0])
     return float(np.median(samples)) if samples and min(samples) > 0 else None
 
 
@@ -143,16 +147,16 @@ def compare(
     normalize: bool = False,
 ) -> dict:
     """The comparison as a JSON-able dict; `exit_code` is 1 when a gate tripped, else 0.
-    `normalize` divides each report's latencies by the median of its own float root, measured
-    in the same interleaved run: drift of the whole machine between the runs then cancels, and
-    what is compared is each variant's speed relative to fp32 (the root's own spread is left out)."""
+    `normalize` divides each report's latencies by the median of its own baseline, measured in
+    the same interleaved run: drift of the whole machine between the runs then cancels, and what
+    is compared is each variant's speed relative to the baseline (whose own spread is left out)."""
     pairs, only_a, only_b = _pairs(report_a, report_b)
     rows = []
     for va, vb in pairs:
         ma, mb = _metrics(va), _metrics(vb)
         scales = (1.0, 1.0)
         if normalize and report_b is not None:
-            scales = (_baseline_median(report_a, va), _baseline_median(report_b, vb))
+            scales = (_baseline_median(report_a), _baseline_median(report_b))
         failed = bool(ma["error"] or mb["error"]) or None in scales
         size_a, size_b = ma["size_bytes"], mb["size_bytes"]
         rows.append(
@@ -370,8 +374,9 @@ def footer_lines(result: dict) -> list[str]:
     )
     if result.get("normalized"):
         lines.append(
-            "--normalize: each report's latencies were divided by the median of its own fp32, "
-            "so the ratio compares speed relative to fp32 and machine-wide drift cancels."
+            "--normalize: each report's latencies were divided by the median of its own baseline "
+            "(fp32, or bench's first model), so machine-wide drift cancels; the baseline itself is "
+            "1.00 by construction."
         )
     lines += [f"note: {n}" for n in result["gate_notes"]]
     gates = result["gates"]
@@ -403,11 +408,12 @@ def markdown(result: dict) -> str:
 
 def terminal(result: dict, console=None) -> None:
     from rich import box
-    from rich.console import Console
     from rich.table import Table
     from rich.text import Text
 
-    console = console or Console()
+    from edgekit.report.render import stdout_console
+
+    console = console or stdout_console()
     # markup=False: names and messages come from other machines and may hold "[...]"
     for line in header_lines(result):
         console.print(line, highlight=False, markup=False)

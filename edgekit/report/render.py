@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 from rich import box
@@ -81,9 +82,13 @@ def _errors_and_notes(report: dict) -> list[str]:
     return lines
 
 
+def stdout_console() -> Console:
+    """Piped output has no width: 120 columns (unless COLUMNS says) keeps tables whole in logs."""
+    return Console(width=None if sys.stdout.isatty() or "COLUMNS" in os.environ else 120)
+
+
 def terminal(report: dict, console: Console | None = None) -> None:
-    # Piped output has no width: 120 columns keeps the table whole in logs and files.
-    console = console or Console(width=None if sys.stdout.isatty() else 120)
+    console = console or stdout_console()
     table = Table(
         title=f"edgekit {report['command']} — {_title(report)}",
         title_justify="left",
