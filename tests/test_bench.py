@@ -278,3 +278,17 @@ def test_unknown_shape_can_be_given_with_input(tmp_path):
     assert proc.stdout == ""
     report = _report(out)
     assert report["inputs"][0]["shape"] == [2, 5, 8, 8] and report["settings"]["batch"] == 2
+
+
+def test_a_silent_worker_is_a_clear_error_not_a_hang(monkeypatch):
+    """A worker (or an SSH link) that stops answering must not stall the run forever."""
+    import sys
+    import time
+
+    from edgekit.bench import runner
+
+    monkeypatch.setattr(runner, "REPLY_TIMEOUT_S", 1.0)
+    start = time.monotonic()
+    with pytest.raises(runner.WorkerError, match="sent nothing for 1 s"):
+        runner.Worker([sys.executable, "-c", "import time; time.sleep(60)"])
+    assert time.monotonic() - start < 30

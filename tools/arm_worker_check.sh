@@ -14,8 +14,14 @@ set -euo pipefail
 
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 PYTHON=${PYTHON:-python3}
+"$PYTHON" -c "import onnx" 2>/dev/null || {
+  echo "$PYTHON cannot import onnx (it builds the test model): set PYTHON to the edgekit venv's python" >&2
+  exit 2
+}
 CACHE=${EDGEKIT_ARM_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/edgekit/arm64}
-MIRROR=${DEBIAN_MIRROR:-}
+# The mirror this machine's apt already uses (deb822 or one-line sources), unless DEBIAN_MIRROR says.
+MIRROR=${DEBIAN_MIRROR:-$(sed -n 's/^URIs: *\([^ ]*\).*/\1/p' /etc/apt/sources.list.d/*.sources 2>/dev/null | head -n 1)}
+MIRROR=${MIRROR:-$(awk '$1 == "deb" {print $2; exit}' /etc/apt/sources.list 2>/dev/null)}
 ROOT=$CACHE/root
 SITE=$CACHE/site-packages
 QEMU=$(command -v qemu-aarch64-static || true)

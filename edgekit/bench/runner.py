@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import select
 import subprocess
 import sys
 import tempfile
@@ -17,6 +18,11 @@ from pathlib import Path
 from edgekit.bench import stats
 
 WORKER = Path(__file__).with_name("worker.py")
+
+
+# Longer than any one step takes (a big model's session on a Pi, a capped warm-up, a round):
+# a worker silent this long has hung, e.g. an SSH link that stalled without closing.
+REPLY_TIMEOUT_S = 300.0
 
 
 class WorkerError(Exception):
@@ -65,6 +71,14 @@ class Worker:
         self.hello = self._read()
 
     def _read(self) -> dict:
+        # One reply per request, so nothing waits in the read buffer: select on the pipe is exact.
+        ready, _, _ = select.select([self.proc.stdout], [], [], REPLY_TIMEOUT_S)
+        if not ready:
+            self.proc.kill()
+            self.proc.wait()
+            raise WorkerError(
+                f"the worker sent nothing for {REPLY_TIMEOUT_S:.0f} s: it or its connection hung"
+            )
         line = self.proc.stdout.readline()
         if not line:
             self.proc.wait(timeout=10)
