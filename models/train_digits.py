@@ -14,10 +14,9 @@ deterministic; runs in a few seconds on a laptop CPU.
 from __future__ import annotations
 
 import argparse
-import os
+import io
 import random
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -30,6 +29,8 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from digits_cnn import DigitsCNN  # noqa: E402
+
+from edgekit.fsutil import atomic_write_bytes  # noqa: E402
 
 SEED = 0
 EPOCHS = 15
@@ -87,22 +88,11 @@ def train(x_train: np.ndarray, y_train: np.ndarray) -> DigitsCNN:
     return model
 
 
-def atomic_save(path: Path, write: Callable[[object], None]) -> None:
-    """Call ``write(file_object)`` on a temp file in the same folder, then rename it over path."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    umask = os.umask(0)
-    os.umask(umask)
-    try:
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the usual permissions
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def atomic_save(path: Path, write: Callable[[io.BytesIO], None]) -> None:
+    """Serialize with ``write(buffer)``, then write the file in one step (edgekit.fsutil)."""
+    buffer = io.BytesIO()
+    write(buffer)
+    atomic_write_bytes(path, buffer.getvalue())
 
 
 def main(argv: list[str] | None = None) -> int:
