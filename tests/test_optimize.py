@@ -1,7 +1,10 @@
 """`edgekit optimize` end to end on the shipped model: real export, real onnxruntime, real files."""
 
 import json
+import os
 import shutil
+import stat
+from html import escape as html_escape
 
 import numpy as np
 import pytest
@@ -31,6 +34,11 @@ def test_writes_every_output_and_nothing_half_done(demo):
     assert "int8-dynamic.onnx" in names
     assert not [p for p in out.parent.iterdir() if p.name.startswith(".edgekit-staging")]
     assert not [n for n in names if n.endswith(".tmp")]
+    umask = os.umask(0)
+    os.umask(umask)
+    for name in ("report.json", "report.md", "fp32.onnx", "int8-dynamic.onnx"):
+        # written through temporary files, yet readable as any new file would be
+        assert stat.S_IMODE((out / name).stat().st_mode) == 0o666 & ~umask, name
 
 
 def test_report_contract(demo):
@@ -69,6 +77,13 @@ def test_terminal_table_and_markdown(demo):
     assert f"report written to {out}" in " ".join(result.stderr.split())
     md = (out / "report.md").read_text()
     assert "| variant |" in md and "int8-dynamic" in md
+    # which int8 recipes were tried or skipped, and why, reach the pages people read
+    decisions = json.loads((out / "report.json").read_text())["notes"]
+    assert any(n.startswith("int8-static: tried") for n in decisions)
+    html = (out / "report.html").read_text()
+    for note in decisions:
+        assert note in md
+        assert html_escape(note) in html
 
 
 def test_a_failed_run_leaves_the_earlier_report_untouched(demo, tmp_path):

@@ -330,14 +330,9 @@ def _kv_table(d: dict) -> str:
 
 def _notes(report: dict, chart_notes: list[str]) -> str:
     items = []
-    for v in report["variants"]:
-        if v.get("error"):
-            items.append(f"<li><b>{_e(v['name'])}</b> failed: {_e(v['error'])}</li>")
-        for note in v.get("notes") or []:
-            items.append(f"<li><b>{_e(v['name'])}</b>: {_e(note)}</li>")
-        unmeasured = v.get("unmeasured") if isinstance(v.get("unmeasured"), dict) else {}
-        for field, why in unmeasured.items():
-            items.append(f"<li><b>{_e(v['name'])}</b>: {_e(field)} not measured: {_e(why)}</li>")
+    for name, note, failed in text.note_items(report):
+        who = "" if name is None else f"<b>{_e(name)}</b>{' failed' if failed else ''}: "
+        items.append(f"<li>{who}{_e(note)}</li>")
     items += [f'<li class="note">{_e(n)}</li>' for n in chart_notes]
     return f"<ul>{''.join(items)}</ul>" if items else '<p class="note">None.</p>'
 

@@ -72,14 +72,17 @@ def rows(report: dict, terminal: bool = False) -> list[list[str]]:
     return [[fn(v) for _, fn in _columns(terminal)] for v in report["variants"]]
 
 
-def _errors_and_notes(report: dict) -> list[str]:
-    lines = []
+def note_items(report: dict) -> list[tuple[str | None, str, bool]]:
+    """(variant or None, text, is_failure): the report's own notes (what was tried or skipped),
+    then each variant's failure, notes and the fields it could not measure, with why."""
+    items = [(None, note, False) for note in report.get("notes") or []]
     for v in report["variants"]:
         if v.get("error"):
-            lines.append(f"{v['name']}: FAILED: {v['error']}")
-        for note in v.get("notes") or []:
-            lines.append(f"{v['name']}: {note}")
-    return lines
+            items.append((v["name"], v["error"], True))
+        items += [(v["name"], note, False) for note in v.get("notes") or []]
+        unmeasured = v.get("unmeasured") if isinstance(v.get("unmeasured"), dict) else {}
+        items += [(v["name"], f"{f} not measured: {why}", False) for f, why in unmeasured.items()]
+    return items
 
 
 def stdout_console() -> Console:
@@ -140,7 +143,10 @@ def markdown(report: dict) -> str:
     lines += ["| " + " | ".join(names) + " |", "|" + "---|" * len(names)]
     lines += ["| " + " | ".join(row) + " |" for row in rows(report)]
     lines += ["", f"_{device_line(report)}_", ""]
-    notes = (report.get("notes") or []) + _errors_and_notes(report)
+    notes = [
+        text if name is None else f"{name}: {'FAILED: ' if failed else ''}{text}"
+        for name, text, failed in note_items(report)
+    ]
     if notes:
         lines += ["## Notes", ""] + [f"- {n}" for n in notes] + [""]
     warnings = report.get("warnings") or []
