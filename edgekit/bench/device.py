@@ -102,19 +102,25 @@ def load_avg() -> list[float] | None:
         return None
 
 
+def int8_features(info: dict | None = None) -> list[str]:
+    """The instruction-set features that decide int8 speed, from /proc/cpuinfo."""
+    info = _cpuinfo() if info is None else info
+    flags = set((info.get("flags") or info.get("Features") or "").split())
+    return [f for f in INT8_FEATURES if f in flags]
+
+
 def collect() -> dict:
     """The report's `device` object (load_avg_after is filled in when the benchmark ends)."""
     import numpy
     import onnxruntime
 
     info = _cpuinfo()
-    flags = set((info.get("flags") or info.get("Features") or "").split())
     return {
         "cpu": _cpu_name(info),
         "arch": platform.machine(),
         "cores": physical_cores(),
         "logical_cpus": os.cpu_count(),
-        "features": [f for f in INT8_FEATURES if f in flags],
+        "features": int8_features(info),
         "governor": _read("/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor"),
         "temperature_c": _temperature_c(),
         "throttled": throttled(),

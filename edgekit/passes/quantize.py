@@ -63,7 +63,7 @@ def int8_settings(arch: str, features) -> dict:
 def _this_cpu() -> tuple[str, list[str]]:
     from edgekit.bench import device
 
-    return platform.machine(), device.collect()["features"]
+    return platform.machine(), device.int8_features()
 
 
 def int8_variants(
