@@ -8,17 +8,18 @@ model file ─load─▶ LoadedModel + InputSpecs ─export─▶ fp32 ─simpli
 from __future__ import annotations
 
 import contextlib
-import os
 import shutil
-import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import onnx
+
 from edgekit.accuracy import drift, is_classifier_output, run_onnx
+from edgekit.bench.flops import files_on_disk
 from edgekit.errors import EdgekitError
-from edgekit.fsutil import sha256_file
+from edgekit.fsutil import output_folder, sha256_file
 from edgekit.model.inputs import (
     InputSpec,
     check_data_matches,
@@ -36,6 +37,7 @@ if TYPE_CHECKING:
 
 GENERATED_SAMPLES = 32  # random inputs for drift when no --data is given
 PARITY_SAMPLES = 16
+EXTERNAL_DATA_BYTES = 1_800_000_000  # protobuf's limit is 2 GiB: larger models keep a .data file
 
 
 @dataclass
@@ -71,15 +73,24 @@ def default_out_dir(model_path: Path) -> Path:
 def optimize(model_path: Path, options: OptimizeOptions, step=no_progress) -> dict:
     """Run the whole pipeline; returns the report (also written to the output folder).
     Bad input raises EdgekitError before anything is written; a failing pass or benchmark
-    becomes an error row. Earlier outputs in the folder are replaced only at the very end."""
+    becomes an error row. Earlier outputs in the folder are replaced only at the very end, all
+    at once (edgekit.fsutil.output_folder)."""
+    model_path = Path(model_path)
+    out_dir = Path(options.out_dir or default_out_dir(model_path))
+    # The folder is locked and checked before minutes of work; it changes only at the very end.
+    with output_folder(out_dir, inputs=_input_files(model_path, options)) as staging:
+        report = _optimize(model_path, options, staging, step)
+    return report
+
+
+def _optimize(model_path: Path, options: OptimizeOptions, staging: Path, step) -> dict:
+    """The pipeline, writing every output into `staging`."""
     from edgekit.model.export import check_parity, export_onnx, torch_outputs
     from edgekit.model.load import load_model
     from edgekit.passes.prune import plan_pruning, pruned_variants
     from edgekit.passes.quantize import int8_variants
     from edgekit.passes.simplify import simplify
 
-    model_path = Path(model_path)
-    out_dir = Path(options.out_dir or default_out_dir(model_path))
     with step("loading the model"):
         loaded = load_model(
             model_path, arch=options.arch, code=options.code, trust_pickle=options.trust_pickle
@@ -95,88 +106,122 @@ def optimize(model_path: Path, options: OptimizeOptions, step=no_progress) -> di
         options.prune, options.finetune_epochs, options.train_data, specs, feeds
     )
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".edgekit-staging-", dir=out_dir.parent))
-    try:
-        fp32 = Variant("fp32", staging / "fp32.onnx")
-        if loaded.format == "onnx":
-            shutil.copyfile(loaded.path, fp32.path)
-            fp32.passes.append({"name": "load-onnx", "settings": {}})
-            fp32.notes.append("the source is ONNX: drift is measured against it")
-            reference = run_onnx(fp32.path, feeds)
-        else:
-            with step("exporting to ONNX"):
-                export = export_onnx(loaded, specs, fp32.path)
-                parity_feeds = {k: v[:PARITY_SAMPLES] for k, v in feeds.items()}
-                parity = check_parity(loaded, fp32.path, parity_feeds)
-            fp32.passes.append({"name": "export", "settings": export})
-            fp32.notes.append(
-                f"export parity vs torch: max |err| {parity['max_abs_err']:.2e}, "
-                f"mean {parity['mean_abs_err']:.2e} ({export['exporter']} exporter, "
-                f"opset {export['opset']})"
-            )
-            fp32.notes += export.get("notes", [])
-            with step("running the torch model for reference outputs"):
-                reference = torch_outputs(loaded, feeds)
+    fp32 = Variant("fp32", staging / "fp32.onnx")
+    if loaded.format == "onnx":
+        _copy_onnx(loaded.path, fp32.path)
+        fp32.passes.append({"name": "load-onnx", "settings": {}})
+        fp32.notes.append("the source is ONNX: drift is measured against it")
+        reference = run_onnx(fp32.path, feeds)
+    else:
+        with step("exporting to ONNX"):
+            export = export_onnx(loaded, specs, fp32.path)
+            parity_feeds = {k: v[:PARITY_SAMPLES] for k, v in feeds.items()}
+            parity = check_parity(loaded, fp32.path, parity_feeds)
+        fp32.passes.append({"name": "export", "settings": export})
+        fp32.notes.append(
+            f"export parity vs torch: max |err| {parity['max_abs_err']:.2e}, "
+            f"mean {parity['mean_abs_err']:.2e} ({export['exporter']} exporter, "
+            f"opset {export['opset']})"
+        )
+        fp32.notes += export.get("notes", [])
+        with step("running the torch model for reference outputs"):
+            reference = torch_outputs(loaded, feeds)
 
-        budget = options.budget or default_budget(
-            is_classifier_output(reference), labels is not None
-        )
-        ctx = PassContext(
-            staging=staging,
-            feeds=feeds,
-            labels=labels,
-            reference=reference,
-            data_is_real=arrays is not None,
-            budget=budget,
-            step=step,
-        )
-        variants = [fp32]
-        with step("simplifying with onnxsim"):
-            simplified = simplify(fp32, ctx)
-        variants.append(simplified)
-        quant_parent = fp32 if simplified.error else simplified
-        variants += int8_variants(quant_parent, ctx, options.int8, options.calibration)
-        variants += pruned_variants(
-            prune_plan,
-            loaded,
-            specs,
-            fp32,
-            ctx,
-            int8=lambda parent: int8_variants(parent, ctx, options.int8, options.calibration),
-        )
+    budget = options.budget or default_budget(is_classifier_output(reference), labels is not None)
+    ctx = PassContext(
+        staging=staging,
+        feeds=feeds,
+        labels=labels,
+        reference=reference,
+        data_is_real=arrays is not None,
+        budget=budget,
+        step=step,
+    )
+    variants = [fp32]
+    with step("simplifying with onnxsim"):
+        simplified = simplify(fp32, ctx)
+    variants.append(simplified)
+    quant_parent = fp32 if simplified.error else simplified
+    variants += int8_variants(quant_parent, ctx, options.int8, options.calibration)
+    variants += pruned_variants(
+        prune_plan,
+        loaded,
+        specs,
+        fp32,
+        ctx,
+        int8=lambda parent: int8_variants(parent, ctx, options.int8, options.calibration),
+    )
 
-        with step("measuring accuracy"):
-            rows = {v.name: _variant_row(v, reference, feeds, labels) for v in variants}
-        measured = [v for v in variants if v.error is None]
-        bench_result = _bench(measured, feeds, specs, options, step)
-        for name, measured_row in bench_result.variants.items():
-            add_measurement(rows[name], measured_row)
+    with step("measuring accuracy"):
+        rows = {v.name: _variant_row(v, reference, feeds, labels) for v in variants}
+    measured = [v for v in variants if v.error is None]
+    bench_result = _bench(measured, feeds, specs, options, step)
+    for name, measured_row in bench_result.variants.items():
+        add_measurement(rows[name], measured_row)
 
-        variant_rows = list(rows.values())
-        report = new_report(
-            "optimize",
-            source={"path": str(model_path), "format": loaded.format, "sha256": loaded.sha256},
-            inputs=[s.to_json() for s in specs],
-            data={
-                "path": str(options.data) if options.data else None,
-                "samples": len(next(iter(feeds.values()))),
-                "labels": labels is not None,
-                "generated": arrays is None,
-            },
-            device=bench_result.device,
-            settings=bench_result.settings,
-            variants=variant_rows,
-            budget=str(budget),
-            notes=ctx.notes,
-            recommendation=recommend(variant_rows, "fp32", budget),
-            warnings=list(bench_result.warnings),
+    variant_rows = list(rows.values())
+    report = new_report(
+        "optimize",
+        source={"path": str(model_path), "format": loaded.format, "sha256": loaded.sha256},
+        inputs=[s.to_json() for s in specs],
+        data={
+            "path": str(options.data) if options.data else None,
+            "samples": len(next(iter(feeds.values()))),
+            "labels": labels is not None,
+            "generated": arrays is None,
+        },
+        device=bench_result.device,
+        settings=bench_result.settings,
+        variants=variant_rows,
+        budget=str(budget),
+        notes=ctx.notes,
+        recommendation=recommend(variant_rows, "fp32", budget),
+        warnings=list(bench_result.warnings),
+    )
+    _keep_only(staging, [f for v in measured for f in files_on_disk(v.path)])
+    write_outputs(report, staging)
+    return report
+
+
+def _input_files(model_path: Path, options: OptimizeOptions) -> list[Path]:
+    """Files this run reads: the output folder must not hold them (publishing replaces it)."""
+    files = [model_path, options.data, options.train_data]
+    files += [Path(c) for c in options.code if c.endswith(".py")]
+    if options.arch and ".py:" in options.arch:
+        files.append(Path(options.arch.rpartition(":")[0]))
+    return [Path(f) for f in files if f]
+
+
+def _copy_onnx(source: Path, dest: Path) -> None:
+    """The source model as `dest`, with its external data (if any) as `dest`.data."""
+    files = files_on_disk(source)
+    if len(files) == 1:
+        shutil.copyfile(source, dest)
+        return
+    folder = source.resolve().parent
+    outside = [f for f in files if folder not in f.resolve().parents]
+    if outside:
+        raise EdgekitError(
+            f"{source} points to external data outside its folder ({outside[0]}); edgekit reads "
+            "external data only from the model's own folder. Move the data file next to it."
         )
-        _publish([v.path for v in measured], out_dir)
-        write_outputs(report, out_dir)
-        return report
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    missing = [f.name for f in files if not f.is_file()]
+    if missing:
+        raise EdgekitError(
+            f"{source} keeps its weights in external data files that are missing ({missing}). "
+            "Copy them next to the model file, under the names the model refers to."
+        )
+    model = onnx.load(str(source))  # with the external data
+    big = sum(f.stat().st_size for f in files) > EXTERNAL_DATA_BYTES
+    onnx.save_model(model, str(dest), save_as_external_data=big, location=f"{dest.name}.data")
+
+
+def _keep_only(folder: Path, files: list[Path]) -> None:
+    """Leave in `folder` only the files of the report (a failed pass may have left others)."""
+    keep = {f.resolve() for f in files}
+    for path in folder.iterdir():
+        if path.resolve() not in keep:
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
 
 
 def _input_specs(
@@ -222,10 +267,3 @@ def _bench(variants: list[Variant], feeds, specs: list[InputSpec], options, step
     with step("benchmarking " + ", ".join(v.name for v in variants)) as update:
         models = {v.name: v.path for v in variants}
         return measure(models, batch, bench_options, progress=update, target=options.target)
-
-
-def _publish(files: list[Path], out_dir: Path) -> None:
-    """Move the finished variant files into the output folder (a rename on the same disk)."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for path in files:
-        os.replace(path, out_dir / path.name)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import signal
 import sys
 
 from edgekit import __version__
@@ -41,16 +42,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a service manager, `kill`): unwind like Ctrl-C so staging folders and worker
+    processes are cleaned up on the way out."""
+
+
+def _terminate(signum, frame):
+    raise Terminated()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         return args.run(args)
     except EdgekitError as exc:
         print(f"edgekit: error: {exc}", file=sys.stderr)
         return exc.exit_code
-    except KeyboardInterrupt:
-        print("edgekit: interrupted; outputs written so far are kept.", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        print("edgekit: interrupted; earlier outputs are kept as they were.", file=sys.stderr)
+        return 143 if isinstance(exc, Terminated) else 130
     except Exception as exc:  # a bug in edgekit, not bad input: say so plainly
         if args.debug or os.environ.get("EDGEKIT_DEBUG"):
             raise

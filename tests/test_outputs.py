@@ -1,0 +1,268 @@
+"""Output folders: published whole or not at all, never over an input, locked, and cleaned up
+after runs that were stopped. Real CLI runs on real files; the mount tests need root."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from conftest import run_edgekit
+from onnx import TensorProto, helper, numpy_helper
+
+from edgekit.errors import EdgekitError
+from edgekit.fsutil import output_folder
+
+QUICK = ("--min-time", "0.2", "--max-time", "0.4", "--int8", "none")
+
+
+def _tiny_onnx(path: Path, external: bool = False, seed: int = 0) -> Path:
+    weight = np.random.default_rng(seed).normal(size=(64, 32)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])],
+        "tiny",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 64])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 32])],
+        [numpy_helper.from_array(weight, "w")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    if external:
+        onnx.save_model(
+            model,
+            path,
+            save_as_external_data=True,
+            location=f"{path.name}.weights",
+            size_threshold=0,
+        )
+    else:
+        onnx.save(model, path)
+    return path
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def _leftovers(*folders: Path) -> list[str]:
+    return [p.name for f in folders for p in f.iterdir() if p.name.startswith(".edgekit-")]
+
+
+@pytest.fixture(scope="module")
+def earlier(tmp_path_factory):
+    """A model and a finished optimize run of it."""
+    root = tmp_path_factory.mktemp("earlier")
+    model = _tiny_onnx(root / "tiny.onnx")
+    out = root / "out"
+    result = run_edgekit("optimize", model, "-o", out, "-q", *QUICK)
+    assert result.returncode == 0, result.stderr
+    return model, out
+
+
+# ---- the publishing mechanism, in process ------------------------------------------------------
+
+
+def test_a_failure_inside_leaves_the_old_folder_and_no_staging(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "report.json").write_text("old")
+    with pytest.raises(RuntimeError), output_folder(out) as staging:
+        (staging / "report.json").write_text("new")
+        (staging / "fp32.onnx").write_text("new")
+        raise RuntimeError("a pass blew up")
+    assert _snapshot(out) == {"report.json": b"old"}
+    assert _leftovers(tmp_path) == []
+
+
+def test_success_replaces_the_whole_set(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "report.json").write_text("old")
+    (out / "int8-old.onnx").write_text("old variant, gone from the new run")
+    with output_folder(out) as staging:
+        (staging / "report.json").write_text("new")
+    assert _snapshot(out) == {"report.json": b"new"}
+    assert _leftovers(tmp_path) == []
+
+
+def test_refuses_a_folder_with_the_users_own_files(tmp_path):
+    out = tmp_path / "results"
+    out.mkdir()
+    (out / "thesis.tex").write_text("mine")
+    with pytest.raises(EdgekitError, match="did not write"), output_folder(out):
+        pass
+    assert (out / "thesis.tex").read_text() == "mine"
+
+
+def test_a_second_writer_is_refused_while_the_first_holds_the_lock(tmp_path):
+    out = tmp_path / "out"
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time\nfrom edgekit.fsutil import output_folder\n"
+            f"with output_folder({str(out)!r}):\n    print('locked', flush=True)\n    time.sleep(30)\n",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(EdgekitError, match=f"pid {holder.pid}"), output_folder(out):
+            pass
+    finally:
+        holder.kill()
+        holder.wait()
+    with output_folder(out) as staging:  # the kernel dropped the dead holder's lock
+        (staging / "report.json").write_text("after")
+    assert _snapshot(out) == {"report.json": b"after"}
+    assert _leftovers(tmp_path) == []  # the killed run's staging folder was swept
+
+
+def _mount_tmpfs(path: Path, size: str) -> None:
+    path.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)])
+    if done.returncode != 0:
+        pytest.skip("mounting a tmpfs needs root")
+
+
+def test_an_output_folder_that_is_a_mount_point(tmp_path):
+    """A container volume: nothing can be renamed over it, so files move in; no EXDEV."""
+    out = tmp_path / "volume"
+    _mount_tmpfs(out, "4m")
+    try:
+        (out / "report.json").write_text("old")
+        with pytest.raises(RuntimeError), output_folder(out) as staging:
+            (staging / "report.json").write_text("new")
+            raise RuntimeError("stopped")
+        assert _snapshot(out) == {"report.json": b"old"}
+        with output_folder(out) as staging:
+            (staging / "report.json").write_text("new")
+            (staging / "fp32.onnx").write_text("model")
+        assert _snapshot(out) == {"fp32.onnx": b"model", "report.json": b"new"}
+    finally:
+        subprocess.run(["umount", str(out)], check=True)
+
+
+# ---- the real CLI --------------------------------------------------------------------------------
+
+
+def test_refuses_to_write_over_its_own_input(earlier):
+    _, out = earlier
+    before = _snapshot(out)
+    result = run_edgekit("optimize", out / "fp32.onnx", "-o", out, *QUICK)
+    assert result.returncode == 2, result.stderr
+    assert "holds an input of this run" in result.stderr
+    assert _snapshot(out) == before
+
+
+@pytest.mark.parametrize("target", ["/dev/null", "a-file", "/proc/edgekit-out"])
+def test_an_unusable_output_folder_fails_before_the_work(earlier, tmp_path, target):
+    model, _ = earlier
+    if target == "a-file":
+        target = tmp_path / "a-file"
+        target.write_text("x")
+    started = time.perf_counter()
+    result = run_edgekit("optimize", model, "-o", target, *QUICK)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr and "-o" in result.stderr
+    assert time.perf_counter() - started < 30  # refused up front, not after benchmarking
+
+
+def test_onnx_with_external_data_is_optimized(tmp_path):
+    model = _tiny_onnx(tmp_path / "ext.onnx", external=True)
+    assert (tmp_path / "ext.onnx.weights").is_file()
+    out = tmp_path / "out"
+    result = run_edgekit("optimize", model, "-o", out, "--json", *QUICK)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert [v["name"] for v in report["variants"] if v["error"]] == []
+    assert report["variants"][0]["latency_ms"]["p50"] > 0
+    assert (out / "fp32.onnx").is_file()
+
+
+def _wait_for_staging(parent: Path, proc: subprocess.Popen) -> None:
+    deadline = time.time() + 60
+    while not [p for p in parent.iterdir() if p.name.startswith(".edgekit-staging-out.")]:
+        assert proc.poll() is None, proc.stderr.read()
+        assert time.time() < deadline
+        time.sleep(0.05)
+
+
+def _start_optimize(model: Path, out: Path) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "edgekit.cli", "optimize", str(model), "-o", str(out), *QUICK],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def test_sigterm_keeps_the_earlier_report_and_leaves_nothing(earlier, tmp_path):
+    model, first = earlier
+    out = tmp_path / "out"
+    shutil.copytree(first, out)
+    before = _snapshot(out)
+    proc = _start_optimize(model, out)
+    _wait_for_staging(tmp_path, proc)
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=60)
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr.read()
+    assert _snapshot(out) == before
+    assert _leftovers(tmp_path) == []
+
+
+def test_sigkill_leftovers_are_swept_by_the_next_run(earlier, tmp_path):
+    model, first = earlier
+    out = tmp_path / "out"
+    proc = _start_optimize(model, out)
+    _wait_for_staging(tmp_path, proc)
+    proc.kill()
+    proc.wait()
+    assert _leftovers(tmp_path)  # SIGKILL cannot be caught
+    result = run_edgekit("optimize", model, "-o", out, "-q", *QUICK)
+    assert result.returncode == 0, result.stderr
+    assert _leftovers(tmp_path) == []
+
+
+def test_a_concurrent_run_into_the_same_folder_exits_2(earlier, tmp_path):
+    model, _ = earlier
+    out = tmp_path / "out"
+    first = _start_optimize(model, out)
+    try:
+        _wait_for_staging(tmp_path, first)
+        second = run_edgekit("optimize", model, "-o", out, *QUICK)
+        assert second.returncode == 2
+        assert f"pid {first.pid}" in second.stderr
+    finally:
+        first.wait(timeout=120)
+    assert first.returncode == 0
+    assert json.loads((out / "report.json").read_text())["variants"]
+
+
+def test_a_full_disk_changes_nothing(earlier, tmp_path):
+    model, _ = earlier
+    disk = tmp_path / "disk"
+    _mount_tmpfs(disk, "1m")
+    try:
+        out = disk / "out"
+        result = run_edgekit("optimize", model, "-o", out, "-q", *QUICK)
+        assert result.returncode == 0, result.stderr
+        before = _snapshot(out)
+        free = os.statvfs(disk).f_bavail * os.statvfs(disk).f_frsize
+        (disk / "filler").write_bytes(b"\0" * (free - 4096))
+        result = run_edgekit("optimize", model, "-o", out, *QUICK)
+        assert result.returncode == 2, result.stderr
+        assert "full" in result.stderr and "Traceback" not in result.stderr
+        assert _snapshot(out) == before
+        assert _leftovers(disk) == []
+    finally:
+        subprocess.run(["umount", str(disk)], check=True)
