@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
 import onnx
 
 from edgekit.accuracy import drift, is_classifier_output, run_onnx
@@ -28,7 +29,7 @@ from edgekit.model.inputs import (
     parse_input_spec,
     specs_from_data,
 )
-from edgekit.passes import PassContext, Variant
+from edgekit.passes import PARITY_SAMPLES, PassContext, Variant
 from edgekit.recommend import Budget, default_budget, recommend
 from edgekit.report.schema import add_measurement, new_report, new_variant, write_outputs
 
@@ -36,7 +37,6 @@ if TYPE_CHECKING:
     from edgekit.bench.remote import Target
 
 GENERATED_SAMPLES = 32  # random inputs for drift when no --data is given
-PARITY_SAMPLES = 16
 EXTERNAL_DATA_BYTES = 1_800_000_000  # protobuf's limit is 2 GiB: larger models keep a .data file
 
 
@@ -87,9 +87,7 @@ def _optimize(model_path: Path, options: OptimizeOptions, staging: Path, step) -
     """The pipeline, writing every output into `staging`."""
     from edgekit.model.export import check_parity, export_onnx, torch_outputs
     from edgekit.model.load import load_model
-    from edgekit.passes.prune import plan_pruning, pruned_variants
-    from edgekit.passes.quantize import int8_variants
-    from edgekit.passes.simplify import simplify
+    from edgekit.passes.pipeline import PIPELINE
 
     with step("loading the model"):
         loaded = load_model(
@@ -102,9 +100,7 @@ def _optimize(model_path: Path, options: OptimizeOptions, staging: Path, step) -
         feeds = {s.name: arrays[s.name] for s in specs}
     else:
         feeds = generate_samples(specs, GENERATED_SAMPLES)
-    prune_plan = plan_pruning(
-        options.prune, options.finetune_epochs, options.train_data, specs, feeds
-    )
+    settings = [p.check(options, specs, feeds) for p in PIPELINE]  # bad options fail here
 
     fp32 = Variant("fp32", staging / "fp32.onnx")
     if loaded.format == "onnx":
@@ -136,21 +132,13 @@ def _optimize(model_path: Path, options: OptimizeOptions, staging: Path, step) -
         data_is_real=arrays is not None,
         budget=budget,
         step=step,
+        options=options,
+        loaded=loaded,
+        specs=specs,
     )
     variants = [fp32]
-    with step("simplifying with onnxsim"):
-        simplified = simplify(fp32, ctx)
-    variants.append(simplified)
-    quant_parent = fp32 if simplified.error else simplified
-    variants += int8_variants(quant_parent, ctx, options.int8, options.calibration)
-    variants += pruned_variants(
-        prune_plan,
-        loaded,
-        specs,
-        fp32,
-        ctx,
-        int8=lambda parent: int8_variants(parent, ctx, options.int8, options.calibration),
-    )
+    for one_pass, checked in zip(PIPELINE, settings, strict=True):
+        variants += one_pass.run(variants, ctx, checked)
 
     with step("measuring accuracy"):
         rows = {v.name: _variant_row(v, reference, feeds, labels) for v in variants}
@@ -163,7 +151,7 @@ def _optimize(model_path: Path, options: OptimizeOptions, staging: Path, step) -
     report = new_report(
         "optimize",
         source={"path": str(model_path), "format": loaded.format, "sha256": loaded.sha256},
-        inputs=[s.to_json() for s in specs],
+        inputs=_inputs_json(specs, variants, feeds, arrays is not None),
         data={
             "path": str(options.data) if options.data else None,
             "samples": len(next(iter(feeds.values()))),
@@ -181,6 +169,26 @@ def _optimize(model_path: Path, options: OptimizeOptions, staging: Path, step) -
     _keep_only(staging, [f for v in measured for f in files_on_disk(v.path)])
     write_outputs(report, staging)
     return report
+
+
+def _inputs_json(specs, variants: list[Variant], feeds, real: bool) -> list[dict]:
+    """The inputs of the report; where static int8 was calibrated, the range each input was
+    calibrated on (served inputs outside it are the ones int8 clips: `edgekit serve` counts them)."""
+    inputs = [s.to_json() for s in specs]
+    settings = [p["settings"] for v in variants for p in v.passes if p["name"] == "quantize-static"]
+    if not settings:
+        return inputs
+    samples = settings[0]["calibration_samples"]
+    for entry, spec in zip(inputs, specs, strict=True):
+        values = feeds[spec.name][:samples]
+        if np.issubdtype(values.dtype, np.number) and values.size:
+            entry["calibration"] = {
+                "min": float(values.min()),
+                "max": float(values.max()),
+                "samples": samples,
+                "source": "--data" if real else "generated",
+            }
+    return inputs
 
 
 def _input_files(model_path: Path, options: OptimizeOptions) -> list[Path]:

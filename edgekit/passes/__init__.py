@@ -1,5 +1,10 @@
-"""Passes: each takes a Variant and writes new ONNX files. Passes never benchmark.
+"""Passes: each takes variants and writes new ONNX files. Passes never benchmark.
 
+Every pass module has the same two functions, and `edgekit.passes.pipeline.PIPELINE` lists them
+in the order optimize() runs them:
+  check(options, specs, feeds) -> settings   bad options raise EdgekitError before any work
+  run(variants, ctx, settings) -> [Variant]  the new variants, each recording its pass and
+                                             settings in `passes`
 A pass that cannot produce its variant returns it with `error` set (or raises PassFailed inside
 `attempt`): the report gets an error row and the run goes on.
 """
@@ -11,6 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+PARITY_SAMPLES = 16  # samples on which a rewritten or exported model is checked against its source
+REWRITE_TOLERANCE = 1e-4  # relative to the largest output: only float reassociation may differ
 
 
 @dataclass
@@ -66,6 +74,32 @@ class PassContext:
     budget: object  # edgekit.recommend.Budget
     step: Callable  # progress: `with ctx.step("what") as update:`
     notes: list[str] = field(default_factory=list)  # report-level: what was tried/skipped and why
+    options: object = None  # edgekit.api.OptimizeOptions: the user's settings for every pass
+    loaded: object = None  # edgekit.model.load.LoadedModel: the torch module, for passes on it
+    specs: list = field(default_factory=list)  # the model's InputSpecs
 
     def path_for(self, name: str) -> Path:
         return self.staging / f"{name}.onnx"
+
+
+def same_function(before: Path, after: Path, ctx: PassContext, what: str) -> None:
+    """A rewrite must compute the same function as its parent (float reassociation aside) on
+    the first PARITY_SAMPLES samples; else PassFailed, and the rewritten file is removed."""
+    from edgekit.accuracy import run_onnx
+
+    feeds = {k: v[:PARITY_SAMPLES] for k, v in ctx.feeds.items()}
+    expected, got = run_onnx(before, feeds), run_onnx(after, feeds)
+    worst = max(float(np.max(np.abs(a - b))) for a, b in zip(expected, got, strict=True))
+    tolerance = REWRITE_TOLERANCE * max(1.0, *(float(np.max(np.abs(e))) for e in expected))
+    if not worst <= tolerance:  # NaN too
+        after.unlink(missing_ok=True)
+        raise PassFailed(
+            f"{what}'s outputs differ from {before.stem}'s by {worst:.3g} (tolerance "
+            f"{tolerance:.3g}); the parent is kept"
+        )
+
+
+def float_parent(variants: list[Variant]) -> Variant:
+    """The float model later passes build on: the simplified one where simplification worked
+    (quantizing the simplified graph is what pays, see design.md), else the export."""
+    return next((v for v in variants if v.name == "simplified" and not v.error), variants[0])

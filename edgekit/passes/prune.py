@@ -23,7 +23,7 @@ import numpy as np
 from edgekit.accuracy import is_classifier_output, task_accuracy
 from edgekit.errors import EdgekitError
 from edgekit.model.inputs import InputSpec, check_data_matches, generate_samples, load_npz
-from edgekit.passes import PassContext, PassFailed, Variant
+from edgekit.passes import PARITY_SAMPLES, PassContext, PassFailed, Variant
 
 KINDS = ("unstructured", "structured")
 # Channel counts stay multiples of 8: onnxruntime's x86 NCHWc conv kernels block channels by 8
@@ -31,7 +31,6 @@ KINDS = ("unstructured", "structured")
 ROUND_TO = 8
 # lr 1e-3: on the digits model at structured 0.5, 3 epochs recover 0.99 (1e-4: 0.98).
 FINETUNE = {"optimizer": "Adam", "lr": 1e-3, "batch_size": 64, "seed": 0}
-PARITY_SAMPLES = 16
 
 
 @dataclass(frozen=True)
@@ -54,6 +53,25 @@ class PrunePlan:
     train_inputs: dict[str, np.ndarray] | None = None  # in the model's input order
     train_labels: np.ndarray | None = None
     notes: list[str] = field(default_factory=list)  # go into the report's notes
+
+
+def check(options, specs: list[InputSpec], feeds: dict[str, np.ndarray]) -> PrunePlan:
+    return plan_pruning(options.prune, options.finetune_epochs, options.train_data, specs, feeds)
+
+
+def run(variants: list[Variant], ctx: PassContext, plan: PrunePlan) -> list[Variant]:
+    """Each --prune spec from the export's torch model, then int8 of each as the user asked."""
+    from edgekit.passes import quantize
+
+    int8 = quantize.check(ctx.options, ctx.specs, ctx.feeds)
+    return pruned_variants(
+        plan,
+        ctx.loaded,
+        ctx.specs,
+        variants[0],
+        ctx,
+        int8=lambda parent: quantize.int8_variants(parent, ctx, *int8),
+    )
 
 
 def parse_prune_spec(text: str) -> PruneSpec:

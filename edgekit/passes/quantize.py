@@ -32,6 +32,25 @@ _STATIC_OPS = {"Conv", "ConvTranspose", "Gemm", "MatMul"}
 Quantizer = Callable[[Path, list[str]], None]
 
 
+def check(options, specs, feeds) -> tuple[str, str]:
+    """(--int8 mode, --calibration method), as the user gave them."""
+    from edgekit.errors import EdgekitError
+    from edgekit.passes.opmix import MODES
+
+    if options.int8 not in MODES or options.calibration not in CALIBRATION_METHODS:
+        raise EdgekitError(
+            f"--int8 takes one of {', '.join(MODES)} and --calibration one of "
+            f"{', '.join(CALIBRATION_METHODS)}."
+        )
+    return options.int8, options.calibration
+
+
+def run(variants: list[Variant], ctx: PassContext, settings: tuple[str, str]) -> list[Variant]:
+    from edgekit.passes import float_parent
+
+    return int8_variants(float_parent(variants), ctx, *settings)
+
+
 def int8_settings(arch: str, features) -> dict:
     """Activation/weight types and reduce_range for a CPU (onnxruntime's CPU guidance)."""
     features = set(features)

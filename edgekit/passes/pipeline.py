@@ -1,0 +1,9 @@
+"""The passes `optimize()` runs, in order (the contract of a pass: edgekit/passes/__init__.py).
+
+Adding a pass is a module with `check` and `run`, a line here, and its options (a field of
+OptimizeOptions and a flag of `edgekit optimize`).
+"""
+
+from edgekit.passes import ort_optimize, prune, quantize, simplify
+
+PIPELINE = (simplify, ort_optimize, quantize, prune)
