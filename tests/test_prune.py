@@ -10,7 +10,7 @@ import torch
 from conftest import REPO, run_edgekit
 from torch import nn
 
-from edgekit.accuracy import run_onnx
+from edgekit.accuracy import run_onnx, task_accuracy
 from edgekit.api import no_progress
 from edgekit.errors import EdgekitError
 from edgekit.model.export import export_onnx, torch_outputs
@@ -130,25 +130,43 @@ def test_unstructured_reports_sparsity_and_compressed_size_not_speed(tmp_path):
 
 
 def test_finetune_reports_accuracy_before_and_after(tmp_path):
+    """The accuracies the fine-tuning reports are those of the exported models, measured apart:
+    before = the same pruning without fine-tuning, after = the fine-tuned variant."""
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 4, 16)
     train = tmp_path / "train.npz"
     np.savez(
         train, image=generate_samples(SPECS, 32, seed=5)["image"], labels=rng.integers(0, 4, 32)
     )
-    variants, ctx = _run(
-        tmp_path,
-        ResidualNet(),
+    nets = []
+    for _ in range(2):  # two identical networks: one fine-tuned, one not
+        torch.manual_seed(0)
+        nets.append(ResidualNet())
+    (tmp_path / "tuned").mkdir()
+    (tmp_path / "plain").mkdir()
+    tuned, ctx = _run(
+        tmp_path / "tuned",
+        nets[0],
         ["structured:0.5"],
         finetune_epochs=1,
         train_data=train,
         labels=labels,
     )
-    pruned = variants["structured-0.5-ft"]
+    plain, _ = _run(
+        tmp_path / "plain", nets[1], ["structured:0.5"], finetune_epochs=0, train_data=None
+    )
+    pruned = tuned["structured-0.5-ft"]
     finetune = pruned.extra["pruning"]["finetune"]
     assert finetune["epochs"] == 1 and finetune["train_samples"] == 32
     assert any(n.startswith("fine-tuned 1 epoch(s) on ") for n in pruned.notes)
-    assert 0 <= finetune["accuracy_before"] <= 1 and 0 <= finetune["accuracy_after"] <= 1
+
+    def onnx_accuracy(variant):
+        return task_accuracy(run_onnx(variant.path, ctx.feeds)[0], labels)
+
+    one_sample = 1 / len(labels)  # export error may flip a near-tie
+    before = onnx_accuracy(plain["structured-0.5"])
+    assert finetune["accuracy_before"] == pytest.approx(before, abs=one_sample)
+    assert finetune["accuracy_after"] == pytest.approx(onnx_accuracy(pruned), abs=one_sample)
     assert not ctx.notes  # no evaluation sample is in the training data
 
 
