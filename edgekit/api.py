@@ -102,12 +102,13 @@ def _optimize(model_path: Path, options: OptimizeOptions, staging: Path, step) -
         feeds = generate_samples(specs, GENERATED_SAMPLES)
     settings = [p.check(options, specs, feeds) for p in PIPELINE]  # bad options fail here
 
+    batch = specs[0].shape[0]  # drift is measured at the batch the model is timed at
     fp32 = Variant("fp32", staging / "fp32.onnx")
     if loaded.format == "onnx":
         _copy_onnx(loaded.path, fp32.path)
         fp32.passes.append({"name": "load-onnx", "settings": {}})
         fp32.notes.append("the source is ONNX: drift is measured against it")
-        reference = run_onnx(fp32.path, feeds)
+        reference = run_onnx(fp32.path, feeds, chunk=batch)
     else:
         with step("exporting to ONNX"):
             export = export_onnx(loaded, specs, fp32.path)
@@ -132,6 +133,7 @@ def _optimize(model_path: Path, options: OptimizeOptions, staging: Path, step) -
         data_is_real=arrays is not None,
         budget=budget,
         step=step,
+        batch=batch,
         options=options,
         loaded=loaded,
         specs=specs,
@@ -141,7 +143,7 @@ def _optimize(model_path: Path, options: OptimizeOptions, staging: Path, step) -
         variants += one_pass.run(variants, ctx, checked)
 
     with step("measuring accuracy"):
-        rows = {v.name: _variant_row(v, reference, feeds, labels) for v in variants}
+        rows = {v.name: _variant_row(v, ctx) for v in variants}
     measured = [v for v in variants if v.error is None]
     bench_result = _bench(measured, feeds, specs, options, step)
     for name, measured_row in bench_result.variants.items():
@@ -157,6 +159,7 @@ def _optimize(model_path: Path, options: OptimizeOptions, staging: Path, step) -
             "samples": len(next(iter(feeds.values()))),
             "labels": labels is not None,
             "generated": arrays is None,
+            "drift_batch": batch,
         },
         device=bench_result.device,
         settings=bench_result.settings,
@@ -249,14 +252,14 @@ def _input_specs(
     )
 
 
-def _variant_row(v: Variant, reference, feeds, labels) -> dict:
+def _variant_row(v: Variant, ctx: PassContext) -> dict:
     row = new_variant(v.name, parent=v.parent, passes=v.passes, notes=list(v.notes), error=v.error)
     row.update(v.extra)
     if v.error:
         return row
     row.update(file=v.path.name, size_bytes=v.path.stat().st_size, sha256=sha256_file(v.path))
     try:
-        accuracy, unmeasured = drift(reference, run_onnx(v.path, feeds), labels)
+        accuracy, unmeasured = drift(ctx.reference, ctx.outputs(v.path), ctx.labels)
     except Exception as exc:  # onnxruntime refuses the model: a row with the reason
         row["error"] = f"onnxruntime could not run this variant: {exc}"
         return row

@@ -74,12 +74,21 @@ class PassContext:
     budget: object  # edgekit.recommend.Budget
     step: Callable  # progress: `with ctx.step("what") as update:`
     notes: list[str] = field(default_factory=list)  # report-level: what was tried/skipped and why
+    # Drift is measured at the batch the model is timed and deployed at: dynamic int8 computes
+    # activation scales over the whole batch, so its outputs depend on the batch size.
+    batch: int = 1
     options: object = None  # edgekit.api.OptimizeOptions: the user's settings for every pass
     loaded: object = None  # edgekit.model.load.LoadedModel: the torch module, for passes on it
     specs: list = field(default_factory=list)  # the model's InputSpecs
 
     def path_for(self, name: str) -> Path:
         return self.staging / f"{name}.onnx"
+
+    def outputs(self, path: Path, feeds: dict[str, np.ndarray] | None = None) -> list[np.ndarray]:
+        """The model's outputs on `feeds` (default: all samples), run at the deployment batch."""
+        from edgekit.accuracy import run_onnx
+
+        return run_onnx(path, self.feeds if feeds is None else feeds, chunk=self.batch)
 
 
 def same_function(before: Path, after: Path, ctx: PassContext, what: str) -> None:

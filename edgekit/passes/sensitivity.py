@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgekit.accuracy import drift, run_onnx
+from edgekit.accuracy import drift
 from edgekit.passes import PassContext, Variant
 from edgekit.recommend import METRICS
 
@@ -49,12 +49,12 @@ def fix_drift(
         ctx.step(f"sensitivity of {variant.name} ({before}, budget {budget})") as update,
     ):
         trial = Path(tmp) / "trial.onnx"
-        error = _error(variant.path, few, reference)
+        error = _error(variant.path, few, reference, ctx)
         recovery = []
         for i, group in enumerate(groups):
             update(f"ranking {i + 1}/{len(groups)}: {group[0]}")
             quantizer(trial, group)
-            recovery.append((error - _error(trial, few, reference), group))
+            recovery.append((error - _error(trial, few, reference, ctx), group))
         ranked = [g for r, g in sorted(recovery, key=lambda x: -x[0]) if r > 0]
 
         excluded: list[str] = []
@@ -124,12 +124,12 @@ def _groups(nodes: list[str], most: int) -> list[list[str]]:
 
 
 def _accuracy(path: Path, ctx: PassContext) -> dict:
-    return drift(ctx.reference, run_onnx(path, ctx.feeds), ctx.labels)[0]
+    return drift(ctx.reference, ctx.outputs(path), ctx.labels)[0]
 
 
-def _error(path: Path, feeds: dict, reference: list[np.ndarray]) -> float:
+def _error(path: Path, feeds: dict, reference: list[np.ndarray], ctx: PassContext) -> float:
     """Mean squared output error: smooth, so it ranks nodes where top-1 agreement cannot."""
-    outputs = run_onnx(path, feeds)
+    outputs = ctx.outputs(path, feeds)
     return float(
         sum(
             np.mean((r.astype(np.float64) - o) ** 2)
