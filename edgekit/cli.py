@@ -15,7 +15,7 @@ import sys
 from edgekit import __version__
 from edgekit.errors import EdgekitError
 
-COMMANDS = ("optimize", "bench", "compare", "serve")
+COMMANDS = ("optimize", "bench", "compare", "serve", "deploy")
 
 
 def build_parser() -> argparse.ArgumentParser:
