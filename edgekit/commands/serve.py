@@ -69,6 +69,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--access-log", metavar="FILE", help="one JSON line per request (- : stdout)"
     )
     parser.add_argument(
+        "--export-repository",
+        type=Path,
+        metavar="OUT",
+        help="instead of serving, write a Triton/KServe model repository for the same models "
+        "and settings (OUT/NAME/config.pbtxt, OUT/NAME/1/model.onnx)",
+    )
+    parser.add_argument(
         "--drain-timeout",
         type=float,
         default=30.0,
@@ -120,11 +127,34 @@ def _check_args(args) -> None:
         )
 
 
+def _export(args) -> int:
+    from edgekit import textsafe
+    from edgekit.serve import repository, server
+
+    _, choices = server.choose(args.path, args.variant, args.name)
+    written = repository.export(
+        choices,
+        args.export_repository,
+        max_batch=args.max_batch,
+        batch_timeout_ms=args.batch_timeout_ms,
+        instances=args.instances,
+        threads=args.threads,
+    )
+    for folder in written:
+        print(f"wrote {textsafe.plain(folder)}/config.pbtxt and 1/model.onnx")
+    print(
+        f"Serve it with Triton: tritonserver --model-repository {textsafe.plain(args.export_repository)}"
+    )
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     from edgekit.serve import server
 
-    server.check_extra()
     _check_args(args)
+    if args.export_repository:
+        return _export(args)
+    server.check_extra()
     from edgekit import textsafe
     from edgekit.bench import device
     from edgekit.recommend import parse_budget

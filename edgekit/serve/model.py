@@ -61,6 +61,19 @@ def _dims(shape) -> list[int]:
     return [d if isinstance(d, int) and d >= 0 else -1 for d in shape]
 
 
+def describe(path: Path, session=None) -> tuple[list[Tensor], list[Tensor]]:
+    """The model's inputs and outputs with OIP datatypes and -1 for dynamic axes."""
+    if session is None:
+        import onnxruntime as ort
+
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+    def tensors(items):
+        return [Tensor(t.name, FROM_ORT.get(t.type, t.type), _dims(t.shape)) for t in items]
+
+    return tensors(session.get_inputs()), tensors(session.get_outputs())
+
+
 class ServedModel:
     def __init__(
         self,
@@ -79,14 +92,7 @@ class ServedModel:
         self.session = ort.InferenceSession(
             str(path), session_options(threads), providers=["CPUExecutionProvider"]
         )
-        self.inputs = [
-            Tensor(i.name, FROM_ORT.get(i.type, i.type), _dims(i.shape))
-            for i in self.session.get_inputs()
-        ]
-        self.outputs = [
-            Tensor(o.name, FROM_ORT.get(o.type, o.type), _dims(o.shape))
-            for o in self.session.get_outputs()
-        ]
+        self.inputs, self.outputs = describe(path, self.session)
         self.output_names = [o.name for o in self.outputs]
         # Stacking requests needs a dynamic axis 0 on every input and output.
         self.batchable = all(t.shape and t.shape[0] == -1 for t in self.inputs + self.outputs)
