@@ -16,7 +16,7 @@ import sys
 from edgekit import __version__
 from edgekit.errors import EdgekitError
 
-COMMANDS = ("optimize", "bench", "compare")
+COMMANDS = ("optimize", "bench", "compare", "serve", "deploy")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import os
+import shlex
+import shutil
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
 
 
 def run_edgekit(*args, env: dict | None = None, cwd=None, timeout=600):
@@ -45,3 +50,69 @@ def torch_blocked_env(tmp_path: Path) -> dict:
         "sys.meta_path.insert(0, _Block())\n"
     )
     return {"PYTHONPATH": os.pathsep.join([str(blocker), str(REPO)])}
+
+
+# ---- real OpenSSH servers on 127.0.0.1 for the device tests (test_remote, test_deploy) --------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory):
+    """A host key, a user key authorized to log in, and the ssh options that use them."""
+    d = tmp_path_factory.mktemp("ssh")
+    for name in ("host_key", "user_key"):
+        subprocess.run(
+            ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(d / name)],
+            check=True,
+            timeout=30,
+        )
+    shutil.copy(d / "user_key.pub", d / "authorized_keys")
+    (d / "known_hosts").write_text("")
+    return d
+
+
+@pytest.fixture(scope="module")
+def ssh_env(keys):
+    """EDGEKIT_SSH_OPTIONS for the test servers: our key and known_hosts, no user ssh config."""
+    options = [
+        "-F", "/dev/null", "-i", str(keys / "user_key"), "-o", "IdentitiesOnly=yes",
+        "-o", f"UserKnownHostsFile={keys / 'known_hosts'}",
+    ]  # fmt: skip
+    return {"EDGEKIT_SSH_OPTIONS": shlex.join(options)}
+
+
+def start_sshd(keys: Path, run_dir: Path) -> tuple[subprocess.Popen, int]:
+    port = free_port()
+    run_dir.mkdir()
+    config = run_dir / "sshd_config"
+    config.write_text(
+        f"Port {port}\nListenAddress 127.0.0.1\nHostKey {keys / 'host_key'}\n"
+        f"PidFile {run_dir / 'sshd.pid'}\nAuthorizedKeysFile {keys / 'authorized_keys'}\n"
+        "PermitRootLogin prohibit-password\nPasswordAuthentication no\n"
+        "KbdInteractiveAuthentication no\nStrictModes no\nUsePAM no\n"
+    )
+    if os.geteuid() == 0:
+        Path("/run/sshd").mkdir(exist_ok=True)  # sshd's privilege separation directory
+    log = open(run_dir / "sshd.log", "w")  # noqa: SIM115 (the server writes to it until stopped)
+    proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(config)], stderr=log)
+    deadline = time.monotonic() + 15
+    while True:  # ready once it greets: "SSH-2.0-OpenSSH_..."
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=2) as s:
+                if s.recv(64).startswith(b"SSH-"):
+                    break
+        except OSError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise RuntimeError(f"sshd did not start: {(run_dir / 'sshd.log').read_text()}")
+        time.sleep(0.1)
+    host_pub = (keys / "host_key.pub").read_text().split()[:2]
+    with open(keys / "known_hosts", "a") as handle:
+        handle.write(f"[127.0.0.1]:{port} {' '.join(host_pub)}\n")
+    return proc, port

@@ -7,7 +7,6 @@ import getpass
 import json
 import os
 import shlex
-import shutil
 import socket
 import subprocess
 import sys
@@ -17,13 +16,12 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from conftest import run_edgekit
+from conftest import SSHD, free_port, run_edgekit, start_sshd
 from onnx import TensorProto, helper, numpy_helper
 
 from edgekit.bench import BenchOptions, measure, remote
 from edgekit.errors import EdgekitError
 
-SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
 pytestmark = pytest.mark.skipif(
     not Path(SSHD).exists() and not os.environ.get("CI"),
     reason="needs the OpenSSH server (sshd): apt-get install openssh-server (.ci/prepare.sh does)",
@@ -46,69 +44,6 @@ def tiny_model(path: Path) -> Path:
     model.ir_version = 8
     onnx.save(model, path)
     return path
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def keys(tmp_path_factory):
-    """A host key, a user key authorized to log in, and the ssh options that use them."""
-    d = tmp_path_factory.mktemp("ssh")
-    for name in ("host_key", "user_key"):
-        subprocess.run(
-            ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(d / name)],
-            check=True,
-            timeout=30,
-        )
-    shutil.copy(d / "user_key.pub", d / "authorized_keys")
-    (d / "known_hosts").write_text("")
-    return d
-
-
-@pytest.fixture(scope="module")
-def ssh_env(keys):
-    """EDGEKIT_SSH_OPTIONS for the test servers: our key and known_hosts, no user ssh config."""
-    options = [
-        "-F", "/dev/null", "-i", str(keys / "user_key"), "-o", "IdentitiesOnly=yes",
-        "-o", f"UserKnownHostsFile={keys / 'known_hosts'}",
-    ]  # fmt: skip
-    return {remote.ENV_OPTIONS: shlex.join(options)}
-
-
-def start_sshd(keys: Path, run_dir: Path) -> tuple[subprocess.Popen, int]:
-    port = free_port()
-    run_dir.mkdir()
-    config = run_dir / "sshd_config"
-    config.write_text(
-        f"Port {port}\nListenAddress 127.0.0.1\nHostKey {keys / 'host_key'}\n"
-        f"PidFile {run_dir / 'sshd.pid'}\nAuthorizedKeysFile {keys / 'authorized_keys'}\n"
-        "PermitRootLogin prohibit-password\nPasswordAuthentication no\n"
-        "KbdInteractiveAuthentication no\nStrictModes no\nUsePAM no\n"
-    )
-    if os.geteuid() == 0:
-        Path("/run/sshd").mkdir(exist_ok=True)  # sshd's privilege separation directory
-    log = open(run_dir / "sshd.log", "w")  # noqa: SIM115 (the server writes to it until stopped)
-    proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(config)], stderr=log)
-    deadline = time.monotonic() + 15
-    while True:  # ready once it greets: "SSH-2.0-OpenSSH_..."
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=2) as s:
-                if s.recv(64).startswith(b"SSH-"):
-                    break
-        except OSError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            raise RuntimeError(f"sshd did not start: {(run_dir / 'sshd.log').read_text()}")
-        time.sleep(0.1)
-    host_pub = (keys / "host_key.pub").read_text().split()[:2]
-    with open(keys / "known_hosts", "a") as handle:
-        handle.write(f"[127.0.0.1]:{port} {' '.join(host_pub)}\n")
-    return proc, port
 
 
 @pytest.fixture(scope="module")

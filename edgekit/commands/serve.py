@@ -1,0 +1,240 @@
+"""Serve a model over HTTP with the Open Inference Protocol (KServe v2 / Triton HTTP).
+
+PATH is an optimize output folder (its recommended variant is served; --variant NAME picks another,
+--variant all serves each under its own name) or one .onnx file. Applications call it with the
+standard clients (tritonclient.http, KServe's), JSON or binary tensors. GET /metrics gives
+Prometheus metrics; GET /edgekit/monitor the live-drift and input-range summary.
+Needs the serve extra on the device: python3 -m pip install 'edgekit[serve]' (no torch).
+
+examples:
+  edgekit serve digits_cnn.edgekit                       # http://127.0.0.1:8000
+  edgekit serve digits_cnn.edgekit --variant all --port 9000
+  edgekit serve model.onnx --host 0.0.0.0 --api-key-file ~/.edgekit-key
+  edgekit serve digits_cnn.edgekit --shadow fp32 --shadow-rate 0.05 --access-log serve.jsonl
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import sys
+from pathlib import Path
+
+from edgekit.errors import EdgekitError
+
+HELP = "serve a variant over HTTP (Open Inference Protocol, Prometheus metrics)"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("path", type=Path, metavar="PATH", help="optimize output folder or .onnx")
+    parser.add_argument("--variant", metavar="NAME", help="variant to serve, or `all`")
+    parser.add_argument("--name", help="model name in URLs (default: the variant's name)")
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8000, help="port (default 8000; 0: any free)")
+    parser.add_argument(
+        "--api-key-file",
+        type=Path,
+        metavar="FILE",
+        help="require `Authorization: Bearer <key>` with the key in FILE (health checks exempt)",
+    )
+    parser.add_argument(
+        "--threads", type=int, metavar="N", help="onnxruntime intra-op threads (default: cores)"
+    )
+    parser.add_argument(
+        "--instances", type=int, default=1, metavar="N", help="runs of a model at once (default 1)"
+    )
+    parser.add_argument(
+        "--max-batch",
+        type=int,
+        default=1,
+        metavar="N",
+        help="stack concurrent requests into batches of up to N rows (default 1: no batching)",
+    )
+    parser.add_argument(
+        "--batch-timeout-ms",
+        type=float,
+        default=0.0,
+        metavar="T",
+        help="how long a batch waits for more requests (default 0: takes what is queued)",
+    )
+    parser.add_argument("--max-body-mb", type=float, default=64.0, metavar="MB")
+    parser.add_argument(
+        "--shadow", metavar="VARIANT", help="run a sample of requests through this variant too"
+    )
+    parser.add_argument("--shadow-rate", type=float, default=0.05, metavar="R")
+    parser.add_argument(
+        "--max-drift", metavar="BUDGET", help="live drift budget (default: the report's)"
+    )
+    parser.add_argument(
+        "--access-log", metavar="FILE", help="one JSON line per request (- : stdout)"
+    )
+    parser.add_argument(
+        "--export-repository",
+        type=Path,
+        metavar="OUT",
+        help="instead of serving, write a Triton/KServe model repository for the same models "
+        "and settings (OUT/NAME/config.pbtxt, OUT/NAME/1/model.onnx)",
+    )
+    parser.add_argument(
+        "--drain-timeout",
+        type=float,
+        default=30.0,
+        metavar="S",
+        help="on SIGTERM, how long in-flight requests may take to finish (default 30)",
+    )
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _read_key(path: Path) -> str:
+    try:
+        key = path.read_text().strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise EdgekitError(f"Cannot read the API key file {path}: {exc}.") from None
+    if not key or any(c.isspace() for c in key):
+        raise EdgekitError(
+            f"The API key file {path} must hold one key (no spaces), e.g. from "
+            "`python3 -c 'import secrets; print(secrets.token_urlsafe(32))'`."
+        )
+    return key
+
+
+def _check_args(args) -> None:
+    for flag, value, low in (
+        ("--instances", args.instances, 1),
+        ("--max-batch", args.max_batch, 1),
+        ("--threads", args.threads if args.threads is not None else 1, 1),
+        ("--port", args.port, 0),
+    ):
+        if value < low:
+            raise EdgekitError(f"{flag} must be at least {low}; got {value}.")
+    if args.port > 65535:
+        raise EdgekitError(f"--port must be at most 65535; got {args.port}.")
+    if args.batch_timeout_ms < 0 or args.max_body_mb <= 0 or args.drain_timeout < 0:
+        raise EdgekitError(
+            "--batch-timeout-ms, --max-body-mb and --drain-timeout must be positive."
+        )
+    if not 0 < args.shadow_rate <= 1:
+        raise EdgekitError(
+            f"--shadow-rate is a share of requests in (0, 1]; got {args.shadow_rate}."
+        )
+
+
+def _export(args) -> int:
+    from edgekit import textsafe
+    from edgekit.serve import repository, server
+
+    _, choices = server.choose(args.path, args.variant, args.name)
+    written = repository.export(
+        choices,
+        args.export_repository,
+        max_batch=args.max_batch,
+        batch_timeout_ms=args.batch_timeout_ms,
+        instances=args.instances,
+        threads=args.threads,
+    )
+    for folder in written:
+        print(f"wrote {textsafe.plain(folder)}/config.pbtxt and 1/model.onnx")
+    print(
+        f"Serve it with Triton: tritonserver --model-repository {textsafe.plain(args.export_repository)}"
+    )
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    from edgekit.serve import server
+
+    _check_args(args)
+    if args.export_repository:
+        return _export(args)
+    server.check_extra()
+    from edgekit import textsafe
+    from edgekit.bench import device
+    from edgekit.recommend import parse_budget
+    from edgekit.serve.app import Served, State, build_app, open_access_log
+    from edgekit.serve.metrics import Metrics
+    from edgekit.serve.model import ServedModel
+    from edgekit.serve.monitor import InputRange, Shadow
+
+    api_key = _read_key(args.api_key_file) if args.api_key_file else None
+    if not _is_loopback(args.host) and api_key is None:
+        print(
+            f"edgekit: warning: serving on {args.host} without --api-key-file: anyone who can "
+            "reach this port can call the model.",
+            file=sys.stderr,
+        )
+    report, choices = server.choose(args.path, args.variant, args.name)
+    shadow_file = None
+    if args.shadow:
+        if report is None:
+            shadow_file = Path(args.shadow)
+            if not shadow_file.is_file():
+                raise EdgekitError(
+                    f"--shadow {args.shadow}: serving one .onnx file, the shadow must be an "
+                    ".onnx file too (or serve the optimize output folder and name a variant)."
+                )
+        else:
+            _, (shadow_choice,) = server.choose(args.path, args.shadow)
+            shadow_file = shadow_choice.path
+    budget_text = args.max_drift or (report or {}).get("budget")
+    budget = parse_budget(budget_text) if budget_text else None
+    threads = args.threads or device.physical_cores()
+    sock = server.bind(args.host, args.port)
+    metrics = Metrics()
+    models = {}
+    for choice in choices:
+        if choice.name in models:
+            raise EdgekitError(f"Two variants would be served as {choice.name!r}.")
+        model = ServedModel(
+            choice.name,
+            choice.path,
+            threads=threads,
+            instances=args.instances,
+            max_batch=args.max_batch,
+            batch_timeout_s=args.batch_timeout_ms / 1e3,
+        )
+        if args.max_batch > 1 and not model.batchable:
+            print(
+                f"edgekit: warning: {textsafe.plain(choice.name)} has a fixed axis 0, so its "
+                "requests are not batched.",
+                file=sys.stderr,
+            )
+        row = choice.variant or {}
+        metrics.model_info.labels(choice.name, choice.path.name, row.get("sha256") or "").set(1)
+        shadow = None
+        if shadow_file is not None:
+            shadow = Shadow(
+                choice.name, args.shadow, shadow_file, args.shadow_rate, budget, metrics
+            )
+        ranges = InputRange(choice.name, (report or {}).get("inputs"), metrics)
+        models[choice.name] = Served(model, ranges, shadow)
+    state = State(
+        models=models,
+        metrics=metrics,
+        max_body=int(args.max_body_mb * 2**20),
+        api_key=api_key,
+        access_log=open_access_log(args.access_log) if args.access_log else None,
+    )
+    host, port = sock.getsockname()[:2]
+    shown = f"[{host}]" if ":" in host else host
+    names = ", ".join(textsafe.plain(n) for n in models)
+
+    def ready():
+        print(f"edgekit: serving {names} at http://{shown}:{port}", flush=True)
+
+    try:
+        server.serve(build_app(state, on_ready=ready), sock, args.drain_timeout)
+    finally:
+        for entry in models.values():
+            entry.model.stop()
+            if entry.shadow:
+                entry.shadow.stop()
+    print("edgekit: stopped", flush=True)
+    return 0

@@ -1,0 +1,210 @@
+"""`edgekit deploy`: put a variant on a device over the user's own ssh and serve it there.
+
+  check the device's Python has edgekit[serve] (else exit 2 with the pip line) and make the folder
+  →  copy model/ (the variant, report.json), launcher.py, serve.json (one tar stream over ssh)
+  →  `python3 launcher.py start FOLDER` starts `edgekit serve` detached, waits for
+     /v2/health/ready on the device, replies with the pid and URL.
+
+The folder on the device is ~/.edgekit/deploy/NAME (--remote-dir changes the parent); it also holds
+serve.pid, serve.log and edgekit-NAME.service (a systemd unit, written, never installed). Every
+remote command is an argument list, each word shlex-quoted by Target.ssh; serve's arguments travel
+inside serve.json, never through a shell.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import subprocess
+import tarfile
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+from edgekit import textsafe
+from edgekit.bench import flops
+from edgekit.bench.remote import QUICK_S, Target, _RemoteCommandFailed, _ssh
+from edgekit.errors import EdgekitError
+
+LAUNCHER = Path(__file__).with_name("launcher.py")
+NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
+PIP = "-m pip install 'edgekit[serve]'"
+# Runs on the device: which modules `edgekit serve` needs are missing; makes the folder.
+CHECK = """\
+import importlib.util, json, os, sys
+need = ("edgekit", "onnxruntime", "numpy", "uvicorn", "starlette", "prometheus_client")
+def has(module):
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+missing = [m for m in need if not has(m)]
+folder = os.path.abspath(os.path.expanduser(sys.argv[1]))
+if not missing:
+    os.makedirs(folder, exist_ok=True)
+print(json.dumps({"missing": missing, "folder": folder, "python": sys.executable}))
+"""
+
+
+def check_name(name: str) -> str:
+    if not NAME.fullmatch(name):
+        raise EdgekitError(
+            f"The deployment name {textsafe.plain(name)!r} must be letters, digits, _ . - "
+            "(at most 64, not starting with . or -); give one with --name."
+        )
+    return name
+
+
+def remote_folder(remote_dir: str, name: str) -> str:
+    return f"{remote_dir.rstrip('/')}/{name}"
+
+
+def _json(text: str, target: Target, what: str) -> dict:
+    try:
+        return json.loads(text.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        raise EdgekitError(f"{target.spec}: {what} printed no JSON: {text[-300:]!r}") from None
+
+
+def _launcher(target: Target, command: str, folder: str, timeout: float = QUICK_S) -> dict:
+    try:
+        out = _ssh(
+            target, target.python, f"{folder}/launcher.py", command, folder,
+            what=f"running the launcher ({command})", timeout=timeout,
+        )  # fmt: skip
+    except _RemoteCommandFailed as exc:
+        text = str(exc)
+        if "No such file" in text or "can't open file" in text:
+            raise EdgekitError(
+                f"{target.spec}: nothing is deployed in {folder} (no launcher there). Deploy "
+                "first, or give the same --name and --remote-dir as when deploying."
+            ) from None
+        try:  # the launcher's own reply on failure
+            return _json(text, target, "the launcher")
+        except EdgekitError:
+            raise EdgekitError(f"{target.spec}: the launcher failed: {text[-500:]}") from None
+    return _json(out, target, "the launcher")
+
+
+def check_device(target: Target, folder: str) -> dict:
+    try:
+        reply = _json(
+            _ssh(target, target.python, "-c", CHECK, folder, what="checking the device"),
+            target,
+            "the device check",
+        )
+    except _RemoteCommandFailed as exc:
+        if exc.code == 127:
+            raise EdgekitError(
+                f"{target.spec}: `{target.python}` was not found on the device. Install Python 3 "
+                f"there, then: python3 {PIP}  (or point --remote-python at its interpreter)"
+            ) from None
+        raise EdgekitError(f"{target.spec}: the device's Python failed: {exc}") from None
+    if reply["missing"]:
+        raise EdgekitError(
+            f"{target.spec}: the device's {target.python} lacks {', '.join(reply['missing'])}, "
+            f"which `edgekit serve` needs. Install them on the device with:\n"
+            f"  {shlex.quote(target.python)} {PIP}\n"
+            "(no torch is needed there; on Raspberry Pi OS use a venv and --remote-python)"
+        )
+    return reply
+
+
+def variant_files(folder: Path, row: dict) -> list[tuple[Path, str]]:
+    """The variant's .onnx and external-data files, each with its name under model/."""
+    path = Path(folder) / str(row["file"])
+    base = Path("model") / Path(str(row["file"])).parent
+    return [
+        (file, (base / file.relative_to(path.parent)).as_posix())
+        for file in flops.files_on_disk(path)
+    ]
+
+
+def pack(files: list[tuple[Path, str]], texts: dict[str, str], tar_path: Path) -> None:
+    """One tar of local files (path, name in the folder) and generated texts (name: text)."""
+    with tempfile.TemporaryDirectory() as tmp, tarfile.open(tar_path, "w") as tar:
+        tar.add(LAUNCHER, "launcher.py")
+        for path, arcname in files:
+            tar.add(path, arcname)
+        for arcname, text in texts.items():
+            (Path(tmp) / "text").write_text(text)
+            tar.add(Path(tmp) / "text", arcname)
+
+
+def copy(target: Target, tar_path: Path, folder: str) -> None:
+    size = tar_path.stat().st_size
+    with open(tar_path, "rb") as bundle:
+        try:
+            _ssh(target, "tar", "-xf", "-", "-C", folder, what="copying the model",
+                 stdin=bundle, timeout=QUICK_S + size / 2e5)  # fmt: skip
+        except _RemoteCommandFailed as exc:
+            raise EdgekitError(f"{target.spec}: copying failed: {exc}") from None
+
+
+def systemd_unit(name: str, python: str, folder: str, args: list[str], user: str | None) -> str:
+    """A unit that runs the same `edgekit serve` at boot (written, never installed)."""
+
+    def quote(word: str) -> str:  # systemd's own quoting: "…" with \ escapes, % doubled
+        word = word.replace("%", "%%")
+        if re.fullmatch(r"[A-Za-z0-9_./:=@+,-]+", word):
+            return word
+        return '"' + word.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+    exec_start = " ".join(quote(w) for w in [python, "-m", "edgekit.cli", "serve", *args])
+    lines = [
+        "[Unit]",
+        f"Description=edgekit serve {name}",
+        "After=network-online.target",
+        "Wants=network-online.target",
+        "",
+        "[Service]",
+        *([f"User={user}"] if user else []),
+        f"WorkingDirectory={quote(folder)}",
+        f"ExecStart={exec_start}",
+        "Restart=on-failure",
+        "KillSignal=SIGTERM",
+        "TimeoutStopSec=40",
+        "",
+        "[Install]",
+        "WantedBy=multi-user.target",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def forward(target: Target, remote_port: int, local_port: int, say) -> int:
+    """`ssh -N -L` to the device's port until interrupted; returns once the tunnel ends."""
+    argv = target.ssh("true")[:-3]  # ssh and its options, without `-- host command`
+    argv += ["-N", "-o", "ExitOnForwardFailure=yes", "-L",
+             f"127.0.0.1:{local_port}:127.0.0.1:{remote_port}", "--", target.host]  # fmt: skip
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{local_port}"
+    deadline = time.monotonic() + 30
+    try:
+        while True:
+            if proc.poll() is not None:
+                raise EdgekitError(
+                    f"{target.spec}: the SSH tunnel ended: {proc.stderr.read().strip()[-300:]}. "
+                    f"Is port {local_port} free here?"
+                )
+            try:
+                with urllib.request.urlopen(url + "/v2/health/ready", timeout=2):
+                    break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise EdgekitError(
+                        f"{target.spec}: no answer through the tunnel from the server on port "
+                        f"{remote_port}; is it running? (`edgekit deploy --status`)"
+                    ) from None
+                time.sleep(0.2)
+        say(f"URL: {url}  (SSH tunnel to {target.spec}; Ctrl-C ends it)")
+        return proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()

@@ -1,0 +1,236 @@
+"""What the server runs: one onnxruntime session per served model, fed by worker threads from a
+queue. With --max-batch N, a worker takes the requests waiting in the queue (up to N rows, waiting
+at most --batch-timeout-ms for more), stacks them along axis 0, runs once and splits the outputs
+back. Queue time (enqueued → its run starts) and compute time (the run) are measured apart.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from edgekit.serve.protocol import FROM_ORT, TO_NUMPY, BadRequest, InferRequest
+
+
+class ModelFailed(Exception):
+    """onnxruntime failed on inputs that passed the checks: HTTP 500."""
+
+
+@dataclass
+class Tensor:
+    name: str
+    datatype: str  # OIP datatype, e.g. FP32
+    shape: list[int]  # -1 for a dynamic axis
+
+    def metadata(self) -> dict:
+        return {"name": self.name, "datatype": self.datatype, "shape": self.shape}
+
+
+@dataclass
+class Job:
+    feeds: dict[str, np.ndarray]
+    rows: int
+    enqueued: float = field(default_factory=time.perf_counter)
+    future: Future = field(default_factory=Future)
+
+
+@dataclass
+class Done:
+    outputs: dict[str, np.ndarray]
+    queue_s: float
+    compute_s: float
+    batch_rows: int
+
+
+def session_options(threads: int):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads  # 0: onnxruntime's default (one per core)
+    opts.inter_op_num_threads = 1
+    return opts
+
+
+def _dims(shape) -> list[int]:
+    return [d if isinstance(d, int) and d >= 0 else -1 for d in shape]
+
+
+def describe(path: Path, session=None) -> tuple[list[Tensor], list[Tensor]]:
+    """The model's inputs and outputs with OIP datatypes and -1 for dynamic axes."""
+    if session is None:
+        import onnxruntime as ort
+
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+    def tensors(items):
+        return [Tensor(t.name, FROM_ORT.get(t.type, t.type), _dims(t.shape)) for t in items]
+
+    return tensors(session.get_inputs()), tensors(session.get_outputs())
+
+
+class ServedModel:
+    def __init__(
+        self,
+        name: str,
+        path: Path,
+        *,
+        threads: int = 0,
+        instances: int = 1,
+        max_batch: int = 1,
+        batch_timeout_s: float = 0.0,
+        info: dict | None = None,
+    ):
+        import onnxruntime as ort
+
+        self.name, self.path, self.info = name, Path(path), info or {}
+        self.session = ort.InferenceSession(
+            str(path), session_options(threads), providers=["CPUExecutionProvider"]
+        )
+        self.inputs, self.outputs = describe(path, self.session)
+        self.output_names = [o.name for o in self.outputs]
+        # Stacking requests needs a dynamic axis 0 on every input and output.
+        self.batchable = all(t.shape and t.shape[0] == -1 for t in self.inputs + self.outputs)
+        self.max_batch = max_batch if self.batchable else 1
+        self.batch_timeout_s = batch_timeout_s
+        self.jobs: queue.Queue[Job | None] = queue.Queue()
+        self.workers = [
+            threading.Thread(target=self._work, name=f"serve-{name}-{i}", daemon=True)
+            for i in range(max(1, instances))
+        ]
+        for worker in self.workers:
+            worker.start()
+
+    def metadata(self) -> dict:
+        return {
+            "name": self.name,
+            "versions": ["1"],
+            "platform": "onnxruntime_onnx",
+            "inputs": [t.metadata() for t in self.inputs],
+            "outputs": [t.metadata() for t in self.outputs],
+        }
+
+    def check(self, request: InferRequest) -> dict[str, np.ndarray]:
+        """The feeds for onnxruntime; BadRequest names the input that does not fit the model."""
+        expected = {t.name: t for t in self.inputs}
+        unknown = [n for n in request.inputs if n not in expected]
+        if unknown:
+            raise BadRequest(
+                f"model '{self.name}' has no input '{unknown[0]}'; its inputs are: "
+                f"{', '.join(expected)}"
+            )
+        missing = [n for n in expected if n not in request.inputs]
+        if missing:
+            raise BadRequest(f"model '{self.name}' needs input '{missing[0]}', which is missing")
+        for name in request.outputs or []:
+            if name not in self.output_names:
+                raise BadRequest(
+                    f"model '{self.name}' has no output '{name}'; its outputs are: "
+                    f"{', '.join(self.output_names)}"
+                )
+        rows = None
+        for name, array in request.inputs.items():
+            spec = expected[name]
+            if np.dtype(TO_NUMPY.get(spec.datatype, object)) != array.dtype:
+                raise BadRequest(
+                    f"input '{name}' of model '{self.name}' is {spec.datatype}, not "
+                    f"{request_datatype(array)}"
+                )
+            if len(array.shape) != len(spec.shape) or any(
+                want not in (-1, got) for want, got in zip(spec.shape, array.shape, strict=True)
+            ):
+                raise BadRequest(
+                    f"input '{name}' of model '{self.name}' has shape {spec.shape} (-1: any), "
+                    f"not {list(array.shape)}"
+                )
+            if self.batchable:
+                if rows is not None and array.shape[0] != rows:
+                    raise BadRequest("the inputs disagree on the batch size (axis 0)")
+                rows = array.shape[0]
+        return request.inputs
+
+    def submit(self, feeds: dict[str, np.ndarray]) -> Future:
+        rows = next(iter(feeds.values())).shape[0] if self.batchable else 1
+        job = Job(feeds, rows)
+        self.jobs.put(job)
+        return job.future
+
+    def stop(self) -> None:
+        for _ in self.workers:
+            self.jobs.put(None)
+        for worker in self.workers:
+            worker.join(timeout=30)
+
+    # ---- worker threads ------------------------------------------------------------------------
+
+    def _work(self) -> None:
+        carry = None
+        while True:
+            job = carry if carry is not None else self.jobs.get()
+            if job is None:
+                return
+            batch, carry, stop = [job], None, False
+            if self.max_batch > 1:
+                batch, carry, stop = self._collect(job)
+            self._run(batch)
+            if stop:
+                return
+
+    def _collect(self, first: Job) -> tuple[list[Job], Job | None, bool]:
+        """More jobs that stack with `first` (same trailing shapes, rows within max_batch); the job
+        that did not fit, if any; whether the stop marker came."""
+        batch, rows = [first], first.rows
+        deadline = time.perf_counter() + self.batch_timeout_s
+        shapes = {k: v.shape[1:] for k, v in first.feeds.items()}
+        while rows < self.max_batch:
+            try:
+                wait = deadline - time.perf_counter()
+                job = self.jobs.get(timeout=wait) if wait > 0 else self.jobs.get_nowait()
+            except queue.Empty:
+                break
+            if job is None:
+                return batch, None, True
+            if rows + job.rows > self.max_batch or any(
+                v.shape[1:] != shapes[k] for k, v in job.feeds.items()
+            ):
+                return batch, job, False
+            batch.append(job)
+            rows += job.rows
+        return batch, None, False
+
+    def _run(self, batch: list[Job]) -> None:
+        start = time.perf_counter()
+        if len(batch) == 1:
+            feeds = batch[0].feeds
+        else:
+            feeds = {k: np.concatenate([j.feeds[k] for j in batch]) for k in batch[0].feeds}
+        try:
+            values = self.session.run(self.output_names, feeds)
+        except Exception as exc:  # onnxruntime's errors have no common base class
+            for job in batch:
+                job.future.set_exception(ModelFailed(f"model '{self.name}' failed: {exc}"))
+            return
+        compute = time.perf_counter() - start
+        rows = sum(j.rows for j in batch)
+        offset = 0
+        for job in batch:
+            if len(batch) == 1:
+                outputs = dict(zip(self.output_names, values, strict=True))
+            else:
+                outputs = {
+                    n: v[offset : offset + job.rows]
+                    for n, v in zip(self.output_names, values, strict=True)
+                }
+            offset += job.rows
+            job.future.set_result(Done(outputs, start - job.enqueued, compute, rows))
+
+
+def request_datatype(array: np.ndarray) -> str:
+    from edgekit.serve.protocol import FROM_NUMPY
+
+    return FROM_NUMPY.get(array.dtype, str(array.dtype))

@@ -1,0 +1,183 @@
+"""The Open Inference Protocol (KServe v2 / Triton HTTP) on the wire: request parsing, response
+building, the binary tensor data extension and the datatype map. No web framework here.
+
+A request body is JSON, or JSON followed by raw tensor bytes when the header
+`Inference-Header-Content-Length` gives the JSON's length; an input whose `parameters` carry
+`binary_data_size` takes that many bytes from the binary part, in the order the inputs are listed.
+A response puts an output in binary when the request asked for it (`outputs[].parameters.binary_data`
+or `parameters.binary_data_output`), else in JSON (`data`, row-major, flat).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+import numpy as np
+
+EXTENSIONS = ["binary_tensor_data"]
+HEADER_LENGTH = "inference-header-content-length"
+
+# OIP datatype <-> numpy dtype; ORT's type strings -> OIP datatype. BYTES (strings) is not served.
+TO_NUMPY = {
+    "BOOL": np.bool_, "UINT8": np.uint8, "UINT16": np.uint16, "UINT32": np.uint32,
+    "UINT64": np.uint64, "INT8": np.int8, "INT16": np.int16, "INT32": np.int32, "INT64": np.int64,
+    "FP16": np.float16, "FP32": np.float32, "FP64": np.float64,
+}  # fmt: skip
+FROM_NUMPY = {np.dtype(v): k for k, v in TO_NUMPY.items()}
+FROM_ORT = {
+    "tensor(bool)": "BOOL", "tensor(uint8)": "UINT8", "tensor(uint16)": "UINT16",
+    "tensor(uint32)": "UINT32", "tensor(uint64)": "UINT64", "tensor(int8)": "INT8",
+    "tensor(int16)": "INT16", "tensor(int32)": "INT32", "tensor(int64)": "INT64",
+    "tensor(float16)": "FP16", "tensor(float)": "FP32", "tensor(double)": "FP64",
+    "tensor(string)": "BYTES",
+}  # fmt: skip
+
+
+class BadRequest(Exception):
+    """The client sent something the protocol or the model does not accept: HTTP 400."""
+
+
+@dataclass
+class InferRequest:
+    id: str | None
+    inputs: dict[str, np.ndarray]
+    outputs: list[str] | None  # requested output names, in order; None: all
+    binary: dict[str, bool] = field(default_factory=dict)  # output name -> send as binary
+    binary_default: bool = False
+    parameters: dict = field(default_factory=dict)
+
+
+def _object(value, what: str) -> dict:
+    if not isinstance(value, dict):
+        raise BadRequest(f"{what} must be a JSON object")
+    return value
+
+
+def parse_request(body: bytes, header_length: str | None) -> InferRequest:
+    """Read an infer request body; BadRequest says what is wrong with it."""
+    if header_length is None:
+        head, binary = body, b""
+    else:
+        try:
+            size = int(header_length)
+        except ValueError:
+            raise BadRequest("Inference-Header-Content-Length is not an integer") from None
+        if not 0 < size <= len(body):
+            raise BadRequest(
+                f"Inference-Header-Content-Length is {size} but the body has {len(body)} bytes"
+            )
+        head, binary = body[:size], memoryview(body)[size:]
+    try:
+        request = _object(json.loads(head), "the request")
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BadRequest(f"the request header is not valid JSON: {exc}") from None
+    parameters = _object(request.get("parameters") or {}, "parameters")
+    raw_inputs = request.get("inputs")
+    if not isinstance(raw_inputs, list) or not raw_inputs:
+        raise BadRequest("the request has no 'inputs' list")
+    inputs, offset = {}, 0
+    for raw in raw_inputs:
+        tensor = _object(raw, "each input")
+        name = tensor.get("name")
+        if not isinstance(name, str):
+            raise BadRequest("an input has no 'name'")
+        if name in inputs:
+            raise BadRequest(f"input '{name}' is given twice")
+        array, used = _read_tensor(tensor, name, binary, offset)
+        inputs[name] = array
+        offset += used
+    if offset != len(binary):
+        raise BadRequest(
+            f"the binary part has {len(binary)} bytes but the inputs' binary_data_size add up "
+            f"to {offset}"
+        )
+    outputs, flags = None, {}
+    if request.get("outputs") is not None:
+        if not isinstance(request["outputs"], list):
+            raise BadRequest("'outputs' must be a list")
+        outputs = []
+        for raw in request["outputs"]:
+            out = _object(raw, "each requested output")
+            if not isinstance(out.get("name"), str):
+                raise BadRequest("a requested output has no 'name'")
+            params = _object(out.get("parameters") or {}, "an output's parameters")
+            if params.get("classification"):
+                raise BadRequest("the classification extension is not supported")
+            outputs.append(out["name"])
+            if "binary_data" in params:
+                flags[out["name"]] = bool(params["binary_data"])
+    request_id = request.get("id")
+    return InferRequest(
+        id=None if request_id is None else str(request_id),
+        inputs=inputs,
+        outputs=outputs,
+        binary=flags,
+        binary_default=bool(parameters.get("binary_data_output", False)),
+        parameters=parameters,
+    )
+
+
+def _read_tensor(tensor: dict, name: str, binary, offset: int) -> tuple[np.ndarray, int]:
+    datatype, shape = tensor.get("datatype"), tensor.get("shape")
+    if datatype not in TO_NUMPY:
+        raise BadRequest(
+            f"input '{name}': datatype {datatype!r} is not one of {', '.join(TO_NUMPY)}"
+        )
+    if not isinstance(shape, list) or not all(
+        isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
+    ):
+        raise BadRequest(f"input '{name}': 'shape' must be a list of non-negative integers")
+    dtype = np.dtype(TO_NUMPY[datatype])
+    count = int(np.prod(shape, dtype=np.int64))
+    params = _object(tensor.get("parameters") or {}, f"input '{name}' parameters")
+    size = params.get("binary_data_size")
+    if size is not None:
+        if not isinstance(size, int) or size < 0 or offset + size > len(binary):
+            raise BadRequest(
+                f"input '{name}': binary_data_size {size!r} does not fit the "
+                f"{len(binary) - offset} bytes left in the body"
+            )
+        if size != count * dtype.itemsize:
+            raise BadRequest(
+                f"input '{name}': binary_data_size is {size} bytes but shape {shape} of "
+                f"{datatype} needs {count * dtype.itemsize}"
+            )
+        array = np.frombuffer(binary[offset : offset + size], dtype=dtype).reshape(shape)
+        return array, size
+    if "data" not in tensor:
+        raise BadRequest(f"input '{name}' has neither 'data' nor parameters.binary_data_size")
+    try:
+        array = np.asarray(tensor["data"], dtype=dtype)
+    except (ValueError, TypeError, OverflowError):
+        raise BadRequest(f"input '{name}': 'data' is not a list of {datatype} numbers") from None
+    if array.size != count:
+        raise BadRequest(
+            f"input '{name}': 'data' has {array.size} elements but shape {shape} needs {count}"
+        )
+    return array.reshape(shape), 0
+
+
+def build_response(
+    model: str, version: str, request: InferRequest, results: dict[str, np.ndarray]
+) -> tuple[bytes, dict[str, str]]:
+    """The response body and its extra headers (Inference-Header-Content-Length when binary)."""
+    names = request.outputs if request.outputs is not None else list(results)
+    outputs, chunks = [], []
+    for name in names:
+        array = np.ascontiguousarray(results[name])
+        entry = {"name": name, "datatype": FROM_NUMPY[array.dtype], "shape": list(array.shape)}
+        if request.binary.get(name, request.binary_default):
+            data = array.tobytes()
+            entry["parameters"] = {"binary_data_size": len(data)}
+            chunks.append(data)
+        else:
+            entry["data"] = array.ravel().tolist()
+        outputs.append(entry)
+    response = {"model_name": model, "model_version": version, "outputs": outputs}
+    if request.id is not None:
+        response["id"] = request.id
+    head = json.dumps(response, separators=(",", ":")).encode()
+    if not chunks:
+        return head, {}
+    return b"".join([head, *chunks]), {"Inference-Header-Content-Length": str(len(head))}

@@ -1,0 +1,95 @@
+"""A Triton / KServe model repository for the variant(s) `edgekit serve` would serve, for when
+a deployment outgrows one device and moves to a serving engine:
+
+    OUT/<name>/config.pbtxt        platform onnxruntime_onnx, inputs, outputs, batching, instances
+    OUT/<name>/1/model.onnx        (and its external-data file, under its own name)
+
+The config is written in protobuf text format by hand (no protobuf needed here); the tests parse
+it with Triton's own model_config.proto from the tritonclient package. It mirrors the serve flags:
+no --max-batch gives max_batch_size 0 with the batch axis in dims (any batch size, as edgekit
+serve accepts); --max-batch N gives max_batch_size N, dims without the batch axis and
+dynamic_batching with --batch-timeout-ms as the queue delay; --instances sets the instance count,
+--threads onnxruntime's intra-op threads.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from edgekit.bench import flops
+from edgekit.errors import EdgekitError
+from edgekit.fsutil import atomic_write_bytes, atomic_write_text, check_output_dir
+from edgekit.serve.model import Tensor, describe
+
+
+def _type(datatype: str) -> str:
+    return "TYPE_STRING" if datatype == "BYTES" else f"TYPE_{datatype}"
+
+
+def config_text(
+    name: str,
+    inputs: list[Tensor],
+    outputs: list[Tensor],
+    max_batch: int,
+    batch_timeout_ms: float,
+    instances: int,
+    threads: int | None,
+) -> str:
+    batched = max_batch > 1 and all(t.shape and t.shape[0] == -1 for t in inputs + outputs)
+
+    def tensors(key: str, items: list[Tensor]) -> list[str]:
+        lines = []
+        for t in items:
+            dims = t.shape[1:] if batched else t.shape
+            lines += [
+                f"{key} {{",
+                f'  name: "{t.name}"',
+                f"  data_type: {_type(t.datatype)}",
+                f"  dims: [ {', '.join(str(d) for d in dims)} ]",
+                "}",
+            ]
+        return lines
+
+    lines = [
+        f'name: "{name}"',
+        'platform: "onnxruntime_onnx"',
+        f"max_batch_size: {max_batch if batched else 0}",
+        *tensors("input", inputs),
+        *tensors("output", outputs),
+        f"instance_group [ {{ kind: KIND_CPU, count: {instances} }} ]",
+    ]
+    if batched:
+        delay = round(batch_timeout_ms * 1000)
+        lines += ["dynamic_batching {", f"  max_queue_delay_microseconds: {delay}", "}"]
+    if threads:
+        lines += [
+            "parameters {",
+            '  key: "intra_op_thread_count"',
+            f'  value: {{ string_value: "{threads}" }}',
+            "}",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def export(choices, out: Path, *, max_batch: int, batch_timeout_ms: float, instances: int,
+           threads: int | None) -> list[Path]:  # fmt: skip
+    out = check_output_dir(out, "--export-repository")
+    written = []
+    for choice in choices:
+        inputs, outputs = describe(choice.path)
+        for t in inputs + outputs:
+            if '"' in t.name or "\\" in t.name:
+                raise EdgekitError(
+                    f"{choice.path}: the tensor name {t.name!r} has a quote or backslash, which a "
+                    "Triton config cannot hold plainly; rename it in the model."
+                )
+        folder = out / choice.name
+        for file in flops.files_on_disk(choice.path):
+            target = "model.onnx" if file == choice.path else file.name
+            atomic_write_bytes(folder / "1" / target, file.read_bytes())
+        text = config_text(
+            choice.name, inputs, outputs, max_batch, batch_timeout_ms, instances, threads
+        )
+        atomic_write_text(folder / "config.pbtxt", text)
+        written.append(folder)
+    return written

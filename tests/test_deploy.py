@@ -1,0 +1,166 @@
+"""`edgekit deploy` against a real sshd on 127.0.0.1: deploy, infer through the printed URL and
+through the SSH tunnel, --status, --stop, the systemd unit, and a device without the serve
+extra. The "device" Python is this venv's, with this checkout on its path."""
+
+from __future__ import annotations
+
+import getpass
+import os
+import re
+import signal
+import subprocess
+import sys
+import urllib.error
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import REPO, SSHD, free_port, run_edgekit, start_sshd
+from serve_helpers import http, output_folder
+
+tritonclient_http = pytest.importorskip("tritonclient.http")
+pytestmark = pytest.mark.skipif(
+    not Path(SSHD).exists() and not os.environ.get("CI"),
+    reason="needs the OpenSSH server (sshd): apt-get install openssh-server (.ci/prepare.sh does)",
+)
+
+
+@pytest.fixture(scope="module")
+def device(keys, tmp_path_factory):
+    proc, port = start_sshd(keys, tmp_path_factory.mktemp("sshd") / "run")
+    yield f"ssh://{getpass.getuser()}@127.0.0.1:{port}"
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+def device_python(folder: Path, block: tuple[str, ...] = ()) -> Path:
+    """A python3 for the device: this venv with this checkout importable; `block` modules fail
+    to import, as if not installed."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = [str(REPO)]
+    if block:
+        (folder / "sitecustomize.py").write_text(
+            "import sys\n"
+            "class _Block:\n"
+            "    def find_spec(self, name, path=None, target=None):\n"
+            f"        if name.split('.')[0] in {block!r}:\n"
+            "            raise ImportError(name)\n"
+            "sys.meta_path.insert(0, _Block())\n"
+        )
+        path.insert(0, str(folder))
+    script = folder / "python3"
+    script.write_text(f'#!/bin/sh\nPYTHONPATH={":".join(path)} exec {sys.executable} "$@"\n')
+    script.chmod(0o755)
+    return script
+
+
+def gone(pid: int) -> bool:
+    """Not running: no such process, or a zombie (the launcher that started it has exited, and
+    a container's init may not reap orphans)."""
+    try:
+        return "\nState:\tZ" in Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return True
+
+
+def infer(hostport: str, model: str, x: np.ndarray) -> np.ndarray:
+    client = tritonclient_http.InferenceServerClient(hostport)
+    tensor = tritonclient_http.InferInput("x", list(x.shape), "FP32")
+    tensor.set_data_from_numpy(x)
+    return client.infer(model, [tensor]).as_numpy("y")
+
+
+def test_deploy_infer_status_stop(device, ssh_env, tmp_path):
+    folder = output_folder(tmp_path / "digits.edgekit")
+    python = device_python(tmp_path / "py")
+    remote_dir = tmp_path / "device home"  # a space on purpose: paths travel quoted
+    port = free_port()
+    common = ["--target", device, "--remote-python", python, "--remote-dir", remote_dir]
+    unit = tmp_path / "digits.service"
+    done = run_edgekit("deploy", folder, *common, "--port", port, "--systemd-unit", unit,
+                       env=ssh_env, timeout=180)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    try:
+        check_deployment(done, folder, common, unit, remote_dir, port, ssh_env)
+    finally:  # never leave a server behind, also when a check failed
+        pidfile = remote_dir / "digits" / "serve.pid"
+        if pidfile.exists():
+            os.kill(int(pidfile.read_text()), signal.SIGTERM)
+
+
+def check_deployment(done, folder, common, unit, remote_dir, port, ssh_env):
+    url = re.search(r"URL on the device: (http://\S+)", done.stdout)[1]
+    assert url == f"http://127.0.0.1:{port}"
+    on_device = remote_dir / "digits"
+    assert (on_device / "model" / "int8-static.onnx").is_file()
+    assert (on_device / "serve.pid").is_file() and (on_device / "serve.log").is_file()
+
+    # the printed URL answers (the device is this machine), with the deployment's name
+    x = np.random.default_rng(0).uniform(-1, 1, (2, 16)).astype(np.float32)
+    import onnxruntime as ort
+
+    expected = ort.InferenceSession(str(folder / "int8-static.onnx")).run(None, {"x": x})[0]
+    np.testing.assert_array_equal(infer(url.removeprefix("http://"), "digits", x), expected)
+
+    # through the SSH tunnel that --forward keeps open
+    local = free_port()
+    tunnel = subprocess.Popen(
+        [sys.executable, "-m", "edgekit.cli", "deploy", "--forward", str(local), *map(str, common),
+         "--name", "digits"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO), **ssh_env},
+    )  # fmt: skip
+    try:
+        line = tunnel.stdout.readline()
+        assert line.startswith(f"URL: http://127.0.0.1:{local}"), line + tunnel.stderr.read()
+        np.testing.assert_array_equal(infer(f"127.0.0.1:{local}", "digits", x), expected)
+    finally:
+        tunnel.send_signal(signal.SIGTERM)
+        assert tunnel.wait(timeout=30) == 0
+    with pytest.raises(urllib.error.URLError):  # the tunnel is gone with it
+        http(f"http://127.0.0.1:{local}/v2/health/live")
+
+    status = run_edgekit("deploy", *common, "--name", "digits", "--status", env=ssh_env)
+    assert status.returncode == 0, status.stderr
+    assert "running, pid" in status.stdout
+    success = re.search(
+        r'edgekit_requests_total\{model="digits",outcome="success"\} (\d+)', status.stdout
+    )
+    assert success and int(success[1]) == 2, status.stdout
+    assert "process_resident_memory_bytes" in status.stdout
+
+    text = unit.read_text()
+    assert "ExecStart=" in text and "-m edgekit.cli serve model --variant int8-static" in text
+    assert f'WorkingDirectory="{on_device}"' in text
+    assert (on_device / "edgekit-digits.service").read_text() == text
+    assert "systemctl enable --now edgekit-digits.service" in done.stdout
+
+    pid = int((on_device / "serve.pid").read_text())
+    stop = run_edgekit("deploy", *common, "--name", "digits", "--stop", env=ssh_env, timeout=120)
+    assert stop.returncode == 0 and "stopped" in stop.stdout, stop.stderr
+    assert gone(pid)
+    again = run_edgekit("deploy", *common, "--name", "digits", "--status", env=ssh_env)
+    assert again.returncode == 1 and "not running" in again.stdout
+
+
+def test_device_without_the_serve_extra_gets_the_pip_line(device, ssh_env, tmp_path):
+    folder = output_folder(tmp_path / "digits.edgekit")
+    python = device_python(tmp_path / "py", block=("uvicorn", "starlette"))
+    done = run_edgekit("deploy", folder, "--target", device, "--remote-python", python,
+                       "--remote-dir", tmp_path / "dev", env=ssh_env, timeout=120)  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert "lacks uvicorn, starlette" in done.stderr
+    assert "-m pip install 'edgekit[serve]'" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert not (tmp_path / "dev").exists()  # nothing was copied
+
+
+def test_bad_deployment_name_and_nothing_deployed(device, ssh_env, tmp_path):
+    folder = output_folder(tmp_path / "m.edgekit")
+    done = run_edgekit("deploy", folder, "--target", device, "--name", "../x; rm -rf ~",
+                       env=ssh_env)  # fmt: skip
+    assert done.returncode == 2 and "deployment name" in done.stderr
+    python = device_python(tmp_path / "py")
+    done = run_edgekit("deploy", "--status", "--target", device, "--name", "never",
+                       "--remote-python", python, "--remote-dir", tmp_path / "d", env=ssh_env)  # fmt: skip
+    assert done.returncode == 2 and "nothing is deployed" in done.stderr, done.stderr
