@@ -116,9 +116,18 @@ def read_targets(path: Path, python: str = "python3", ssh_options=()) -> list[Ta
     """A fleet file: one target per line (# comments), or TOML tables `[name]` with `target = "…"`
     and optionally `python = "…"`."""
     try:
-        text = Path(path).read_text()
+        data = Path(path).read_bytes()
     except OSError as exc:
         raise EdgekitError(f"Cannot read the targets file {path}: {exc.strerror}.") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        text = None
+    if text is None or "\0" in text:
+        raise EdgekitError(
+            f"The targets file {path} is not a text file (it holds binary data). List one "
+            'ssh://[user@]host[:port] per line, or TOML tables [name] with target = "…".'
+        )
     lines = [ln.strip() for ln in text.splitlines() if ln.strip() and ln.strip()[0] != "#"]
     if not any(ln.startswith("[") for ln in lines):
         return [parse_target(ln, python, ssh_options) for ln in lines]
