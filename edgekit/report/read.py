@@ -170,7 +170,7 @@ def _check(report: dict) -> None:
         if report.get(key) is None:
             report[key] = {}
         _expect(report[key], kind, key)
-    for key in ("warnings", "inputs"):
+    for key in ("warnings", "inputs", "notes"):
         report.setdefault(key, [])
         _expect(report[key], list, key)
     _expect(report.setdefault("command", None), (str, type(None)), "command")
