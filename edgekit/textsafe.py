@@ -11,7 +11,11 @@ import re
 # C0 and C1 control characters (ESC, CSI, BEL, CR, ...) and the Unicode bidi overrides that can
 # make text read differently from what it is. Tab and newline are replaced too: one field, one line.
 _UNSAFE = re.compile(r"[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
-_MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()<>#+\-.!|~&\"'])")
+# Inline punctuation that could open a link or image ([ ] ( )), HTML or an autolink (< >), an entity
+# (&), a code span (`), emphasis (* _ ~), math ($) or end a table cell (|); and, at the start of the
+# text only, what would begin a block (heading, quote, list item, setext underline).
+_MD_SPECIAL = re.compile(r"([\\`*_\[\]()<>|~&$])")
+_MD_BLOCK_START = re.compile(r"^(\s*)([#>+=-]|\d+(?=[.)]))")
 
 
 def plain(value) -> str:
@@ -29,7 +33,13 @@ def rich(value) -> str:
 def markdown(value) -> str:
     """Safe as Markdown text (also inside a table cell): every punctuation character that could
     open a link, an image, HTML, emphasis or a cell boundary is backslash-escaped."""
-    return _MD_SPECIAL.sub(r"\\\1", plain(value))
+    text = _MD_SPECIAL.sub(r"\\\1", plain(value))
+    return _MD_BLOCK_START.sub(_escape_block_start, text, count=1)
+
+
+def _escape_block_start(m: re.Match) -> str:
+    lead, mark = m[1], m[2]
+    return f"{lead}\\{mark}" if not mark[0].isdigit() else f"{lead}{mark}\\"
 
 
 def markdown_code(value) -> str:

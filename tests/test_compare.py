@@ -195,3 +195,37 @@ def test_normalize_cancels_machine_drift_but_not_a_real_slowdown(tmp_path):
     gated = run_edgekit("compare", base, worse, "--fail-if-slower", "10", "--normalize")
     assert gated.returncode == 1
     assert "int8-static" in gated.stdout + gated.stderr
+
+
+def test_report_keeps_a_bounded_sample_and_compare_still_has_an_interval(tmp_path):
+    """A 2 µs model timed for up to a second runs ~10^5 times: report.json keeps at most 2000
+    timings per variant, in run order, and per-round medians; compare still gives an interval."""
+    a = _tiny_relu(tmp_path / "a.onnx")
+    b = _tiny_relu(tmp_path / "b.onnx")
+    out = tmp_path / "out"
+    result = run_edgekit("bench", a, b, "-o", out, "--min-time", "0.2", "--max-time", "1", "-q")
+    assert result.returncode == 0, result.stderr
+    report_json = out / "report.json"
+    assert report_json.stat().st_size < 150_000  # was megabytes with every sample
+    for v in json.loads(report_json.read_text())["variants"]:
+        lat = v["latency_ms"]
+        assert lat["n"] > 2000 and len(lat["samples"]) == 2000
+        assert len(lat["round_medians"]) == lat["rounds"] == len(lat["round_sizes"])
+        assert min(lat["samples"]) >= lat["min"] - 1e-6
+    compared = run_edgekit("compare", report_json, report_json, "--json")
+    assert compared.returncode == 0, compared.stderr
+    rows = json.loads(compared.stdout)["rows"]
+    assert [r["variant"] for r in rows] == ["a", "b"]
+    for row in rows:
+        lo, hi = row["latency"]["ci95"]
+        assert lo <= row["latency"]["ratio"] <= hi and row["b"]["n_samples"] == 2000
+
+
+def _tiny_relu(path):
+    import onnx
+    from onnx import TensorProto, helper
+
+    x, y = (helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, 4]) for n in "xy")
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "relu", [x], [y])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    return path

@@ -98,3 +98,96 @@ def test_reading_is_torch_free(tmp_path):
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "ok"
+
+
+def _report_text(**edits) -> str:
+    """A sample report as JSON text, with `edits` applied to its first two variants' latency."""
+    report = make_report(n=50)
+    for key, value in edits.items():
+        for v in report["variants"][:2]:
+            v["latency_ms"][key] = value
+    return json.dumps(report)
+
+
+def _limits_cases():
+    base = json.dumps(make_report(n=50))
+    deep = base.replace('"notes": []', '"notes": ' + "[" * 200_000 + "]" * 200_000, 1)
+    nested_ok = base.replace('"notes": []', '"notes": ' + "[" * 500 + "]" * 500, 1)
+    return [
+        (
+            "5001-digit int",
+            base.replace('"size_bytes": 1240000', '"size_bytes": ' + "9" * 5001),
+            2,
+            ["5001 digits"],
+        ),
+        (
+            "300-digit int",
+            base.replace('"size_bytes": 1240000', '"size_bytes": ' + "9" * 300),
+            2,
+            ["size_bytes"],
+        ),
+        ("200,000 deep", deep, 2, ["nested"]),
+        ("500 deep", nested_ok, 2, ["nested"]),
+        ("negative sample", _report_text(samples=[0.05] * 20 + [-1.0]), 2, ["samples", "positive"]),
+        ("zero sample", _report_text(samples=[0.0] * 30), 2, ["samples", "positive"]),
+        ("huge samples", _report_text(samples=[1e308] * 30), 2, ["samples"]),
+        ("tiny samples", _report_text(samples=[1e-300] * 30), 2, ["samples"]),
+        ("huge p50", _report_text(p50=1e308, samples=None), 2, ["p50"]),
+        ("negative p50", _report_text(p50=-0.5, samples=None), 2, ["p50"]),
+        (
+            "1e400 is infinity",
+            _report_text(p90=1).replace('"p90": 1', '"p90": 1e400', 1),
+            2,
+            ["1e400"],
+        ),
+        (
+            "NaN sample",
+            _report_text(samples=[0.05] * 20 + ["X"]).replace('"X"', "NaN"),
+            2,
+            ["samples"],
+        ),
+        ("NaN p50 is null", _report_text(p50="X").replace('"X"', "NaN"), 0, []),
+        (
+            "fractional bytes",
+            base.replace('"size_bytes": 1240000', '"size_bytes": 1e-300', 1),
+            2,
+            ["size_bytes"],
+        ),
+    ]
+
+
+@pytest.mark.parametrize(
+    "text, code, words", [c[1:] for c in _limits_cases()], ids=[c[0] for c in _limits_cases()]
+)
+def test_reading_limits_exit_2_with_a_message(tmp_path, text, code, words):
+    """Numbers Python cannot parse or a computation cannot use, and nesting that would exhaust the
+    stack: one clear message and exit 2, never a traceback or an internal error (exit 3)."""
+    bad = tmp_path / "bad.json"
+    bad.write_text(text)
+    good = write(make_report(n=50, seed=3), tmp_path / "good.json")
+    for args in ((good, bad, "--fail-if-slower", "5"), (bad, "--format", "md"), (bad, "--json")):
+        result = run_edgekit("compare", *args)
+        assert result.returncode == code, (args, result.stdout[-500:], result.stderr[-2000:])
+        assert "Traceback" not in result.stderr and "internal error" not in result.stderr
+        if code == 2:
+            assert result.stderr.startswith("edgekit: error:") and str(bad) in result.stderr
+            assert result.stderr.count("\n") == 1 and len(result.stderr) < 1000
+            for word in words:
+                assert word in result.stderr, result.stderr
+
+
+def test_targets_file_that_is_binary_exits_2(tmp_path):
+    import onnx
+    from onnx import TensorProto, helper
+
+    x, y = (helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, 4]) for n in "xy")
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g", [x], [y])
+    model = tmp_path / "m.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), model)
+    for content in (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\xff\xfe", b"pi4\x00\x00\x01garbage\n"):
+        targets = tmp_path / "fleet.bin"
+        targets.write_bytes(content)
+        result = run_edgekit("bench", model, "--targets", targets, "-o", tmp_path / "out")
+        assert result.returncode == 2, result.stderr
+        assert "Traceback" not in result.stderr and "internal error" not in result.stderr
+        assert "fleet.bin" in result.stderr and "text" in result.stderr

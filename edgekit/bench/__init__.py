@@ -21,6 +21,9 @@ import numpy as np
 from edgekit.bench import device, flops, remote, runner, stats
 
 OUTLIER_NOTE_FRACTION = 0.05
+# report.json keeps at most this many timings per variant (docs/report-schema.md): enough for
+# compare's block bootstrap, while a 5 µs model timed for 10 s would otherwise write ~10^6 of them
+MAX_SAMPLES = 2000
 
 
 @dataclass
@@ -165,7 +168,8 @@ def _variant(job: runner.Job, count, baseline: runner.Job) -> dict:
     latency["outliers"] = int(len(stats.outliers(samples)))
     latency["rounds"] = len(job.rounds)
     latency["round_sizes"] = [len(r) for r in job.rounds]
-    latency["samples"] = [round(s, 6) for s in samples]
+    latency["round_medians"] = [round(float(np.median(r)), 6) for r in job.rounds]
+    latency["samples"] = [round(s, 6) for s in kept_samples(samples)]
     v["latency_ms"] = latency
     if len(job.rounds) < 10:
         v["notes"].append(
@@ -209,6 +213,15 @@ def _variant(job: runner.Job, count, baseline: runner.Job) -> dict:
             "significant": r["significant"],
         }
     return v
+
+
+def kept_samples(samples: list) -> list:
+    """All samples, or MAX_SAMPLES of them evenly spaced (positions floor(i * n / MAX_SAMPLES)),
+    in run order: deterministic, and neighbours stay neighbours for a block bootstrap."""
+    n = len(samples)
+    if n <= MAX_SAMPLES:
+        return list(samples)
+    return [samples[i * n // MAX_SAMPLES] for i in range(MAX_SAMPLES)]
 
 
 def _list(ci):

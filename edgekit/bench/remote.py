@@ -116,9 +116,18 @@ def read_targets(path: Path, python: str = "python3", ssh_options=()) -> list[Ta
     """A fleet file: one target per line (# comments), or TOML tables `[name]` with `target = "…"`
     and optionally `python = "…"`."""
     try:
-        text = Path(path).read_text()
+        data = Path(path).read_bytes()
     except OSError as exc:
         raise EdgekitError(f"Cannot read the targets file {path}: {exc.strerror}.") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        text = None
+    if text is None or "\0" in text:
+        raise EdgekitError(
+            f"The targets file {path} is not a text file (it holds binary data). List one "
+            'ssh://[user@]host[:port] per line, or TOML tables [name] with target = "…".'
+        )
     lines = [ln.strip() for ln in text.splitlines() if ln.strip() and ln.strip()[0] != "#"]
     if not any(ln.startswith("[") for ln in lines):
         return [parse_target(ln, python, ssh_options) for ln in lines]
@@ -364,26 +373,31 @@ def summary(outcomes: list[Outcome]) -> dict:
 
 
 def summary_markdown(result: dict) -> str:
+    from edgekit import textsafe
     from edgekit.report import compare as cmp
 
+    md, code = textsafe.markdown, textsafe.markdown_code
     lines = ["## edgekit fleet", "", "| device | target | status | report |", "|---|---|---|---|"]
     for d in result["devices"]:
         status = f"FAILED: {d['error']}" if d["error"] else f"ok: {d['device']}"
-        status = status.replace("|", "\\|").replace("\n", " ")
-        lines.append(f"| {d['name']} | `{d['target']}` | {status} | {d['report']} |")
+        lines.append(
+            f"| {md(d['name'])} | {code(d['target'])} | {md(status)} | {md(d['report'])} |"
+        )
     lines.append("")
     if result["baseline"]:
-        lines.append(f"Each device (B) against {result['baseline']} (A):")
+        lines.append(f"Each device (B) against {md(result['baseline'])} (A):")
         lines.append("")
     return "\n".join(lines) + "\n" + "\n".join(cmp.markdown(c) for c in result["comparisons"])
 
 
 def summary_terminal(result: dict, console) -> None:
+    from edgekit import textsafe
     from edgekit.report import compare as cmp
 
     for d in result["devices"]:
         status = f"FAILED: {d['error']}" if d["error"] else d["device"]
-        console.print(f"{d['name']} ({d['target']}): {status}", highlight=False, markup=False)
+        line = textsafe.plain(f"{d['name']} ({d['target']}): {status}")
+        console.print(line, highlight=False, markup=False)
     for comparison in result["comparisons"]:
         console.print()
         cmp.terminal(comparison, console)

@@ -19,6 +19,7 @@ import os
 import sys
 from pathlib import Path
 
+from edgekit import textsafe
 from edgekit.errors import EdgekitError
 
 HELP = "benchmark ONNX models (latency, cold start, memory) on this CPU"
@@ -271,10 +272,10 @@ def run(args: argparse.Namespace) -> int:
         console = render.stdout_console()
         render.terminal(report, console)
         for line in summary_lines(report):
-            console.print(line, highlight=False)
+            console.print(textsafe.plain(line), highlight=False, markup=False)
         if target:
             console.print(f"measured on {target.spec}, over SSH", highlight=False, markup=False)
-        console.print(f"[dim]report: {args.output / 'report.json'}[/dim]")
+        console.print(f"[dim]report: {textsafe.rich(args.output / 'report.json')}[/dim]")
     return 0
 
 
@@ -320,10 +321,10 @@ def _fleet(args, targets, paths, options, specs, feeds, data) -> int:
     elif not args.quiet:
         console = render.stdout_console()
         remote.summary_terminal(result, console)
-        console.print(f"[dim]summary: {args.output / 'summary.md'}[/dim]")
+        console.print(f"[dim]summary: {textsafe.rich(args.output / 'summary.md')}[/dim]")
     for outcome in outcomes:
         if outcome.error:
-            print(f"edgekit: error: {outcome.error}", file=sys.stderr)
+            print(f"edgekit: error: {textsafe.plain(outcome.error)}", file=sys.stderr)
     return 1 if result["failed"] else 0
 
 

@@ -60,6 +60,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
+    from edgekit import textsafe
     from edgekit.errors import EdgekitError
     from edgekit.report import compare as cmp
     from edgekit.report.read import read_report
@@ -86,5 +87,5 @@ def run(args) -> int:
         # stdout may be going to a file or a PR comment: CI logs still show which gate tripped
         for gate in result["gates"]:
             if gate["tripped"]:
-                print(f"edgekit: gate tripped: {gate['message']}", file=sys.stderr)
+                print(f"edgekit: gate tripped: {textsafe.plain(gate['message'])}", file=sys.stderr)
     return result["exit_code"]

@@ -16,6 +16,7 @@ import math
 
 import numpy as np
 
+from edgekit import textsafe
 from edgekit.report.render import NOT_MEASURED, _size
 
 N_BOOT = 2000
@@ -387,22 +388,19 @@ def footer_lines(result: dict) -> list[str]:
     return lines
 
 
-def _md_cell(text: str) -> str:
-    return str(text).replace("|", "\\|").replace("\n", " ")
-
-
 def markdown(result: dict) -> str:
+    """Every line and cell holds names and messages from the reports: all of it is escaped."""
+    md = textsafe.markdown
     lines = ["### edgekit compare", ""]
-    lines += [f"- {_md_cell(x)}" for x in header_lines(result)] + [""]
-    lines += ["| " + " | ".join(_md_cell(h) for h in HEADERS) + " |", "|---" * len(HEADERS) + "|"]
+    lines += [f"- {md(x)}" for x in header_lines(result)] + [""]
+    lines += ["| " + " | ".join(md(h) for h in HEADERS) + " |", "|---" * len(HEADERS) + "|"]
     for row in table_rows(result):
-        cells = [_md_cell(c) for c in row]
-        cells[0] = f"`{cells[0]}`"
+        cells = [textsafe.markdown_code(row[0])] + [md(c) for c in row[1:]]
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
     for line in footer_lines(result):
         bold = line.startswith("GATE TRIPPED")
-        lines.append(f"- {'**' if bold else ''}{_md_cell(line)}{'**' if bold else ''}")
+        lines.append(f"- {'**' if bold else ''}{md(line)}{'**' if bold else ''}")
     return "\n".join(lines) + "\n"
 
 
@@ -414,16 +412,17 @@ def terminal(result: dict, console=None) -> None:
     from edgekit.report.render import stdout_console
 
     console = console or stdout_console()
-    # markup=False: names and messages come from other machines and may hold "[...]"
+    # names and messages come from other machines: no markup, control characters shown as text
+    plain = textsafe.plain
     for line in header_lines(result):
-        console.print(line, highlight=False, markup=False)
+        console.print(plain(line), highlight=False, markup=False)
     table = Table(box=box.SIMPLE_HEAD, pad_edge=False, caption="X → Y: A's value → B's value")
     for header in TERMINAL_HEADERS:
         table.add_column(header, justify="left" if header in ("variant", "verdict") else "right")
     for row, cells in zip(result["rows"], table_rows(result), strict=True):
         style = "red" if row["failed"] else None
-        table.add_row(*(Text(c) for c in cells), style=style)
+        table.add_row(*(Text(plain(c)) for c in cells), style=style)
     console.print(table)
     for line in footer_lines(result):
         style = "bold red" if line.startswith("GATE TRIPPED") else "dim"
-        console.print(line, style=style, highlight=False, markup=False)
+        console.print(plain(line), style=style, highlight=False, markup=False)

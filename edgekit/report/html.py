@@ -11,9 +11,10 @@ import base64
 import inspect
 import io
 import math
+import warnings
 from html import escape
 
-from edgekit import __version__
+from edgekit import __version__, textsafe
 from edgekit.report import render as text
 
 PARETO_COLOR = "#e6007e"  # distinctive magenta: the screenshot test counts these pixels
@@ -39,7 +40,8 @@ ul.warn li{color:#8a5a00}
 
 
 def _e(x) -> str:
-    return escape(str(x), quote=True)
+    """HTML text: markup escaped, control characters shown as escapes (\\x1b)."""
+    return escape(textsafe.plain(x), quote=True)
 
 
 def _num(x) -> bool:
@@ -48,7 +50,7 @@ def _num(x) -> bool:
 
 def _t(name) -> str:
     """A label for matplotlib: a "$" in a variant name must not be read as TeX."""
-    return str(name).replace("$", r"\$")
+    return textsafe.plain(name).replace("$", r"\$")
 
 
 def _usable(v: dict) -> bool:
@@ -222,7 +224,9 @@ def chart_memory_size(report: dict, Figure, notes: list[str]) -> str:
         ax.margins(x=0.18)
     if not drew:
         return '<p class="note">Neither memory nor size was measured: no chart.</p>'
-    fig.tight_layout()
+    with warnings.catch_warnings():  # long names: a tighter layout is not possible, and no matter
+        warnings.simplefilter("ignore", UserWarning)
+        fig.tight_layout()
     return _img("chart-memory-size", fig, "peak memory and model size per variant")
 
 

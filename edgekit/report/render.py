@@ -1,4 +1,8 @@
-"""Renderers: they only read a report dict. Terminal table (rich), Markdown, and HTML."""
+"""Renderers: they only read a report dict. Terminal table (rich), Markdown, and HTML.
+
+Every string from a report is data (it may come from another machine): the terminal shows it
+through `textsafe.rich`/`plain`, Markdown through `textsafe.markdown`/`markdown_code`, HTML escapes it.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,9 @@ import sys
 from rich import box
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
+
+from edgekit import textsafe
 
 COLUMNS = (
     # header, function(variant) -> text, shown in the (narrow) terminal table too
@@ -93,7 +100,7 @@ def stdout_console() -> Console:
 def terminal(report: dict, console: Console | None = None) -> None:
     console = console or stdout_console()
     table = Table(
-        title=f"edgekit {report['command']} — {_title(report)}",
+        title=textsafe.rich(f"edgekit {report['command']} — {_title(report)}"),
         title_justify="left",
         padding=(0, 1),
         box=box.SIMPLE_HEAD,
@@ -104,19 +111,23 @@ def terminal(report: dict, console: Console | None = None) -> None:
         else:
             table.add_column(header, justify="right", no_wrap=True)
     for row in rows(report, terminal=True):
-        table.add_row(*row)
+        table.add_row(*(Text(textsafe.plain(cell)) for cell in row))
     console.print(table)
-    console.print(f"[dim]{device_line(report)}[/dim]")
+    safe = textsafe.rich
+    console.print(f"[dim]{safe(device_line(report))}[/dim]")
     # The terminal keeps to what needs attention; notes are in report.md and report.html.
     for v in report["variants"]:
         if v.get("error"):
-            console.print(f"[red]{v['name']}: FAILED:[/red] {v['error']}", highlight=False)
+            console.print(
+                f"[red]{safe(v['name'])}: FAILED:[/red] {safe(v['error'])}", highlight=False
+            )
     for warning in report.get("warnings") or []:
-        console.print(f"[yellow]warning:[/yellow] {warning}", highlight=False)
+        console.print(f"[yellow]warning:[/yellow] {safe(warning)}", highlight=False)
     rec = report.get("recommendation")
     if rec:
         console.print(
-            f"[bold]recommended:[/bold] {rec['variant']} — {rec['reason']}", highlight=False
+            f"[bold]recommended:[/bold] {safe(rec.get('variant'))} — {safe(rec.get('reason'))}",
+            highlight=False,
         )
 
 
@@ -135,23 +146,24 @@ def device_line(report: dict) -> str:
 
 
 def markdown(report: dict) -> str:
+    md, code = textsafe.markdown, textsafe.markdown_code
     names = headers()
-    lines = [f"# edgekit {report['command']} report", "", f"Model: `{_title(report)}`", ""]
+    lines = [f"# edgekit {md(report['command'])} report", "", f"Model: {code(_title(report))}", ""]
     rec = report.get("recommendation")
     if rec:
-        lines += [f"**Recommended: `{rec['variant']}`** — {rec['reason']}", ""]
-    lines += ["| " + " | ".join(names) + " |", "|" + "---|" * len(names)]
-    lines += ["| " + " | ".join(row) + " |" for row in rows(report)]
-    lines += ["", f"_{device_line(report)}_", ""]
+        lines += [f"**Recommended: {code(rec.get('variant'))}** — {md(rec.get('reason'))}", ""]
+    lines += ["| " + " | ".join(md(h) for h in names) + " |", "|" + "---|" * len(names)]
+    lines += ["| " + " | ".join(md(cell) for cell in row) + " |" for row in rows(report)]
+    lines += ["", f"_{md(device_line(report))}_", ""]
     notes = [
-        text if name is None else f"{name}: {'FAILED: ' if failed else ''}{text}"
+        md(text) if name is None else f"{code(name)}: {'FAILED: ' if failed else ''}{md(text)}"
         for name, text, failed in note_items(report)
     ]
     if notes:
         lines += ["## Notes", ""] + [f"- {n}" for n in notes] + [""]
     warnings = report.get("warnings") or []
     if warnings:
-        lines += ["## Warnings", ""] + [f"- {w}" for w in warnings] + [""]
+        lines += ["## Warnings", ""] + [f"- {md(w)}" for w in warnings] + [""]
     lines += [
         f"{NOT_MEASURED} = not measured; `report.json` says why under each variant's `unmeasured`.",
         "",
