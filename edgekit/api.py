@@ -31,7 +31,8 @@ from edgekit.model.inputs import (
 )
 from edgekit.passes import PARITY_SAMPLES, PassContext, Variant
 from edgekit.recommend import Budget, default_budget, recommend
-from edgekit.report.schema import add_measurement, new_report, new_variant, write_outputs
+from edgekit.report.schema import add_measurement, new_report, new_variant
+from edgekit.report.write import write_outputs
 
 if TYPE_CHECKING:
     from edgekit.bench.remote import Target

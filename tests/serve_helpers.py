@@ -20,7 +20,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from edgekit.report.schema import new_report, new_variant, write_outputs
+from edgekit.report.schema import new_report, new_variant
+from edgekit.report.write import write_outputs
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -11,7 +11,7 @@ from fixtures.sample_reports import make_report, write
 from rich.console import Console
 
 from edgekit.bench import remote
-from edgekit.report import compare, html, render
+from edgekit.report import compare, html, markdown, terminal
 from edgekit.report.read import read_report
 
 # clear the screen, set the window title (OSC 0 … BEL), and a bidi override
@@ -109,19 +109,19 @@ def test_compare_renderers_in_process(tmp_path):
     b = read_report(write(_hostile(2, fail="yes"), tmp_path / "b.json"))
     result = compare.compare(a, b, labels=(f"A{EVIL}", f"B{EVIL}"), fail_if_drift=0.999)
     console = _console()
-    compare.terminal(result, console)
+    terminal.show_comparison(result, console)
     _assert_inert_terminal(console.file.getvalue(), console.export_text())
-    _assert_inert_markdown(compare.markdown(result))
+    _assert_inert_markdown(markdown.comparison(result))
 
 
 def test_report_renderers_show_hostile_strings_as_text(tmp_path):
     report = read_report(write(_hostile(1, fail="yes"), tmp_path / "r.json"))
     console = _console()
-    render.terminal(report, console)
+    terminal.show_report(report, console)
     text = console.export_text()
     _assert_inert_terminal(console.file.getvalue(), text)
     assert "reason" in text and "warning" in text and "cpu" in text
-    md = render.markdown(report)
+    md = markdown.report_page(report)
     _assert_inert_markdown(md)
     for word in ("report note", "why", "reason", "warning", "cpu", "arch"):
         assert word in md
@@ -136,9 +136,9 @@ def test_fleet_summary_shows_hostile_device_strings_as_text(tmp_path):
     result = remote.summary(
         [good, bad, remote.Outcome(remote.parse_target("x"), _hostile(3), None)]
     )
-    _assert_inert_markdown(remote.summary_markdown(result))
+    _assert_inert_markdown(markdown.fleet(result))
     console = _console()
-    remote.summary_terminal(result, console)
+    terminal.show_fleet(result, console)
     _assert_inert_terminal(console.file.getvalue(), console.export_text())
 
 

@@ -15,7 +15,7 @@ from fixtures.sample_reports import FIXTURES, make_report
 
 from edgekit.report import html
 from edgekit.report.read import read_report
-from edgekit.report.schema import write_outputs
+from edgekit.report.write import write_outputs
 
 CHART_IMG = re.compile(r'<img class="chart" id="chart-latency-drift"[^>]*>')
 

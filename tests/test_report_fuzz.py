@@ -18,7 +18,7 @@ from fixtures.sample_reports import FIXTURES, load, make_report
 from rich.console import Console
 
 from edgekit.errors import EdgekitError
-from edgekit.report import compare, html, render
+from edgekit.report import compare, html, markdown, terminal
 from edgekit.report.read import read_report
 
 # A longer hunt: EDGEKIT_FUZZ_S=600 EDGEKIT_FUZZ_SEED=7 pytest tests/test_report_fuzz.py
@@ -123,10 +123,10 @@ def _exercise(path, good: dict, i: int) -> None:
     """Everything a user can make edgekit do with a report file; the slow renderers (rich
     tables, matplotlib) on a share of the cases, so that more cases fit the time budget."""
     report = read_report(path)
-    render.markdown(report)
+    markdown.report_page(report)
     console = Console(file=io.StringIO(), force_terminal=True, width=160)
     if i % 4 == 0:
-        render.terminal(report, console)
+        terminal.show_report(report, console)
     if i % 40 == 0:
         html.render(report)
     gates = {"fail_if_slower": 5, "fail_if_drift": 0.99, "fail_if_larger": 5}
@@ -136,9 +136,9 @@ def _exercise(path, good: dict, i: int) -> None:
         compare.compare(report, good, normalize=True, fail_if_slower=5),
     )[i % 3]
     json.dumps(result, allow_nan=False)  # `compare --json` must print valid JSON
-    compare.markdown(result)
+    markdown.comparison(result)
     if i % 4 == 1:
-        compare.terminal(result, console)
+        terminal.show_comparison(result, console)
 
 
 def test_mutated_reports_give_a_result_or_one_clear_error(tmp_path, monkeypatch):

@@ -370,34 +370,3 @@ def summary(outcomes: list[Outcome]) -> dict:
     failed = sum(1 for o in outcomes if o.error)
     return {"devices": devices, "baseline": base and base.target.name,
             "comparisons": comparisons, "failed": failed}  # fmt: skip
-
-
-def summary_markdown(result: dict) -> str:
-    from edgekit import textsafe
-    from edgekit.report import compare as cmp
-
-    md, code = textsafe.markdown, textsafe.markdown_code
-    lines = ["## edgekit fleet", "", "| device | target | status | report |", "|---|---|---|---|"]
-    for d in result["devices"]:
-        status = f"FAILED: {d['error']}" if d["error"] else f"ok: {d['device']}"
-        lines.append(
-            f"| {md(d['name'])} | {code(d['target'])} | {md(status)} | {md(d['report'])} |"
-        )
-    lines.append("")
-    if result["baseline"]:
-        lines.append(f"Each device (B) against {md(result['baseline'])} (A):")
-        lines.append("")
-    return "\n".join(lines) + "\n" + "\n".join(cmp.markdown(c) for c in result["comparisons"])
-
-
-def summary_terminal(result: dict, console) -> None:
-    from edgekit import textsafe
-    from edgekit.report import compare as cmp
-
-    for d in result["devices"]:
-        status = f"FAILED: {d['error']}" if d["error"] else d["device"]
-        line = textsafe.plain(f"{d['name']} ({d['target']}): {status}")
-        console.print(line, highlight=False, markup=False)
-    for comparison in result["comparisons"]:
-        console.print()
-        cmp.terminal(comparison, console)

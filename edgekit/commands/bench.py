@@ -236,7 +236,8 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from edgekit.bench import BenchOptions, measure
-    from edgekit.report import render, schema
+    from edgekit.report import schema, terminal
+    from edgekit.report.write import write_outputs
 
     if args.min_time <= 0 or args.max_time < args.min_time:
         raise EdgekitError("Give 0 < --min-time <= --max-time (seconds of timed runs per model).")
@@ -264,13 +265,13 @@ def run(args: argparse.Namespace) -> int:
             result = measure(paths, feeds, options, progress=status.update, target=target)
 
     report = _report(result, paths, options, specs, data, args.output)
-    schema.write_outputs(report, args.output)
+    write_outputs(report, args.output)
 
     if args.json:
         sys.stdout.write(schema.to_json(report))
     elif not args.quiet:
-        console = render.stdout_console()
-        render.terminal(report, console)
+        console = terminal.stdout_console()
+        terminal.show_report(report, console)
         for line in summary_lines(report):
             console.print(textsafe.plain(line), highlight=False, markup=False)
         if target:
@@ -284,8 +285,8 @@ def _fleet(args, targets, paths, options, specs, feeds, data) -> int:
     import json
 
     from edgekit.bench import measure, remote
-    from edgekit.fsutil import atomic_write_text
-    from edgekit.report import render, schema
+    from edgekit.report import schema, terminal
+    from edgekit.report.write import write_fleet_summary, write_outputs
 
     if not targets:
         raise EdgekitError(f"The targets file {args.targets} lists no device.")
@@ -294,7 +295,7 @@ def _fleet(args, targets, paths, options, specs, feeds, data) -> int:
         out = args.output / target.name
         result = measure(paths, feeds, options, target=target)
         report = _report(result, paths, options, specs, data, out)
-        schema.write_outputs(report, out)
+        write_outputs(report, out)
         return report
 
     def fail_report(target, message: str) -> dict:
@@ -306,7 +307,7 @@ def _fleet(args, targets, paths, options, specs, feeds, data) -> int:
             device={"target": target.spec},
             variants=rows,
         )
-        schema.write_outputs(report, args.output / target.name)
+        write_outputs(report, args.output / target.name)
         return report
 
     if not args.quiet:
@@ -314,13 +315,12 @@ def _fleet(args, targets, paths, options, specs, feeds, data) -> int:
         print(f"benchmarking on {len(targets)} devices at once: {names}", file=sys.stderr)
     outcomes = remote.run_fleet(targets, bench_one, fail_report)
     result = remote.summary(outcomes)
-    atomic_write_text(args.output / "summary.json", json.dumps(result, indent=2) + "\n")
-    atomic_write_text(args.output / "summary.md", remote.summary_markdown(result))
+    write_fleet_summary(result, args.output)
     if args.json:
         sys.stdout.write(json.dumps(result, indent=2) + "\n")
     elif not args.quiet:
-        console = render.stdout_console()
-        remote.summary_terminal(result, console)
+        console = terminal.stdout_console()
+        terminal.show_fleet(result, console)
         console.print(f"[dim]summary: {textsafe.rich(args.output / 'summary.md')}[/dim]")
     for outcome in outcomes:
         if outcome.error:

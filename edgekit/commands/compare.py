@@ -63,6 +63,7 @@ def run(args) -> int:
     from edgekit import textsafe
     from edgekit.errors import EdgekitError
     from edgekit.report import compare as cmp
+    from edgekit.report import markdown, terminal
     from edgekit.report.read import read_report
 
     if len(args.reports) > 2:
@@ -80,9 +81,9 @@ def run(args) -> int:
     if args.json:
         print(json.dumps(result, indent=2))
     elif args.format == "md":
-        print(cmp.markdown(result), end="")
+        print(markdown.comparison(result), end="")
     else:
-        cmp.terminal(result)
+        terminal.show_comparison(result)
     if args.json or args.format == "md":
         # stdout may be going to a file or a PR comment: CI logs still show which gate tripped
         for gate in result["gates"]:

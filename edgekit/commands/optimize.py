@@ -140,7 +140,7 @@ def run(args: argparse.Namespace) -> int:
     from edgekit.api import OptimizeOptions, default_out_dir, optimize
     from edgekit.errors import EdgekitError
     from edgekit.recommend import parse_budget
-    from edgekit.report import render
+    from edgekit.report import terminal
     from edgekit.report.schema import to_json
 
     if not args.model.exists():
@@ -186,7 +186,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         sys.stdout.write(to_json(report))
     elif not args.quiet:
-        render.terminal(report)
+        terminal.show_report(report)
         out_dir = args.output or default_out_dir(args.model)
         console.print(f"[dim]report written to {out_dir}/[/dim]")
     return 0

@@ -16,8 +16,7 @@ import math
 
 import numpy as np
 
-from edgekit import textsafe
-from edgekit.report.render import NOT_MEASURED, _size
+from edgekit.report.cells import size
 
 N_BOOT = 2000
 MIN_SAMPLES = 10  # fewer than this: no interval, significance unknown
@@ -260,169 +259,10 @@ def _apply_gates(result: dict, slower, drift, larger) -> None:
                         "variant": name,
                         "tripped": grow > larger,
                         "message": f"--fail-if-larger {larger:g}%: {who} size "
-                        f"{_size(a['size_bytes'])} -> {_size(b['size_bytes'])} ({grow:+.1f}%)",
+                        f"{size(a['size_bytes'])} -> {size(b['size_bytes'])} ({grow:+.1f}%)",
                     }
                 )
 
 
-# ---- rendering ----------------------------------------------------------------------------------
-
-HEADERS = (
-    "variant",
-    "p50 A ms",
-    "p50 B ms",
-    "B/A p50 [95% CI]",
-    "verdict",
-    "peak RSS A → B",
-    "size A → B",
-    "cos min A → B",
-    "max |err| A → B",
-    "task acc A → B",
-)
-
-TERMINAL_HEADERS = (
-    "variant", "p50 A", "p50 B", "B/A [95% CI]", "verdict", "peak RSS", "size", "cos min",
-    "max |err|", "task acc",
-)  # fmt: skip
-
-
 def _ms(x):
-    return NOT_MEASURED if x is None else f"{x:.3f} ms"
-
-
-def _num(x, fmt):
-    return NOT_MEASURED if x is None else format(x, fmt)
-
-
-def _pair(a, b, fmt) -> str:
-    fa, fb = fmt(a), fmt(b)
-    return fa if fa == fb else f"{fa} → {fb}"
-
-
-def _verdict(row) -> str:
-    if row["failed"]:
-        side = "B" if row["b"]["error"] else "A"
-        return f"FAILED in {side}: {(row['b']['error'] or row['a']['error'])[:80]}"
-    lat = row["latency"]
-    r = lat["ratio"]
-    if r is None:
-        return "not measured"
-    if lat["significant"] is None:
-        return "no samples: untested"
-    if not lat["significant"]:
-        return "no significant difference"
-    return f"{r:.2f}x slower" if r > 1 else f"{1 / r:.2f}x faster"
-
-
-def table_rows(result: dict) -> list[list[str]]:
-    out = []
-    for row in result["rows"]:
-        a, b, lat = row["a"], row["b"], row["latency"]
-        ratio = NOT_MEASURED if lat["ratio"] is None else f"{lat['ratio']:.3f}"
-        if lat["ci95"]:
-            ratio += f" [{lat['ci95'][0]:.3f}, {lat['ci95'][1]:.3f}]"
-        one = result["mode"] == "one-report"
-        name = f"{row['variant']} vs {row['baseline']}" if one else row["variant"]
-        out.append(
-            [
-                name,
-                _num(a["p50_ms"], ".3f"),
-                _num(b["p50_ms"], ".3f"),
-                ratio,
-                _verdict(row),
-                _pair(a["peak_rss_bytes"], b["peak_rss_bytes"], _size),
-                _pair(a["size_bytes"], b["size_bytes"], _size),
-                _pair(a["cosine_min"], b["cosine_min"], lambda x: _num(x, ".5f")),
-                _pair(a["max_abs_err"], b["max_abs_err"], lambda x: _num(x, ".2e")),
-                _pair(
-                    a["task_accuracy"],
-                    b["task_accuracy"],
-                    lambda x: NOT_MEASURED if x is None else f"{100 * x:.1f}%",
-                ),
-            ]
-        )
-    return out
-
-
-def header_lines(result: dict) -> list[str]:
-    sides = result["reports"]
-    if result["mode"] == "one-report":
-        s = sides[0]
-        return [
-            f"{s['label']}: each variant (B) against its float root (A)",
-            f"device: {s['device']}",
-        ]
-    lines = []
-    for s in sides:
-        when = f", {s['created_utc']}" if s.get("created_utc") else ""
-        lines.append(f"{'A' if s is sides[0] else 'B'}: {s['label']} (on {s['device']}{when})")
-    if result["same_device"]:
-        lines.append(f"both on {sides[0]['device']}")
-    else:
-        lines.append(f"two devices: A {sides[0]['device']} vs B {sides[1]['device']}")
-    return lines
-
-
-def footer_lines(result: dict) -> list[str]:
-    lines = []
-    if result["only_in_a"]:
-        lines.append("only in A: " + ", ".join(result["only_in_a"]))
-    if result["only_in_b"]:
-        lines.append("only in B: " + ", ".join(result["only_in_b"]))
-    lines.append(
-        "B/A p50: ratio of median latencies with a 95% block-bootstrap CI from the raw samples; "
-        "significant when the CI excludes 1."
-    )
-    if result.get("normalized"):
-        lines.append(
-            "--normalize: each report's latencies were divided by the median of its own baseline "
-            "(fp32, or bench's first model), so machine-wide drift cancels; the baseline itself is "
-            "1.00 by construction."
-        )
-    lines += [f"note: {n}" for n in result["gate_notes"]]
-    gates = result["gates"]
-    tripped = [g for g in gates if g["tripped"]]
-    lines += [f"GATE TRIPPED: {g['message']}" for g in tripped]
-    if gates and not tripped:
-        lines.append(f"gates passed ({len(gates)} checks)")
-    return lines
-
-
-def markdown(result: dict) -> str:
-    """Every line and cell holds names and messages from the reports: all of it is escaped."""
-    md = textsafe.markdown
-    lines = ["### edgekit compare", ""]
-    lines += [f"- {md(x)}" for x in header_lines(result)] + [""]
-    lines += ["| " + " | ".join(md(h) for h in HEADERS) + " |", "|---" * len(HEADERS) + "|"]
-    for row in table_rows(result):
-        cells = [textsafe.markdown_code(row[0])] + [md(c) for c in row[1:]]
-        lines.append("| " + " | ".join(cells) + " |")
-    lines.append("")
-    for line in footer_lines(result):
-        bold = line.startswith("GATE TRIPPED")
-        lines.append(f"- {'**' if bold else ''}{md(line)}{'**' if bold else ''}")
-    return "\n".join(lines) + "\n"
-
-
-def terminal(result: dict, console=None) -> None:
-    from rich import box
-    from rich.table import Table
-    from rich.text import Text
-
-    from edgekit.report.render import stdout_console
-
-    console = console or stdout_console()
-    # names and messages come from other machines: no markup, control characters shown as text
-    plain = textsafe.plain
-    for line in header_lines(result):
-        console.print(plain(line), highlight=False, markup=False)
-    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, caption="X → Y: A's value → B's value")
-    for header in TERMINAL_HEADERS:
-        table.add_column(header, justify="left" if header in ("variant", "verdict") else "right")
-    for row, cells in zip(result["rows"], table_rows(result), strict=True):
-        style = "red" if row["failed"] else None
-        table.add_row(*(Text(plain(c)) for c in cells), style=style)
-    console.print(table)
-    for line in footer_lines(result):
-        style = "bold red" if line.startswith("GATE TRIPPED") else "dim"
-        console.print(plain(line), style=style, highlight=False, markup=False)
+    return "—" if x is None else f"{x:.3f} ms"

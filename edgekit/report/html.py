@@ -15,7 +15,7 @@ import warnings
 from html import escape
 
 from edgekit import __version__, textsafe
-from edgekit.report import render as text
+from edgekit.report import cells
 
 PARETO_COLOR = "#e6007e"  # distinctive magenta: the screenshot test counts these pixels
 POINT_COLOR = "#4c72b0"
@@ -260,16 +260,16 @@ def _charts(report: dict) -> tuple[dict, list[str]]:
 
 def _variants_table(report: dict) -> str:
     rec = (report.get("recommendation") or {}).get("variant")
-    head = "".join(f"<th>{_e(h)}</th>" for h in text.headers())
+    head = "".join(f"<th>{_e(h)}</th>" for h in cells.headers())
     body = []
-    for v, row in zip(report["variants"], text.rows(report), strict=True):
+    for v, row in zip(report["variants"], cells.rows(report), strict=True):
         cls = "failed" if v.get("error") else "best" if v["name"] == rec else ""
-        cells = "".join(
+        tds = "".join(
             f'<td class="{"" if i == 0 else "n"}">{_e(c)}</td>' for i, c in enumerate(row)
         )
-        body.append(f'<tr class="{cls}">{cells}</tr>')
+        body.append(f'<tr class="{cls}">{tds}</tr>')
         if v.get("error"):
-            span = len(text.headers())
+            span = len(cells.headers())
             body.append(
                 f'<tr class="failed"><td colspan="{span}">FAILED: {_e(v["error"])}</td></tr>'
             )
@@ -334,7 +334,7 @@ def _kv_table(d: dict) -> str:
 
 def _notes(report: dict, chart_notes: list[str]) -> str:
     items = []
-    for name, note, failed in text.note_items(report):
+    for name, note, failed in cells.note_items(report):
         who = "" if name is None else f"<b>{_e(name)}</b>{' failed' if failed else ''}: "
         items.append(f"<li>{who}{_e(note)}</li>")
     items += [f'<li class="note">{_e(n)}</li>' for n in chart_notes]
@@ -365,7 +365,7 @@ def render(report: dict) -> str:
 <title>edgekit report — {_e(title)}</title><style>{CSS}</style></head>
 <body><main>
 <h1>edgekit {_e(report.get("command") or "")} report: {_e(title)}</h1>
-<p class="sub">{_e(text.device_line(report))} · created {_e(report.get("created_utc") or "?")}
+<p class="sub">{_e(cells.device_line(report))} · created {_e(report.get("created_utc") or "?")}
  · edgekit {_e(report.get("edgekit_version") or "?")}</p>
 {rec_html}
 <h2>Variants</h2>

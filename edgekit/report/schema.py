@@ -1,4 +1,4 @@
-"""The report contract (docs/report-schema.md): building a report and writing it out atomically.
+"""The report contract (docs/report-schema.md): building a report and its JSON text.
 Torch-free: the device side writes reports too."""
 
 from __future__ import annotations
@@ -6,10 +6,8 @@ from __future__ import annotations
 import json
 import math
 from datetime import datetime, timezone
-from pathlib import Path
 
 from edgekit import __version__
-from edgekit.fsutil import atomic_write_text
 
 SCHEMA_VERSION = 1
 REPORT_KIND = "edgekit-report"
@@ -111,22 +109,3 @@ def _clean(value):
 
 def to_json(report: dict) -> str:
     return json.dumps(_clean(report), indent=2, allow_nan=False) + "\n"
-
-
-def write_outputs(report: dict, out_dir: Path) -> list[Path]:
-    """Write report.json, report.md and report.html into `out_dir`, each atomically."""
-    from edgekit.report import render
-
-    out_dir = Path(out_dir)
-    outputs = {
-        "report.json": to_json(report),
-        "report.md": render.markdown(report),
-    }
-    html = render.html(report)
-    if html is not None:
-        outputs["report.html"] = html
-    written = []
-    for name, text in outputs.items():
-        atomic_write_text(out_dir / name, text)
-        written.append(out_dir / name)
-    return written

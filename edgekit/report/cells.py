@@ -1,0 +1,210 @@
+"""The words and numbers every output format shows, as plain strings: a report's variant table,
+notes and device line, and a comparison's table and lines. The formats (terminal.py, markdown.py,
+html.py) only decide how to show them, and escape them there: the strings come from reports,
+which may come from other machines."""
+
+from __future__ import annotations
+
+COLUMNS = (
+    # header, function(variant) -> text, shown in the (narrow) terminal table too
+    ("variant", lambda v: v["name"], True),
+    ("size", lambda v: size(v["size_bytes"]), True),
+    ("p50 ms", lambda v: _latency(v, "p50"), True),
+    ("p90 ms", lambda v: _latency(v, "p90"), False),
+    ("speed", lambda v: _relative(v), True),
+    ("peak RSS", lambda v: size((v["memory"] or {}).get("peak_rss_bytes")), True),
+    ("cos min", lambda v: _num((v["accuracy"] or {}).get("cosine_min"), ".4f"), True),
+    ("max |err|", lambda v: _num((v["accuracy"] or {}).get("max_abs_err"), ".2e"), False),
+    ("top-1", lambda v: _pct((v["accuracy"] or {}).get("top1_agreement")), True),
+    ("task acc", lambda v: _pct((v["accuracy"] or {}).get("task_accuracy")), True),
+)
+
+NOT_MEASURED = "—"
+
+
+def size(n):
+    if n is None:
+        return NOT_MEASURED
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+
+
+def _num(x, fmt):
+    return NOT_MEASURED if x is None else format(x, fmt)
+
+
+def _pct(x):
+    return NOT_MEASURED if x is None else f"{100 * x:.1f}%"
+
+
+def _latency(variant, key):
+    latency = variant["latency_ms"] or {}
+    value = latency.get(key)
+    return NOT_MEASURED if value is None else f"{value:.3f}"
+
+
+def _relative(variant):
+    rel = variant.get("relative")
+    if not rel or rel.get("speedup") is None:
+        return "base" if variant.get("latency_ms") and rel is None else NOT_MEASURED
+    lo, hi = rel.get("ci95") or (None, None)
+    text = f"{rel['speedup']:.2f}x"
+    if lo is not None and hi is not None:
+        text += f"±{(hi - lo) / 2:.2f}"
+    return text
+
+
+def _columns(terminal: bool) -> list[tuple]:
+    return [(h, fn) for h, fn, narrow in COLUMNS if narrow or not terminal]
+
+
+def headers(terminal: bool = False) -> list[str]:
+    return [h for h, _ in _columns(terminal)]
+
+
+def rows(report: dict, terminal: bool = False) -> list[list[str]]:
+    return [[fn(v) for _, fn in _columns(terminal)] for v in report["variants"]]
+
+
+def note_items(report: dict) -> list[tuple[str | None, str, bool]]:
+    """(variant or None, text, is_failure): the report's own notes (what was tried or skipped),
+    then each variant's failure, notes and the fields it could not measure, with why."""
+    items = [(None, note, False) for note in report.get("notes") or []]
+    for v in report["variants"]:
+        if v.get("error"):
+            items.append((v["name"], v["error"], True))
+        items += [(v["name"], note, False) for note in v.get("notes") or []]
+        unmeasured = v.get("unmeasured") if isinstance(v.get("unmeasured"), dict) else {}
+        items += [(v["name"], f"{f} not measured: {why}", False) for f, why in unmeasured.items()]
+    return items
+
+
+def title(report: dict) -> str:
+    source = report.get("source") or {}
+    return source.get("path") or ", ".join(v["name"] for v in report["variants"])
+
+
+def device_line(report: dict) -> str:
+    d = report.get("device") or {}
+    s = report.get("settings") or {}
+    return (
+        f"device: {d.get('cpu')} ({d.get('arch')}, {d.get('cores')} cores) · "
+        f"onnxruntime {d.get('onnxruntime')} · threads {s.get('intra_op_threads')}"
+    )
+
+
+# ---- a comparison (edgekit.report.compare) --------------------------------------------------
+
+COMPARE_HEADERS = (
+    "variant",
+    "p50 A ms",
+    "p50 B ms",
+    "B/A p50 [95% CI]",
+    "verdict",
+    "peak RSS A → B",
+    "size A → B",
+    "cos min A → B",
+    "max |err| A → B",
+    "task acc A → B",
+)
+
+COMPARE_TERMINAL_HEADERS = (
+    "variant", "p50 A", "p50 B", "B/A [95% CI]", "verdict", "peak RSS", "size", "cos min",
+    "max |err|", "task acc",
+)  # fmt: skip
+
+
+def _pair(a, b, fmt) -> str:
+    fa, fb = fmt(a), fmt(b)
+    return fa if fa == fb else f"{fa} → {fb}"
+
+
+def _verdict(row) -> str:
+    if row["failed"]:
+        side = "B" if row["b"]["error"] else "A"
+        return f"FAILED in {side}: {(row['b']['error'] or row['a']['error'])[:80]}"
+    lat = row["latency"]
+    r = lat["ratio"]
+    if r is None:
+        return "not measured"
+    if lat["significant"] is None:
+        return "no samples: untested"
+    if not lat["significant"]:
+        return "no significant difference"
+    return f"{r:.2f}x slower" if r > 1 else f"{1 / r:.2f}x faster"
+
+
+def compare_rows(result: dict) -> list[list[str]]:
+    out = []
+    for row in result["rows"]:
+        a, b, lat = row["a"], row["b"], row["latency"]
+        ratio = NOT_MEASURED if lat["ratio"] is None else f"{lat['ratio']:.3f}"
+        if lat["ci95"]:
+            ratio += f" [{lat['ci95'][0]:.3f}, {lat['ci95'][1]:.3f}]"
+        one = result["mode"] == "one-report"
+        name = f"{row['variant']} vs {row['baseline']}" if one else row["variant"]
+        out.append(
+            [
+                name,
+                _num(a["p50_ms"], ".3f"),
+                _num(b["p50_ms"], ".3f"),
+                ratio,
+                _verdict(row),
+                _pair(a["peak_rss_bytes"], b["peak_rss_bytes"], size),
+                _pair(a["size_bytes"], b["size_bytes"], size),
+                _pair(a["cosine_min"], b["cosine_min"], lambda x: _num(x, ".5f")),
+                _pair(a["max_abs_err"], b["max_abs_err"], lambda x: _num(x, ".2e")),
+                _pair(
+                    a["task_accuracy"],
+                    b["task_accuracy"],
+                    lambda x: NOT_MEASURED if x is None else f"{100 * x:.1f}%",
+                ),
+            ]
+        )
+    return out
+
+
+def compare_header_lines(result: dict) -> list[str]:
+    sides = result["reports"]
+    if result["mode"] == "one-report":
+        s = sides[0]
+        return [
+            f"{s['label']}: each variant (B) against its float root (A)",
+            f"device: {s['device']}",
+        ]
+    lines = []
+    for s in sides:
+        when = f", {s['created_utc']}" if s.get("created_utc") else ""
+        lines.append(f"{'A' if s is sides[0] else 'B'}: {s['label']} (on {s['device']}{when})")
+    if result["same_device"]:
+        lines.append(f"both on {sides[0]['device']}")
+    else:
+        lines.append(f"two devices: A {sides[0]['device']} vs B {sides[1]['device']}")
+    return lines
+
+
+def compare_footer_lines(result: dict) -> list[str]:
+    lines = []
+    if result["only_in_a"]:
+        lines.append("only in A: " + ", ".join(result["only_in_a"]))
+    if result["only_in_b"]:
+        lines.append("only in B: " + ", ".join(result["only_in_b"]))
+    lines.append(
+        "B/A p50: ratio of median latencies with a 95% block-bootstrap CI from the raw samples; "
+        "significant when the CI excludes 1."
+    )
+    if result.get("normalized"):
+        lines.append(
+            "--normalize: each report's latencies were divided by the median of its own baseline "
+            "(fp32, or bench's first model), so machine-wide drift cancels; the baseline itself is "
+            "1.00 by construction."
+        )
+    lines += [f"note: {n}" for n in result["gate_notes"]]
+    gates = result["gates"]
+    tripped = [g for g in gates if g["tripped"]]
+    lines += [f"GATE TRIPPED: {g['message']}" for g in tripped]
+    if gates and not tripped:
+        lines.append(f"gates passed ({len(gates)} checks)")
+    return lines
