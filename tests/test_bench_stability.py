@@ -104,4 +104,9 @@ def test_shift_warning_names_the_size_and_the_way_out():
     shift = stats.machine_shift(rounds)
     assert shift["shifted"]
     text = shift_warning(shift)
-    assert "40% slower" in text and "cycle 9 of 20" in text and "--normalize" in text
+    assert (
+        "40% slower" in text
+        and "cycle 9 of 20" in text
+        and "2 of 2 alike" in text
+        and "--normalize" in text
+    )

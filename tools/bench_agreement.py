@@ -12,7 +12,7 @@ to fp32 from each run. It checks:
 - each run's fp32 p50 lies within every other run's reported 95% interval of the median, or one of
   the two runs said that the machine's speed shifted during it (its stability record).
 
-    python tools/bench_agreement.py [--runs 3] [--min-time 1 --max-time 3] [--keep DIR]
+    python tools/bench_agreement.py [--runs 3] [--min-time 2 --max-time 3] [--keep DIR]
     python tools/bench_agreement.py --spinning [--repeats 3]
 
 `--spinning` measures instead how onnxruntime's thread spinning changes the numbers of six
@@ -190,52 +190,61 @@ SPIN_MODES = {  # label → (allow_spinning, force_spinning_stop)
     "spin in run() only": (True, True),
     "no spinning": (False, False),
 }
+DEFAULT_MODE = "spin always (ORT default)"
 
 
 def spinning(args, models, feeds) -> int:
-    """Six workers under each spinning mode, interleaved mode by mode, repeated; plus fp32 alone
-    (one worker, ORT's defaults) before each repeat: the speed of a model in a tight loop."""
+    """For each spinning mode, interleaved mode by mode and repeated: fp32 timed alone (one
+    worker) and the six variants timed together (six workers taking turns). ORT's default alone is
+    the truth for a model in a tight loop; six workers should measure what one alone does."""
+    threads = int(args.threads)
+    alone = {label: [] for label in SPIN_MODES}
+    six = {label: {name: [] for name in models} for label in SPIN_MODES}
+
+    def p50_of(jobs, spin, stop, npz):
+        runner.run(jobs, npz, arena=True, min_time=args.min_time, max_time=args.min_time,
+                   target_ci=0.01, profile=False, spinning=spin, stop_spinning=stop)  # fmt: skip
+        return {j.name: stats.summary([s for r in j.rounds for s in r])["p50"] for j in jobs}
+
     with tempfile.TemporaryDirectory() as tmp:
         npz = Path(tmp) / "feeds.npz"
         np.savez(npz, **feeds)
-        threads = int(args.threads)
-        p50 = {label: {name: [] for name in models} for label in SPIN_MODES}
-        alone = []
         for rep in range(args.repeats):
-            job = runner.Job("fp32", models["fp32"], threads)
-            runner.run([job], npz, arena=True, min_time=args.min_time, max_time=args.min_time,
-                       target_ci=0.01, profile=False, spinning=True, stop_spinning=False)  # fmt: skip
-            alone.append(stats.summary([s for r in job.rounds for s in r])["p50"])
             for label, (spin, stop) in SPIN_MODES.items():
+                solo = [runner.Job("fp32", models["fp32"], threads)]
+                alone[label].append(p50_of(solo, spin, stop, npz)["fp32"])
                 jobs = [runner.Job(n, p, threads) for n, p in models.items()]
-                runner.run(jobs, npz, arena=True, min_time=args.min_time, max_time=args.min_time,
-                           target_ci=0.01, profile=False, spinning=spin, stop_spinning=stop)  # fmt: skip
-                for j in jobs:
-                    p50[label][j.name].append(
-                        stats.summary([s for r in j.rounds for s in r])["p50"]
-                    )
+                for name, value in p50_of(jobs, spin, stop, npz).items():
+                    six[label][name].append(value)
             print(f"repeat {rep + 1} of {args.repeats} done", flush=True)
-    truth = float(np.median(alone))
-    print(f"\nfp32 alone (1 worker, ORT defaults): p50 {truth:.3f} ms "
-          f"(repeats: {', '.join(f'{a:.3f}' for a in alone)})\n")  # fmt: skip
-    print(f"{'six workers, p50 ms (median of repeats)':42}" + "".join(f"{n:>17}" for n in models))
+
+    truth = float(np.median(alone[DEFAULT_MODE]))
+    width = 17
+    print(f"\np50 ms, median of {args.repeats} repeats (each value: {args.min_time:g} s of rounds)")
+    print(f"{'':28}{'fp32 alone':>{width}}" + "".join(f"{n:>{width}}" for n in models))
     for label in SPIN_MODES:
-        print(f"{label:42}" + "".join(f"{np.median(p50[label][n]):>17.3f}" for n in models))
-    print(f"\n{'fp32 p50 / fp32 alone':42}" + "".join(
-        f"{np.median(p50[label]['fp32']) / truth:>10.3f} {label.split(' (')[0]!r}" for label in SPIN_MODES
-    ))  # fmt: skip
-    base = "spin always (ORT default)"
-    print(f"\n{'p50 / p50 with spin always, per repeat':42}")
-    for label in list(SPIN_MODES)[1:]:
-        ratios = {n: np.array(p50[label][n]) / np.array(p50[base][n]) for n in models}
-        print(f"  {label:40}" + "".join(f"{np.median(r):>17.3f}" for r in ratios.values()))
+        print(f"{label:28}{np.median(alone[label]):>{width}.3f}"
+              + "".join(f"{np.median(six[label][n]):>{width}.3f}" for n in models))  # fmt: skip
+    print(f"\nsix workers' fp32 p50 / fp32 alone with ORT's default ({truth:.3f} ms):")
+    for label in SPIN_MODES:
+        ratio = np.median(six[label]["fp32"]) / truth
+        own = np.median(six[label]["fp32"]) / np.median(alone[label])
+        print(f"  {label:28}{ratio:>7.3f}   (/ fp32 alone in the same mode: {own:.3f})")
+    print("\nspeed vs fp32 within the six workers (fp32 p50 / variant p50):")
+    for label in SPIN_MODES:
+        cells = "".join(
+            f"{np.median(six[label]['fp32']) / np.median(six[label][n]):>{width}.3f}"
+            for n in list(models)[1:]
+        )
+        print(f"  {label:26}{cells}")
+    print(" " * 28 + "".join(f"{n:>{width}}" for n in list(models)[1:]))
     return 0
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=3, help="benchmark runs in a row")
-    parser.add_argument("--min-time", type=float, default=1.0, help="seconds per variant, at least")
+    parser.add_argument("--min-time", type=float, default=2.0, help="seconds per variant, at least")
     parser.add_argument("--max-time", type=float, default=3.0, help="seconds per variant, at most")
     parser.add_argument("--spinning", action="store_true", help="compare ORT spinning modes")
     parser.add_argument("--repeats", type=int, default=3, help="with --spinning: repeats")

@@ -163,9 +163,9 @@ def shift_warning(shift: dict) -> str:
     pct = 100 * abs(shift["shift"] - 1)
     way = "slower" if shift["shift"] > 1 else "faster"
     return (
-        f"the machine's speed shifted during the run: from cycle {shift['at_cycle'] + 1} of "
-        f"{shift['cycles']} every model ran about {pct:.0f}% {way} (all {len(shift['jobs'])} "
-        f"alike; permutation p = {shift['p_value']:.3f}). Each latency and its interval "
+        f"The machine's speed shifted during the run: from cycle {shift['at_cycle'] + 1} of "
+        f"{shift['cycles']} the models ran about {pct:.0f}% {way} ({shift['jobs_alike']} of "
+        f"{len(shift['jobs'])} alike; permutation p = {shift['p_value']:.3f}). Each latency and its interval "
         "describe a moving target and will not repeat in another run; ratios between the "
         "models, measured side by side, still hold. Compare runs with `edgekit compare "
         "--normalize`, or re-run on a quiet machine."

@@ -171,8 +171,9 @@ def machine_shift(
     the jobs alike (at least 3 in 4 jobs moved the same way by at least half the threshold).
     A slow drift counts too: its best change point is where it has moved the most.
 
-    Returns {"assessed", "shifted", "shift", "at_cycle", "cycles", "p_value", "jobs",
-    "threshold", "method"}; `shift` > 1 means the later cycles ran slower."""
+    Returns {"assessed", "shifted", "shift", "at_cycle", "cycles", "p_value", "jobs" (each job's
+    own shift at that change point), "jobs_alike" (how many moved with the machine), "threshold",
+    "method"}; `shift` > 1 means the later cycles ran slower."""
     names = [n for n, rounds in rounds_by_job.items() if any(len(r) for r in rounds)]
     cycles = min((len(rounds_by_job[n]) for n in names), default=0)
     record = {
@@ -183,6 +184,7 @@ def machine_shift(
         "cycles": cycles,
         "p_value": None,
         "jobs": {},
+        "jobs_alike": None,
         "threshold": threshold,
         "method": "change point of the per-cycle geometric mean of round medians (normalised "
         "per job), permutation test",
@@ -197,8 +199,8 @@ def machine_shift(
     series = logs.mean(axis=0)
     edge = max(3, cycles // 10)  # no change point within `edge` cycles of either end
     k_best, t_obs = _change_point(series, edge)
-    rng = np.random.default_rng(seed)
-    exceed = sum(_change_point(rng.permutation(series), edge)[1] >= t_obs for _ in range(n_perm))
+    shuffled = np.random.default_rng(seed).permuted(np.tile(series, (n_perm, 1)), axis=1)
+    exceed = int((_split_scores(shuffled, edge)[1].max(axis=1) >= t_obs - 1e-12).sum())
     p_value = (exceed + 1) / (n_perm + 1)
     shift = math.exp(np.median(series[k_best:]) - np.median(series[:k_best]))
     jobs = {
@@ -206,17 +208,16 @@ def machine_shift(
         for n, row in zip(names, logs, strict=True)
     }
     direction = 1 if shift >= 1 else -1
-    alike = sum(
-        direction * math.log(s) >= math.log(1 + threshold / 2) for s in jobs.values()
-    ) >= 0.75 * len(jobs)
+    alike = sum(direction * math.log(s) >= math.log(1 + threshold / 2) for s in jobs.values())
     big = abs(math.log(shift)) >= math.log(1 + threshold)
     record.update(
         assessed=True,
-        shifted=bool(p_value < alpha and big and alike),
+        shifted=bool(p_value < alpha and big and alike >= 0.75 * len(jobs)),
         shift=shift,
         at_cycle=int(k_best),
         p_value=p_value,
         jobs=jobs,
+        jobs_alike=alike,
     )
     return record
 
@@ -224,11 +225,17 @@ def machine_shift(
 def _change_point(series: np.ndarray, edge: int) -> tuple[int, float]:
     """(k, statistic) of the split series[:k] | series[k:] with the largest weighted difference
     of means, k in [edge, len - edge]."""
-    n = len(series)
+    k, score = _split_scores(series[None, :], edge)
+    best = int(np.argmax(score[0]))
+    return int(k[best]), float(score[0, best])
+
+
+def _split_scores(rows: np.ndarray, edge: int) -> tuple[np.ndarray, np.ndarray]:
+    """For each row (a series) and each split k in [edge, n - edge]: |mean(left) - mean(right)|
+    * sqrt(k (n - k) / n)."""
+    n = rows.shape[1]
     k = np.arange(edge, n - edge + 1)
-    csum = np.cumsum(series)
-    left = csum[k - 1] / k
-    right = (csum[-1] - csum[k - 1]) / (n - k)
-    score = np.abs(left - right) * np.sqrt(k * (n - k) / n)
-    best = int(np.argmax(score))
-    return int(k[best]), float(score[best])
+    csum = np.cumsum(rows, axis=1)
+    left = csum[:, k - 1] / k
+    right = (csum[:, -1:] - csum[:, k - 1]) / (n - k)
+    return k, np.abs(left - right) * np.sqrt(k * (n - k) / n)
