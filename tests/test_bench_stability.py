@@ -105,8 +105,8 @@ def test_shift_warning_names_the_size_and_the_way_out():
     assert shift["shifted"]
     text = shift_warning(shift)
     assert (
-        "40% slower" in text
+        "latency rose by about 40%" in text
         and "cycle 9 of 20" in text
-        and "2 of 2 alike" in text
+        and "2 of 2 models alike" in text
         and "--normalize" in text
     )

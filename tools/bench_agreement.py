@@ -12,7 +12,7 @@ to fp32 from each run. It checks:
 - each run's fp32 p50 lies within every other run's reported 95% interval of the median, or one of
   the two runs said that the machine's speed shifted during it (its stability record).
 
-    python tools/bench_agreement.py [--runs 3] [--min-time 2 --max-time 3] [--keep DIR]
+    python tools/bench_agreement.py [--runs 3] [--min-time 2 --max-time 3] [--ort-spinning in-run]
     python tools/bench_agreement.py --spinning [--repeats 3]
 
 `--spinning` measures instead how onnxruntime's thread spinning changes the numbers of six
@@ -112,7 +112,11 @@ VARIANTS = ("fp32", "simplified", "int8-dynamic", "int8-dynamic-pc", "int8-stati
 
 
 def agreement(args, models, feeds) -> int:
-    options = BenchOptions(min_time=args.min_time, max_time=args.max_time)
+    spin, stop = SPIN_MODES[SPIN_CHOICES[args.ort_spinning]]
+    options = BenchOptions(
+        min_time=args.min_time, max_time=args.max_time, spinning=spin, stop_spinning=stop
+    )
+    print(f"ORT spinning: {SPIN_CHOICES[args.ort_spinning]}", flush=True)
     results = []
     for i in range(args.runs):
         started = time.perf_counter()
@@ -167,6 +171,10 @@ def agreement(args, models, feeds) -> int:
                 f"  run {i + 1}'s fp32 p50 is {a['p50'] / b['p50']:.3f}x run {j + 1}'s, outside "
                 f"its interval: {'explained, a machine shift was reported' if excused else 'NOT explained'}"
             )  # fmt: skip
+    loaded = sum(any("load average" in w for w in r.warnings) for r in results)
+    if loaded:
+        print(f"\nnote: {loaded} of {args.runs} runs warned that other work competed for the CPU "
+              "(load average above the CPUs): agreement can only be expected on a quiet machine")  # fmt: skip
     print()
     print(f"{'PASS' if ok else 'FAIL'}: every ratio to fp32 within ±{100 * RATIO_TOL:.0f}% of its "
           f"median over {args.runs} runs")  # fmt: skip
@@ -176,13 +184,13 @@ def agreement(args, models, feeds) -> int:
 
 
 def _shift_text(shift: dict) -> str:
-    if not shift:
-        return "not assessed"
-    if shift.get("shifted"):
-        return (f"YES, {shift['shift']:.2f}x after cycle {shift['at_cycle']} of {shift['cycles']} "
-                f"(p={shift['p_value']:.3f})")  # fmt: skip
-    size = shift.get("shift")
-    return "none" + (f" (largest step {size:.2f}x, p={shift['p_value']:.2f})" if size else "")
+    if not shift or not shift.get("assessed"):
+        return "not assessed" + (f" ({shift['reason']})" if shift.get("reason") else "")
+    alike = f"{shift['jobs_alike']} of {len(shift['jobs'])} models alike"
+    step = f"{shift['shift']:.2f}x after cycle {shift['at_cycle']} of {shift['cycles']}"
+    if shift["shifted"]:
+        return f"YES, {step} ({alike}, p={shift['p_value']:.3f})"
+    return f"none (largest step {step}, {alike}, p={shift['p_value']:.3f})"
 
 
 SPIN_MODES = {  # label → (allow_spinning, force_spinning_stop)
@@ -191,6 +199,7 @@ SPIN_MODES = {  # label → (allow_spinning, force_spinning_stop)
     "no spinning": (False, False),
 }
 DEFAULT_MODE = "spin always (ORT default)"
+SPIN_CHOICES = {"in-run": "spin in run() only", "always": DEFAULT_MODE, "off": "no spinning"}
 
 
 def spinning(args, models, feeds) -> int:
@@ -247,6 +256,12 @@ def main() -> int:
     parser.add_argument("--min-time", type=float, default=2.0, help="seconds per variant, at least")
     parser.add_argument("--max-time", type=float, default=3.0, help="seconds per variant, at most")
     parser.add_argument("--spinning", action="store_true", help="compare ORT spinning modes")
+    parser.add_argument(
+        "--ort-spinning",
+        choices=list(SPIN_CHOICES),
+        default="in-run",
+        help="threads spin inside run() only (edgekit's default), always, or never",
+    )
     parser.add_argument("--repeats", type=int, default=3, help="with --spinning: repeats")
     parser.add_argument("--threads", default="2", help="with --spinning: intra-op threads")
     parser.add_argument("--keep", type=Path, help="keep the models in this folder")

@@ -161,13 +161,14 @@ def _ort_settings(jobs: list[runner.Job], options: BenchOptions) -> dict:
 def shift_warning(shift: dict) -> str:
     """The warning for a whole-machine change of speed during the run."""
     pct = 100 * abs(shift["shift"] - 1)
-    way = "slower" if shift["shift"] > 1 else "faster"
+    way = "rose" if shift["shift"] > 1 else "fell"
     return (
         f"The machine's speed shifted during the run: from cycle {shift['at_cycle'] + 1} of "
-        f"{shift['cycles']} the models ran about {pct:.0f}% {way} ({shift['jobs_alike']} of "
-        f"{len(shift['jobs'])} alike; permutation p = {shift['p_value']:.3f}). Each latency and its interval "
-        "describe a moving target and will not repeat in another run; ratios between the "
-        "models, measured side by side, still hold. Compare runs with `edgekit compare "
+        f"{shift['cycles']} the models' latency {way} by about {pct:.0f}% "
+        f"(x{shift['shift']:.2f}; {shift['jobs_alike']} of {len(shift['jobs'])} models alike; "
+        f"permutation p = {shift['p_value']:.3f}). Each latency and its interval describe a "
+        "moving target and will not repeat in another run; the ratios between the models, "
+        "measured side by side, are affected less. Compare runs with `edgekit compare "
         "--normalize`, or re-run on a quiet machine."
     )
 

@@ -182,8 +182,8 @@ class Worker:
         session = self.session
         if session is None:
             raise RuntimeError("no model loaded")
-        # One untimed run: the previous worker's spinning threads and the process switch cost
-        # land here, not in the samples.
+        # One untimed run: waking this worker's threads (asleep since its last round, with
+        # force_spinning_stop) and the process switch cost land here, not in the samples.
         session.run(None, self.feeds)
         budget_ns = int(float(req.get("seconds", 0.1)) * 1e9)
         samples = []
