@@ -12,7 +12,8 @@ to fp32 from each run. It checks:
 - each run's fp32 p50 lies within every other run's reported 95% interval of the median, or one of
   the two runs said that the machine's speed shifted during it (its stability record).
 
-    python tools/bench_agreement.py [--runs 3] [--min-time 2 --max-time 3] [--ort-spinning in-run]
+    python tools/bench_agreement.py [--runs 3] [--min-time 2 --max-time 3] [--threads N]
+                                    [--ort-spinning in-run|always|off]
     python tools/bench_agreement.py --spinning [--repeats 3]
 
 `--spinning` measures instead how onnxruntime's thread spinning changes the numbers of six
@@ -37,7 +38,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from edgekit.bench import BenchOptions, measure, runner, stats
+from edgekit.bench import BenchOptions, device, measure, runner, stats
 
 SHAPE = (1, 64, 256)  # batch, sequence, d_model
 RATIO_TOL = 0.05
@@ -114,7 +115,11 @@ VARIANTS = ("fp32", "simplified", "int8-dynamic", "int8-dynamic-pc", "int8-stati
 def agreement(args, models, feeds) -> int:
     spin, stop = SPIN_MODES[SPIN_CHOICES[args.ort_spinning]]
     options = BenchOptions(
-        min_time=args.min_time, max_time=args.max_time, spinning=spin, stop_spinning=stop
+        threads=[int(args.threads)] if args.threads else None,
+        min_time=args.min_time,
+        max_time=args.max_time,
+        spinning=spin,
+        stop_spinning=stop,
     )
     print(f"ORT spinning: {SPIN_CHOICES[args.ort_spinning]}", flush=True)
     results = []
@@ -137,6 +142,11 @@ def agreement(args, models, feeds) -> int:
     ok = True
     for name in names[1:]:
         rel = [r.variants[name]["relative"] for r in results]
+        if None in rel:  # the variant (or fp32) failed in some run: no ratio to check
+            errors = {r.variants[name]["error"] or r.variants[names[0]]["error"] for r in results}
+            print(f"{name:18}failed: {'; '.join(e for e in errors if e)}")
+            ok = False
+            continue
         ratios = [x["speedup"] for x in rel]
         mid = float(np.median(ratios))
         inside = all(abs(r / mid - 1) <= RATIO_TOL for r in ratios)
@@ -149,6 +159,9 @@ def agreement(args, models, feeds) -> int:
         print(f"{name:18}{cells}{mid:>9.3f}  {'yes' if inside else 'NO'} (max {100 * worst:.1f}%)")
     print()
     lat = [r.variants[names[0]]["latency_ms"] for r in results]
+    if any(x is None or x["median_ci95"] is None for x in lat):
+        print("FAIL: fp32 has no median or no interval in some run")
+        return 1
     shifted = [bool((r.device.get("stability") or {}).get("shifted")) for r in results]
     for i, latency in enumerate(lat):
         lo, hi = latency["median_ci95"]
@@ -187,7 +200,7 @@ def _shift_text(shift: dict) -> str:
     if not shift or not shift.get("assessed"):
         return "not assessed" + (f" ({shift['reason']})" if shift.get("reason") else "")
     alike = f"{shift['jobs_alike']} of {len(shift['jobs'])} models alike"
-    step = f"{shift['shift']:.2f}x after cycle {shift['at_cycle']} of {shift['cycles']}"
+    step = f"{shift['shift']:.2f}x from cycle {shift['at_cycle'] + 1} of {shift['cycles']}"
     if shift["shifted"]:
         return f"YES, {step} ({alike}, p={shift['p_value']:.3f})"
     return f"none (largest step {step}, {alike}, p={shift['p_value']:.3f})"
@@ -206,7 +219,7 @@ def spinning(args, models, feeds) -> int:
     """For each spinning mode, interleaved mode by mode and repeated: fp32 timed alone (one
     worker) and the six variants timed together (six workers taking turns). ORT's default alone is
     the truth for a model in a tight loop; six workers should measure what one alone does."""
-    threads = int(args.threads)
+    threads = int(args.threads or device.physical_cores())
     alone = {label: [] for label in SPIN_MODES}
     six = {label: {name: [] for name in models} for label in SPIN_MODES}
 
@@ -263,7 +276,7 @@ def main() -> int:
         help="threads spin inside run() only (edgekit's default), always, or never",
     )
     parser.add_argument("--repeats", type=int, default=3, help="with --spinning: repeats")
-    parser.add_argument("--threads", default="2", help="with --spinning: intra-op threads")
+    parser.add_argument("--threads", help="intra-op threads (default: the physical cores)")
     parser.add_argument("--keep", type=Path, help="keep the models in this folder")
     args = parser.parse_args()
     work = args.keep or Path(tempfile.mkdtemp(prefix="bench-agreement-"))
