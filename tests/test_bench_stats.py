@@ -86,3 +86,60 @@ def test_outliers_by_modified_z_score():
 def test_relative_half_width():
     assert stats.relative_half_width((0.99, 1.01), 1.0) == pytest.approx(0.01)
     assert stats.relative_half_width(None, 1.0) is None
+
+
+def _rounds(levels, rng, sigma=0.05, per_round=50):
+    """One job's rounds: round i's runs scattered (lognormal sigma) around levels[i]."""
+    return [level * rng.lognormal(0, sigma, per_round) for level in levels]
+
+
+def test_machine_shift_is_found_with_its_size_and_place():
+    # Six jobs of different speeds; from cycle 20 of 40 the whole machine runs 25% slower.
+    rng = np.random.default_rng(7)
+    speed = np.where(np.arange(40) < 20, 1.0, 1.25)
+    jobs = {f"m{i}": _rounds(base * speed, rng) for i, base in enumerate([1, 2, 5, 0.3, 8, 3])}
+    shift = stats.machine_shift(jobs)
+    assert shift["assessed"] and shift["shifted"]
+    assert shift["shift"] == pytest.approx(1.25, rel=0.03)
+    assert shift["at_cycle"] == 20 and shift["cycles"] == 40
+    assert shift["p_value"] < 0.01
+    assert all(s == pytest.approx(1.25, rel=0.05) for s in shift["jobs"].values())
+
+
+def test_machine_speeding_up_gradually_is_a_shift_too():
+    rng = np.random.default_rng(8)
+    speed = np.linspace(1.3, 1.0, 30)  # a drift, not a step: 30% faster by the end
+    jobs = {name: _rounds(base * speed, rng) for name, base in (("a", 1.0), ("b", 4.0))}
+    shift = stats.machine_shift(jobs)
+    assert shift["shifted"] and shift["shift"] < 0.9
+
+
+def test_steady_noise_is_not_a_shift():
+    # Round medians that wander by ~10% at random (a noisy shared machine, no trend): never a shift.
+    found = 0
+    for seed in range(20):
+        rng = np.random.default_rng(seed)
+        jobs = {
+            f"m{i}": _rounds(base * rng.lognormal(0, 0.10, 30), rng, sigma=0.2)
+            for i, base in enumerate([1, 2, 5, 0.3, 8, 3])
+        }
+        shift = stats.machine_shift(jobs, n_perm=200)
+        assert shift["assessed"]
+        found += shift["shifted"]
+    assert found == 0
+
+
+def test_one_job_changing_alone_is_not_a_machine_shift():
+    # Only one of four jobs slows down (its own warm-up or cache): not the whole machine.
+    rng = np.random.default_rng(9)
+    jobs = {f"m{i}": _rounds(np.ones(30), rng) for i in range(3)}
+    jobs["odd"] = _rounds(np.where(np.arange(30) < 15, 1.0, 1.5), rng)
+    shift = stats.machine_shift(jobs)
+    assert shift["assessed"] and not shift["shifted"]
+
+
+def test_too_few_cycles_are_not_assessed():
+    rng = np.random.default_rng(10)
+    shift = stats.machine_shift({"a": _rounds([1, 1, 2, 2], rng)})
+    assert not shift["assessed"] and not shift["shifted"] and "cycles" in shift["reason"]
+    assert stats.machine_shift({})["assessed"] is False

@@ -35,6 +35,11 @@ class BenchOptions:
     profile: bool = False  # add the top operators by time (separate profiling session)
     # Stop early once every median's 95% interval is within ±target_ci of it (0.01 = ±1%).
     target_ci: float = 0.01
+    # ORT's intra-op threads spin-wait for work inside run() (fast, as a model runs in a loop) ...
+    spinning: bool = True
+    # ... and stop spinning when run() returns (session.force_spinning_stop), so that an idle
+    # worker's threads do not take the cores from the worker being timed.
+    stop_spinning: bool = True
 
 
 @dataclass
@@ -84,6 +89,8 @@ def measure(
                 max_time=options.max_time,
                 target_ci=options.target_ci,
                 profile=options.profile,
+                spinning=options.spinning,
+                stop_spinning=options.stop_spinning,
                 progress=progress,
                 place=place,
             )
@@ -98,7 +105,11 @@ def measure(
     names = {variant_key(n, t, sweep): n for t in threads for n in models}
     variants = {job.name: _variant(job, counts[names[job.name]], jobs[0]) for job in jobs}
 
+    shift = stats.machine_shift({j.name: j.rounds for j in jobs if j.error is None})
+    dev["stability"] = shift
     warnings = device.condition_warnings(dev, threads)
+    if shift["shifted"]:
+        warnings.append(shift_warning(shift))
     for key, v in variants.items():
         latency = v["latency_ms"]
         if latency and latency["median_ci95"]:
@@ -112,11 +123,8 @@ def measure(
     settings = {
         "intra_op_threads": threads[0] if not sweep else threads,
         "inter_op_threads": 1,
-        "allow_spinning": True,
-        "arena": options.arena,
-        "graph_optimization_level": "ORT_ENABLE_ALL",
+        **_ort_settings(jobs, options),
         "execution_provider": "CPUExecutionProvider",
-        "execution_mode": "ORT_SEQUENTIAL",
         "batch": _batch(feeds),
         "interleaved": True,
         "min_time_s": options.min_time,
@@ -127,6 +135,45 @@ def measure(
         "timer": "time.perf_counter_ns around session.run",
     }
     return BenchResult(dev, settings, warnings, variants, log)
+
+
+def _ort_settings(jobs: list[runner.Job], options: BenchOptions) -> dict:
+    """The ORT settings as the workers' session options held them (read back from the first
+    worker that loaded), and where the threads were allowed to run."""
+    applied = next((j.load["session_config"] for j in jobs if j.load), None)
+    placed = [j.load["affinity"] for j in jobs if j.load and j.load.get("affinity")]
+    if applied is None:  # nothing loaded: what was asked for
+        applied = {
+            "session.intra_op.allow_spinning": "1" if options.spinning else "0",
+            "session.force_spinning_stop": "1" if options.stop_spinning else "0",
+            "graph_optimization_level": "ORT_ENABLE_ALL",
+            "execution_mode": "ORT_SEQUENTIAL",
+            "enable_cpu_mem_arena": options.arena,
+        }
+    return {
+        "allow_spinning": applied["session.intra_op.allow_spinning"] == "1",
+        "force_spinning_stop": applied["session.force_spinning_stop"] == "1",
+        "arena": bool(applied["enable_cpu_mem_arena"]),
+        "graph_optimization_level": applied["graph_optimization_level"],
+        "execution_mode": applied["execution_mode"],
+        "cpus_allowed": placed[0]["process_cpus"] if placed else None,
+        "threads_pinned": any(a["pinned_threads"] for a in placed) if placed else None,
+    }
+
+
+def shift_warning(shift: dict) -> str:
+    """The warning for a whole-machine change of speed during the run."""
+    pct = 100 * abs(shift["shift"] - 1)
+    way = "rose" if shift["shift"] > 1 else "fell"
+    return (
+        f"The machine's speed shifted during the run: from cycle {shift['at_cycle'] + 1} of "
+        f"{shift['cycles']} the models' latency {way} by about {pct:.0f}% "
+        f"(x{shift['shift']:.2f}; {shift['jobs_alike']} of {len(shift['jobs'])} models alike; "
+        f"permutation p = {shift['p_value']:.3f}). Each latency and its interval describe a "
+        "moving target and will not repeat in another run; the ratios between the models, "
+        "measured side by side, are affected less. Compare runs with `edgekit compare "
+        "--normalize`, or re-run on a quiet machine."
+    )
 
 
 def _batch(feeds: dict[str, np.ndarray]) -> int | None:
@@ -228,4 +275,4 @@ def _list(ci):
     return list(ci) if ci else None
 
 
-__all__ = ["BenchOptions", "BenchResult", "measure", "variant_key"]
+__all__ = ["BenchOptions", "BenchResult", "measure", "shift_warning", "variant_key"]

@@ -143,3 +143,99 @@ def relative_half_width(ci, center) -> float | None:
     if not ci or not center:
         return None
     return (ci[1] - ci[0]) / 2 / center
+
+
+SHIFT_THRESHOLD = 0.10  # a whole-machine change of speed this large (or more) is reported
+SHIFT_ALPHA = 0.01  # ... when a change point this unlikely under steady noise explains it
+SHIFT_MIN_CYCLES = 8
+N_PERM = 500
+
+
+def machine_shift(
+    rounds_by_job: dict,
+    threshold: float = SHIFT_THRESHOLD,
+    alpha: float = SHIFT_ALPHA,
+    n_perm: int = N_PERM,
+    seed: int = SEED,
+) -> dict:
+    """Did the whole machine change speed during the run? `rounds_by_job`: job name → its rounds
+    (lists of ms) in the order they ran; round i of every job ran in cycle i.
+
+    Each job's round medians are taken in log space and centred on the job's own median, so jobs
+    of any speed weigh alike; their mean per cycle is the log of the cycle's normalised geometric
+    mean, the machine's speed as every job saw it. The best single change point of that series
+    (largest mean difference, weighted by sqrt(k(C-k)/C)) is tested against the same statistic
+    on shuffled cycles (a permutation test, fixed seed): a steady machine gives exchangeable
+    cycles. A shift is reported when the change point is significant (p < alpha), at least
+    `threshold` in size (ratio of the later cycles' median to the earlier ones'), and seen by
+    the jobs alike (at least 3 in 4 jobs moved the same way by at least half the threshold).
+    A slow drift counts too: its best change point is where it has moved the most.
+
+    Returns {"assessed", "shifted", "shift", "at_cycle", "cycles", "p_value", "jobs" (each job's
+    own shift at that change point), "jobs_alike" (how many moved with the machine), "threshold",
+    "method"}; `shift` > 1 means the later cycles ran slower."""
+    names = [n for n, rounds in rounds_by_job.items() if any(len(r) for r in rounds)]
+    cycles = min((len(rounds_by_job[n]) for n in names), default=0)
+    record = {
+        "assessed": False,
+        "shifted": False,
+        "shift": None,
+        "at_cycle": None,
+        "cycles": cycles,
+        "p_value": None,
+        "jobs": {},
+        "jobs_alike": None,
+        "threshold": threshold,
+        "method": "change point of the per-cycle geometric mean of round medians (normalised "
+        "per job), permutation test",
+    }
+    if cycles < SHIFT_MIN_CYCLES:
+        record["reason"] = f"{cycles} cycles of rounds; at least {SHIFT_MIN_CYCLES} are needed"
+        return record
+    logs = np.array(
+        [[math.log(np.median(r)) for r in rounds_by_job[n][:cycles]] for n in names], dtype=float
+    )
+    logs -= np.median(logs, axis=1, keepdims=True)
+    series = logs.mean(axis=0)
+    edge = max(3, cycles // 10)  # no change point within `edge` cycles of either end
+    k_best, t_obs = _change_point(series, edge)
+    shuffled = np.random.default_rng(seed).permuted(np.tile(series, (n_perm, 1)), axis=1)
+    exceed = int((_split_scores(shuffled, edge)[1].max(axis=1) >= t_obs - 1e-12).sum())
+    p_value = (exceed + 1) / (n_perm + 1)
+    shift = math.exp(np.median(series[k_best:]) - np.median(series[:k_best]))
+    jobs = {
+        n: math.exp(np.median(row[k_best:]) - np.median(row[:k_best]))
+        for n, row in zip(names, logs, strict=True)
+    }
+    direction = 1 if shift >= 1 else -1
+    alike = sum(direction * math.log(s) >= math.log(1 + threshold / 2) for s in jobs.values())
+    big = abs(math.log(shift)) >= math.log(1 + threshold)
+    record.update(
+        assessed=True,
+        shifted=bool(p_value < alpha and big and alike >= 0.75 * len(jobs)),
+        shift=shift,
+        at_cycle=int(k_best),
+        p_value=p_value,
+        jobs=jobs,
+        jobs_alike=alike,
+    )
+    return record
+
+
+def _change_point(series: np.ndarray, edge: int) -> tuple[int, float]:
+    """(k, statistic) of the split series[:k] | series[k:] with the largest weighted difference
+    of means, k in [edge, len - edge]."""
+    k, score = _split_scores(series[None, :], edge)
+    best = int(np.argmax(score[0]))
+    return int(k[best]), float(score[0, best])
+
+
+def _split_scores(rows: np.ndarray, edge: int) -> tuple[np.ndarray, np.ndarray]:
+    """For each row (a series) and each split k in [edge, n - edge]: |mean(left) - mean(right)|
+    * sqrt(k (n - k) / n)."""
+    n = rows.shape[1]
+    k = np.arange(edge, n - edge + 1)
+    csum = np.cumsum(rows, axis=1)
+    left = csum[:, k - 1] / k
+    right = (csum[:, -1:] - csum[:, k - 1]) / (n - k)
+    return k, np.abs(left - right) * np.sqrt(k * (n - k) / n)

@@ -6,9 +6,10 @@ be copied to a device (a Raspberry Pi) and run there as `python3 worker.py`.
 Protocol: one JSON object per line. The worker first writes {"ok": true, "ready": true, ...}; then it
 answers every request line on stdin with exactly one line on stdout:
 
-  {"cmd": "load", "model": PATH, "feeds": NPZ, "threads": 2, "spinning": true, "arena": true,
-   "opt_level": "ORT_ENABLE_ALL", "warmup_max_s": 2.0}
-      -> baseline_rss_bytes, session_create_ms, first_run_ms, warmup_runs, warmup_settled
+  {"cmd": "load", "model": PATH, "feeds": NPZ, "threads": 2, "spinning": true,
+   "stop_spinning": true, "arena": true, "opt_level": "ORT_ENABLE_ALL", "warmup_max_s": 2.0}
+      -> baseline_rss_bytes, session_create_ms, first_run_ms, warmup_runs, warmup_settled,
+         session_config (the ORT settings as the session options hold them), affinity
   {"cmd": "round", "seconds": 0.1}   -> samples_ns: timed runs for about that long
   {"cmd": "memory"}                  -> peak_rss_bytes, baseline_rss_bytes
   {"cmd": "profile", "seconds": 1.0} -> ops: top operators by time (a separate profiling session)
@@ -17,6 +18,7 @@ A failed request answers {"ok": false, "error": "..."}. A worker that loads noth
 "memory": that is the baseline memory of the runtime itself.
 """
 
+import contextlib
 import gc
 import json
 import math
@@ -51,6 +53,32 @@ def peak_rss_bytes():
     return peak if sys.platform == "darwin" else peak * 1024  # macOS gives bytes, Linux KiB
 
 
+CONFIG_KEYS = (
+    "session.intra_op.allow_spinning",
+    "session.inter_op.allow_spinning",
+    "session.force_spinning_stop",
+)
+
+
+def affinity():
+    """Which CPUs this process and each of its threads (ORT's pool included) may run on. A thread
+    allowed fewer CPUs than the process is pinned. None where the OS does not say (macOS)."""
+    try:
+        process = sorted(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return None
+    threads, pinned = 0, 0
+    try:
+        for tid in os.listdir("/proc/self/task"):
+            with contextlib.suppress(OSError):
+                cpus = os.sched_getaffinity(int(tid))
+                threads += 1
+                pinned += len(cpus) < len(process)
+    except OSError:
+        return {"process_cpus": process, "threads": None, "pinned_threads": None}
+    return {"process_cpus": process, "threads": threads, "pinned_threads": pinned}
+
+
 class Worker:
     def __init__(self):
         self.session = None
@@ -71,11 +99,28 @@ class Worker:
         spinning = "1" if req.get("spinning", True) else "0"
         opts.add_session_config_entry("session.intra_op.allow_spinning", spinning)
         opts.add_session_config_entry("session.inter_op.allow_spinning", spinning)
+        # Threads spin only while run() is busy; when it returns they sleep. Without this an idle
+        # worker's threads keep spinning after its round and take the cores from the next worker.
+        stop = "1" if req.get("stop_spinning", True) else "0"
+        opts.add_session_config_entry("session.force_spinning_stop", stop)
         opts.log_severity_level = 3
         if profile:
             opts.enable_profiling = True
             opts.profile_file_prefix = os.path.join(tempfile.mkdtemp(prefix="edgekit-prof-"), "p")
         return opts
+
+    @staticmethod
+    def applied(opts):
+        """The settings as the session options hold them (not as they were asked for)."""
+        config = {key: opts.get_session_config_entry(key) for key in CONFIG_KEYS}
+        return {
+            **config,
+            "intra_op_num_threads": opts.intra_op_num_threads,
+            "inter_op_num_threads": opts.inter_op_num_threads,
+            "graph_optimization_level": str(opts.graph_optimization_level).split(".")[-1],
+            "execution_mode": str(opts.execution_mode).split(".")[-1],
+            "enable_cpu_mem_arena": opts.enable_cpu_mem_arena,
+        }
 
     def new_session(self, profile=False):
         return ort.InferenceSession(
@@ -97,7 +142,10 @@ class Worker:
         # The model's share of memory is measured against this point: runtime and feeds loaded.
         self.baseline = peak_rss_bytes()
         start = time.perf_counter_ns()
-        self.session = self.new_session()
+        opts = self.session_options()
+        self.session = ort.InferenceSession(
+            req["model"], sess_options=opts, providers=["CPUExecutionProvider"]
+        )
         create_ns = time.perf_counter_ns() - start
         names = [i.name for i in self.session.get_inputs()]
         missing = [n for n in names if n not in arrays]
@@ -107,6 +155,8 @@ class Worker:
         first_ns = self.timed_run(self.session)
         runs, settled = self.warm_up(first_ns, float(req.get("warmup_max_s", 2.0)))
         return {
+            "session_config": self.applied(opts),
+            "affinity": affinity(),
             "baseline_rss_bytes": self.baseline,
             "session_create_ms": create_ns / 1e6,
             "first_run_ms": first_ns / 1e6,
@@ -132,8 +182,8 @@ class Worker:
         session = self.session
         if session is None:
             raise RuntimeError("no model loaded")
-        # One untimed run: the previous worker's spinning threads and the process switch cost
-        # land here, not in the samples.
+        # One untimed run: waking this worker's threads (asleep since its last round, with
+        # force_spinning_stop) and the process switch cost land here, not in the samples.
         session.run(None, self.feeds)
         budget_ns = int(float(req.get("seconds", 0.1)) * 1e9)
         samples = []
