@@ -8,6 +8,7 @@ import json
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from conftest import run_edgekit
@@ -105,3 +106,150 @@ def test_malformed_pt2_says_why_without_torchs_traceback(pt2, tmp_path):
     assert "Traceback" not in result.stderr
     assert "warnings above" not in result.stderr
     assert "Invalid magic number" in result.stderr
+
+
+# ---------------------------------------------------------------------------- bad input: exit 2
+
+
+def _onnx(path: Path, *, dims=("N", 4), outputs=True, opset=17) -> Path:
+    import onnx
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, list(dims))
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"])], "g", [x], [y] if outputs else []
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    onnx.save(model, path)
+    return path
+
+
+def _fails(*args) -> str:
+    result = run_edgekit("optimize", *args)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr and "internal error" not in result.stderr
+    return " ".join(result.stderr.split())
+
+
+@pytest.mark.parametrize(
+    "spec, words",
+    [
+        ("x:100000x100000x100:float32", "describes a tensor of 3,725.3 GiB"),
+        ("x:1x4:int8:0-1000", "does not fit int8 (-128 to 127)"),
+        ("x:1x4:int64:0.5-3.7", "fractional value range 0.5-3.7. Use whole numbers"),
+        ("x:1x4:float16:0-100000", "beyond the largest float16"),
+        ("x:1x4:float32:1.2.3-4", "is not two numbers"),
+    ],
+)
+def test_bad_input_spec(tmp_path, spec, words):
+    message = _fails(_onnx(tmp_path / "m.onnx"), "--input", spec, "-o", tmp_path / "out")
+    assert words in message
+
+
+@pytest.mark.parametrize(
+    "arrays, words",
+    [
+        ({"x": np.zeros((0, 4), np.float32)}, "'x' in DATA holds 0 samples"),
+        ({"x": np.float32(1.0)}, "'x' in DATA is a single number (a scalar)"),
+        ({"x": np.array([[np.nan, 1, 2, 3]], np.float32)}, "holds 1 NaN or infinite value(s)"),
+        (
+            {"x": np.zeros((2, 4), np.float32), "labels": np.zeros((2, 3))},
+            "labels in DATA have shape (2, 3); they must have shape (N,)",
+        ),
+        ({"labels": np.arange(3)}, "DATA holds only labels and no input arrays. Add one array"),
+    ],
+)
+def test_bad_data_file(tmp_path, arrays, words):
+    data = tmp_path / "data.npz"
+    np.savez(data, **arrays)
+    message = _fails(_onnx(tmp_path / "m.onnx"), "--data", data, "-o", tmp_path / "out")
+    assert words.replace("DATA", str(data)) in message
+
+
+@pytest.mark.parametrize(
+    "name, words",
+    [("data.csv", "is not an .npz archive (a zip file)"), ("data.npy", "is a single .npy array")],
+)
+def test_data_file_that_is_not_npz(tmp_path, name, words):
+    data = tmp_path / name
+    if name.endswith(".npy"):
+        np.save(data, np.zeros((2, 4), np.float32))
+    else:
+        data.write_text("x0,x1,x2,x3\n1,2,3,4\n")
+    message = _fails(_onnx(tmp_path / "m.onnx"), "--data", data, "-o", tmp_path / "out")
+    assert words in message
+    assert "pickled" not in message
+
+
+def test_onnx_without_outputs(tmp_path):
+    message = _fails(_onnx(tmp_path / "m.onnx", outputs=False), "-o", tmp_path / "out")
+    assert "graph declares no outputs" in message
+
+
+def test_onnx_without_graph(tmp_path):
+    import onnx
+
+    model = onnx.ModelProto(ir_version=8, producer_name="x")
+    model.opset_import.add().version = 17
+    onnx.save(model, tmp_path / "m.onnx")
+    message = _fails(tmp_path / "m.onnx", "-o", tmp_path / "out")
+    assert "ONNX model without a graph: it holds no operators" in message
+
+
+def test_onnx_input_with_a_zero_dimension(tmp_path):
+    message = _fails(_onnx(tmp_path / "m.onnx", dims=("N", 0)), "-o", tmp_path / "out")
+    assert "has size 0 on axis 1" in message
+    assert "unknown size" not in message
+
+
+def test_onnxruntime_message_keeps_the_reason(tmp_path):
+    message = _fails(_onnx(tmp_path / "m.onnx", opset=99), "-o", tmp_path / "out")
+    assert "Current official support for domain ai.onnx is till opset" in message
+    assert "onnxruntime_src" not in message  # its C++ source location is noise
+
+
+ARCH_PY = """
+import torch.nn as nn
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x):
+        try:
+            return {"a": self.fc}[x.dtype]
+        except KeyError as exc:
+            raise ValueError(f"Net wants 3 channels, got {x.shape[1]}") from exc
+"""
+
+
+def test_forward_error_shows_what_forward_raised(tmp_path):
+    (tmp_path / "arch.py").write_text(ARCH_PY)
+    torch.save({"fc.weight": torch.zeros(3, 4), "fc.bias": torch.zeros(3)}, tmp_path / "sd.pt")
+    message = _fails(
+        tmp_path / "sd.pt", "--arch", f"{tmp_path / 'arch.py'}:Net", "--input", "x:1x4",
+        "-o", tmp_path / "out",
+    )  # fmt: skip
+    assert "failed (ValueError: Net wants 3 channels, got 4)" in message
+
+
+def test_torchscript_forward_error_shows_the_error_not_the_script_traceback(tmp_path):
+    net = torch.jit.script(torch.nn.Linear(4, 3))
+    torch.jit.save(net, tmp_path / "m.pt")
+    message = _fails(tmp_path / "m.pt", "--input", "x:1x5", "-o", tmp_path / "out")
+    assert (
+        "failed (RuntimeError: mat1 and mat2 shapes cannot be multiplied (2x5 and 4x3))" in message
+    )
+
+
+def test_arch_file_that_is_not_python(tmp_path):
+    torch.save({"fc.weight": torch.zeros(3, 4)}, tmp_path / "sd.pt")
+    (tmp_path / "weights.pkl").write_bytes(b"\x80\x04N.")
+    message = _fails(
+        tmp_path / "sd.pt", "--arch", f"{tmp_path / 'weights.pkl'}:Foo", "-o", tmp_path / "out"
+    )
+    assert "weights.pkl: this is not a Python source file (.py)" in message
+    assert "NoneType" not in message

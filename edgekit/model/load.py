@@ -404,7 +404,7 @@ def _load_weights(module, state_dict: dict, path: Path, arch: str) -> None:
     try:
         module.load_state_dict(state_dict, strict=True)
     except RuntimeError as exc:  # same keys, different shapes
-        detail = " ".join(str(exc).split())[:400]
+        detail = one_line(str(exc), 400)
         raise EdgekitError(
             f"The weights in {path} do not fit the model built by --arch {arch}: {detail}. {fix}"
         ) from None
@@ -487,36 +487,63 @@ def _load_onnx(path: Path, sha: str, head: bytes) -> LoadedModel:
 
     try:
         model = onnx.load(str(path), load_external_data=False)
-        parsed = model.ir_version > 0 and len(model.graph.node) > 0
+        parsed = model.ir_version > 0
     except Exception:
         parsed = False
-    if not parsed:
-        # torch and most tools write ir_version first: field 1, varint (0x08).
+    # torch and most tools write ir_version first: field 1, varint (0x08).
+    if not parsed or (not model.graph.node and head[:1] != b"\x08"):
         if head[:1] == b"\x08":
             raise EdgekitError(
                 f"{path} starts like an ONNX model but cannot be parsed: it is probably truncated "
                 "or corrupt (an interrupted download or copy?). Copy or export the file again."
             )
         raise _not_a_model(path, "its contents are not a model format edgekit knows")
+    if not model.graph.node:
+        raise EdgekitError(
+            f"{path} is an ONNX model without a graph: it holds no operators, so there is nothing "
+            "to run. It was saved empty, or the file is truncated before its graph (an "
+            "interrupted copy?); export or copy it again."
+        )
+    if not model.graph.output:
+        raise EdgekitError(
+            f"{path} is an ONNX model whose graph declares no outputs, so running it computes "
+            "nothing edgekit can compare or time. Export it again with the model's results as "
+            "graph outputs (torch.onnx.export does this for the tensors forward() returns)."
+        )
     try:
         onnx.checker.check_model(str(path))
     except Exception as exc:
-        detail = " ".join(str(exc).split())[:400]
         raise EdgekitError(
-            f"{path} is an ONNX model that fails ONNX's checker ({detail}). If it uses external "
-            "data, keep the data file next to it; otherwise export it again."
+            f"{path} is an ONNX model that fails ONNX's checker ({one_line(str(exc), 400)}). If it "
+            "uses external data, keep the data file next to it; otherwise export it again."
         ) from None
     try:
         specs = specs_from_onnx(path)
     except EdgekitError:
         raise
     except Exception as exc:  # onnxruntime refuses it (unknown op, bad opset, ...)
-        detail = " ".join(str(exc).split())[:400]
         raise EdgekitError(
-            f"{path} is a valid ONNX model, but onnxruntime cannot load it ({detail}). "
+            f"{path} is a valid ONNX model, but onnxruntime cannot load it ({_ort_detail(exc)}). "
             "Export it again with an opset and ops that onnxruntime supports."
         ) from None
     return LoadedModel(path, "onnx", sha, None, specs)
+
+
+# onnxruntime puts its C++ source location and function signature before the reason.
+_ORT_SOURCE = re.compile(r"/\S*onnxruntime\S*:\d+ [^(]*\([^)]*\)\s*")
+
+
+def _ort_detail(exc: Exception) -> str:
+    return one_line(_ORT_SOURCE.sub(" ", str(exc)), 600)
+
+
+def one_line(text: str, limit: int) -> str:
+    """`text` on one line, cut at a word boundary with "…" when longer than `limit`."""
+    text = " ".join(str(text).split())
+    if len(text) <= limit:
+        return text
+    cut = text[:limit].rsplit(" ", 1)[0] if " " in text[:limit] else text[:limit]
+    return cut.rstrip(" ,;:") + "…"
 
 
 # ---------------------------------------------------------------------------- arch and code
@@ -556,7 +583,7 @@ def _build_arch(arch: str):
 
 def _import_code(target: str, flag: str = "--code") -> types.ModuleType:
     """Import a .py file path or a dotted module name; any failure becomes a clear error."""
-    is_file = target.endswith(".py") or "/" in target or "\\" in target
+    is_file = target.endswith(".py") or "/" in target or "\\" in target or Path(target).is_file()
     try:
         if is_file:
             return _import_file(Path(target), flag)
@@ -578,6 +605,12 @@ def _import_file(file: Path, flag: str) -> types.ModuleType:
     file = file.resolve()
     if not file.is_file():
         raise EdgekitError(f"{flag} {file}: there is no such file. Give the path of a .py file.")
+    if file.suffix != ".py":
+        raise EdgekitError(
+            f"{flag} {file}: this is not a Python source file (.py). {flag} takes the .py file "
+            "(or the module path) that defines the model's class; the weights themselves are the "
+            "model file argument."
+        )
     # Import under the file's own name (how a pickle made from `import mymodels` refers to it),
     # unless that name is taken; sibling imports work because its folder joins sys.path.
     name = file.stem if file.stem.isidentifier() else "edgekit_code"
@@ -630,7 +663,7 @@ def _zip_names(path: Path) -> list[str]:
 
 
 def _corrupt(path: Path, kind: str, exc: Exception) -> EdgekitError:
-    detail = " ".join(str(exc).split())[:300]
+    detail = one_line(str(exc), 300)
     return EdgekitError(
         f"{path} looks like a {kind} but loading it failed ({type(exc).__name__}: {detail}). "
         "The file may be truncated or corrupt, or saved by an incompatible torch version; "
