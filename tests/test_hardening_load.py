@@ -253,3 +253,54 @@ def test_arch_file_that_is_not_python(tmp_path):
     )
     assert "weights.pkl: this is not a Python source file (.py)" in message
     assert "NoneType" not in message
+
+
+# ---------------------------------------------------------------------------- external data
+
+
+def _external(folder: Path, location: str = "model.onnx.data") -> Path:
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    folder.mkdir(parents=True, exist_ok=True)
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])
+    weight = numpy_helper.from_array(np.eye(4, dtype=np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])], "g", [x], [y], [weight]
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    path = folder / "model.onnx"
+    onnx.save_model(model, path, save_as_external_data=True, location=location, size_threshold=0)
+    return path
+
+
+def test_onnx_with_external_data_loads_and_lists_its_files(tmp_path):
+    from edgekit.model.load import onnx_files
+
+    path = _external(tmp_path / "m")
+    model = load_model(path)
+    assert model.format == "onnx"
+    assert model.files == [path, tmp_path / "m" / "model.onnx.data"]
+    assert onnx_files(path) == model.files
+
+
+def test_onnx_external_data_outside_its_folder_is_refused(tmp_path):
+    import onnx
+
+    path = _external(tmp_path / "m")
+    model = onnx.load(str(path), load_external_data=False)
+    (tmp_path / "secret.bin").write_bytes((tmp_path / "m" / "model.onnx.data").read_bytes())
+    for entry in model.graph.initializer[0].external_data:
+        if entry.key == "location":
+            entry.value = "../secret.bin"
+    onnx.save(model, path)
+    message = _fails(path, "-o", tmp_path / "out")
+    assert "'../secret.bin', which is not a file in the model's folder" in message
+
+
+def test_onnx_external_data_missing(tmp_path):
+    path = _external(tmp_path / "m")
+    (tmp_path / "m" / "model.onnx.data").unlink()
+    message = _fails(path, "-o", tmp_path / "out")
+    assert "external-data file 'model.onnx.data', which is missing" in message

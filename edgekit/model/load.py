@@ -50,6 +50,7 @@ class LoadedModel:
     module: Any | None  # nn.Module / ScriptModule / ExportedProgram; None for onnx
     input_specs: list[InputSpec] | None  # when the file carries shapes (onnx, .pt2)
     notes: list[str] = field(default_factory=list)
+    files: list[Path] = field(default_factory=list)  # onnx: the model and its external data
 
 
 def load_model(
@@ -510,6 +511,7 @@ def _load_onnx(path: Path, sha: str, head: bytes) -> LoadedModel:
             "nothing edgekit can compare or time. Export it again with the model's results as "
             "graph outputs (torch.onnx.export does this for the tensors forward() returns)."
         )
+    files = onnx_files(path)
     try:
         onnx.checker.check_model(str(path))
     except Exception as exc:
@@ -526,7 +528,41 @@ def _load_onnx(path: Path, sha: str, head: bytes) -> LoadedModel:
             f"{path} is a valid ONNX model, but onnxruntime cannot load it ({_ort_detail(exc)}). "
             "Export it again with an opset and ops that onnxruntime supports."
         ) from None
-    return LoadedModel(path, "onnx", sha, None, specs)
+    return LoadedModel(path, "onnx", sha, None, specs, files=files)
+
+
+def onnx_files(path) -> list[Path]:
+    """The files an ONNX model is made of: `path` first, then each external-data file its
+    tensors name, as `path.parent / location` (keep `relative_to(path.parent)` beside a copy).
+    A location outside the model's folder, or a missing file, is an EdgekitError."""
+    import onnx
+    from onnx.external_data_helper import ExternalDataInfo, _get_all_tensors, uses_external_data
+
+    path = Path(path)
+    folder = path.resolve().parent
+    model = onnx.load(str(path), load_external_data=False)
+    files = [path]
+    for tensor in _get_all_tensors(model):
+        if not uses_external_data(tensor):
+            continue
+        location = ExternalDataInfo(tensor).location
+        target = (folder / location).resolve()  # follows symlinks: a link out is refused too
+        if not location or not target.is_relative_to(folder) or target == path.resolve():
+            raise EdgekitError(
+                f"{path} says the data of tensor {plain(tensor.name)!r} is in "
+                f"{plain(location)!r}, which is not a file in the model's folder. edgekit reads "
+                "external data only from beside the model: save it again with "
+                "onnx.save_model(..., save_as_external_data=True, location='model.onnx.data')."
+            )
+        if not target.is_file():
+            raise EdgekitError(
+                f"{path} keeps its weights in an external-data file {plain(location)!r}, which is "
+                f"missing from {path.parent}. Copy that file next to the model (keep its name)."
+            )
+        file = path.parent / location
+        if file not in files:
+            files.append(file)
+    return files
 
 
 # onnxruntime puts its C++ source location and function signature before the reason.
