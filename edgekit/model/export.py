@@ -20,7 +20,7 @@ import numpy as np
 
 from edgekit.errors import EdgekitError
 from edgekit.model.inputs import InputSpec, generate_samples
-from edgekit.model.load import LoadedModel
+from edgekit.model.load import LoadedModel, one_line
 
 TORCHSCRIPT_OPSET = 17
 _EXTERNAL_DATA_BYTES = 1_800_000_000  # protobuf's hard limit is 2 GiB; leave headroom
@@ -94,7 +94,7 @@ def torch_outputs(model: LoadedModel, feeds: dict[str, np.ndarray]) -> list[np.n
     except Exception as exc:
         shapes = ", ".join(f"{k}: {tuple(v.shape)} {v.dtype}" for k, v in feeds.items())
         raise EdgekitError(
-            f"Running the model on inputs [{shapes}] failed ({_short(exc)}). Check the input "
+            f"Running the model on inputs [{shapes}] failed ({_raised(exc)}). Check the input "
             "shapes, dtypes and their order with --input NAME:SHAPE:DTYPE, one per forward() "
             "argument, in order."
         ) from None
@@ -372,9 +372,18 @@ def _causes(exc: BaseException) -> list[BaseException]:
     return chain
 
 
+def _raised(exc: BaseException) -> str:
+    """What forward() raised, as `Type: message`. A TorchScript error's own type and message
+    are its last line, after the script's traceback."""
+    text = _ANSI.sub("", str(exc)).strip()
+    if "Traceback of TorchScript" in text:
+        return one_line(text.splitlines()[-1], 500)
+    return one_line(f"{type(exc).__name__}: {text}" if text else type(exc).__name__, 500)
+
+
 def _short(exc: BaseException, limit: int = 300) -> str:
     """The root cause in a line or two, e.g. `GuardOnDataDependentSymNode: Could not guard ...`."""
     root = _causes(exc)[-1]
     lines = [line.strip() for line in _ANSI.sub("", str(root)).splitlines() if line.strip()]
     text = f"{type(root).__name__}: {' '.join(lines[:2])}" if lines else type(root).__name__
-    return text[:limit] + ("…" if len(text) > limit else "")
+    return one_line(text, limit)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 import zipfile
 from dataclasses import dataclass
@@ -11,6 +12,7 @@ import numpy as np
 
 from edgekit.errors import EdgekitError
 
+MAX_SAMPLE_BYTES = 2 * 2**30  # one declared input, or the random samples made for it
 SUPPORTED_DTYPES = ("float32", "float16", "float64", "int64", "int32", "int8", "uint8", "bool")
 _ONNX_TO_NUMPY = {
     "tensor(float)": "float32",
@@ -63,13 +65,59 @@ def parse_input_spec(text: str) -> InputSpec:
         raise EdgekitError(
             f"The input spec {text!r} has a zero-sized axis; every axis must be >= 1."
         )
-    is_int = np.issubdtype(np.dtype(dtype), np.integer)
-    default_high = 100.0 if is_int else 1.0
-    low = float(match["low"]) if match["low"] is not None else 0.0
-    high = float(match["high"]) if match["high"] is not None else default_high
-    if high <= low:
-        raise EdgekitError(f"The input spec {text!r} has an empty value range {low}-{high}.")
+    _check_sample_bytes(text, shape, dtype)
+    low, high = _default_range(dtype)
+    if match["low"] is not None:
+        low, high = _parse_range(text, match["low"], match["high"], dtype)
     return InputSpec(match["name"], shape, dtype, low, high)
+
+
+def _check_sample_bytes(text: str, shape: tuple[int, ...], dtype: str) -> None:
+    size = math.prod(shape) * np.dtype(dtype).itemsize
+    if size > MAX_SAMPLE_BYTES:
+        raise EdgekitError(
+            f"The input spec {text!r} describes a tensor of {size / 2**30:,.1f} GiB "
+            f"({size:,} bytes); edgekit refuses inputs over {MAX_SAMPLE_BYTES / 2**30:g} GiB. "
+            "Check the shape (axes separated by x, batch first, e.g. 1x3x224x224)."
+        )
+
+
+def _parse_range(text: str, low_text: str, high_text: str, dtype: str) -> tuple[float, float]:
+    """LOW-HIGH of generated values; for integer dtypes both are whole numbers inside the
+    dtype's range, HIGH exclusive (the largest value drawn is HIGH-1)."""
+    try:
+        low, high = float(low_text), float(high_text)
+    except ValueError:
+        raise EdgekitError(
+            f"The input spec {text!r} has a value range {low_text}-{high_text} that is not two "
+            "numbers. Write it as LOW-HIGH, e.g. 0-1 or 0-30522."
+        ) from None
+    if high <= low:
+        raise EdgekitError(
+            f"The input spec {text!r} has an empty value range {low_text}-{high_text}. "
+            "Write LOW-HIGH with LOW below HIGH, e.g. 0-1."
+        )
+    if dtype == "bool":
+        return low, high
+    if np.issubdtype(np.dtype(dtype), np.integer):
+        info = np.iinfo(dtype)
+        if not (low.is_integer() and high.is_integer()):
+            raise EdgekitError(
+                f"The input spec {text!r} gives the integer input a fractional value range "
+                f"{low_text}-{high_text}. Use whole numbers, e.g. 0-{max(int(high), 1)}."
+            )
+        if low < info.min or high - 1 > info.max:
+            raise EdgekitError(
+                f"The input spec {text!r} has a value range {low_text}-{high_text} that does not "
+                f"fit {dtype} ({info.min} to {info.max}). Use a range inside it, e.g. "
+                f"0-{info.max + 1}, or a wider dtype."
+            )
+    elif max(abs(low), abs(high)) > np.finfo(dtype).max:
+        raise EdgekitError(
+            f"The input spec {text!r} has a value range {low_text}-{high_text} beyond the largest "
+            f"{dtype} ({float(np.finfo(dtype).max):g}). Use a smaller range or a wider dtype."
+        )
+    return low, high
 
 
 def specs_from_onnx(path: Path) -> list[InputSpec]:
@@ -77,7 +125,9 @@ def specs_from_onnx(path: Path) -> list[InputSpec]:
     axis is an error that asks for `--input`."""
     import onnxruntime as ort
 
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    options = ort.SessionOptions()
+    options.log_severity_level = 3  # errors only: failures come back as exceptions
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     specs = []
     for arg in session.get_inputs():
         dims = []
@@ -86,12 +136,19 @@ def specs_from_onnx(path: Path) -> list[InputSpec]:
                 dims.append(dim)
             elif axis == 0:
                 dims.append(1)
+            elif dim == 0:
+                raise EdgekitError(
+                    f"The model's input {arg.name!r} has size 0 on axis {axis} (shape {arg.shape}): "
+                    "the graph declares a tensor with no elements, usually because the model was "
+                    "exported from an empty example input. Export it again from an example with "
+                    "every axis at least 1."
+                )
             else:
+                example = "x".join("N" for _ in arg.shape[1:])
                 raise EdgekitError(
                     f"The model's input {arg.name!r} has an unknown size on axis {axis} "
-                    f"(shape {arg.shape}). Give it explicitly, e.g. "
-                    f"`--input {arg.name}:1x{'x'.join('N' for _ in arg.shape[1:])}:float32` "
-                    "with real numbers for N."
+                    f"(shape {arg.shape}). Give it explicitly, e.g. `--input {arg.name}:1x{example}:"
+                    f"{_ONNX_TO_NUMPY.get(arg.type, 'float32')}` with real numbers for N."
                 )
         dtype = _ONNX_TO_NUMPY.get(arg.type)
         if dtype is None:
@@ -113,6 +170,14 @@ def generate_samples(specs: list[InputSpec], count: int, seed: int = 0) -> dict[
     feeds = {}
     for spec in specs:
         shape = (count, *spec.shape[1:])
+        size = math.prod(shape) * np.dtype(spec.dtype).itemsize
+        if size > MAX_SAMPLE_BYTES:
+            raise EdgekitError(
+                f"{count} random sample(s) for the input {spec.name!r} of shape {spec.shape} "
+                f"would take {size / 2**30:,.1f} GiB; edgekit refuses over "
+                f"{MAX_SAMPLE_BYTES / 2**30:g} GiB. Check the input's shape, or pass fewer real "
+                "samples with --data FILE.npz."
+            )
         if spec.dtype == "bool":
             feeds[spec.name] = rng.integers(0, 2, size=shape).astype(bool)
         elif np.issubdtype(np.dtype(spec.dtype), np.integer):
@@ -128,21 +193,43 @@ def load_npz(path: Path) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
     """Read `--data FILE.npz`: arrays named after the inputs, plus optional `labels`.
     Never unpickles: object arrays are refused."""
     path = Path(path)
+    save_hint = "Save it with numpy.savez(path, <input name>=array, ..., labels=array)."
     if not path.is_file():
         raise EdgekitError(
             f"The data file {path} does not exist. Pass an existing .npz file to --data."
+        )
+    with open(path, "rb") as handle:
+        head = handle.read(6)
+    if head == b"\x93NUMPY":
+        raise EdgekitError(
+            f"The data file {path} is a single .npy array, not an .npz archive of named arrays. "
+            + save_hint
+        )
+    if not head.startswith(b"PK"):
+        raise EdgekitError(
+            f"The data file {path} is not an .npz archive (a zip file). " + save_hint
         )
     try:
         with np.load(path, allow_pickle=False) as archive:
             arrays = {key: archive[key] for key in archive.files}
     except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
         raise EdgekitError(
-            f"The data file {path} is not a readable .npz archive ({exc}). Save it with "
-            "numpy.savez(path, <input name>=array, ..., labels=array)."
+            f"The data file {path} is not a readable .npz archive ({exc}). " + save_hint
         ) from None
     labels = arrays.pop("labels", None)
     if not arrays:
-        raise EdgekitError(f"The data file {path} holds no input arrays (only {sorted(arrays)}).")
+        only = "only labels" if labels is not None else "no arrays"
+        raise EdgekitError(
+            f"The data file {path} holds {only} and no input arrays. Add one array per model "
+            "input, named after the input, with samples on the first axis. " + save_hint
+        )
+    for name, array in arrays.items():
+        _check_data_array(path, name, array)
+    if labels is not None and labels.ndim != 1:
+        raise EdgekitError(
+            f"The labels in {path} have shape {labels.shape}; they must have shape (N,): one "
+            "class index (or value) per sample. Save argmax(one_hot, axis=1) for one-hot labels."
+        )
     counts = {len(a) for a in arrays.values()} | ({len(labels)} if labels is not None else set())
     if len(counts) != 1:
         raise EdgekitError(
@@ -150,6 +237,26 @@ def load_npz(path: Path) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
             "every input and the labels must have the same first axis."
         )
     return arrays, labels
+
+
+def _check_data_array(path: Path, name: str, array: np.ndarray) -> None:
+    if array.ndim == 0:
+        raise EdgekitError(
+            f"The array {name!r} in {path} is a single number (a scalar), not samples. Save "
+            "inputs with the samples on the first axis, e.g. shape (N, 3, 224, 224)."
+        )
+    if len(array) == 0:
+        raise EdgekitError(
+            f"The array {name!r} in {path} holds 0 samples (shape {array.shape}). Save at least "
+            "one sample on the first axis."
+        )
+    if np.issubdtype(array.dtype, np.floating):
+        bad = int(array.size - np.count_nonzero(np.isfinite(array)))
+        if bad:
+            raise EdgekitError(
+                f"The array {name!r} in {path} holds {bad} NaN or infinite value(s); drift and "
+                "accuracy cannot be measured on them. Replace or drop those samples."
+            )
 
 
 def specs_from_data(arrays: dict[str, np.ndarray]) -> list[InputSpec]:

@@ -7,11 +7,18 @@ Every bad input becomes an EdgekitError with one paragraph saying what to do.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
+import io
+import json
+import logging
 import os
 import pickle
+import pickletools
+import re
 import sys
+import tarfile
 import types
 import warnings
 import zipfile
@@ -23,6 +30,7 @@ from typing import Any
 from edgekit.errors import EdgekitError
 from edgekit.fsutil import sha256_file
 from edgekit.model.inputs import InputSpec, specs_from_onnx
+from edgekit.textsafe import plain
 
 FORMATS = ("torchscript", "exported_program", "pickled_module", "state_dict", "onnx")
 _ZIP_MAGIC = b"PK\x03\x04"
@@ -42,6 +50,7 @@ class LoadedModel:
     module: Any | None  # nn.Module / ScriptModule / ExportedProgram; None for onnx
     input_specs: list[InputSpec] | None  # when the file carries shapes (onnx, .pt2)
     notes: list[str] = field(default_factory=list)
+    files: list[Path] = field(default_factory=list)  # onnx: the model and its external data
 
 
 def load_model(
@@ -60,7 +69,7 @@ def load_model(
     if head.startswith(_ZIP_MAGIC):
         names = _zip_names(path)
         if any(n.endswith("archive_format") for n in names):
-            return _load_pt2(path, sha)
+            return _load_pt2(path, sha, trust_pickle)
         if any(n.endswith("constants.pkl") or "/code/" in n for n in names):
             return _load_torchscript(path, sha)
         if any(n.endswith("data.pkl") for n in names):
@@ -88,14 +97,221 @@ def _load_torchscript(path: Path, sha: str) -> LoadedModel:
     return LoadedModel(path, "torchscript", sha, module, None)
 
 
-def _load_pt2(path: Path, sha: str) -> LoadedModel:
+def _load_pt2(path: Path, sha: str, trust_pickle: bool) -> LoadedModel:
     import torch
 
+    if not trust_pickle:
+        _refuse_unsafe_pt2(path)
     try:
-        program = torch.export.load(str(path))
+        # Untrusted, every torch.load inside is forced to weights_only as a second line of defence.
+        with _torch_logs_captured() as records, _forced_weights_only(not trust_pickle):
+            program = torch.export.load(str(path))
     except Exception as exc:
-        raise _corrupt(path, "torch.export program (.pt2)", exc) from None
+        logged = [r.exc_info[1] for r in records if r.exc_info and r.exc_info[1]]
+        raise _corrupt(path, "torch.export program (.pt2)", logged[0] if logged else exc) from None
+    if not isinstance(program, torch.export.ExportedProgram):
+        raise _not_a_model(path, "it is a .pt2 archive without an exported program")
     return LoadedModel(path, "exported_program", sha, program, _specs_from_program(program))
+
+
+# ---------------------------------------------------------------------------- .pt2 safety
+# torch.export.load unpickles parts of a .pt2 archive with weights_only=False (sample inputs after
+# a failed weights-only load, weights and constants marked use_pickle, opaque objects) and loads
+# AOTInductor shared libraries: opening a file can run code from it. Untrusted, every entry that
+# torch may unpickle is checked by reading its pickle opcodes, never by running them.
+
+_PT2_TEXT = {"archive_format", "archive_version", "version", "byteorder", ".data/version"}
+_PT2_TEXT |= {".data/serialization_id"}
+_RAW_PAYLOAD = re.compile(r"(weight|tensor)_\d+")  # torch's names for raw tensor bytes
+# The opcodes torch's weights-only unpickler implements; anything else it refuses.
+_WEIGHTS_ONLY_OPCODES = frozenset(
+    [
+        "GLOBAL",
+        "NEWOBJ",
+        "REDUCE",
+        "BUILD",
+        "APPEND",
+        "APPENDS",
+        "SETITEM",
+        "SETITEMS",
+        "MARK",
+        "TUPLE",
+        "TUPLE1",
+        "TUPLE2",
+        "TUPLE3",
+        "NONE",
+        "NEWFALSE",
+        "NEWTRUE",
+        "EMPTY_TUPLE",
+        "EMPTY_LIST",
+        "EMPTY_DICT",
+        "EMPTY_SET",
+        "BININT",
+        "BININT1",
+        "BININT2",
+        "BINFLOAT",
+        "BINUNICODE",
+        "SHORT_BINSTRING",
+        "BINPERSID",
+        "BINGET",
+        "LONG_BINGET",
+        "BINPUT",
+        "LONG_BINPUT",
+        "LONG1",
+        "PROTO",
+        "STOP",
+    ]
+)
+_LEGACY_TORCH_MAGIC = 0x1950A86A20F9469CFC6C  # torch.save's non-zip format: 5 pickles in a row
+
+
+def _refuse_unsafe_pt2(path: Path) -> None:
+    problems = _pt2_problems(path)
+    if problems:
+        raise EdgekitError(
+            f"{path} is a torch.export archive (.pt2) that holds more than tensors and plain data: "
+            f"{_preview([plain(p) for p in problems], 3)}. Loading it would unpickle those objects, "
+            "which can run any code from the file, so edgekit refuses. Pass --trust-pickle only if "
+            "you trust where the file came from; otherwise ask for a .pt2 saved by "
+            "torch.export.save from a plain model, or an ONNX file."
+        )
+
+
+def _pt2_problems(path: Path) -> list[str]:
+    """Entries of the archive that torch may unpickle and that hold anything outside torch's
+    weights-only allow-list (or that cannot be read as such a pickle at all)."""
+    problems = []
+    with zipfile.ZipFile(path) as archive:
+        infos = [i for i in archive.infolist() if not i.is_dir()]
+        short = {i.filename: i.filename.split("/", 1)[-1] for i in infos}
+        raw, pickled = set(), set()
+        for info in infos:
+            if short[info.filename].endswith(("_weights_config.json", "_constants_config.json")):
+                problems += _read_payload_config(
+                    archive.read(info), short[info.filename], raw, pickled
+                )
+        raw -= pickled
+        for info in infos:
+            name = short[info.filename]
+            if name in raw:
+                continue
+            is_text = name in _PT2_TEXT or name.endswith(".json") or name.startswith("extra/")
+            if is_text and name not in pickled:
+                continue
+            problems += [f"{name} ({why})" for why in _pickle_problems(archive.read(info))]
+    return problems
+
+
+def _read_payload_config(data: bytes, name: str, raw: set, pickled: set) -> list[str]:
+    """Sort the files a weights/constants config names into raw tensor bytes and pickles."""
+    folder = name.rsplit("/", 1)[0] + "/"
+    try:
+        entries = json.loads(data)["config"].values()
+        for meta in entries:
+            file = meta["path_name"]
+            if not isinstance(file, str) or "/" in file or "\\" in file or ".." in file:
+                return [f"{name} (names a file outside its folder: {file!r})"]
+            is_raw = not meta.get("use_pickle") and _RAW_PAYLOAD.fullmatch(file)
+            (raw if is_raw else pickled).add(folder + file)
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        return [f"{name} (not a readable config: {type(exc).__name__})"]
+    return []
+
+
+def _pickle_problems(data: bytes) -> list[str]:
+    """Why unpickling `data` (as torch.load or pickle.loads would) could run code; [] if not."""
+    if data.startswith(_ZIP_MAGIC):  # torch.save's zip format: the pickles are its .pkl files
+        try:
+            with zipfile.ZipFile(io.BytesIO(data)) as inner:
+                names = inner.namelist()
+                if any(n.endswith("constants.pkl") or "/code/" in n for n in names):
+                    return ["a TorchScript archive"]
+                return [
+                    p for n in names if n.endswith(".pkl") for p in _scan_pickles(inner.read(n))
+                ]
+        except (zipfile.BadZipFile, OSError) as exc:
+            return [f"an unreadable zip archive: {exc}"]
+    if tarfile.is_tarfile(io.BytesIO(data)):  # torch.load's oldest format
+        return ["a tar archive of pickles"]
+    return _scan_pickles(data, legacy=True)
+
+
+def _scan_pickles(data: bytes, legacy: bool = False) -> list[str]:
+    import torch
+
+    try:  # the names torch.load(weights_only=True) accepts
+        from torch._weights_only_unpickler import _get_allowed_globals, _get_user_allowed_globals
+
+        allowed = {*_get_allowed_globals(), *_get_user_allowed_globals()}
+    except ImportError:  # a torch without them: allow nothing
+        allowed = set()
+    mapping = torch._weights_only_unpickler
+    problems, stream = [], io.BytesIO(data)
+    for index in range(5 if legacy else 1):
+        try:
+            ops = list(pickletools.genops(stream))
+        except Exception as exc:
+            return [*problems, f"not a pickle edgekit can check: {exc}"]
+        for opcode, arg, _ in ops:
+            if opcode.name not in _WEIGHTS_ONLY_OPCODES:
+                problems.append(f"uses the pickle opcode {opcode.name}")
+            elif opcode.name == "GLOBAL":
+                module, name = arg.split(" ", 1)
+                if (module, name) in mapping.NAME_MAPPING:
+                    module, name = mapping.NAME_MAPPING[(module, name)]
+                module = mapping.IMPORT_MAPPING.get(module, module)
+                if f"{module}.{name}" not in allowed:
+                    problems.append(f"calls {module}.{name}")
+        is_magic = [(op.name, arg) for op, arg, _ in ops if op.name == "LONG1"] == [
+            ("LONG1", _LEGACY_TORCH_MAGIC)
+        ]
+        if index == 0 and not is_magic:
+            break
+    return sorted(set(problems))
+
+
+class _Records(logging.Handler):
+    def __init__(self):
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record):
+        self.records.append(record)
+
+
+@contextlib.contextmanager
+def _torch_logs_captured():
+    """torch logs a failed load with a traceback to stderr (and raises 'check the warnings
+    above'): keep those records for the error message instead."""
+    capture = _Records()
+    loggers = [logging.getLogger("torch")] + [
+        logger
+        for name, logger in logging.root.manager.loggerDict.items()
+        if name.startswith("torch.") and isinstance(logger, logging.Logger) and logger.handlers
+    ]
+    saved = [(logger, logger.handlers, logger.propagate) for logger in loggers]
+    for logger in loggers:
+        logger.handlers, logger.propagate = [capture], False
+    try:
+        yield capture.records
+    finally:
+        for logger, handlers, propagate in saved:
+            logger.handlers, logger.propagate = handlers, propagate
+
+
+@contextlib.contextmanager
+def _forced_weights_only(force: bool):
+    """torch.load reads TORCH_FORCE_WEIGHTS_ONLY_LOAD on every call, even with weights_only=False."""
+    keys = ("TORCH_FORCE_WEIGHTS_ONLY_LOAD", "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD")
+    saved = {key: os.environ.pop(key) for key in keys if force and key in os.environ}
+    if force:
+        os.environ[keys[0]] = "1"
+    try:
+        yield
+    finally:
+        if force:
+            os.environ.pop(keys[0], None)
+            os.environ.update(saved)
 
 
 def _specs_from_program(program) -> list[InputSpec] | None:
@@ -189,7 +405,7 @@ def _load_weights(module, state_dict: dict, path: Path, arch: str) -> None:
     try:
         module.load_state_dict(state_dict, strict=True)
     except RuntimeError as exc:  # same keys, different shapes
-        detail = " ".join(str(exc).split())[:400]
+        detail = one_line(str(exc), 400)
         raise EdgekitError(
             f"The weights in {path} do not fit the model built by --arch {arch}: {detail}. {fix}"
         ) from None
@@ -272,36 +488,98 @@ def _load_onnx(path: Path, sha: str, head: bytes) -> LoadedModel:
 
     try:
         model = onnx.load(str(path), load_external_data=False)
-        parsed = model.ir_version > 0 and len(model.graph.node) > 0
+        parsed = model.ir_version > 0
     except Exception:
         parsed = False
-    if not parsed:
-        # torch and most tools write ir_version first: field 1, varint (0x08).
+    # torch and most tools write ir_version first: field 1, varint (0x08).
+    if not parsed or (not model.graph.node and head[:1] != b"\x08"):
         if head[:1] == b"\x08":
             raise EdgekitError(
                 f"{path} starts like an ONNX model but cannot be parsed: it is probably truncated "
                 "or corrupt (an interrupted download or copy?). Copy or export the file again."
             )
         raise _not_a_model(path, "its contents are not a model format edgekit knows")
+    if not model.graph.node:
+        raise EdgekitError(
+            f"{path} is an ONNX model without a graph: it holds no operators, so there is nothing "
+            "to run. It was saved empty, or the file is truncated before its graph (an "
+            "interrupted copy?); export or copy it again."
+        )
+    if not model.graph.output:
+        raise EdgekitError(
+            f"{path} is an ONNX model whose graph declares no outputs, so running it computes "
+            "nothing edgekit can compare or time. Export it again with the model's results as "
+            "graph outputs (torch.onnx.export does this for the tensors forward() returns)."
+        )
+    files = onnx_files(path)
     try:
         onnx.checker.check_model(str(path))
     except Exception as exc:
-        detail = " ".join(str(exc).split())[:400]
         raise EdgekitError(
-            f"{path} is an ONNX model that fails ONNX's checker ({detail}). If it uses external "
-            "data, keep the data file next to it; otherwise export it again."
+            f"{path} is an ONNX model that fails ONNX's checker ({one_line(str(exc), 400)}). If it "
+            "uses external data, keep the data file next to it; otherwise export it again."
         ) from None
     try:
         specs = specs_from_onnx(path)
     except EdgekitError:
         raise
     except Exception as exc:  # onnxruntime refuses it (unknown op, bad opset, ...)
-        detail = " ".join(str(exc).split())[:400]
         raise EdgekitError(
-            f"{path} is a valid ONNX model, but onnxruntime cannot load it ({detail}). "
+            f"{path} is a valid ONNX model, but onnxruntime cannot load it ({_ort_detail(exc)}). "
             "Export it again with an opset and ops that onnxruntime supports."
         ) from None
-    return LoadedModel(path, "onnx", sha, None, specs)
+    return LoadedModel(path, "onnx", sha, None, specs, files=files)
+
+
+def onnx_files(path) -> list[Path]:
+    """The files an ONNX model is made of: `path` first, then each external-data file its
+    tensors name, as `path.parent / location` (keep `relative_to(path.parent)` beside a copy).
+    A location outside the model's folder, or a missing file, is an EdgekitError."""
+    import onnx
+    from onnx.external_data_helper import ExternalDataInfo, _get_all_tensors, uses_external_data
+
+    path = Path(path)
+    folder = path.resolve().parent
+    model = onnx.load(str(path), load_external_data=False)
+    files = [path]
+    for tensor in _get_all_tensors(model):
+        if not uses_external_data(tensor):
+            continue
+        location = ExternalDataInfo(tensor).location
+        target = (folder / location).resolve()  # follows symlinks: a link out is refused too
+        if not location or not target.is_relative_to(folder) or target == path.resolve():
+            raise EdgekitError(
+                f"{path} says the data of tensor {plain(tensor.name)!r} is in "
+                f"{plain(location)!r}, which is not a file in the model's folder. edgekit reads "
+                "external data only from beside the model: save it again with "
+                "onnx.save_model(..., save_as_external_data=True, location='model.onnx.data')."
+            )
+        if not target.is_file():
+            raise EdgekitError(
+                f"{path} keeps its weights in an external-data file {plain(location)!r}, which is "
+                f"missing from {path.parent}. Copy that file next to the model (keep its name)."
+            )
+        file = path.parent / location
+        if file not in files:
+            files.append(file)
+    return files
+
+
+# onnxruntime puts its C++ source location and function signature before the reason.
+_ORT_SOURCE = re.compile(r"/\S*onnxruntime\S*:\d+ [^(]*\([^)]*\)\s*")
+
+
+def _ort_detail(exc: Exception) -> str:
+    return one_line(_ORT_SOURCE.sub(" ", str(exc)), 600)
+
+
+def one_line(text: str, limit: int) -> str:
+    """`text` on one line, cut at a word boundary with "…" when longer than `limit`."""
+    text = " ".join(str(text).split())
+    if len(text) <= limit:
+        return text
+    cut = text[:limit].rsplit(" ", 1)[0] if " " in text[:limit] else text[:limit]
+    return cut.rstrip(" ,;:") + "…"
 
 
 # ---------------------------------------------------------------------------- arch and code
@@ -341,7 +619,7 @@ def _build_arch(arch: str):
 
 def _import_code(target: str, flag: str = "--code") -> types.ModuleType:
     """Import a .py file path or a dotted module name; any failure becomes a clear error."""
-    is_file = target.endswith(".py") or "/" in target or "\\" in target
+    is_file = target.endswith(".py") or "/" in target or "\\" in target or Path(target).is_file()
     try:
         if is_file:
             return _import_file(Path(target), flag)
@@ -363,6 +641,12 @@ def _import_file(file: Path, flag: str) -> types.ModuleType:
     file = file.resolve()
     if not file.is_file():
         raise EdgekitError(f"{flag} {file}: there is no such file. Give the path of a .py file.")
+    if file.suffix != ".py":
+        raise EdgekitError(
+            f"{flag} {file}: this is not a Python source file (.py). {flag} takes the .py file "
+            "(or the module path) that defines the model's class; the weights themselves are the "
+            "model file argument."
+        )
     # Import under the file's own name (how a pickle made from `import mymodels` refers to it),
     # unless that name is taken; sibling imports work because its folder joins sys.path.
     name = file.stem if file.stem.isidentifier() else "edgekit_code"
@@ -415,7 +699,7 @@ def _zip_names(path: Path) -> list[str]:
 
 
 def _corrupt(path: Path, kind: str, exc: Exception) -> EdgekitError:
-    detail = " ".join(str(exc).split())[:300]
+    detail = one_line(str(exc), 300)
     return EdgekitError(
         f"{path} looks like a {kind} but loading it failed ({type(exc).__name__}: {detail}). "
         "The file may be truncated or corrupt, or saved by an incompatible torch version; "
