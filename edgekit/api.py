@@ -29,7 +29,7 @@ from edgekit.model.inputs import (
     parse_input_spec,
     specs_from_data,
 )
-from edgekit.passes import PARITY_SAMPLES, PassContext, Variant
+from edgekit.passes import PassContext, Variant
 from edgekit.recommend import Budget, default_budget, recommend
 from edgekit.report.schema import add_measurement, new_report, new_variant
 from edgekit.report.write import write_outputs
@@ -106,15 +106,14 @@ def _optimize(model_path: Path, options: OptimizeOptions, staging: Path, step) -
     batch = specs[0].shape[0]  # drift is measured at the batch the model is timed at
     fp32 = Variant("fp32", staging / "fp32.onnx")
     if loaded.format == "onnx":
-        _copy_onnx(loaded.path, fp32.path)
+        _copy_onnx(loaded.files, fp32.path)
         fp32.passes.append({"name": "load-onnx", "settings": {}})
         fp32.notes.append("the source is ONNX: drift is measured against it")
         reference = run_onnx(fp32.path, feeds, chunk=batch)
     else:
         with step("exporting to ONNX"):
             export = export_onnx(loaded, specs, fp32.path)
-            parity_feeds = {k: v[:PARITY_SAMPLES] for k, v in feeds.items()}
-            parity = check_parity(loaded, fp32.path, parity_feeds)
+            parity = check_parity(loaded, fp32.path, feeds)
         fp32.passes.append({"name": "export", "settings": export})
         fp32.notes.append(
             f"export parity vs torch: max |err| {parity['max_abs_err']:.2e}, "
@@ -204,26 +203,13 @@ def _input_files(model_path: Path, options: OptimizeOptions) -> list[Path]:
     return [Path(f) for f in files if f]
 
 
-def _copy_onnx(source: Path, dest: Path) -> None:
-    """The source model as `dest`, with its external data (if any) as `dest`.data."""
-    files = files_on_disk(source)
+def _copy_onnx(files: list[Path], dest: Path) -> None:
+    """The source model (`files`: the .onnx, then its external data, checked by the loader) as
+    `dest`, with its external data, if any, as `dest`.data."""
     if len(files) == 1:
-        shutil.copyfile(source, dest)
+        shutil.copyfile(files[0], dest)
         return
-    folder = source.resolve().parent
-    outside = [f for f in files if folder not in f.resolve().parents]
-    if outside:
-        raise EdgekitError(
-            f"{source} points to external data outside its folder ({outside[0]}); edgekit reads "
-            "external data only from the model's own folder. Move the data file next to it."
-        )
-    missing = [f.name for f in files if not f.is_file()]
-    if missing:
-        raise EdgekitError(
-            f"{source} keeps its weights in external data files that are missing ({missing}). "
-            "Copy them next to the model file, under the names the model refers to."
-        )
-    model = onnx.load(str(source))  # with the external data
+    model = onnx.load(str(files[0]))  # with the external data
     big = sum(f.stat().st_size for f in files) > EXTERNAL_DATA_BYTES
     onnx.save_model(model, str(dest), save_as_external_data=big, location=f"{dest.name}.data")
 

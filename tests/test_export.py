@@ -135,8 +135,11 @@ def test_exported_program_with_dynamic_batch(tmp_path):
     program = torch.export.export(
         _seeded(SmallCnn), (torch.randn(2, 3, 8, 8),), dynamic_shapes=({0: batch},)
     )
-    info = _export_and_check(_loaded(program, "exported_program"), IMAGE, tmp_path / "p.onnx")
-    assert info == {"exporter": "dynamo", "opset": info["opset"], "notes": []}
+    path = tmp_path / "p.onnx"
+    info = _export_and_check(_loaded(program, "exported_program"), IMAGE, path)
+    written = next(o.version for o in onnx.load(str(path)).opset_import if o.domain == "")
+    assert info == {"exporter": "dynamo", "opset": written, "notes": []}
+    assert written >= 18  # the dynamo exporter's opsets, not the TorchScript exporter's 17
 
 
 def test_two_inputs_float_and_token_ids(tmp_path):
@@ -152,10 +155,20 @@ def test_residual_connection(tmp_path):
     _export_and_check(_loaded(_seeded(Residual)), IMAGE, tmp_path / "res.onnx")
 
 
+class ReportsItsMode(nn.Module):
+    """Returns whether it ran in inference mode and whether it was in training mode."""
+
+    def forward(self, x):
+        flags = [torch.is_inference_mode_enabled(), torch.is_grad_enabled(), self.training]
+        return x.flatten(1)[:, :1] * 0 + torch.tensor([flags], dtype=x.dtype)
+
+
 def test_torch_outputs_flattens_and_runs_in_inference_mode():
     outputs = torch_outputs(_loaded(_seeded(TwoInputs)), generate_samples(TEXT, 3))
     assert [o.shape for o in outputs] == [(3, 4), (3, 4)]
     np.testing.assert_allclose(outputs[1].sum(-1), 1.0, rtol=1e-5)
+    (flags,) = torch_outputs(_loaded(ReportsItsMode().eval()), generate_samples(IMAGE, 2))
+    assert flags.tolist() == [[1.0, 0.0, 0.0]] * 2  # inference mode, no autograd, eval mode
 
 
 def test_parity_fails_against_a_different_model(tmp_path):

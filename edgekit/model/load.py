@@ -32,7 +32,6 @@ from edgekit.fsutil import sha256_file
 from edgekit.model.inputs import InputSpec, specs_from_onnx
 from edgekit.textsafe import plain
 
-FORMATS = ("torchscript", "exported_program", "pickled_module", "state_dict", "onnx")
 _ZIP_MAGIC = b"PK\x03\x04"
 _SAVE_HINT = (
     "edgekit reads TorchScript (torch.jit.save), torch.export programs (torch.export.save), "
@@ -45,7 +44,7 @@ _CHECKPOINT_KEYS = ("state_dict", "model_state_dict", "model", "net", "module")
 @dataclass
 class LoadedModel:
     path: Path
-    format: str  # one of FORMATS
+    format: str  # torchscript, exported_program, pickled_module, state_dict or onnx
     sha256: str
     module: Any | None  # nn.Module / ScriptModule / ExportedProgram; None for onnx
     input_specs: list[InputSpec] | None  # when the file carries shapes (onnx, .pt2)

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import numpy as np
 
-PARITY_SAMPLES = 16  # samples on which a rewritten or exported model is checked against its source
 REWRITE_TOLERANCE = 1e-4  # relative to the largest output: only float reassociation may differ
 
 
@@ -95,6 +94,7 @@ def same_function(before: Path, after: Path, ctx: PassContext, what: str) -> Non
     """A rewrite must compute the same function as its parent (float reassociation aside) on
     the first PARITY_SAMPLES samples; else PassFailed, and the rewritten file is removed."""
     from edgekit.accuracy import run_onnx
+    from edgekit.model.export import PARITY_SAMPLES
 
     feeds = {k: v[:PARITY_SAMPLES] for k, v in ctx.feeds.items()}
     expected, got = run_onnx(before, feeds), run_onnx(after, feeds)

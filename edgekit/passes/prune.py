@@ -23,7 +23,7 @@ import numpy as np
 from edgekit.accuracy import is_classifier_output, task_accuracy
 from edgekit.errors import EdgekitError
 from edgekit.model.inputs import InputSpec, check_data_matches, generate_samples, load_npz
-from edgekit.passes import PARITY_SAMPLES, PassContext, PassFailed, Variant
+from edgekit.passes import PassContext, PassFailed, Variant
 
 KINDS = ("unstructured", "structured")
 # Channel counts stay multiples of 8: onnxruntime's x86 NCHWc conv kernels block channels by 8
@@ -275,9 +275,7 @@ def prune_variant(
     pruned_model = dataclasses.replace(loaded, module=module)
     try:
         export = export_onnx(pruned_model, specs, out_path)
-        parity = check_parity(
-            pruned_model, out_path, {k: v[:PARITY_SAMPLES] for k, v in ctx.feeds.items()}
-        )
+        parity = check_parity(pruned_model, out_path, ctx.feeds)
     except EdgekitError as exc:
         raise PassFailed(f"the pruned model could not be exported: {exc}") from None
     passes.append(
