@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from edgekit.accuracy import drift, is_classifier_output, run_onnx
+from edgekit.accuracy import check_labels, drift, is_classifier_output, run_onnx
 from edgekit.errors import EdgekitError
 from edgekit.fsutil import sha256_file
 from edgekit.model.inputs import (
@@ -118,6 +118,7 @@ def optimize(model_path: Path, options: OptimizeOptions, step=no_progress) -> di
             fp32.notes += export.get("notes", [])
             with step("running the torch model for reference outputs"):
                 reference = torch_outputs(loaded, feeds)
+        check_labels(labels, reference, options.data)
 
         budget = options.budget or default_budget(
             is_classifier_output(reference), labels is not None
