@@ -260,11 +260,10 @@ def test_bench_and_optimize_share_one_definition_per_option(tmp_path):
         assert errors[0] == errors[1]
 
 
-@pytest.mark.parametrize("value, message", [("-1", "give 0 (no fine-tuning)"), ("x", "epochs")])
-def test_finetune_epochs_must_be_a_count(value, message, tmp_path):
+def test_finetune_epochs_must_not_be_negative(tmp_path):
     model = relu_model(tmp_path / "m.onnx")
-    proc = run_edgekit("optimize", model, "--finetune-epochs", value, "-o", tmp_path / "o")
-    assert proc.returncode == 2 and message in proc.stderr
+    proc = run_edgekit("optimize", model, "--finetune-epochs", "-1", "-o", tmp_path / "o")
+    assert proc.returncode == 2 and "give 0 (no fine-tuning)" in proc.stderr
 
 
 # ---------------------------------------------------------------- 4. no interval for the speedup
