@@ -49,24 +49,43 @@ def drift(
     reference: list[np.ndarray], outputs: list[np.ndarray], labels: np.ndarray | None = None
 ) -> tuple[dict, dict]:
     """Drift metrics and the reasons for any that could not be measured.
-    Returns (accuracy dict of the report contract, unmeasured {field: reason})."""
+    Returns (accuracy dict of the report contract, unmeasured {field: reason}).
+
+    A sample whose outputs hold NaN or infinity has failed: it is counted in `nonfinite_samples`
+    (and in `reference_nonfinite_samples` when the float reference itself failed on it), it never
+    agrees and is never correct, and the error and cosine over all samples are then undefined:
+    null, with the reason. NaN must never read as perfect agreement."""
     ref, out = _flat(reference), _flat(outputs)
-    err = np.abs(ref - out)
-    norms = np.linalg.norm(ref, axis=1) * np.linalg.norm(out, axis=1)
-    # Two all-zero vectors agree perfectly; one zero vector against a non-zero one does not.
-    cosine = np.where(norms > 0, np.sum(ref * out, axis=1) / np.where(norms > 0, norms, 1), 1.0)
-    cosine = np.where((norms == 0) & (np.abs(ref).sum(1) + np.abs(out).sum(1) > 0), 0.0, cosine)
+    ref_ok, out_ok = np.isfinite(ref).all(axis=1), np.isfinite(out).all(axis=1)
+    both_ok = ref_ok & out_ok
+    n = len(ref)
     result = {
-        "max_abs_err": float(err.max()),
-        "mean_abs_err": float(err.mean()),
-        "cosine_min": float(np.clip(cosine.min(), -1.0, 1.0)),
+        "max_abs_err": None,
+        "mean_abs_err": None,
+        "cosine_min": None,
         "top1_agreement": None,
         "task_accuracy": None,
-        "samples": len(ref),
+        "samples": n,
+        "nonfinite_samples": int(n - out_ok.sum()),
+        "reference_nonfinite_samples": int(n - ref_ok.sum()),
     }
     unmeasured = {}
-    if is_classifier_output(reference):
-        result["top1_agreement"] = float(np.mean(reference[0].argmax(1) == outputs[0].argmax(1)))
+    if both_ok.all():
+        err = np.abs(ref - out)
+        norms = np.linalg.norm(ref, axis=1) * np.linalg.norm(out, axis=1)
+        # Two all-zero vectors agree perfectly; one zero vector against a non-zero one does not.
+        cosine = np.where(norms > 0, np.sum(ref * out, axis=1) / np.where(norms > 0, norms, 1), 1.0)
+        cosine = np.where((norms == 0) & (np.abs(ref).sum(1) + np.abs(out).sum(1) > 0), 0.0, cosine)
+        result["max_abs_err"] = float(err.max()) if err.size else 0.0
+        result["mean_abs_err"] = float(err.mean()) if err.size else 0.0
+        result["cosine_min"] = float(np.clip(cosine.min(), -1.0, 1.0)) if n else None
+    else:
+        why = nonfinite_text(result)
+        for key in ("max_abs_err", "mean_abs_err", "cosine_min"):
+            unmeasured[f"accuracy.{key}"] = f"{why}: the error over all samples is undefined"
+    if is_classifier_output(reference) and is_classifier_output(outputs):
+        agree = (reference[0].argmax(1) == outputs[0].argmax(1)) & both_ok
+        result["top1_agreement"] = float(np.mean(agree))
     else:
         unmeasured["accuracy.top1_agreement"] = "the output is not classifier-shaped (N, classes)"
     if labels is None:
@@ -80,5 +99,77 @@ def drift(
     return result, unmeasured
 
 
+def nonfinite_text(accuracy: dict) -> str:
+    """Which samples failed (NaN or infinity), in words; '' when none did."""
+    n = accuracy.get("samples")
+    own = accuracy.get("nonfinite_samples") or 0
+    ref = accuracy.get("reference_nonfinite_samples") or 0
+    parts = []
+    if ref:
+        parts.append(
+            f"the float reference itself gave NaN or infinity on {ref} of {n} samples "
+            "(fix the model or the input data: drift against it means nothing)"
+        )
+    if own:
+        parts.append(f"{own} of {n} samples gave NaN or infinity (failed samples)")
+    return "; ".join(parts)
+
+
 def task_accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
-    return float(np.mean(logits.argmax(1) == labels.reshape(-1)))
+    """Share of samples predicted right; a sample with NaN or infinity in its logits is wrong."""
+    ok = np.isfinite(logits.reshape(len(logits), -1)).all(axis=1)
+    return float(np.mean((logits.argmax(1) == labels.reshape(-1)) & ok))
+
+
+def check_labels(labels: np.ndarray | None, reference_outputs: list[np.ndarray], source) -> None:
+    """Refuse labels that can never match the model's predictions (EdgekitError, exit 2): not
+    whole numbers, not one label per sample, or outside the model's class range. Such labels
+    would give every variant a task accuracy of 0 and an accuracy drop of 0 that passes any
+    budget. `source` names where they came from (the --data file)."""
+    if labels is None:
+        return
+    labels = np.asarray(labels)
+    fix = (
+        f"`labels` in {source} must be one integer class index per sample, shape (N,), "
+        "as numpy.savez(path, ..., labels=np.array([3, 0, 7, ...]))."
+    )
+    if labels.dtype.kind not in "iuf":
+        raise EdgekitError(
+            f"The labels in {source} are of type {labels.dtype}, not class numbers. {fix}"
+        )
+    if labels.ndim == 2 and labels.shape[1] == 1:
+        labels = labels[:, 0]
+    if labels.ndim != 1:
+        hint = ""
+        if labels.ndim == 2:
+            hint = " If they are one-hot rows, save labels.argmax(1) instead."
+        raise EdgekitError(
+            f"The labels in {source} have shape {tuple(labels.shape)}; edgekit needs one class "
+            f"index per sample.{hint} {fix}"
+        )
+    if labels.dtype.kind == "f" and not (
+        np.isfinite(labels).all() and (labels == np.round(labels)).all()
+    ):
+        raise EdgekitError(
+            f"The labels in {source} hold values that are not whole numbers (e.g. "
+            f"{_first_bad(labels, ~(np.isfinite(labels) & (labels == np.round(labels))))}). {fix}"
+        )
+    samples = len(reference_outputs[0]) if reference_outputs else None
+    if samples is not None and len(labels) != samples:
+        raise EdgekitError(f"{source} has {len(labels)} labels for {samples} samples. {fix}")
+    if not is_classifier_output(reference_outputs):
+        return  # task accuracy is reported as not measurable, with the reason
+    classes = reference_outputs[0].shape[1]
+    outside = (labels < 0) | (labels >= classes)
+    if outside.any():
+        raise EdgekitError(
+            f"The labels in {source} must be class indices 0 to {classes - 1} (the model has "
+            f"{classes} outputs per sample), but {int(outside.sum())} of {len(labels)} are "
+            f"outside that range (e.g. {_first_bad(labels, outside)}). Check that the labels "
+            "belong to this model and count classes from 0."
+        )
+
+
+def _first_bad(values: np.ndarray, bad: np.ndarray):
+    value = values[np.flatnonzero(bad)[0]]
+    return value.item() if hasattr(value, "item") else value

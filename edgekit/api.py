@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import onnx
 
-from edgekit.accuracy import drift, is_classifier_output, run_onnx
+from edgekit.accuracy import check_labels, drift, is_classifier_output, run_onnx
 from edgekit.bench.flops import files_on_disk
 from edgekit.errors import EdgekitError
 from edgekit.fsutil import output_folder, sha256_file
@@ -123,6 +123,7 @@ def _optimize(model_path: Path, options: OptimizeOptions, staging: Path, step) -
         fp32.notes += export.get("notes", [])
         with step("running the torch model for reference outputs"):
             reference = torch_outputs(loaded, feeds)
+    check_labels(labels, reference, options.data)
 
     budget = options.budget or default_budget(is_classifier_output(reference), labels is not None)
     ctx = PassContext(

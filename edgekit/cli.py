@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import re
 import signal
 import sys
 
@@ -17,6 +18,47 @@ from edgekit import __version__
 from edgekit.errors import EdgekitError
 
 COMMANDS = ("optimize", "bench", "compare", "serve", "deploy")
+
+# Optional modules and the extra that installs each: the core install (a device that only
+# benchmarks) has none of them, and a missing one is the user's set-up, not a bug in edgekit.
+EXTRAS = {
+    "torch": "torch",
+    "torchvision": "torch",
+    "onnxscript": "torch",
+    "onnxsim": "torch",
+    "sympy": "torch",
+    "torch_pruning": "torch",
+    "matplotlib": "html",
+    "uvicorn": "serve",
+    "starlette": "serve",
+    "prometheus_client": "serve",
+}
+TORCH_FIRST = (
+    "Install a CPU build of torch first (e.g. `pip install torch --index-url "
+    "https://download.pytorch.org/whl/cpu`, or the CPU wheel of your choice from pytorch.org): "
+    "a plain `pip install torch` pulls a multi-GB CUDA build. "
+)
+
+
+def missing_extra(exc: ImportError) -> str | None:
+    """The optional module this ImportError is about, if it is one of EXTRAS."""
+    name = (exc.name or "").split(".")[0]
+    if name in EXTRAS:
+        return name
+    if exc.name is None:  # e.g. an ImportError raised by an import hook or a package's __init__
+        found = re.search(r"\b(" + "|".join(EXTRAS) + r")\b", str(exc))
+        return found[1] if found else None
+    return None
+
+
+def extra_message(command: str, module: str, exc: ImportError) -> str:
+    extra = EXTRAS[module]
+    first = TORCH_FIRST if extra == "torch" else ""
+    return (
+        f"`edgekit {command}` needs {module}, which cannot be imported here ({exc}). It comes "
+        f"with the `{extra}` extra, which the core install (for devices that only benchmark) "
+        f"leaves out. {first}Then: pip install 'edgekit[{extra}]'"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -59,18 +101,29 @@ def main(argv: list[str] | None = None) -> int:
     except EdgekitError as exc:
         print(f"edgekit: error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except ImportError as exc:
+        module = missing_extra(exc)
+        if module is None:
+            return _internal_error(args, exc)
+        print(f"edgekit: error: {extra_message(args.command, module, exc)}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt as exc:
         print("edgekit: interrupted; earlier outputs are kept as they were.", file=sys.stderr)
         return 143 if isinstance(exc, Terminated) else 130
-    except Exception as exc:  # a bug in edgekit, not bad input: say so plainly
-        if args.debug or os.environ.get("EDGEKIT_DEBUG"):
-            raise
-        print(
-            f"edgekit: internal error: {type(exc).__name__}: {exc}\n"
-            "This is a bug in edgekit. Run again with --debug for the traceback and report it.",
-            file=sys.stderr,
-        )
-        return 3
+    except Exception as exc:
+        return _internal_error(args, exc)
+
+
+def _internal_error(args, exc: Exception) -> int:
+    """A bug in edgekit, not bad input: say so plainly (--debug raises it for the traceback)."""
+    if args.debug or os.environ.get("EDGEKIT_DEBUG"):
+        raise exc
+    print(
+        f"edgekit: internal error: {type(exc).__name__}: {exc}\n"
+        "This is a bug in edgekit. Run again with --debug for the traceback and report it.",
+        file=sys.stderr,
+    )
+    return 3
 
 
 if __name__ == "__main__":

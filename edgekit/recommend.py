@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from edgekit.accuracy import nonfinite_text
 from edgekit.errors import EdgekitError
 
 # metric name in --max-drift → (accuracy field, direction the bound applies in)
@@ -25,13 +26,19 @@ class Budget:
         return f"{self.metric}{METRICS[self.metric][1]}{self.bound:g}"
 
     def check(self, accuracy: dict | None, baseline_accuracy: dict | None) -> tuple[bool, str]:
-        """(within budget, the measured value as text). Unmeasured drift is never within budget."""
+        """(within budget, the measured value as text). Unmeasured drift is never within budget,
+        nor is a variant that gave NaN or infinity on any sample (or whose reference did)."""
+        failed = nonfinite_text(accuracy or {})
+        if failed:
+            return False, failed
         field = METRICS[self.metric][0]
         value = (accuracy or {}).get(field)
         if self.metric == "accuracy-drop":
             base = (baseline_accuracy or {}).get(field)
             if value is None or base is None:
                 return False, "task accuracy not measured"
+            if nonfinite_text(baseline_accuracy or {}):
+                return False, f"the baseline: {nonfinite_text(baseline_accuracy)}"
             drop = base - value
             return drop <= self.bound, f"accuracy drop {drop:+.4f}"
         if value is None:
@@ -58,8 +65,15 @@ def default_budget(classifier: bool, labelled: bool) -> Budget:
     return Budget("cosine", 0.99)
 
 
+NO_INTERVAL = (
+    "its 95% interval could not be computed from fewer than 3 timed rounds "
+    "(the model takes long per call: raise --max-time)"
+)
+
+
 def recommend(variants: list[dict], baseline: str, budget: Budget) -> dict:
-    """Pick from report variant rows. Returns the report's {variant, reason}."""
+    """Pick from report variant rows. Returns the report's {variant, reason}.
+    A speedup without a 95% interval (too few rounds) is never "measurably faster"."""
     by_name = {v["name"]: v for v in variants}
     base = by_name.get(baseline)
     if base is None or base.get("error") or not base.get("latency_ms"):
@@ -68,36 +82,48 @@ def recommend(variants: list[dict], baseline: str, budget: Budget) -> dict:
     for v in variants:
         if v["name"] == baseline:
             continue
-        if v.get("error") or not v.get("latency_ms") or not v.get("relative"):
+        rel = v.get("relative") or {}
+        speedup, ci = rel.get("speedup"), rel.get("ci95")
+        if v.get("error") or not v.get("latency_ms") or not speedup:
             rejected.append(f"{v['name']}: not measured")
             continue
         ok, measured = budget.check(v.get("accuracy"), base.get("accuracy"))
         if not ok:
             rejected.append(f"{v['name']}: over budget ({measured})")
             continue
-        rel = v["relative"]
-        lo, hi = rel.get("ci95") or (rel["speedup"], rel["speedup"])
-        if hi < 1.0:
-            rejected.append(f"{v['name']}: {1 / rel['speedup']:.2f}x slower than {baseline}")
+        if ci is not None and ci[1] < 1.0:
+            rejected.append(f"{v['name']}: {1 / speedup:.2f}x slower than {baseline}")
             continue
-        candidates.append((rel["speedup"], lo, v, measured))
+        if ci is None and speedup < 1.0:
+            rejected.append(
+                f"{v['name']}: {1 / speedup:.2f}x slower than {baseline} by the medians; "
+                f"{NO_INTERVAL}"
+            )
+            continue
+        faster = ci is not None and ci[0] > 1.0
+        candidates.append((faster, speedup, v, measured))
     if not candidates:
         why = "; ".join(rejected) or "no other variant"
         return {
             "variant": baseline,
             "reason": f"no variant is both within the budget {budget} and not slower ({why})",
         }
-    speedup, lo, best, measured = max(candidates, key=lambda c: c[0])
-    if lo <= 1.0:
+    faster, speedup, best, measured = max(candidates, key=lambda c: (c[0], c[1]))
+    ci = best["relative"].get("ci95")
+    if not faster:
         # Not measurably faster: still worth shipping only if it is smaller.
+        unsure = f" ({best['name']}: {NO_INTERVAL})" if ci is None else ""
         if (best.get("size_bytes") or 0) >= (base.get("size_bytes") or 0):
             return {
                 "variant": baseline,
-                "reason": f"no variant within the budget {budget} is measurably faster",
+                "reason": f"no variant within the budget {budget} is measurably faster{unsure}",
             }
-        speed = f"as fast as {baseline} within noise ({speedup:.2f}x)"
+        if ci is None:
+            speed = f"not measurably faster than {baseline} ({speedup:.2f}x by the medians; {NO_INTERVAL})"
+        else:
+            speed = f"as fast as {baseline} within noise ({speedup:.2f}x)"
     else:
-        speed = f"{speedup:.2f}x faster than {baseline} (95% CI {lo:.2f}–{best['relative']['ci95'][1]:.2f})"
+        speed = f"{speedup:.2f}x faster than {baseline} (95% CI {ci[0]:.2f}–{ci[1]:.2f})"
     size = ""
     if best.get("size_bytes") and base.get("size_bytes"):
         size = f", {best['size_bytes'] / base['size_bytes']:.0%} of its size"

@@ -15,12 +15,13 @@ examples:
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from pathlib import Path
 
-from edgekit import textsafe
 from edgekit.errors import EdgekitError
+from edgekit.textsafe import plain, rich
 
 HELP = "benchmark ONNX models (latency, cold start, memory) on this CPU"
 
@@ -57,7 +58,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--threads",
-        type=_thread_list,
+        type=thread_list,
         metavar="N[,N...]",
         help="intra-op threads; several values sweep (default: physical cores)",
     )
@@ -69,14 +70,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--min-time",
-        type=float,
+        type=seconds,
         default=2.0,
         metavar="S",
         help="seconds of timed runs per model, at least (default: 2)",
     )
     parser.add_argument(
         "--max-time",
-        type=float,
+        type=seconds,
         default=10.0,
         metavar="S",
         help="seconds of timed runs per model, at most (default: 10)",
@@ -141,14 +142,57 @@ def parse_targets(args) -> list:
     return remote.unique_names(targets)
 
 
-def _thread_list(text: str) -> list[int]:
+# Limits of the numeric options, defined once here; `edgekit optimize` uses the same checks.
+MAX_THREADS = 256
+MAX_SECONDS = 3600.0
+
+
+def thread_count(text: str) -> int:
+    """--threads N: a whole number from 1 to MAX_THREADS."""
     try:
-        values = [int(t) for t in text.split(",") if t.strip()]
+        value = int(text.strip())
     except ValueError:
-        values = []
-    if not values or any(v < 1 for v in values):
-        raise argparse.ArgumentTypeError(f"expected positive integers like 1,2,4, got {text!r}")
-    return values
+        raise argparse.ArgumentTypeError(
+            f"expected a whole number of threads like 1, 2 or 4, got {text!r}"
+        ) from None
+    if not 1 <= value <= MAX_THREADS:
+        raise argparse.ArgumentTypeError(
+            f"{value} threads: give 1 to {MAX_THREADS}. onnxruntime starts one thread per count, "
+            f"and more threads than this CPU's {os.cpu_count() or 'few'} logical cores only make "
+            "it slower (and thousands stall the machine for minutes)"
+        )
+    return value
+
+
+def thread_list(text: str) -> list[int]:
+    """--threads N[,N...]: one or more thread counts, each as thread_count()."""
+    parts = [t for t in text.split(",") if t.strip()]
+    if not parts:
+        raise argparse.ArgumentTypeError(f"expected thread counts like 1,2,4, got {text!r}")
+    return [thread_count(t) for t in parts]
+
+
+def seconds(text: str) -> float:
+    """--min-time / --max-time: a finite number of seconds above 0, at most MAX_SECONDS."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds like 2 or 0.5, got {text!r}") from None
+    if not math.isfinite(value) or not 0 < value <= MAX_SECONDS:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} seconds: give a number above 0 and at most {MAX_SECONDS:g} (an hour per "
+            "model); the benchmark stops by these times"
+        )
+    return value
+
+
+def check_times(min_time: float, max_time: float) -> None:
+    """--max-time must leave room for --min-time."""
+    if max_time < min_time:
+        raise EdgekitError(
+            f"--max-time {max_time:g} is less than --min-time {min_time:g}. Give "
+            "--max-time at least as long as --min-time (seconds of timed runs per model)."
+        )
 
 
 def _check_model(path: Path) -> None:
@@ -236,11 +280,12 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from edgekit.bench import BenchOptions, measure
+    from edgekit.fsutil import check_output_dir
     from edgekit.report import schema, terminal
     from edgekit.report.write import write_outputs
 
-    if args.min_time <= 0 or args.max_time < args.min_time:
-        raise EdgekitError("Give 0 < --min-time <= --max-time (seconds of timed runs per model).")
+    check_times(args.min_time, args.max_time)
+    check_output_dir(args.output)
     for path in args.models:
         _check_model(path)
     specs, feeds, data = _feeds(args, args.models[0])
@@ -273,11 +318,29 @@ def run(args: argparse.Namespace) -> int:
         console = terminal.stdout_console()
         terminal.show_report(report, console)
         for line in summary_lines(report):
-            console.print(textsafe.plain(line), highlight=False, markup=False)
+            console.print(plain(line), highlight=False, markup=False)
         if target:
-            console.print(f"measured on {target.spec}, over SSH", highlight=False, markup=False)
-        console.print(f"[dim]report: {textsafe.rich(args.output / 'report.json')}[/dim]")
-    return 0
+            console.print(
+                f"measured on {plain(target.spec)}, over SSH", highlight=False, markup=False
+            )
+        console.print(f"[dim]report: {rich(args.output / 'report.json')}[/dim]")
+    return _exit_code(report)
+
+
+def _exit_code(report: dict) -> int:
+    """1 when every model failed (each failure printed to stderr, where -q and --json still
+    show it), else 0: a run that measured nothing is not a success."""
+    rows = report["variants"]
+    if any(not v.get("error") for v in rows):
+        return 0
+    for v in rows:
+        print(f"edgekit: error: {plain(v['name'])} failed: {plain(v['error'])}", file=sys.stderr)
+    print(
+        f"edgekit: error: every model failed ({len(rows)} of {len(rows)}); nothing was measured. "
+        "The report holds the errors.",
+        file=sys.stderr,
+    )
+    return 1
 
 
 def _fleet(args, targets, paths, options, specs, feeds, data) -> int:
@@ -321,10 +384,10 @@ def _fleet(args, targets, paths, options, specs, feeds, data) -> int:
     elif not args.quiet:
         console = terminal.stdout_console()
         terminal.show_fleet(result, console)
-        console.print(f"[dim]summary: {textsafe.rich(args.output / 'summary.md')}[/dim]")
+        console.print(f"[dim]summary: {rich(args.output / 'summary.md')}[/dim]")
     for outcome in outcomes:
         if outcome.error:
-            print(f"edgekit: error: {textsafe.plain(outcome.error)}", file=sys.stderr)
+            print(f"edgekit: error: {plain(outcome.error)}", file=sys.stderr)
     return 1 if result["failed"] else 0
 
 

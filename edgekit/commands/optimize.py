@@ -21,9 +21,29 @@ import contextlib
 import sys
 from pathlib import Path
 
-from edgekit.commands.bench import add_target_arguments, parse_targets
+from edgekit.commands.bench import (
+    add_target_arguments,
+    check_times,
+    parse_targets,
+    seconds,
+    thread_count,
+)
 
 HELP = "make, measure and recommend deployable variants of a PyTorch model"
+MAX_EPOCHS = 10_000
+
+
+def epochs(text: str) -> int:
+    """--finetune-epochs N: a whole number from 0 to MAX_EPOCHS."""
+    try:
+        value = int(text.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a whole number of epochs, got {text!r}"
+        ) from None
+    if not 0 <= value <= MAX_EPOCHS:
+        raise argparse.ArgumentTypeError(f"{value} epochs: give 0 (no fine-tuning) to {MAX_EPOCHS}")
+    return value
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -76,7 +96,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     prune.add_argument(
         "--finetune-epochs",
-        type=int,
+        type=epochs,
         default=0,
         metavar="N",
         help="fine-tune each pruned model for N epochs on --train-data before export",
@@ -112,18 +132,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     bench = parser.add_argument_group("benchmark")
     bench.add_argument(
-        "--threads", metavar="N", type=int, help="intra-op threads (default: physical cores)"
+        "--threads",
+        metavar="N",
+        type=thread_count,
+        help="intra-op threads (default: physical cores)",
     )
     bench.add_argument(
         "--min-time",
-        type=float,
+        type=seconds,
         default=2.0,
         metavar="S",
         help="seconds of timed runs per variant, at least (default 2)",
     )
     bench.add_argument(
         "--max-time",
-        type=float,
+        type=seconds,
         default=10.0,
         metavar="S",
         help="seconds of timed runs per variant, at most (default 10)",
@@ -142,11 +165,11 @@ def run(args: argparse.Namespace) -> int:
     from edgekit.recommend import parse_budget
     from edgekit.report import terminal
     from edgekit.report.schema import to_json
+    from edgekit.textsafe import rich
 
     if not args.model.exists():
         raise EdgekitError(f"The model file {args.model} does not exist. Check the path.")
-    if args.min_time <= 0 or args.max_time < args.min_time:
-        raise EdgekitError("--min-time must be > 0 and --max-time at least --min-time.")
+    check_times(args.min_time, args.max_time)
     targets = parse_targets(args)
     if targets:  # fail before minutes of exporting, not after
         from edgekit.bench.remote import probe
@@ -160,7 +183,7 @@ def run(args: argparse.Namespace) -> int:
         data=args.data,
         out_dir=args.output,
         budget=parse_budget(args.max_drift) if args.max_drift else None,
-        threads=[args.threads] if args.threads else None,
+        threads=None if args.threads is None else [args.threads],
         min_time=args.min_time,
         max_time=args.max_time,
         target=targets[0] if targets else None,
@@ -188,5 +211,5 @@ def run(args: argparse.Namespace) -> int:
     elif not args.quiet:
         terminal.show_report(report)
         out_dir = args.output or default_out_dir(args.model)
-        console.print(f"[dim]report written to {out_dir}/[/dim]")
+        console.print(f"[dim]report written to {rich(out_dir)}/[/dim]")
     return 0
