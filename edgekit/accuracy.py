@@ -12,26 +12,36 @@ from edgekit.errors import EdgekitError
 
 def run_onnx(path: Path, feeds: dict[str, np.ndarray], chunk: int = 64) -> list[np.ndarray]:
     """All outputs for all samples, `chunk` samples per call, or the model's own batch size
-    where its batch axis is fixed (an ONNX file from elsewhere may have batch 1 baked in)."""
+    where its batch axis is fixed (an ONNX file from elsewhere may have batch 1 baked in).
+    The one place edgekit runs a model outside the benchmark."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
-    options.log_severity_level = 3
+    options.log_severity_level = 4  # fatal only: failures come back as exceptions
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    total = len(next(iter(feeds.values())))
+    names = [i.name for i in session.get_inputs()]
+    missing = [n for n in names if n not in feeds]
+    if missing:
+        raise EdgekitError(
+            f"The ONNX model {path} needs inputs {missing}, but only {list(feeds)} were given. "
+            "Name the inputs with --input (or the arrays in --data) after the model's inputs."
+        )
+    total = len(feeds[names[0]]) if names else 1
     fixed = {i.shape[0] for i in session.get_inputs() if i.shape and isinstance(i.shape[0], int)}
     if fixed:
         chunk = fixed.pop()
         if total % chunk:
             raise EdgekitError(
-                f"{path.name} has a fixed batch size of {chunk}, and {total} samples do not "
+                f"{Path(path).name} has a fixed batch size of {chunk}, and {total} samples do not "
                 f"divide into batches of {chunk}. Give --data with a multiple of {chunk} samples, "
                 "or export the model with a dynamic batch axis."
             )
+    run_options = ort.RunOptions()
+    run_options.log_severity_level = 4
     parts: list[list[np.ndarray]] = []
     for start in range(0, total, chunk):
-        batch = {name: array[start : start + chunk] for name, array in feeds.items()}
-        parts.append(session.run(None, batch))
+        batch = {n: feeds[n][start : start + chunk] for n in names}
+        parts.append(session.run(None, batch, run_options))
     return [np.concatenate([p[i] for p in parts]) for i in range(len(parts[0]))]
 
 

@@ -1,13 +1,17 @@
-"""`optimize()`: what the CLI and Python users call to turn a model file into a measured report.
+"""What the CLI and Python users call: `optimize()`, `bench()`, `bench_fleet()`, `compare()`.
+Each returns the dict its report.json (or `compare --json`) holds; the commands only parse
+arguments, call these, and print.
 
-model file ─load─▶ LoadedModel + InputSpecs ─export─▶ fp32 ─simplify · quantize─▶ variants
+optimize: model file ─load─▶ LoadedModel + Samples ─export─▶ fp32 ─passes (PIPELINE)─▶ variants
   ─accuracy vs the float model─▶ drift ─bench (worker processes, interleaved)─▶ latency, memory
   ─recommend─▶ report
+bench: ONNX files ─bench─▶ report (torch-free: runs on the device)
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -18,21 +22,15 @@ import numpy as np
 import onnx
 
 from edgekit.accuracy import check_labels, drift, is_classifier_output, run_onnx
-from edgekit.bench.flops import files_on_disk
+from edgekit.bench import BenchOptions, BenchResult, measure
+from edgekit.bench.flops import files_on_disk, size_on_disk
 from edgekit.errors import EdgekitError
 from edgekit.fsutil import output_folder, sha256_file
-from edgekit.model.inputs import (
-    InputSpec,
-    check_data_matches,
-    generate_samples,
-    load_npz,
-    parse_input_spec,
-    specs_from_data,
-)
+from edgekit.model.inputs import Samples, resolve_samples
 from edgekit.passes import PassContext, Variant
 from edgekit.recommend import Budget, default_budget, recommend
 from edgekit.report.schema import add_measurement, new_report, new_variant
-from edgekit.report.write import write_outputs
+from edgekit.report.write import write_fleet_summary, write_outputs
 
 if TYPE_CHECKING:
     from edgekit.bench.remote import Target
@@ -60,6 +58,12 @@ class OptimizeOptions:
     finetune_epochs: int = 0  # fine-tune pruned models on train_data before export
     train_data: Path | None = None  # labelled .npz kept apart from `data`
 
+    def __post_init__(self) -> None:
+        self.bench_options()  # bad timing options fail before minutes of work, not after
+
+    def bench_options(self) -> BenchOptions:
+        return BenchOptions(threads=self.threads, min_time=self.min_time, max_time=self.max_time)
+
 
 @contextlib.contextmanager
 def no_progress(message: str) -> Iterator[Callable[[str], None]]:
@@ -76,7 +80,10 @@ def optimize(model_path: Path, options: OptimizeOptions, step=no_progress) -> di
     Bad input raises EdgekitError before anything is written; a failing pass or benchmark
     becomes an error row. Earlier outputs in the folder are replaced only at the very end, all
     at once (edgekit.fsutil.output_folder)."""
+    from edgekit.model.load import check_model_file
+
     model_path = Path(model_path)
+    check_model_file(model_path)  # before an output folder is made beside it
     out_dir = Path(options.out_dir or default_out_dir(model_path))
     # The folder is locked and checked before minutes of work; it changes only at the very end.
     with output_folder(out_dir, inputs=_input_files(model_path, options)) as staging:
@@ -94,16 +101,11 @@ def _optimize(model_path: Path, options: OptimizeOptions, staging: Path, step) -
         loaded = load_model(
             model_path, arch=options.arch, code=options.code, trust_pickle=options.trust_pickle
         )
-    arrays, labels = load_npz(options.data) if options.data else (None, None)
-    specs = _input_specs(options.inputs, loaded.input_specs, arrays)
-    if arrays is not None:
-        check_data_matches(specs, arrays, str(options.data))
-        feeds = {s.name: arrays[s.name] for s in specs}
-    else:
-        feeds = generate_samples(specs, GENERATED_SAMPLES)
+    samples = resolve_samples(options.inputs, loaded.input_specs, options.data, GENERATED_SAMPLES)
+    specs, feeds, labels = samples.specs, samples.feeds, samples.labels
     settings = [p.check(options, specs, feeds) for p in PIPELINE]  # bad options fail here
 
-    batch = specs[0].shape[0]  # drift is measured at the batch the model is timed at
+    batch = samples.batch  # drift is measured at the batch the model is timed at
     fp32 = Variant("fp32", staging / "fp32.onnx")
     if loaded.format == "onnx":
         _copy_onnx(loaded.files, fp32.path)
@@ -131,7 +133,7 @@ def _optimize(model_path: Path, options: OptimizeOptions, staging: Path, step) -
         feeds=feeds,
         labels=labels,
         reference=reference,
-        data_is_real=arrays is not None,
+        data_is_real=samples.data is not None,
         budget=budget,
         step=step,
         batch=batch,
@@ -146,7 +148,14 @@ def _optimize(model_path: Path, options: OptimizeOptions, staging: Path, step) -
     with step("measuring accuracy"):
         rows = {v.name: _variant_row(v, ctx) for v in variants}
     measured = [v for v in variants if v.error is None]
-    bench_result = _bench(measured, feeds, specs, options, step)
+    with step("benchmarking " + ", ".join(v.name for v in measured)) as update:
+        bench_result = measure(
+            {v.name: v.path for v in measured},
+            samples.first_batch(),
+            options.bench_options(),
+            progress=update,
+            target=options.target,
+        )
     for name, measured_row in bench_result.variants.items():
         add_measurement(rows[name], measured_row)
 
@@ -154,14 +163,8 @@ def _optimize(model_path: Path, options: OptimizeOptions, staging: Path, step) -
     report = new_report(
         "optimize",
         source={"path": str(model_path), "format": loaded.format, "sha256": loaded.sha256},
-        inputs=_inputs_json(specs, variants, feeds, arrays is not None),
-        data={
-            "path": str(options.data) if options.data else None,
-            "samples": len(next(iter(feeds.values()))),
-            "labels": labels is not None,
-            "generated": arrays is None,
-            "drift_batch": batch,
-        },
+        inputs=_inputs_json(samples, variants),
+        data={**samples.to_json(), "drift_batch": batch},
         device=bench_result.device,
         settings=bench_result.settings,
         variants=variant_rows,
@@ -175,22 +178,22 @@ def _optimize(model_path: Path, options: OptimizeOptions, staging: Path, step) -
     return report
 
 
-def _inputs_json(specs, variants: list[Variant], feeds, real: bool) -> list[dict]:
+def _inputs_json(samples: Samples, variants: list[Variant]) -> list[dict]:
     """The inputs of the report; where static int8 was calibrated, the range each input was
     calibrated on (served inputs outside it are the ones int8 clips: `edgekit serve` counts them)."""
-    inputs = [s.to_json() for s in specs]
+    inputs = [s.to_json() for s in samples.specs]
     settings = [p["settings"] for v in variants for p in v.passes if p["name"] == "quantize-static"]
     if not settings:
         return inputs
-    samples = settings[0]["calibration_samples"]
-    for entry, spec in zip(inputs, specs, strict=True):
-        values = feeds[spec.name][:samples]
+    count = settings[0]["calibration_samples"]
+    for entry, spec in zip(inputs, samples.specs, strict=True):
+        values = samples.feeds[spec.name][:count]
         if np.issubdtype(values.dtype, np.number) and values.size:
             entry["calibration"] = {
                 "min": float(values.min()),
                 "max": float(values.max()),
-                "samples": samples,
-                "source": "--data" if real else "generated",
+                "samples": count,
+                "source": "--data" if samples.data else "generated",
             }
     return inputs
 
@@ -223,29 +226,12 @@ def _keep_only(folder: Path, files: list[Path]) -> None:
             shutil.rmtree(path) if path.is_dir() else path.unlink()
 
 
-def _input_specs(
-    texts: Sequence[str], from_file: list[InputSpec] | None, arrays: dict | None
-) -> list[InputSpec]:
-    """--input wins; then shapes the file carries; then the shapes of the --data arrays."""
-    if texts:
-        return [parse_input_spec(t) for t in texts]
-    if from_file:
-        return from_file
-    if arrays is not None:
-        return specs_from_data(arrays)
-    raise EdgekitError(
-        "This model file does not say what input it takes. Give its shape with "
-        "`--input NAME:1x3x224x224:float32` (repeat for several inputs), or pass real samples "
-        "with `--data FILE.npz` (arrays named after the inputs)."
-    )
-
-
 def _variant_row(v: Variant, ctx: PassContext) -> dict:
     row = new_variant(v.name, parent=v.parent, passes=v.passes, notes=list(v.notes), error=v.error)
     row.update(v.extra)
     if v.error:
         return row
-    row.update(file=v.path.name, size_bytes=v.path.stat().st_size, sha256=sha256_file(v.path))
+    row.update(file=v.path.name, size_bytes=size_on_disk(v.path), sha256=sha256_file(v.path))
     try:
         accuracy, unmeasured = drift(ctx.reference, ctx.outputs(v.path), ctx.labels)
     except Exception as exc:  # onnxruntime refuses the model: a row with the reason
@@ -256,13 +242,166 @@ def _variant_row(v: Variant, ctx: PassContext) -> dict:
     return row
 
 
-def _bench(variants: list[Variant], feeds, specs: list[InputSpec], options, step):
-    from edgekit.bench import BenchOptions, measure
+# ---------------------------------------------------------------------------- bench
 
-    batch = {s.name: feeds[s.name][: s.shape[0]] for s in specs}
-    bench_options = BenchOptions(
-        threads=options.threads, min_time=options.min_time, max_time=options.max_time
+
+def bench(
+    models: Sequence[Path],
+    options: BenchOptions | None = None,
+    *,
+    inputs: Sequence[str] = (),
+    data: Path | None = None,
+    out_dir: Path | None = None,
+    target: Target | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> dict:
+    """Time ONNX models on this CPU (or on `target` over SSH); the first is the baseline.
+    Returns the report, also written to `out_dir` when given (published whole). Torch-free."""
+    options = options or BenchOptions()
+    with _bench_output(out_dir, models) as staging:
+        paths, samples = _bench_inputs(models, inputs, data)
+        result = measure(paths, samples.first_batch(), options, progress=progress, target=target)
+        report = _bench_report(result, paths, options, samples, out_dir)
+        if staging:
+            write_outputs(report, staging)
+    return report
+
+
+def bench_fleet(
+    models: Sequence[Path],
+    targets: Sequence[Target],
+    options: BenchOptions | None = None,
+    *,
+    inputs: Sequence[str] = (),
+    data: Path | None = None,
+    out_dir: Path,
+) -> dict:
+    """Time the models on every device at once: OUT/<device>/report.* each, and a summary
+    (returned, and written as OUT/summary.json and summary.md) comparing them. A device that
+    fails gets an error report; `summary["failed"]` counts them."""
+    from edgekit.bench import remote
+
+    if not targets:
+        raise EdgekitError("The fleet lists no device: give --target or a --targets file.")
+    options = options or BenchOptions()
+    with output_folder(out_dir, inputs=models) as staging:
+        paths, samples = _bench_inputs(models, inputs, data)
+
+        def bench_one(target) -> dict:
+            result = measure(paths, samples.first_batch(), options, target=target)
+            report = _bench_report(result, paths, options, samples, Path(out_dir) / target.name)
+            write_outputs(report, staging / target.name)
+            return report
+
+        def fail_report(target, message: str) -> dict:
+            report = new_report(
+                "bench",
+                inputs=[s.to_json() for s in samples.specs],
+                data=samples.to_json(),
+                device={"target": target.spec},
+                variants=[new_variant(name, error=message) for name in paths],
+            )
+            write_outputs(report, staging / target.name)
+            return report
+
+        summary = remote.summary(remote.run_fleet(list(targets), bench_one, fail_report))
+        write_fleet_summary(summary, staging)
+    return summary
+
+
+@contextlib.contextmanager
+def _bench_output(out_dir: Path | None, models: Sequence[Path]) -> Iterator[Path | None]:
+    if out_dir is None:
+        yield None
+        return
+    with output_folder(out_dir, inputs=models) as staging:
+        yield staging
+
+
+def _bench_inputs(models, inputs, data) -> tuple[dict[str, Path], Samples]:
+    """Checked ONNX files by variant name, and one batch of samples from --input / --data / the
+    first model's own shapes."""
+    from edgekit.model.load import load_onnx
+
+    models = [Path(m) for m in models]
+    loaded = [load_onnx(m, read_inputs=i == 0 and not inputs) for i, m in enumerate(models)]
+    samples = resolve_samples(inputs, loaded[0].input_specs, data, generated=1)
+    return dict(zip(_unique_names(models), models, strict=True)), samples
+
+
+def _unique_names(paths: list[Path]) -> list[str]:
+    """Variant names from file stems, made unique (model, model-2, ...)."""
+    names: list[str] = []
+    for path in paths:
+        name, n = path.stem, 2
+        while name in names:
+            name, n = f"{path.stem}-{n}", n + 1
+        names.append(name)
+    return names
+
+
+def _bench_report(
+    result: BenchResult, paths: dict[str, Path], options: BenchOptions, samples: Samples, out_dir
+) -> dict:
+    sweep = len(options.threads or []) > 1
+    rows = []
+    for key, measured in result.variants.items():
+        model = paths[key.rsplit("@", 1)[0] if sweep else key]
+        row = new_variant(
+            key,
+            file=_relative_to(model, out_dir),
+            size_bytes=measured["size_bytes"],
+            sha256=sha256_file(model),
+            unmeasured={"accuracy": "edgekit bench has no reference outputs"},
+        )
+        rows.append(add_measurement(row, measured))
+    return new_report(
+        "bench",
+        inputs=[s.to_json() for s in samples.specs],
+        data=samples.to_json(),
+        device=result.device,
+        settings=result.settings,
+        variants=rows,
+        warnings=result.warnings,
     )
-    with step("benchmarking " + ", ".join(v.name for v in variants)) as update:
-        models = {v.name: v.path for v in variants}
-        return measure(models, batch, bench_options, progress=update, target=options.target)
+
+
+def _relative_to(path: Path, folder: Path | None) -> str:
+    """The model's path as seen from the report's folder (where report.json will be)."""
+    if folder is None:
+        return str(path.resolve())
+    try:
+        return os.path.relpath(path.resolve(), Path(folder).resolve())
+    except ValueError:  # another drive on Windows
+        return str(path.resolve())
+
+
+# ---------------------------------------------------------------------------- compare
+
+
+def compare(
+    a: Path | dict,
+    b: Path | dict | None = None,
+    *,
+    normalize: bool = False,
+    fail_if_slower: float | None = None,
+    fail_if_drift: float | None = None,
+    fail_if_larger: float | None = None,
+) -> dict:
+    """Two reports side by side (paths, folders or report dicts), or with one report each variant
+    against its float root. `result["exit_code"]` is 1 when a gate tripped. Torch-free."""
+    from edgekit.report import compare as comparison
+    from edgekit.report.read import read_report
+
+    given = [r for r in (a, b) if r is not None]
+    reports = [r if isinstance(r, dict) else read_report(r) for r in given]
+    labels = tuple("report" if isinstance(r, dict) else str(r) for r in given) + ("",)
+    return comparison.compare(
+        reports[0],
+        reports[1] if len(reports) == 2 else None,
+        labels=labels,
+        fail_if_slower=fail_if_slower,
+        fail_if_drift=fail_if_drift,
+        fail_if_larger=fail_if_larger,
+        normalize=normalize,
+    )

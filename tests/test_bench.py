@@ -250,7 +250,7 @@ def unknown_shape_model(path: Path) -> Path:
     "case, message",
     [
         ("missing", "does not exist"),
-        ("not-onnx", "is not an ONNX model"),
+        ("not-onnx", "is not a model file edgekit can read"),
         ("unknown-shape", "unknown size on axis 1"),
     ],
 )

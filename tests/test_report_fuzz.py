@@ -143,7 +143,7 @@ def _exercise(path, good: dict, i: int) -> None:
 
 def test_mutated_reports_give_a_result_or_one_clear_error(tmp_path, monkeypatch):
     # fewer bootstrap resamples: the same code paths, in a fraction of the time
-    monkeypatch.setattr(compare, "ratio_ci", functools.partial(compare.ratio_ci, n_boot=64))
+    monkeypatch.setattr(compare, "sample_ratio", functools.partial(compare.sample_ratio, n_boot=64))
     rng = random.Random(SEED)
     seeds = _seeds()
     good = read_report(FIXTURES / "good_small.json")

@@ -163,7 +163,7 @@ def side_by_side(model, spec, value_range, report, out: Path, args) -> list[tupl
                 start = time.perf_counter()
                 run()
                 rounds[key].append([(time.perf_counter() - start) * 1e3])
-    eager = stats.ratio_of_medians(rounds["ort"], rounds["eager"])["ratio"]
+    eager = 1 / stats.paired_ratio(rounds["ort"], rounds["eager"])["ratio"]
 
     rows = [("PyTorch eager fp32", eager, "(reference)")]
     for label, path in files.items():

@@ -19,8 +19,11 @@ from pathlib import Path
 import numpy as np
 
 from edgekit.bench import device, flops, remote, runner, stats
+from edgekit.errors import EdgekitError
 
 OUTLIER_NOTE_FRACTION = 0.05
+MAX_THREADS = 256
+MAX_SECONDS = 3600.0
 # report.json keeps at most this many timings per variant (docs/report-schema.md): enough for
 # compare's block bootstrap, while a 5 µs model timed for 10 s would otherwise write ~10^6 of them
 MAX_SAMPLES = 2000
@@ -40,6 +43,30 @@ class BenchOptions:
     # ... and stop spinning when run() returns (session.force_spinning_stop), so that an idle
     # worker's threads do not take the cores from the worker being timed.
     stop_spinning: bool = True
+
+    def __post_init__(self) -> None:
+        """Numbers that would hang the runner (NaN defeats every stop test) or stall the machine
+        (thousands of threads) are refused here, for the CLI and Python callers alike."""
+        for name in ("min_time", "max_time"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and 0 < value <= MAX_SECONDS):
+                raise EdgekitError(
+                    f"{name} = {value!r}: give seconds of timed runs per model, above 0 and at "
+                    f"most {MAX_SECONDS:g} (an hour); the benchmark stops by these times."
+                )
+        if self.max_time < self.min_time:
+            raise EdgekitError(
+                f"--max-time (max_time) {self.max_time:g} is less than --min-time (min_time) "
+                f"{self.min_time:g}. Give --max-time at least as long as --min-time (seconds of "
+                "timed runs per model)."
+            )
+        for threads in self.threads or []:
+            if not (isinstance(threads, int) and 1 <= threads <= MAX_THREADS):
+                raise EdgekitError(
+                    f"{threads!r} threads: give 1 to {MAX_THREADS}. onnxruntime starts one thread "
+                    "per count, and more threads than the CPU's cores only make it slower "
+                    "(thousands stall the machine for minutes)."
+                )
 
 
 @dataclass
@@ -252,13 +279,8 @@ def _variant(job: runner.Job, count, baseline: runner.Job) -> dict:
     elif baseline.error:
         v["unmeasured"]["relative"] = f"the baseline {baseline.name} failed"
     else:
-        r = stats.ratio_of_medians(baseline.rounds, job.rounds)
-        v["relative"] = {
-            "baseline": baseline.name,
-            "speedup": r["ratio"],
-            "ci95": r["ci95"],
-            "significant": r["significant"],
-        }
+        ratio = stats.paired_ratio(baseline.rounds, job.rounds)
+        v["relative"] = {"baseline": baseline.name, **stats.speedup(ratio)}
     return v
 
 

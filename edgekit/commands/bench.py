@@ -20,7 +20,7 @@ import os
 import sys
 from pathlib import Path
 
-from edgekit.errors import EdgekitError
+from edgekit.bench import MAX_SECONDS, MAX_THREADS
 from edgekit.textsafe import plain, rich
 
 HELP = "benchmark ONNX models (latency, cold start, memory) on this CPU"
@@ -142,9 +142,8 @@ def parse_targets(args) -> list:
     return remote.unique_names(targets)
 
 
-# Limits of the numeric options, defined once here; `edgekit optimize` uses the same checks.
-MAX_THREADS = 256
-MAX_SECONDS = 3600.0
+# The argument types of the numeric options, defined once here; `edgekit optimize` uses them
+# too. Their limits are edgekit.bench's, which BenchOptions enforces for Python callers.
 
 
 def thread_count(text: str) -> int:
@@ -186,111 +185,13 @@ def seconds(text: str) -> float:
     return value
 
 
-def check_times(min_time: float, max_time: float) -> None:
-    """--max-time must leave room for --min-time."""
-    if max_time < min_time:
-        raise EdgekitError(
-            f"--max-time {max_time:g} is less than --min-time {min_time:g}. Give "
-            "--max-time at least as long as --min-time (seconds of timed runs per model)."
-        )
-
-
-def _check_model(path: Path) -> None:
-    """Fail early and clearly on a file that is missing or is not an ONNX model."""
-    import onnx
-    from google.protobuf.message import DecodeError
-
-    from edgekit.errors import EdgekitError
-
-    if not path.is_file():
-        raise EdgekitError(f"The model file {path} does not exist. Pass the path of an .onnx file.")
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-    except (DecodeError, ValueError, OSError, RuntimeError) as exc:
-        model, reason = None, str(exc)
-    else:
-        reason = "it holds no graph"
-    if model is None or model.ir_version == 0 or not model.graph.node:
-        raise EdgekitError(
-            f"The file {path} is not an ONNX model ({reason}). `edgekit bench` times .onnx files; "
-            "run `edgekit optimize` to export a PyTorch model first."
-        )
-
-
-def _feeds(args, first_model: Path):
-    """The input specs and one batch of feeds, from --input / --data / the model itself."""
-    import numpy as np
-
-    from edgekit.errors import EdgekitError
-    from edgekit.model import inputs
-
-    if args.input:
-        specs = [inputs.parse_input_spec(text) for text in args.input]
-    else:
-        try:
-            specs = inputs.specs_from_onnx(first_model)
-        except EdgekitError:
-            raise
-        except Exception as exc:
-            raise EdgekitError(
-                f"onnxruntime cannot load {first_model}: {exc}. Check that the file is a complete, "
-                "valid ONNX model."
-            ) from None
-    batch = specs[0].shape[0]
-    if args.data is None:
-        feeds = inputs.generate_samples(specs, count=batch)
-        data = {"path": None, "samples": batch, "labels": False, "generated": True}
-        return specs, feeds, data
-    arrays, labels = inputs.load_npz(args.data)
-    inputs.check_data_matches(specs, arrays, str(args.data))
-    count = len(next(iter(arrays.values())))
-    if count < batch:
-        raise EdgekitError(
-            f"The data file {args.data} has {count} samples; the batch needs {batch}."
-        )
-    feeds = {s.name: np.ascontiguousarray(arrays[s.name][:batch].astype(s.dtype)) for s in specs}
-    data = {
-        "path": str(args.data),
-        "samples": count,
-        "labels": labels is not None,
-        "generated": False,
-    }
-    return specs, feeds, data
-
-
-def _names(paths: list[Path]) -> list[str]:
-    """Variant names from file stems, made unique (model, model-2, ...)."""
-    names: list[str] = []
-    for path in paths:
-        name, n = path.stem, 2
-        while name in names:
-            name, n = f"{path.stem}-{n}", n + 1
-        names.append(name)
-    return names
-
-
-def _file_field(path: Path, out_dir: Path) -> str:
-    try:
-        return os.path.relpath(path.resolve(), out_dir.resolve())
-    except ValueError:  # another drive on Windows
-        return str(path.resolve())
-
-
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from edgekit.bench import BenchOptions, measure
-    from edgekit.fsutil import check_output_dir
+    from edgekit.api import bench
+    from edgekit.bench import BenchOptions
     from edgekit.report import schema, terminal
-    from edgekit.report.write import write_outputs
 
-    check_times(args.min_time, args.max_time)
-    check_output_dir(args.output)
-    for path in args.models:
-        _check_model(path)
-    specs, feeds, data = _feeds(args, args.models[0])
-
-    paths = dict(zip(_names(args.models), args.models, strict=True))
     options = BenchOptions(
         threads=args.threads,
         arena=args.arena == "on",
@@ -299,30 +200,23 @@ def run(args: argparse.Namespace) -> int:
         profile=args.profile,
     )
     targets = parse_targets(args)
-    if len(targets) > 1 or getattr(args, "targets", None):
-        return _fleet(args, targets, paths, options, specs, feeds, data)
+    if len(targets) > 1 or args.targets:
+        return _fleet(args, targets, options)
     target = targets[0] if targets else None
-    err = Console(stderr=True)
-    if args.quiet:
-        result = measure(paths, feeds, options, target=target)
+    common = dict(inputs=args.input, data=args.data, out_dir=args.output, target=target)
+    if args.quiet or args.json:
+        report = bench(args.models, options, **common)
     else:
-        with err.status("benchmarking") as status:
-            result = measure(paths, feeds, options, progress=status.update, target=target)
-
-    report = _report(result, paths, options, specs, data, args.output)
-    write_outputs(report, args.output)
+        with Console(stderr=True).status("benchmarking") as status:
+            report = bench(args.models, options, progress=status.update, **common)
 
     if args.json:
         sys.stdout.write(schema.to_json(report))
     elif not args.quiet:
         console = terminal.stdout_console()
-        terminal.show_report(report, console)
-        for line in summary_lines(report):
-            console.print(plain(line), highlight=False, markup=False)
+        terminal.show_bench(report, console)
         if target:
-            console.print(
-                f"measured on {plain(target.spec)}, over SSH", highlight=False, markup=False
-            )
+            console.print(f"measured on {plain(target.spec)}, over SSH", markup=False)
         console.print(f"[dim]report: {rich(args.output / 'report.json')}[/dim]")
     return _exit_code(report)
 
@@ -343,113 +237,26 @@ def _exit_code(report: dict) -> int:
     return 1
 
 
-def _fleet(args, targets, paths, options, specs, feeds, data) -> int:
+def _fleet(args, targets, options) -> int:
     """Every device at once; OUT/<name>/report.json each, OUT/summary.json and summary.md."""
     import json
 
-    from edgekit.bench import measure, remote
-    from edgekit.report import schema, terminal
-    from edgekit.report.write import write_fleet_summary, write_outputs
+    from edgekit.api import bench_fleet
+    from edgekit.report import terminal
 
-    if not targets:
-        raise EdgekitError(f"The targets file {args.targets} lists no device.")
-
-    def bench_one(target) -> dict:
-        out = args.output / target.name
-        result = measure(paths, feeds, options, target=target)
-        report = _report(result, paths, options, specs, data, out)
-        write_outputs(report, out)
-        return report
-
-    def fail_report(target, message: str) -> dict:
-        rows = [schema.new_variant(name, error=message) for name in paths]
-        report = schema.new_report(
-            "bench",
-            inputs=[s.to_json() for s in specs],
-            data=data,
-            device={"target": target.spec},
-            variants=rows,
-        )
-        write_outputs(report, args.output / target.name)
-        return report
-
-    if not args.quiet:
-        names = ", ".join(t.name for t in targets)
+    if not args.quiet and targets:
+        names = ", ".join(plain(t.name) for t in targets)
         print(f"benchmarking on {len(targets)} devices at once: {names}", file=sys.stderr)
-    outcomes = remote.run_fleet(targets, bench_one, fail_report)
-    result = remote.summary(outcomes)
-    write_fleet_summary(result, args.output)
+    summary = bench_fleet(
+        args.models, targets, options, inputs=args.input, data=args.data, out_dir=args.output
+    )
     if args.json:
-        sys.stdout.write(json.dumps(result, indent=2) + "\n")
+        sys.stdout.write(json.dumps(summary, indent=2) + "\n")
     elif not args.quiet:
         console = terminal.stdout_console()
-        terminal.show_fleet(result, console)
+        terminal.show_fleet(summary, console)
         console.print(f"[dim]summary: {rich(args.output / 'summary.md')}[/dim]")
-    for outcome in outcomes:
-        if outcome.error:
-            print(f"edgekit: error: {plain(outcome.error)}", file=sys.stderr)
-    return 1 if result["failed"] else 0
-
-
-def _report(result, paths, options, specs, data, out_dir: Path) -> dict:
-    from edgekit.fsutil import sha256_file
-    from edgekit.report import schema
-
-    sweep = len(options.threads or []) > 1
-    rows = []
-    for key, v in result.variants.items():
-        model = paths[key.rsplit("@", 1)[0] if sweep else key]
-        row = schema.new_variant(
-            key,
-            file=_file_field(model, out_dir),
-            size_bytes=v["size_bytes"],
-            sha256=sha256_file(model),
-            unmeasured={"accuracy": "edgekit bench has no reference outputs"},
-        )
-        schema.add_measurement(row, v)
-        rows.append(row)
-    return schema.new_report(
-        "bench",
-        inputs=[s.to_json() for s in specs],
-        data=data,
-        device=result.device,
-        settings=result.settings,
-        variants=rows,
-        warnings=result.warnings,
-    )
-
-
-def summary_lines(report: dict) -> list[str]:
-    """hyperfine-style lines: mean ± σ, range, interval of the median, and the speedup."""
-    lines = []
-    for v in report["variants"]:
-        lat = v["latency_ms"]
-        if not lat:
-            continue
-        ci = lat.get("median_ci95") or [None, None]
-        ci_text = f"[{ci[0]:.4f}, {ci[1]:.4f}]" if ci[0] is not None else "n/a"
-        std = lat["std"] if lat["std"] is not None else float("nan")
-        line = (
-            f"{v['name']}: median {lat['p50']:.4f} ms (95% CI {ci_text}), "
-            f"mean {lat['mean']:.4f} ± {std:.4f} ms, range {lat['min']:.4f} … {lat['max']:.4f} ms, "
-            f"{lat['n']} runs"
-        )
-        if v.get("gflops_per_s"):
-            line += f", {v['gflops_per_s']:.1f} GFLOP/s"
-        lines.append(line)
-        rel = v.get("relative")
-        if rel and rel.get("speedup"):
-            s, rci = rel["speedup"], rel.get("ci95")
-            word, factor = ("faster", s) if s >= 1 else ("slower", 1 / s)
-            spread = ""
-            if rci:
-                lo, hi = (rci[0], rci[1]) if s >= 1 else (1 / rci[1], 1 / rci[0])
-                spread = f" ± {(hi - lo) / 2:.2f}"
-            verdict = "" if rel.get("significant") else " (not significant)"
-            lines.append(f"  {factor:.2f}{spread} times {word} than {rel['baseline']}{verdict}")
-        if v.get("profile") and v["profile"].get("ops"):
-            top = ", ".join(
-                f"{op['op_type']} {100 * op['share']:.0f}%" for op in v["profile"]["ops"][:4]
-            )
-            lines.append(f"  time by operator: {top}")
-    return lines
+    for device in summary["devices"]:
+        if device["error"]:
+            print(f"edgekit: error: {plain(device['error'])}", file=sys.stderr)
+    return 1 if summary["failed"] else 0

@@ -61,18 +61,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args) -> int:
     from edgekit import textsafe
+    from edgekit.api import compare
     from edgekit.errors import EdgekitError
-    from edgekit.report import compare as cmp
     from edgekit.report import markdown, terminal
-    from edgekit.report.read import read_report
 
     if len(args.reports) > 2:
         raise EdgekitError("edgekit compare takes one or two reports (A.json [B.json]).")
-    reports = [read_report(path) for path in args.reports]
-    result = cmp.compare(
-        reports[0],
-        reports[1] if len(reports) == 2 else None,
-        labels=tuple(args.reports) + ("",),
+    result = compare(
+        *args.reports,
         fail_if_slower=args.fail_if_slower,
         fail_if_drift=args.fail_if_drift,
         fail_if_larger=args.fail_if_larger,

@@ -23,7 +23,6 @@ from pathlib import Path
 
 from edgekit.commands.bench import (
     add_target_arguments,
-    check_times,
     parse_targets,
     seconds,
     thread_count,
@@ -161,15 +160,11 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from edgekit.api import OptimizeOptions, default_out_dir, optimize
-    from edgekit.errors import EdgekitError
     from edgekit.recommend import parse_budget
     from edgekit.report import terminal
     from edgekit.report.schema import to_json
     from edgekit.textsafe import rich
 
-    if not args.model.exists():
-        raise EdgekitError(f"The model file {args.model} does not exist. Check the path.")
-    check_times(args.min_time, args.max_time)
     targets = parse_targets(args)
     if targets:  # fail before minutes of exporting, not after
         from edgekit.bench.remote import probe
@@ -203,7 +198,7 @@ def run(args: argparse.Namespace) -> int:
             return
         with console.status(message) as status:
             yield lambda text: status.update(f"{message}: {text}")
-        console.print(f"[green]✓[/green] {message}", highlight=False)
+        console.print(f"[green]✓[/green] {rich(message)}", highlight=False)
 
     report = optimize(args.model, options, step)
     if args.json:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgekit.accuracy import run_onnx
 from edgekit.errors import EdgekitError
 from edgekit.model.inputs import InputSpec, generate_samples
 from edgekit.model.load import LoadedModel, one_line
@@ -111,7 +112,7 @@ def check_parity(model: LoadedModel, onnx_path: Path, feeds: dict[str, np.ndarra
     max(1e-3, 1e-3 * max|ref|)."""
     feeds = {k: v[:PARITY_SAMPLES] for k, v in feeds.items()}
     reference = torch_outputs(model, feeds)
-    got = _run_onnx(Path(onnx_path), feeds)
+    got = run_onnx(Path(onnx_path), feeds)
     if len(got) != len(reference):
         raise EdgekitError(
             f"The ONNX model {onnx_path} has {len(got)} output(s) but the torch model has "
@@ -221,29 +222,12 @@ def _verify(path: Path, specs: list[InputSpec]) -> None:
         raise _BatchError(f"the inputs {static} have a fixed batch axis in the exported graph")
     for batch in _VERIFY_BATCHES:
         try:
-            outputs = _run_onnx(path, generate_samples(specs, batch, seed=batch))
+            outputs = run_onnx(path, generate_samples(specs, batch, seed=batch))
         except Exception as exc:
             raise _BatchError(f"onnxruntime failed with batch {batch}: {_short(exc)}") from None
         shapes = [out.shape for out in outputs]
         if any(not shape or shape[0] != batch for shape in shapes):
             raise _BatchError(f"with batch {batch} the outputs have shapes {shapes}")
-
-
-def _run_onnx(path: Path, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 4  # fatal only: failures come back as exceptions
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    missing = [i.name for i in session.get_inputs() if i.name not in feeds]
-    if missing:
-        raise EdgekitError(
-            f"The ONNX model {path} needs inputs {missing}, but only {list(feeds)} were given. "
-            "Name the inputs with --input (or the arrays in --data) after the model's inputs."
-        )
-    run_options = ort.RunOptions()
-    run_options.log_severity_level = 4
-    return session.run(None, {i.name: feeds[i.name] for i in session.get_inputs()}, run_options)
 
 
 def _move_into_place(tmp_dir: Path, out_path: Path) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import re
 import zipfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -293,3 +294,76 @@ def check_data_matches(specs: list[InputSpec], arrays: dict[str, np.ndarray], so
                 f"model input expects {tuple(spec.shape[1:])} (after the batch axis). Fix the data "
                 "or the --input spec."
             )
+        if _kind(array.dtype) != _kind(np.dtype(spec.dtype)):
+            raise EdgekitError(
+                f"The data array {spec.name!r} holds {array.dtype} values, but the model input "
+                f"takes {spec.dtype}: converting would change the values. Save the array as "
+                f"{spec.dtype} (or fix the --input spec)."
+            )
+
+
+def _kind(dtype: np.dtype) -> str:
+    """b(ool), i(nteger) or f(loat): within a kind, data is converted to the input's dtype."""
+    return "i" if dtype.kind == "u" else dtype.kind
+
+
+@dataclass
+class Samples:
+    """The inputs of a run: their specs and the samples (batch axis first) that drift,
+    calibration and the benchmark use."""
+
+    specs: list[InputSpec]
+    feeds: dict[str, np.ndarray]  # every sample, in the input's dtype
+    labels: np.ndarray | None
+    data: Path | None  # the --data file; None when the samples are generated
+
+    @property
+    def batch(self) -> int:
+        """The batch the model is timed (and drift measured) at: the first input's axis 0."""
+        return self.specs[0].shape[0]
+
+    def first_batch(self) -> dict[str, np.ndarray]:
+        """One batch, as the benchmark feeds it."""
+        return {s.name: np.ascontiguousarray(self.feeds[s.name][: s.shape[0]]) for s in self.specs}
+
+    def to_json(self) -> dict:
+        """The report's `data` section."""
+        return {
+            "path": str(self.data) if self.data else None,
+            "samples": len(next(iter(self.feeds.values()))),
+            "labels": self.labels is not None,
+            "generated": self.data is None,
+        }
+
+
+def resolve_samples(
+    texts: Sequence[str], from_file: list[InputSpec] | None, data: Path | None, generated: int
+) -> Samples:
+    """The one rule for both commands: the specs from --input, else the shapes the model file
+    carries, else the shapes of the --data arrays; the samples from --data (at least one batch),
+    else `generated` random ones (at least one batch)."""
+    arrays, labels = load_npz(data) if data else (None, None)
+    if texts:
+        specs = [parse_input_spec(t) for t in texts]
+    elif from_file:
+        specs = from_file
+    elif arrays is not None:
+        specs = specs_from_data(arrays)
+    else:
+        raise EdgekitError(
+            "This model file does not say what input it takes. Give its shape with "
+            "`--input NAME:1x3x224x224:float32` (repeat for several inputs), or pass real samples "
+            "with `--data FILE.npz` (arrays named after the inputs)."
+        )
+    batch = specs[0].shape[0]
+    if arrays is None:
+        return Samples(specs, generate_samples(specs, max(generated, batch)), None, None)
+    check_data_matches(specs, arrays, str(data))
+    count = len(next(iter(arrays.values())))
+    if count < batch:
+        raise EdgekitError(
+            f"The data file {data} has {count} sample(s), fewer than one batch of the model "
+            f"({batch}, axis 0 of --input). Give more samples or a smaller batch."
+        )
+    feeds = {s.name: arrays[s.name].astype(s.dtype, copy=False) for s in specs}
+    return Samples(specs, feeds, labels, Path(data))

@@ -60,7 +60,7 @@ def load_model(
     trust_pickle: bool = False,
 ) -> LoadedModel:
     path = Path(path)
-    _check_readable(path)
+    check_model_file(path)
     sha = sha256_file(path)
     with open(path, "rb") as handle:
         head = handle.read(16)
@@ -74,10 +74,31 @@ def load_model(
         if any(n.endswith("data.pkl") for n in names):
             return _load_torch_save(path, sha, arch, code, trust_pickle)
         raise _not_a_model(path, f"it is a zip archive of other files ({_preview(names)})")
-    if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
-        # A pickle: torch.save's legacy (non-zip) format.
+    if _is_pickle(head):  # torch.save's legacy (non-zip) format
         return _load_torch_save(path, sha, arch, code, trust_pickle)
     return _load_onnx(path, sha, head)
+
+
+def load_onnx(path, *, read_inputs: bool = True) -> LoadedModel:
+    """An ONNX file, for commands that only run ONNX models (`edgekit bench`, on a device without
+    torch): parsed and checked like `load_model` does, except ONNX's checker, which refuses
+    models onnxruntime runs well (a missing output shape); onnxruntime decides, and a model it
+    cannot run becomes an error row. `read_inputs=False` when the caller has the input specs
+    already (--input)."""
+    path = Path(path)
+    check_model_file(path)
+    with open(path, "rb") as handle:
+        head = handle.read(16)
+    if head.startswith(_ZIP_MAGIC) or _is_pickle(head):
+        raise EdgekitError(
+            f"{path} is a PyTorch file, not an ONNX model. This command runs ONNX models: "
+            f"`edgekit optimize {path}` exports it (and benchmarks the variants it makes)."
+        )
+    return _load_onnx(path, sha256_file(path), head, read_inputs, checker=False)
+
+
+def _is_pickle(head: bytes) -> bool:
+    return head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05")
 
 
 # ---------------------------------------------------------------------------- per format
@@ -482,7 +503,9 @@ def _pickle_with_fallback(code_modules: list[types.ModuleType]) -> types.ModuleT
     return shim
 
 
-def _load_onnx(path: Path, sha: str, head: bytes) -> LoadedModel:
+def _load_onnx(
+    path: Path, sha: str, head: bytes, read_inputs: bool = True, checker: bool = True
+) -> LoadedModel:
     import onnx
 
     try:
@@ -512,14 +535,15 @@ def _load_onnx(path: Path, sha: str, head: bytes) -> LoadedModel:
         )
     files = onnx_files(path)
     try:
-        onnx.checker.check_model(str(path))
+        if checker:
+            onnx.checker.check_model(str(path))
     except Exception as exc:
         raise EdgekitError(
             f"{path} is an ONNX model that fails ONNX's checker ({one_line(str(exc), 400)}). If it "
             "uses external data, keep the data file next to it; otherwise export it again."
         ) from None
     try:
-        specs = specs_from_onnx(path)
+        specs = specs_from_onnx(path) if read_inputs else None
     except EdgekitError:
         raise
     except Exception as exc:  # onnxruntime refuses it (unknown op, bad opset, ...)
@@ -670,7 +694,8 @@ def _import_file(file: Path, flag: str) -> types.ModuleType:
 # ---------------------------------------------------------------------------- errors
 
 
-def _check_readable(path: Path) -> None:
+def check_model_file(path: Path) -> None:
+    """The model file exists and is a non-empty file; else a clear error."""
     if not path.exists():
         raise EdgekitError(f"The model file {path} does not exist. Check the path and try again.")
     if path.is_dir():

@@ -95,6 +95,42 @@ def device_line(report: dict) -> str:
     )
 
 
+def bench_lines(report: dict) -> list[str]:
+    """hyperfine-style lines: mean ± σ, range, interval of the median, and the speedup."""
+    lines = []
+    for v in report["variants"]:
+        lat = v["latency_ms"]
+        if not lat:
+            continue
+        ci = lat.get("median_ci95") or [None, None]
+        ci_text = f"[{ci[0]:.4f}, {ci[1]:.4f}]" if ci[0] is not None else "n/a"
+        std = lat["std"] if lat["std"] is not None else float("nan")
+        line = (
+            f"{v['name']}: median {lat['p50']:.4f} ms (95% CI {ci_text}), "
+            f"mean {lat['mean']:.4f} ± {std:.4f} ms, range {lat['min']:.4f} … {lat['max']:.4f} ms, "
+            f"{lat['n']} runs"
+        )
+        if v.get("gflops_per_s"):
+            line += f", {v['gflops_per_s']:.1f} GFLOP/s"
+        lines.append(line)
+        rel = v.get("relative")
+        if rel and rel.get("speedup"):
+            s, rci = rel["speedup"], rel.get("ci95")
+            word, factor = ("faster", s) if s >= 1 else ("slower", 1 / s)
+            spread = ""
+            if rci:
+                lo, hi = (rci[0], rci[1]) if s >= 1 else (1 / rci[1], 1 / rci[0])
+                spread = f" ± {(hi - lo) / 2:.2f}"
+            verdict = "" if rel.get("significant") else " (not significant)"
+            lines.append(f"  {factor:.2f}{spread} times {word} than {rel['baseline']}{verdict}")
+        if v.get("profile") and v["profile"].get("ops"):
+            top = ", ".join(
+                f"{op['op_type']} {100 * op['share']:.0f}%" for op in v["profile"]["ops"][:4]
+            )
+            lines.append(f"  time by operator: {top}")
+    return lines
+
+
 # ---- a comparison (edgekit.report.compare) --------------------------------------------------
 
 COMPARE_HEADERS = (

@@ -1,53 +1,13 @@
 """Set two reports side by side (or every variant of one report against its float root), with the
-latency ratio's confidence interval from the raw samples, and regression gates. Torch-free.
-
-Why a block bootstrap of the ratio of medians, not Mann-Whitney: the gate asks "is B slower than A
-by more than PCT percent", which needs an effect size with an interval in the unit people read
-(1.31x, 95% CI 1.27-1.35); Mann-Whitney only tests whether the distributions differ, and with
-thousands of samples it calls a 0.5% shift significant. The samples are consecutive timed runs on a
-possibly noisy machine, so neighbours are correlated; resampling blocks of ~sqrt(n) consecutive runs
-keeps that, where resampling single runs would give too narrow an interval. Fixed seed: the same
-reports always give the same verdict.
-"""
+latency ratio's confidence interval from the timing samples (edgekit.bench.stats.sample_ratio),
+and regression gates. Torch-free."""
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
+from edgekit.bench.stats import sample_ratio
 from edgekit.report.cells import size
-
-N_BOOT = 2000
-MIN_SAMPLES = 10  # fewer than this: no interval, significance unknown
-
-
-def _block_medians(x: np.ndarray, rng: np.random.Generator, k: int) -> np.ndarray:
-    """Medians of k moving-block bootstrap resamples of x."""
-    n = len(x)
-    block = max(1, round(math.sqrt(n)))
-    n_blocks = -(-n // block)
-    starts = rng.integers(0, n - block + 1, size=(k, n_blocks))
-    idx = (starts[:, :, None] + np.arange(block)).reshape(k, -1)[:, :n]
-    return np.median(x[idx], axis=1)
-
-
-def ratio_ci(samples_a, samples_b, *, n_boot: int = N_BOOT, seed: int = 0, level: float = 0.95):
-    """(median(B)/median(A), (lo, hi)) with a block-bootstrap CI; (ratio, None) if too few samples."""
-    a = np.asarray(samples_a, dtype=float)
-    b = np.asarray(samples_b, dtype=float)
-    ratio = float(np.median(b) / np.median(a))
-    if min(len(a), len(b)) < MIN_SAMPLES:
-        return ratio, None
-    rng = np.random.default_rng(seed)
-    chunk = max(1, 2_000_000 // max(len(a), len(b)))  # bound memory: chunk x n indices at a time
-    boots = []
-    for start in range(0, n_boot, chunk):
-        k = min(chunk, n_boot - start)
-        boots.append(_block_medians(b, rng, k) / _block_medians(a, rng, k))
-    lo, hi = np.quantile(np.concatenate(boots), [(1 - level) / 2, (1 + level) / 2])
-    return ratio, (float(lo), float(hi))
-
 
 # ---- extracting what is compared -------------------------------------------------------------
 
@@ -126,7 +86,7 @@ def _latency(va: dict, vb: dict, ma: dict, mb: dict, scales=(1.0, 1.0)) -> dict:
     sa = [x / scales[0] for x in _samples(va)]
     sb = [x / scales[1] for x in _samples(vb)]
     if sa and sb and min(sa) > 0:
-        out["ratio"], out["ci95"] = ratio_ci(sa, sb)
+        out["ratio"], out["ci95"] = sample_ratio(sa, sb)
         out["method"] = "block bootstrap of the ratio of medians" if out["ci95"] else None
     elif ma["p50_ms"] and mb["p50_ms"] is not None:
         out["ratio"] = mb["p50_ms"] / ma["p50_ms"]  # no raw samples: a point ratio only

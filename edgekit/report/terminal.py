@@ -54,6 +54,14 @@ def show_report(report: dict, console: Console | None = None) -> None:
         )
 
 
+def show_bench(report: dict, console: Console | None = None) -> None:
+    """The report's table, then hyperfine-style lines for each model."""
+    console = console or stdout_console()
+    show_report(report, console)
+    for line in cells.bench_lines(report):
+        console.print(textsafe.plain(line), highlight=False, markup=False)
+
+
 def show_comparison(result: dict, console: Console | None = None) -> None:
     console = console or stdout_console()
     # names and messages come from other machines: no markup, control characters shown as text
