@@ -17,7 +17,7 @@ _HOMES = {
     "optimize": "edgekit.api",
     "OptimizeOptions": "edgekit.api",
     "bench": "edgekit.api",
-    "BenchOptions": "edgekit.bench",
+    "BenchOptions": "edgekit.benchmark",
     "compare": "edgekit.api",
     "read_report": "edgekit.report.read",
     "EdgekitError": "edgekit.errors",

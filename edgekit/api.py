@@ -22,8 +22,8 @@ import numpy as np
 import onnx
 
 from edgekit.accuracy import check_labels, drift, is_classifier_output, run_onnx
-from edgekit.bench import BenchOptions, BenchResult, measure
-from edgekit.bench.flops import files_on_disk, size_on_disk
+from edgekit.benchmark import BenchOptions, BenchResult, measure
+from edgekit.benchmark.flops import files_on_disk, size_on_disk
 from edgekit.errors import EdgekitError
 from edgekit.fsutil import output_folder, sha256_file
 from edgekit.model.inputs import Samples, resolve_samples
@@ -33,7 +33,7 @@ from edgekit.report.schema import add_measurement, new_report, new_variant
 from edgekit.report.write import write_fleet_summary, write_outputs
 
 if TYPE_CHECKING:
-    from edgekit.bench.remote import Target
+    from edgekit.benchmark.remote import Target
 
 GENERATED_SAMPLES = 32  # random inputs for drift when no --data is given
 EXTERNAL_DATA_BYTES = 1_800_000_000  # protobuf's limit is 2 GiB: larger models keep a .data file
@@ -53,7 +53,7 @@ class OptimizeOptions:
     threads: list[int] | None = None
     min_time: float = 2.0
     max_time: float = 10.0
-    target: Target | None = None  # benchmark on this device over SSH (edgekit.bench.remote)
+    target: Target | None = None  # benchmark on this device over SSH (edgekit.benchmark.remote)
     prune: Sequence[str] = ()  # "unstructured:0.5", "structured:0.3"
     finetune_epochs: int = 0  # fine-tune pruned models on train_data before export
     train_data: Path | None = None  # labelled .npz kept apart from `data`
@@ -279,7 +279,7 @@ def bench_fleet(
     """Time the models on every device at once: OUT/<device>/report.* each, and a summary
     (returned, and written as OUT/summary.json and summary.md) comparing them. A device that
     fails gets an error report; `summary["failed"]` counts them."""
-    from edgekit.bench import remote
+    from edgekit.benchmark import remote
 
     if not targets:
         raise EdgekitError("The fleet lists no device: give --target or a --targets file.")

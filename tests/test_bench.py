@@ -16,7 +16,7 @@ import pytest
 from conftest import run_edgekit, torch_blocked_env
 from onnx import TensorProto, helper, numpy_helper
 
-from edgekit.bench import BenchOptions, flops, measure
+from edgekit.benchmark import BenchOptions, flops, measure
 
 TINY = ["--min-time", "0.05", "--max-time", "0.2"]
 
@@ -104,7 +104,7 @@ def test_size_on_disk_includes_external_data(tmp_path):
 
 
 def test_worker_imports_only_stdlib_onnxruntime_numpy():
-    source = (Path(__file__).parents[1] / "edgekit/bench/worker.py").read_text()
+    source = (Path(__file__).parents[1] / "edgekit/benchmark/worker.py").read_text()
     imported = set()
     for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.Import):
@@ -116,7 +116,7 @@ def test_worker_imports_only_stdlib_onnxruntime_numpy():
 
 def test_worker_runs_as_a_copied_single_file(tmp_path):
     """As on a Pi: the file alone, in a folder without edgekit, speaking its JSON-lines protocol."""
-    worker = shutil.copy(Path(__file__).parents[1] / "edgekit/bench/worker.py", tmp_path)
+    worker = shutil.copy(Path(__file__).parents[1] / "edgekit/benchmark/worker.py", tmp_path)
     model = flops_model(tmp_path / "m.onnx")
     np.savez(tmp_path / "feeds.npz", **feeds())
     requests = [
@@ -226,7 +226,7 @@ def test_cli_works_with_torch_unimportable(models, tmp_path):
     env = torch_blocked_env(tmp_path)
     probe = subprocess.run(
         [sys.executable, "-c",
-         "import sys, edgekit.bench, edgekit.commands.bench\n"
+         "import sys, edgekit.benchmark, edgekit.commands.bench\n"
          "assert 'torch' not in sys.modules\n"
          "try:\n    import torch\nexcept ImportError:\n    print('blocked')"],
         capture_output=True, text=True, env={**__import__('os').environ, **env},
@@ -285,7 +285,7 @@ def test_a_silent_worker_is_a_clear_error_not_a_hang(monkeypatch):
     import sys
     import time
 
-    from edgekit.bench import runner
+    from edgekit.benchmark import runner
 
     monkeypatch.setattr(runner, "REPLY_TIMEOUT_S", 1.0)
     start = time.monotonic()

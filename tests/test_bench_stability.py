@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from edgekit.bench import BenchOptions, measure, runner, shift_warning, stats
+from edgekit.benchmark import BenchOptions, measure, runner, shift_warning, stats
 
 
 def matmul_model(path: Path) -> Path:

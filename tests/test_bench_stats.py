@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from edgekit.bench import stats
+from edgekit.benchmark import stats
 
 
 def test_summary_of_one_to_ten():

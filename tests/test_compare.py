@@ -8,7 +8,7 @@ import pytest
 from conftest import run_edgekit, torch_blocked_env
 from fixtures.sample_reports import FIXTURES, PI, make_report, write
 
-from edgekit.bench.stats import sample_ratio
+from edgekit.benchmark.stats import sample_ratio
 from edgekit.report.compare import compare
 
 

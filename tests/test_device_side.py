@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-BENCH = Path(__file__).parents[1] / "edgekit" / "bench"
+BENCH = Path(__file__).parents[1] / "edgekit" / "benchmark"
 
 
 def _imports(nodes) -> set[str]:

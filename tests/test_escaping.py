@@ -10,7 +10,7 @@ from conftest import run_edgekit
 from fixtures.sample_reports import make_report, write
 from rich.console import Console
 
-from edgekit.bench import remote
+from edgekit.benchmark import remote
 from edgekit.report import compare, html, markdown, terminal
 from edgekit.report.read import read_report
 

@@ -1,6 +1,9 @@
-"""The README's set-up commands are the ones CI runs: they must not drift apart."""
+"""The README's set-up commands are the ones CI runs, and its Python example runs as written."""
 
+import os
 import re
+import subprocess
+import sys
 
 from conftest import REPO
 
@@ -25,3 +28,25 @@ def test_readme_demo_uses_shipped_files():
     demo = next(ln for ln in readme if "edgekit optimize models/" in ln)
     for path in re.findall(r"models/\S+?\.(?:pt|py|npz)", demo):
         assert (REPO / path).is_file(), path
+
+
+def test_readme_python_example_runs(tmp_path):
+    """The Python API section's example, verbatim, in a folder with the shipped models."""
+    readme = (REPO / "README.md").read_text()
+    section = readme[readme.index("## Python API") :]
+    example = re.search(r"```python\n(.*?)```", section, re.S)[1]
+    os.symlink(REPO / "models", tmp_path / "models")
+    done = subprocess.run(
+        [sys.executable, "-c", example],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0].split(" - ")[0] in {"fp32", "int8-static", "simplified", "ort-extended"}
+    assert len([ln for ln in lines if ln.endswith(" ms")]) == 2
+    assert lines[-1] in ("drift gate passed", "drift gate tripped")
+    assert (tmp_path / "digits.edgekit" / "report.json").is_file()

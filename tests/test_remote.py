@@ -19,7 +19,7 @@ import pytest
 from conftest import SSHD, free_port, run_edgekit, start_sshd
 from onnx import TensorProto, helper, numpy_helper
 
-from edgekit.bench import BenchOptions, measure, remote
+from edgekit.benchmark import BenchOptions, measure, remote
 from edgekit.errors import EdgekitError
 
 pytestmark = pytest.mark.skipif(

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Run edgekit's benchmark worker (edgekit/bench/worker.py) on aarch64 under QEMU user-mode emulation,
+# Run edgekit's benchmark worker (edgekit/benchmark/worker.py) on aarch64 under QEMU user-mode emulation,
 # to show that the device side runs on a Raspberry Pi's architecture (64-bit ARM).
 #
 # TIMINGS UNDER EMULATION MEAN NOTHING: every aarch64 instruction is translated by QEMU on this x86
@@ -65,7 +65,7 @@ fi
 # 3. A tiny model, its feeds, and the worker's requests (made on the host, x86).
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
-cp "$REPO/edgekit/bench/worker.py" "$REPO/edgekit/bench/device.py" "$WORK/"
+cp "$REPO/edgekit/benchmark/worker.py" "$REPO/edgekit/benchmark/device.py" "$WORK/"
 "$PYTHON" - "$WORK" <<'EOF'
 import sys
 import numpy as np

@@ -5,7 +5,7 @@ input 1x64x256, random weights) and six ONNX variants of it the way `edgekit opt
 fp32 (the export), simplified (onnxsim), int8-dynamic and int8-dynamic-pc (per-tensor and
 per-channel weights, of the simplified model), int8-static (QDQ, calibrated, after
 quant_pre_process) and ort-extended (an offline ORT_ENABLE_EXTENDED copy). Then it runs
-edgekit.bench.measure on all six, three times in a row, and prints every variant's speed relative
+edgekit.benchmark.measure on all six, three times in a row, and prints every variant's speed relative
 to fp32 from each run. It checks:
 
 - every ratio lies within ±5% of its median across the runs;
@@ -38,7 +38,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from edgekit.bench import BenchOptions, device, measure, runner, stats
+from edgekit.benchmark import BenchOptions, device, measure, runner, stats
 
 SHAPE = (1, 64, 256)  # batch, sequence, d_model
 RATIO_TOL = 0.05

@@ -24,7 +24,7 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
-from edgekit.bench import BenchOptions, device, measure
+from edgekit.benchmark import BenchOptions, device, measure
 
 
 def build_cnn(path: Path) -> dict[str, np.ndarray]:

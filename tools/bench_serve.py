@@ -192,7 +192,7 @@ def main() -> int:
     parser.add_argument("--block", type=int, default=300)
     parser.add_argument("--seconds", type=float, default=2.0)
     args = parser.parse_args()
-    from edgekit.bench import device
+    from edgekit.benchmark import device
 
     threads = device.physical_cores()
     print(f"edgekit serve vs onnxruntime in-process; {threads} intra-op threads; "

@@ -30,7 +30,7 @@ from reference_models import ResNet18
 from torch import nn
 
 from edgekit.accuracy import drift, run_onnx
-from edgekit.bench import BenchOptions, measure, stats
+from edgekit.benchmark import BenchOptions, measure, stats
 from edgekit.recommend import parse_budget
 
 HERE = Path(__file__).resolve()

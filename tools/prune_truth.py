@@ -2,7 +2,7 @@
 
 Builds a ResNet-18-shaped CNN (random weights: latency, MACs and sizes only), makes the
 `structured-0.5` and `unstructured-0.5` variants with edgekit's pruning pass, and benchmarks
-them against the unpruned fp32 export in one interleaved run (edgekit.bench.measure). Expected:
+them against the unpruned fp32 export in one interleaved run (edgekit.benchmark.measure). Expected:
 structured 0.5 at least 1.5x faster with MACs cut accordingly; unstructured 0.5 about half
 zeros, a smaller gzip'd file, and no speedup. Exits 1 when a claim does not hold.
 
@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from reference_models import ResNet18  # noqa: E402
 
 from edgekit.api import no_progress  # noqa: E402
-from edgekit.bench import BenchOptions, measure  # noqa: E402
+from edgekit.benchmark import BenchOptions, measure  # noqa: E402
 from edgekit.model.export import export_onnx, torch_outputs  # noqa: E402
 from edgekit.model.inputs import InputSpec, generate_samples  # noqa: E402
 from edgekit.model.load import LoadedModel  # noqa: E402

@@ -20,7 +20,7 @@ import os
 import sys
 from pathlib import Path
 
-from edgekit.bench import MAX_SECONDS, MAX_THREADS
+from edgekit.benchmark import MAX_SECONDS, MAX_THREADS
 from edgekit.textsafe import plain, rich
 
 HELP = "benchmark ONNX models (latency, cold start, memory) on this CPU"
@@ -93,7 +93,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_target_arguments(parser, fleet: bool) -> None:
-    """--target and friends (edgekit.bench.remote); `edgekit optimize` takes one target."""
+    """--target and friends (edgekit.benchmark.remote); `edgekit optimize` takes one target."""
     group = parser.add_argument_group("devices over SSH")
     group.add_argument(
         "--target",
@@ -133,7 +133,7 @@ def add_target_arguments(parser, fleet: bool) -> None:
 
 
 def parse_targets(args) -> list:
-    from edgekit.bench import remote
+    from edgekit.benchmark import remote
 
     given = args.target if isinstance(args.target, list) else [args.target] * bool(args.target)
     targets = [remote.parse_target(t, args.remote_python, args.ssh_option) for t in given]
@@ -143,7 +143,7 @@ def parse_targets(args) -> list:
 
 
 # The argument types of the numeric options, defined once here; `edgekit optimize` uses them
-# too. Their limits are edgekit.bench's, which BenchOptions enforces for Python callers.
+# too. Their limits are edgekit.benchmark's, which BenchOptions enforces for Python callers.
 
 
 def thread_count(text: str) -> int:
@@ -189,7 +189,7 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from edgekit.api import bench
-    from edgekit.bench import BenchOptions
+    from edgekit.benchmark import BenchOptions
     from edgekit.report import schema, terminal
 
     options = BenchOptions(

@@ -79,7 +79,7 @@ def _name(args) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from edgekit import textsafe
-    from edgekit.bench.remote import parse_target
+    from edgekit.benchmark.remote import parse_target
     from edgekit.serve import deploy
 
     target = parse_target(args.target, args.remote_python, args.ssh_option)

@@ -167,7 +167,7 @@ def run(args: argparse.Namespace) -> int:
 
     targets = parse_targets(args)
     if targets:  # fail before minutes of exporting, not after
-        from edgekit.bench.remote import probe
+        from edgekit.benchmark.remote import probe
 
         probe(targets[0])
     options = OptimizeOptions(

@@ -156,7 +156,7 @@ def run(args: argparse.Namespace) -> int:
         return _export(args)
     server.check_extra()
     from edgekit import textsafe
-    from edgekit.bench import device
+    from edgekit.benchmark import device
     from edgekit.recommend import parse_budget
     from edgekit.serve.app import Served, State, build_app, open_access_log
     from edgekit.serve.metrics import Metrics

@@ -80,7 +80,7 @@ def int8_settings(arch: str, features) -> dict:
 
 
 def _this_cpu() -> tuple[str, list[str]]:
-    from edgekit.bench import device
+    from edgekit.benchmark import device
 
     return platform.machine(), device.int8_features()
 

@@ -1,12 +1,12 @@
 """Set two reports side by side (or every variant of one report against its float root), with the
-latency ratio's confidence interval from the timing samples (edgekit.bench.stats.sample_ratio),
+latency ratio's confidence interval from the timing samples (edgekit.benchmark.stats.sample_ratio),
 and regression gates. Torch-free."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from edgekit.bench.stats import sample_ratio
+from edgekit.benchmark.stats import sample_ratio
 from edgekit.report.cells import size
 
 # ---- extracting what is compared -------------------------------------------------------------

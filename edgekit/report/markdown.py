@@ -58,7 +58,7 @@ def comparison(result: dict) -> str:
 
 
 def fleet(result: dict) -> str:
-    """summary.md of `edgekit bench` on several devices (edgekit.bench.remote.summary)."""
+    """summary.md of `edgekit bench` on several devices (edgekit.benchmark.remote.summary)."""
     md, code = textsafe.markdown, textsafe.markdown_code
     lines = ["## edgekit fleet", "", "| device | target | status | report |", "|---|---|---|---|"]
     for d in result["devices"]:

@@ -38,7 +38,7 @@ VARIANT_KEYS = (
     "sensitivity",
 )
 
-# What edgekit.bench.measure() reports per variant and a report row carries as is.
+# What edgekit.benchmark.measure() reports per variant and a report row carries as is.
 MEASURED_KEYS = (
     "latency_ms",
     "cold_start",

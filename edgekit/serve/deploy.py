@@ -24,8 +24,8 @@ import urllib.request
 from pathlib import Path
 
 from edgekit import textsafe
-from edgekit.bench import flops
-from edgekit.bench.remote import QUICK_S, Target, _RemoteCommandFailed, _ssh
+from edgekit.benchmark import flops
+from edgekit.benchmark.remote import QUICK_S, Target, _RemoteCommandFailed, _ssh
 from edgekit.errors import EdgekitError
 
 LAUNCHER = Path(__file__).with_name("launcher.py")

@@ -3,7 +3,7 @@
 Names follow Prometheus style: base units, `_total` for counters, `_seconds` for time. Queue time
 (waiting for a model worker) and compute time (the onnxruntime run) are histograms apart, as in
 Triton. Process RSS and CPU come from prometheus_client's process collector; device temperature
-and Raspberry Pi throttling flags (edgekit.bench.device) are read at scrape time.
+and Raspberry Pi throttling flags (edgekit.benchmark.device) are read at scrape time.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from prometheus_client import (
 )
 from prometheus_client.core import GaugeMetricFamily
 
-from edgekit.bench import device
+from edgekit.benchmark import device
 
 LATENCY_BUCKETS = (
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from edgekit.bench import flops
+from edgekit.benchmark import flops
 from edgekit.errors import EdgekitError
 from edgekit.fsutil import atomic_write_bytes, atomic_write_text, check_output_dir
 from edgekit.serve.model import Tensor, describe

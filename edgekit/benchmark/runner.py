@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from edgekit.bench import stats
+from edgekit.benchmark import stats
 
 WORKER = Path(__file__).with_name("worker.py")
 
@@ -30,7 +30,7 @@ class WorkerError(Exception):
 
 
 class Local:
-    """Where the workers run: this machine. edgekit.bench.remote.Remote is the same for a device
+    """Where the workers run: this machine. edgekit.benchmark.remote.Remote is the same for a device
     over SSH; the worker protocol is identical, only the command that starts it differs."""
 
     target = None
@@ -43,12 +43,12 @@ class Local:
         return str(Path(local).resolve())
 
     def device(self) -> dict:
-        from edgekit.bench import device
+        from edgekit.benchmark import device
 
         return {**device.collect(), "target": None}
 
     def load_avg(self) -> list[float] | None:
-        from edgekit.bench import device
+        from edgekit.benchmark import device
 
         return device.load_avg()
 

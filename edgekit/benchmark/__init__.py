@@ -1,9 +1,9 @@
 """Benchmarks you can trust: time ONNX models on this CPU, fairly and with honest intervals.
 
-    from edgekit.bench import BenchOptions, measure
+    from edgekit.benchmark import BenchOptions, measure
     result = measure({"fp32": Path("fp32.onnx"), "int8": Path("int8.onnx")}, feeds, BenchOptions())
 
-Every (model, threads) pair runs in its own long-lived worker process (edgekit/bench/worker.py,
+Every (model, threads) pair runs in its own long-lived worker process (edgekit/benchmark/worker.py,
 which imports only onnxruntime and numpy); rounds are interleaved so drift hits all alike. The
 first model is the baseline of `relative`. Never imports torch.
 """
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgekit.bench import device, flops, remote, runner, stats
+from edgekit.benchmark import device, flops, remote, runner, stats
 from edgekit.errors import EdgekitError
 
 OUTLIER_NOTE_FRACTION = 0.05
@@ -92,7 +92,7 @@ def measure(
 ) -> BenchResult:
     """Time every model on `feeds` (one batch, as the model takes it). A model that fails to load
     or run becomes an entry with `error` set and null numbers; the others still finish.
-    With `target`, the models run on that device over SSH (edgekit.bench.remote); an unreachable
+    With `target`, the models run on that device over SSH (edgekit.benchmark.remote); an unreachable
     or unusable device raises EdgekitError."""
     options = options or BenchOptions()
     with tempfile.TemporaryDirectory(prefix="edgekit-bench-") as tmp:

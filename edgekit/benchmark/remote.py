@@ -31,8 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from edgekit.bench import flops
-from edgekit.bench.runner import WORKER
+from edgekit.benchmark import flops
+from edgekit.benchmark.runner import WORKER
 from edgekit.errors import EdgekitError
 
 DEVICE_PY = Path(__file__).with_name("device.py")  # stdlib-only: collects device info there
