@@ -8,6 +8,7 @@ model file ─load─▶ LoadedModel + InputSpecs ─export─▶ fp32 ─simpli
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import shutil
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ import onnx
 
 from edgekit.accuracy import drift, is_classifier_output, run_onnx
 from edgekit.bench.flops import files_on_disk
+from edgekit.cpus import made_for, report_section
 from edgekit.errors import EdgekitError
 from edgekit.fsutil import output_folder, sha256_file
 from edgekit.model.inputs import (
@@ -58,6 +60,7 @@ class OptimizeOptions:
     prune: Sequence[str] = ()  # "unstructured:0.5", "structured:0.3"
     finetune_epochs: int = 0  # fine-tune pruned models on train_data before export
     train_data: Path | None = None  # labelled .npz kept apart from `data`
+    for_cpu: str | dict | None = None  # make int8 for: rpi4|rpi5|x86-avx2|x86-vnni|device.json
 
 
 @contextlib.contextmanager
@@ -100,6 +103,7 @@ def _optimize(model_path: Path, options: OptimizeOptions, staging: Path, step) -
         feeds = {s.name: arrays[s.name] for s in specs}
     else:
         feeds = generate_samples(specs, GENERATED_SAMPLES)
+    options = dataclasses.replace(options, for_cpu=made_for(options))  # once, before the passes
     settings = [p.check(options, specs, feeds) for p in PIPELINE]  # bad options fail here
 
     batch = specs[0].shape[0]  # drift is measured at the batch the model is timed at
@@ -150,6 +154,7 @@ def _optimize(model_path: Path, options: OptimizeOptions, staging: Path, step) -
         add_measurement(rows[name], measured_row)
 
     variant_rows = list(rows.values())
+    made_for_section, made_for_warnings = report_section(options.for_cpu, bench_result.device)
     report = new_report(
         "optimize",
         source={"path": str(model_path), "format": loaded.format, "sha256": loaded.sha256},
@@ -167,7 +172,8 @@ def _optimize(model_path: Path, options: OptimizeOptions, staging: Path, step) -
         budget=str(budget),
         notes=ctx.notes,
         recommendation=recommend(variant_rows, "fp32", budget),
-        warnings=list(bench_result.warnings),
+        warnings=list(bench_result.warnings) + made_for_warnings,
+        made_for=made_for_section,
     )
     _keep_only(staging, [f for v in measured for f in files_on_disk(v.path)])
     write_outputs(report, staging)
