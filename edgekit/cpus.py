@@ -74,20 +74,22 @@ def int8_settings(arch: str, features) -> dict:
         # ORT_QUANT_DOC, FAQ "Why am I not seeing performance improvements?": CPUs without int8
         # instructions may run int8 slower than fp32; "ARM with dot-product instructions can get
         # better performance in general".
+        # Dynamic int8 quantizes activations to uint8 at run time: u8s8, with its own kernels.
+        neon = "NEON widening multiply-add, no dot product: MlasGemmX8S8DispatchNeon"
         if "i8mm" in features:
             kernel, fast = "SMMLA (i8mm matrix multiply): MlasGemmS8S8DispatchSmmla", True
+            dynamic = "UMMLA (i8mm matrix multiply): MlasGemmU8X8DispatchUmmla"
         elif "asimddp" in features:
             kernel, fast = "SDOT (asimddp dot product): MlasGemmS8S8DispatchSdot", True
+            dynamic = "UDOT (asimddp dot product): MlasGemmU8X8DispatchUdot"
         else:
-            kernel, fast = (
-                "NEON widening multiply-add, no dot product: MlasGemmX8S8DispatchNeon",
-                False,
-            )
+            kernel, fast, dynamic = neon, False, neon
         return {
             "activation_type": "QInt8",
             "weight_type": "QInt8",
             "reduce_range": False,
             "int8_kernel": kernel,
+            "int8_kernel_dynamic": dynamic,
             "int8_speedup_expected": fast,
             "cpu": (
                 "ARM with the int8 dot product (asimddp): s8s8 QDQ, full 8-bit weights"

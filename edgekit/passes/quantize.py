@@ -116,8 +116,11 @@ def _recipe_variants(
 
 def _settings(recipe: Recipe, types: dict, calibration: str, ctx: PassContext) -> dict:
     settings = {"method": recipe.method, "per_channel": recipe.per_channel, **types}
+    dynamic_kernel = settings.pop("int8_kernel_dynamic", None)
     if recipe.method == "dynamic":
         settings["activation_type"] = "QUInt8 (quantized at run time)"
+        if dynamic_kernel:  # u8 activations: onnxruntime's u8s8 kernel for this CPU
+            settings["int8_kernel"] = dynamic_kernel
         return settings
     if calibration not in CALIBRATION_METHODS:
         raise ValueError(f"unknown calibration method {calibration!r}")
