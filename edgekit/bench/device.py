@@ -304,7 +304,10 @@ def record_after(device: dict, after: dict | None) -> dict:
 def thermal_warnings(device: dict) -> list[str]:
     """Throttling or a lower clock limit during the run, from the state before and after it."""
     warnings = []
-    before, after = device.get("throttled") or {}, device.get("throttled_after") or {}
+    before, after = (
+        flags if isinstance(flags, dict) else {}
+        for flags in (device.get("throttled"), device.get("throttled_after"))
+    )
     # The *_occurred bits stay set from boot: only bits that appeared during the run, or a "now"
     # bit at the end, say that this benchmark ran on a slowed CPU.
     new = [k for k, v in after.items() if k != "raw" and v and not before.get(k)]

@@ -252,8 +252,9 @@ def probe(target: Target, folder: str | None = None) -> dict:
         raise EdgekitError(f"{target.spec}: the device's Python failed: {exc}") from None
     except ValueError:
         raise EdgekitError(f"{target.spec}: the device probe printed no JSON.") from None
-    if device.unsupported_arch(reply.get("machine")):  # a 32-bit ARM OS: no onnxruntime wheels
-        raise EdgekitError(f"{target.spec}: {device.unsupported_arch(reply['machine'])}")
+    machine = reply.get("machine") or (reply.get("device") or {}).get("arch")
+    if device.unsupported_arch(machine):  # a 32-bit ARM OS: no onnxruntime wheels
+        raise EdgekitError(f"{target.spec}: {device.unsupported_arch(machine)}")
     if reply.get("missing"):
         raise EdgekitError(
             f"{target.spec}: the device's {target.python} lacks "
