@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import getpass
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -215,3 +216,28 @@ def test_optimize_target_makes_int8_for_the_devices_cpu_while_running_on_x86(
         for n in report["notes"]
     )
     assert all(v["latency_ms"]["n"] > 0 for v in report["variants"] if not v["error"])
+
+
+def test_without_onnxsim_simplification_is_a_clear_note_and_int8_goes_on(tmp_path):
+    """As on a platform without an onnxsim wheel: the run finishes, int8 is made from the export."""
+    blocker = tmp_path / "no_onnxsim"
+    blocker.mkdir()
+    (blocker / "sitecustomize.py").write_text(
+        "import sys\n"
+        "class _Block:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] == 'onnxsim':\n"
+        "            raise ImportError('no onnxsim wheel for this platform')\n"
+        "sys.meta_path.insert(0, _Block())\n"
+    )
+    env = {"PYTHONPATH": os.pathsep.join([str(blocker), str(Path(__file__).parents[1])])}
+    model = tiny_model(tmp_path / "tiny.onnx")
+    out = tmp_path / "out"
+    done = run_edgekit("optimize", model, "--for-cpu", "rpi5", *TINY, "-o", out, env=env,
+                       cwd=tmp_path, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    report = json.loads((out / "report.json").read_text())
+    rows = {v["name"]: v for v in report["variants"]}
+    assert "onnxsim cannot be imported here" in rows["simplified"]["error"]
+    assert "kept unsimplified" in rows["simplified"]["error"]
+    assert rows["int8-static"]["error"] is None and rows["int8-static"]["parent"] == "fp32"
