@@ -92,10 +92,11 @@ def int8_settings(arch: str, features) -> dict:
             "int8_kernel_dynamic": dynamic,
             "int8_speedup_expected": fast,
             "cpu": (
-                "ARM with the int8 dot product (asimddp): s8s8 QDQ, full 8-bit weights"
+                "ARM with the int8 dot product (asimddp): full 8-bit int8 weights; static int8 "
+                "is s8s8 QDQ"
                 if fast
-                else "ARM without the int8 dot product (asimddp): s8s8 QDQ, full 8-bit weights; "
-                "int8 may not beat fp32 on this core: measure it on the device"
+                else "ARM without the int8 dot product (asimddp): full 8-bit int8 weights; static "
+                "int8 is s8s8 QDQ; int8 may not beat fp32 on this core: measure it on the device"
             ),
             "guidance": ORT_QUANT_DOC,
         }
