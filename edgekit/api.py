@@ -11,6 +11,7 @@ bench: ONNX files ─bench─▶ report (torch-free: runs on the device)
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import shutil
 from collections.abc import Callable, Iterator, Sequence
@@ -24,6 +25,7 @@ import onnx
 from edgekit.accuracy import check_labels, drift, is_classifier_output, run_onnx
 from edgekit.benchmark import BenchOptions, BenchResult, measure
 from edgekit.benchmark.flops import files_on_disk, size_on_disk
+from edgekit.cpus import made_for, report_section
 from edgekit.errors import EdgekitError
 from edgekit.fsutil import output_folder, sha256_file
 from edgekit.model.inputs import Samples, resolve_samples
@@ -57,6 +59,7 @@ class OptimizeOptions:
     prune: Sequence[str] = ()  # "unstructured:0.5", "structured:0.3"
     finetune_epochs: int = 0  # fine-tune pruned models on train_data before export
     train_data: Path | None = None  # labelled .npz kept apart from `data`
+    for_cpu: str | dict | None = None  # make int8 for: rpi4|rpi5|x86-avx2|x86-vnni|device.json
 
     def __post_init__(self) -> None:
         self.bench_options()  # bad timing options fail before minutes of work, not after
@@ -103,6 +106,7 @@ def _optimize(model_path: Path, options: OptimizeOptions, staging: Path, step) -
         )
     samples = resolve_samples(options.inputs, loaded.input_specs, options.data, GENERATED_SAMPLES)
     specs, feeds, labels = samples.specs, samples.feeds, samples.labels
+    options = dataclasses.replace(options, for_cpu=made_for(options))  # once, before the passes
     settings = [p.check(options, specs, feeds) for p in PIPELINE]  # bad options fail here
 
     batch = samples.batch  # drift is measured at the batch the model is timed at
@@ -160,6 +164,7 @@ def _optimize(model_path: Path, options: OptimizeOptions, staging: Path, step) -
         add_measurement(rows[name], measured_row)
 
     variant_rows = list(rows.values())
+    made_for_section, made_for_warnings = report_section(options.for_cpu, bench_result.device)
     report = new_report(
         "optimize",
         source={"path": str(model_path), "format": loaded.format, "sha256": loaded.sha256},
@@ -171,7 +176,8 @@ def _optimize(model_path: Path, options: OptimizeOptions, staging: Path, step) -
         budget=str(budget),
         notes=ctx.notes,
         recommendation=recommend(variant_rows, "fp32", budget),
-        warnings=list(bench_result.warnings),
+        warnings=list(bench_result.warnings) + made_for_warnings,
+        made_for=made_for_section,
     )
     _keep_only(staging, [f for v in measured for f in files_on_disk(v.path)])
     write_outputs(report, staging)

@@ -10,7 +10,9 @@
 # time. The arm64 root and the wheels are cached in $EDGEKIT_ARM_CACHE (default
 # ${XDG_CACHE_HOME:-~/.cache}/edgekit/arm64): reruns take seconds plus the emulated run.
 # Not part of CI (the first run downloads ~100 MB and takes minutes).
+# `--root-only` builds (or finds) the arm64 root and stops: tools/arm_optimize_check.sh uses it.
 set -euo pipefail
+ROOT_ONLY=${1:-}
 
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 PYTHON=${PYTHON:-python3}
@@ -48,6 +50,8 @@ fi
 if [ ! -e "$ROOT/lib/ld-linux-aarch64.so.1" ]; then
   ln -sf ../usr/lib/aarch64-linux-gnu/ld-linux-aarch64.so.1 "$ROOT/lib/ld-linux-aarch64.so.1"
 fi
+
+[ "$ROOT_ONLY" = --root-only ] && { say "arm64 root ready: $ROOT"; exit 0; }
 
 # 2. pip's aarch64 wheels of onnxruntime and numpy (and their dependencies), unzipped onto a path.
 if [ ! -d "$SITE/onnxruntime" ]; then

@@ -121,7 +121,7 @@ def measure(
                 progress=progress,
                 place=place,
             )
-            dev["load_avg_after"] = place.load_avg()
+            device.record_after(dev, place.after())  # temperature, throttling, clocks, load
 
     counts = {}
     for name, path in models.items():

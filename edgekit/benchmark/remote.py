@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from edgekit.benchmark import flops
+from edgekit.benchmark import device, flops
 from edgekit.benchmark.runner import WORKER
 from edgekit.errors import EdgekitError
 
@@ -49,10 +49,10 @@ NAME = re.compile(r"(?=.*[A-Za-z0-9])[A-Za-z0-9_.][A-Za-z0-9_.-]*")  # never "."
 # Runs on the device with its python3: which modules are missing, else the device description
 # (by device.py in the folder given, if any).
 PROBE = """\
-import importlib.util, json, sys
+import importlib.util, json, platform, sys
 missing = [m for m in ("numpy", "onnxruntime") if importlib.util.find_spec(m) is None]
 if missing or len(sys.argv) < 2:
-    print(json.dumps({"missing": missing}))
+    print(json.dumps({"missing": missing, "machine": platform.machine()}))
 else:
     sys.path.insert(0, sys.argv[1])
     import device
@@ -233,6 +233,16 @@ class Remote:
         except (EdgekitError, _RemoteCommandFailed, ValueError):
             return None  # extra information, never a reason to lose the measurements
 
+    def after(self) -> dict | None:
+        """device.conditions() on the device once the runs are over (None if unreadable)."""
+        code = "import json, sys; sys.path.insert(0, sys.argv[1]); import device; "
+        code += "print(json.dumps(device.conditions()))"
+        try:
+            out = _ssh(self.target, self.target.python, "-c", code, self.folder, what="reading")
+            return json.loads(out)
+        except (EdgekitError, _RemoteCommandFailed, ValueError):
+            return None  # extra information, never a reason to lose the measurements
+
 
 def probe(target: Target, folder: str | None = None) -> dict:
     """Check the device's Python has numpy and onnxruntime (EdgekitError with the fix if not);
@@ -251,6 +261,9 @@ def probe(target: Target, folder: str | None = None) -> dict:
         raise EdgekitError(f"{target.spec}: the device's Python failed: {exc}") from None
     except ValueError:
         raise EdgekitError(f"{target.spec}: the device probe printed no JSON.") from None
+    machine = reply.get("machine") or (reply.get("device") or {}).get("arch")
+    if device.unsupported_arch(machine):  # a 32-bit ARM OS: no onnxruntime wheels
+        raise EdgekitError(f"{target.spec}: {device.unsupported_arch(machine)}")
     if reply.get("missing"):
         raise EdgekitError(
             f"{target.spec}: the device's {target.python} lacks "
@@ -259,6 +272,15 @@ def probe(target: Target, folder: str | None = None) -> dict:
             "~/edgekit-venv/bin/python3 -m pip … and --remote-python ~/edgekit-venv/bin/python3)"
         )
     return reply
+
+
+def describe(target: Target) -> dict:
+    """device.collect() on the device before anything is copied there (device.py goes as code)."""
+    code = DEVICE_PY.read_text() + "\nimport json\nprint(json.dumps(collect()))\n"
+    try:
+        return json.loads(_ssh(target, target.python, "-c", code, what="reading the device's CPU"))
+    except (_RemoteCommandFailed, ValueError) as exc:
+        raise EdgekitError(f"{target.spec}: could not describe the device: {exc}") from None
 
 
 def _pack(models: dict[str, Path], feeds_npz: Path, tar_path: Path) -> dict[str, str]:

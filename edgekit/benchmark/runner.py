@@ -52,6 +52,11 @@ class Local:
 
         return device.load_avg()
 
+    def after(self) -> dict:
+        from edgekit.benchmark import device
+
+        return device.conditions()
+
 
 class Worker:
     """A worker process started from the worker's file path (not `-m edgekit...`), the way it

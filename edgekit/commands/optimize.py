@@ -129,6 +129,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="how static int8 picks activation ranges from the calibration samples "
         "(default minmax: exact and fast; nodes it fits badly are kept in float)",
     )
+    int8.add_argument(
+        "--for-cpu",
+        metavar="CPU",
+        help="make int8 for this CPU instead of this machine's (default: the --target device's): "
+        "rpi4 (Cortex-A72, no dot product), rpi5 (Cortex-A76, asimddp), x86-avx2, x86-vnni, or "
+        "the report.json/device.json `edgekit bench` wrote on the device",
+    )
     bench = parser.add_argument_group("benchmark")
     bench.add_argument(
         "--threads",
@@ -166,10 +173,14 @@ def run(args: argparse.Namespace) -> int:
     from edgekit.textsafe import rich
 
     targets = parse_targets(args)
+    from edgekit import cpus
+
+    for_cpu = cpus.resolve(args.for_cpu) if args.for_cpu else None
     if targets:  # fail before minutes of exporting, not after
         from edgekit.benchmark.remote import probe
 
         probe(targets[0])
+        for_cpu = for_cpu or cpus.from_target(targets[0])  # int8 is made for the device's CPU
     options = OptimizeOptions(
         arch=args.arch,
         code=args.code,
@@ -187,6 +198,7 @@ def run(args: argparse.Namespace) -> int:
         prune=args.prune,
         finetune_epochs=args.finetune_epochs,
         train_data=args.train_data,
+        for_cpu=for_cpu,
     )
     quiet = args.quiet or args.json
     console = Console(stderr=True)

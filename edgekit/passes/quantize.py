@@ -1,5 +1,6 @@
 """int8 quantization with onnxruntime's tools: the recipes the op mix calls for, with types chosen
-from this CPU's features, and per-node sensitivity exclusion when a recipe breaks the budget."""
+for the CPU that will run the model (edgekit.cpus: --for-cpu, the --target device, or this
+machine), and per-node sensitivity exclusion when a recipe breaks the budget."""
 
 from __future__ import annotations
 
@@ -7,13 +8,13 @@ import contextlib
 import io
 import logging
 import os
-import platform
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 import onnx
 
+from edgekit.cpus import int8_settings
 from edgekit.passes import PassContext, PassFailed, Variant, attempt
 from edgekit.passes.opmix import Decision, Recipe, describe, op_mix, plan
 
@@ -22,7 +23,6 @@ CALIBRATION_METHODS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "
 # outliers it handles badly are what the sensitivity pass keeps in float.
 DEFAULT_CALIBRATION = "minmax"
 CALIBRATION_SAMPLES = 64
-VNNI = ("avx512_vnni", "avx_vnni", "amx_int8")
 
 # The nodes each method quantizes (what sensitivity may keep in float).
 _DYNAMIC_OPS = {"Conv", "MatMul", "Attention", "LSTM"}
@@ -32,8 +32,9 @@ _STATIC_OPS = {"Conv", "ConvTranspose", "Gemm", "MatMul"}
 Quantizer = Callable[[Path, list[str]], None]
 
 
-def check(options, specs, feeds) -> tuple[str, str]:
-    """(--int8 mode, --calibration method), as the user gave them."""
+def check(options, specs, feeds) -> tuple[str, str, tuple[str, list[str]]]:
+    """(--int8 mode, --calibration method, the (arch, features) of the CPU the variants are for)."""
+    from edgekit import cpus
     from edgekit.errors import EdgekitError
     from edgekit.passes.opmix import MODES
 
@@ -42,47 +43,24 @@ def check(options, specs, feeds) -> tuple[str, str]:
             f"--int8 takes one of {', '.join(MODES)} and --calibration one of "
             f"{', '.join(CALIBRATION_METHODS)}."
         )
-    return options.int8, options.calibration
+    made_for = cpus.made_for(options)
+    return options.int8, options.calibration, (made_for["arch"], list(made_for["features"]))
 
 
-def run(variants: list[Variant], ctx: PassContext, settings: tuple[str, str]) -> list[Variant]:
+def run(variants: list[Variant], ctx: PassContext, settings) -> list[Variant]:
+    from edgekit import cpus
     from edgekit.passes import float_parent
 
+    made_for = cpus.made_for(ctx.options)
+    ctx.notes.append(f"int8 variants made for {cpus.describe(made_for)} ({made_for.get('source')})")
     return int8_variants(float_parent(variants), ctx, *settings)
 
 
-def int8_settings(arch: str, features) -> dict:
-    """Activation/weight types and reduce_range for a CPU (onnxruntime's CPU guidance)."""
-    features = set(features)
-    if arch.lower() in ("aarch64", "arm64"):
-        dot = "asimddp" in features
-        return {
-            "activation_type": "QInt8",
-            "weight_type": "QInt8",
-            "reduce_range": False,
-            "cpu": f"ARM {'with' if dot else 'without'} the int8 dot product (asimddp): s8s8",
-        }
-    vnni = sorted(features.intersection(VNNI))
-    if vnni:
-        return {
-            "activation_type": "QUInt8",
-            "weight_type": "QInt8",
-            "reduce_range": False,
-            "cpu": f"x86 with VNNI ({', '.join(vnni)}): u8s8, full 8-bit weights",
-        }
-    return {
-        "activation_type": "QUInt8",
-        "weight_type": "QInt8",
-        "reduce_range": True,
-        "cpu": "x86 without VNNI: u8s8 with 7-bit weights (reduce_range) so the AVX2 kernels "
-        "cannot saturate",
-    }
-
-
 def _this_cpu() -> tuple[str, list[str]]:
-    from edgekit.benchmark import device
+    from edgekit import cpus
 
-    return platform.machine(), device.int8_features()
+    here = cpus.this_machine()
+    return here["arch"], here["features"]
 
 
 def int8_variants(
@@ -95,7 +73,7 @@ def int8_variants(
     """The int8 recipes worth trying for this model, each its own variant, plus an `-excl`
     variant where sensitivity exclusion brought an over-budget recipe back within budget."""
     arch, features = cpu or _this_cpu()
-    types = {**int8_settings(arch, features), "cpu_features": list(features)}
+    types = {**int8_settings(arch, features), "cpu_arch": arch, "cpu_features": list(features)}
     # A pruned parent's children say what they were made from: structured-0.5+int8-static.
     prefix = "" if parent.name in ("fp32", "simplified") else f"{parent.name}+"
     mix = op_mix(onnx.load(str(parent.path), load_external_data=False))
@@ -138,8 +116,11 @@ def _recipe_variants(
 
 def _settings(recipe: Recipe, types: dict, calibration: str, ctx: PassContext) -> dict:
     settings = {"method": recipe.method, "per_channel": recipe.per_channel, **types}
+    dynamic_kernel = settings.pop("int8_kernel_dynamic", None)
     if recipe.method == "dynamic":
         settings["activation_type"] = "QUInt8 (quantized at run time)"
+        if dynamic_kernel:  # u8 activations: onnxruntime's u8s8 kernel for this CPU
+            settings["int8_kernel"] = dynamic_kernel
         return settings
     if calibration not in CALIBRATION_METHODS:
         raise ValueError(f"unknown calibration method {calibration!r}")

@@ -27,7 +27,13 @@ def simplify(parent: Variant, ctx: PassContext) -> Variant:
 
 
 def _simplify(parent: Variant, ctx: PassContext) -> Variant:
-    import onnxsim
+    try:
+        import onnxsim
+    except ImportError as exc:  # e.g. a platform without an onnxsim wheel: a note, not a crash
+        raise PassFailed(
+            f"onnxsim cannot be imported here ({exc}): the exported model is kept unsimplified and "
+            "int8 is made from it. Install onnxsim (`pip install onnxsim`) to simplify."
+        ) from None
 
     out_path = ctx.path_for("simplified")
     model = onnx.load(str(parent.path))

@@ -90,7 +90,8 @@ def device_line(report: dict) -> str:
     d = report.get("device") or {}
     s = report.get("settings") or {}
     return (
-        f"device: {d.get('cpu')} ({d.get('arch')}, {d.get('cores')} cores) · "
+        f"device: {d['board'] + ': ' if d.get('board') else ''}{d.get('cpu')} "
+        f"({d.get('arch')}, {d.get('cores')} cores) · "
         f"onnxruntime {d.get('onnxruntime')} · threads {s.get('intra_op_threads')}"
     )
 

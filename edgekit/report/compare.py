@@ -18,6 +18,8 @@ def device_name(report: dict) -> str:
     if d.get("cores"):
         parts.append(f"{d['cores']} cores")
     name = str(d.get("cpu") or "unknown CPU")
+    if d.get("board"):  # ARM boards: "Raspberry Pi 5 Model B Rev 1.0: 4× Cortex-A76"
+        name = f"{d['board']}: {name}"
     return f"{name} ({', '.join(parts)})" if parts else name
 
 

@@ -1,0 +1,137 @@
+#!/usr/bin/env bash
+# Run `edgekit optimize` itself (torch export, onnxsim, int8 quantization, structured pruning, the
+# benchmark workers, the report) on aarch64 under QEMU user-mode emulation, as a user running it on
+# a Raspberry Pi does, and print the report's device section and int8 settings.
+#
+# TIMINGS UNDER EMULATION MEAN NOTHING: QEMU translates every aarch64 instruction on this x86 CPU.
+# This checks that the pipeline runs on aarch64 and which int8 settings it picks there.
+#
+# The CPU it describes: /proc/cpuinfo is a Raspberry Pi 5's (tests/fixtures/boards/rpi5/cpuinfo, cut to
+# the 2 CPUs listed in /sys), bound over the host's in a private mount namespace: onnxruntime's and
+# torch's CPU-info code crash on the host's x86 cpuinfo. QEMU itself emulates its own CPU model.
+#
+# torch: PyPI's aarch64 wheels of torch 2.11 and later (2.13.0 included) are CUDA 13 builds that
+# require several GB of nvidia-* wheels; 2.10.0 is the newest CPU-only aarch64 wheel on PyPI. On a
+# Pi, install the CPU build instead: pip install torch --index-url https://download.pytorch.org/whl/cpu
+# Here (no access to download.pytorch.org) TORCH_VERSION defaults to 2.10.0.
+#
+# Needs root (unshare -m), qemu-user-static, debootstrap, network access to the Debian mirror and
+# PyPI the first time (~700 MB of wheels), and PYTHON (default python3) with pip. Cached in
+# $EDGEKIT_ARM_CACHE (default ${XDG_CACHE_HOME:-~/.cache}/edgekit/arm64). Takes 20-40 minutes.
+# Not part of CI. Run it niced on a shared machine: nice -n 19 tools/arm_optimize_check.sh
+set -euo pipefail
+
+REPO=$(cd "$(dirname "$0")/.." && pwd)
+PYTHON=${PYTHON:-python3}
+TORCH_VERSION=${TORCH_VERSION:-2.10.0}
+CACHE=${EDGEKIT_ARM_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/edgekit/arm64}
+ROOT=$CACHE/root
+WHEELS=$CACHE/optimize-wheels
+SITE=$CACHE/optimize-site
+QEMU=$(command -v qemu-aarch64-static || true)
+
+say() { printf '== %s\n' "$*"; }
+[ -n "$QEMU" ] || { echo "install qemu-user-static (apt-get install qemu-user-static)" >&2; exit 2; }
+
+# 1. The arm64 root with python3.11 (built by the worker check's first step).
+EDGEKIT_ARM_CACHE=$CACHE PYTHON=$PYTHON bash "$REPO/tools/arm_worker_check.sh" --root-only
+
+# 2. aarch64 wheels of everything `edgekit optimize` imports. pip evaluates dependency markers for
+#    the machine it runs on (x86_64), so torch would pull CUDA wheels: torch and torch-pruning come
+#    without their dependencies, and torch's own pure-Python dependencies are listed.
+if [ ! -f "$SITE/.complete-$TORCH_VERSION" ]; then
+  say "downloading aarch64 wheels (first run only)"
+  rm -rf "$WHEELS" "$SITE"
+  get() { "$PYTHON" -m pip download -q --only-binary=:all: --platform manylinux_2_28_aarch64 \
+            --python-version 3.11 -d "$WHEELS" "$@"; }
+  get --no-deps "torch==$TORCH_VERSION" torch-pruning
+  get onnxruntime onnx onnxsim onnxscript numpy psutil rich sympy \
+      filelock typing-extensions networkx jinja2 fsspec
+  mkdir -p "$SITE"
+  for whl in "$WHEELS"/*.whl; do
+    "$PYTHON" -c 'import sys, zipfile; zipfile.ZipFile(sys.argv[1]).extractall(sys.argv[2])' \
+      "$whl" "$SITE"
+  done
+  touch "$SITE/.complete-$TORCH_VERSION"
+fi
+say "aarch64 wheels: $(cd "$WHEELS" && ls | sed -n 's/^\(torch\|onnxruntime\|onnxsim\|onnx\|onnxscript\|torch_pruning\|numpy\)-\([^-]*\)-.*/\1 \2/p' | tr '\n' ',' | sed 's/,$//; s/,/, /g')"
+
+# 3. The shipped model in a scratch folder (the report is written beside it), the CPU description,
+#    and a `python3` the benchmark's worker processes can be started with: without binfmt_misc the
+#    kernel cannot exec an aarch64 binary, so sys.executable points at a script that runs QEMU.
+WORK=$(mktemp -d)
+trap 'rm -rf "$WORK"' EXIT
+mkdir -p "$WORK/models" "$WORK/bin" "$WORK/py"
+cp "$REPO"/models/digits_cnn.pt "$REPO"/models/digits_cnn.py "$REPO"/models/digits_test.npz "$WORK/models/"
+awk -v RS= -v ORS='\n\n' '/^processor\t: [01]\n/ || !/^processor/' \
+  "$REPO/tests/fixtures/boards/rpi5/cpuinfo" >"$WORK/cpuinfo"
+cat >"$WORK/bin/python3" <<EOF
+#!/bin/sh
+exec "$QEMU" -L "$ROOT" "$ROOT/usr/bin/python3.11" "\$@"
+EOF
+chmod +x "$WORK/bin/python3"
+cat >"$WORK/py/sitecustomize.py" <<EOF
+import sys
+sys.executable = "$WORK/bin/python3"  # worker processes start through QEMU
+EOF
+
+say "running edgekit optimize on aarch64 under $QEMU (python3.11 from Debian bookworm arm64)"
+unshare -m --propagation private env WORK="$WORK" PYTHONPATH="$WORK/py:$REPO:$SITE" \
+    HOME="$WORK" PYTHONDONTWRITEBYTECODE=1 sh -ec '
+  mount --bind "$WORK/cpuinfo" /proc/cpuinfo
+  mount -t tmpfs tmpfs /sys/devices/system/cpu
+  for f in possible present online; do echo 0-1 >/sys/devices/system/cpu/$f; done
+  cd "$WORK"
+  "$WORK/bin/python3" -c "import platform, sys, torch, onnxruntime, onnx, onnxsim
+print(\"-- the emulated interpreter:\", platform.machine(), \"python\", sys.version.split()[0],
+      \"torch\", torch.__version__, \"onnxruntime\", onnxruntime.__version__, \"onnx\", onnx.__version__,
+      \"onnxsim\", onnxsim.__version__)"
+  echo "-- edgekit optimize models/digits_cnn.pt --arch models/digits_cnn.py:DigitsCNN --data models/digits_test.npz --prune structured:0.5 --min-time 0.2 --max-time 0.5"
+  start=$(date +%s)
+  rc=0
+  "$WORK/bin/python3" -m edgekit.cli optimize models/digits_cnn.pt \
+      --arch models/digits_cnn.py:DigitsCNN --data models/digits_test.npz \
+      --prune structured:0.5 --min-time 0.2 --max-time 0.5 >"$WORK/optimize.log" 2>&1 || rc=$?
+  grep -v "^[[:space:]]*$" "$WORK/optimize.log" || true
+  echo "-- edgekit optimize exited with $rc after $(( $(date +%s) - start )) s under emulation"
+'
+
+REPORT=$WORK/models/digits_cnn.edgekit/report.json
+[ -f "$REPORT" ] || { echo "no report was written" >&2; exit 1; }
+say "the report's device section, the CPU the int8 variants were made for, and the int8 settings"
+"$PYTHON" - "$REPORT" <<'EOF'
+import json, sys
+
+report = json.load(open(sys.argv[1]))
+d = report["device"]
+print("device:")
+for key in ("cpu", "arch", "board", "cpu_cores", "cores", "features", "governor", "temperature_c",
+            "throttled", "clocks", "onnxruntime", "python", "os"):
+    print(f"  {key}: {json.dumps(d.get(key))}")
+print("made_for:", json.dumps(report.get("made_for")))
+print("variants:")
+for v in report["variants"]:
+    line = f"  {v['name']}: "
+    line += f"FAILED: {v['error']}" if v["error"] else f"{(v['latency_ms'] or {}).get('p50')} ms p50"
+    print(line)
+    for p in v["passes"]:
+        s = p["settings"]
+        if p["name"].startswith("quantize"):
+            keep = ("method", "format", "activation_type", "weight_type", "reduce_range",
+                    "per_channel", "int8_kernel", "cpu_arch", "cpu_features", "cpu")
+            print(f"    {p['name']}: " + json.dumps({k: s[k] for k in keep if k in s}))
+        elif p["name"] in ("simplify", "prune-structured"):
+            print(f"    {p['name']}: {json.dumps(s)}")
+print("notes:")
+for n in report["notes"]:
+    if n.startswith(("int8 variants made for", "simplif", "onnxsim")) or "onnxsim" in n:
+        print("  " + n)
+for v in report["variants"]:
+    for n in v["notes"]:
+        if "onnxsim" in n:
+            print(f"  {v['name']}: {n}")
+print("warnings:")
+for w in report["warnings"]:
+    print("  " + w)
+EOF
+say "edgekit optimize ran end to end on aarch64. TIMINGS UNDER EMULATION MEAN NOTHING: every latency above was measured under QEMU on an x86 host and says nothing about any ARM device."
