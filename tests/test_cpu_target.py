@@ -12,8 +12,8 @@ from pathlib import Path
 
 import onnx
 import pytest
-from conftest import run_edgekit
-from test_remote import SSHD, keys, ssh_env, start_sshd, tiny_model  # noqa: F401 (fixtures)
+from conftest import SSHD, run_edgekit, start_sshd
+from test_remote import tiny_model
 
 from edgekit import cpus
 from edgekit.errors import EdgekitError
@@ -154,7 +154,7 @@ def test_a_bad_for_cpu_fails_before_anything_is_written(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def server(keys, tmp_path_factory):  # noqa: F811 (keys: test_remote's fixture)
+def server(keys, tmp_path_factory):
     """One real sshd on 127.0.0.1 (test_remote's), stopped at teardown."""
     if not Path(SSHD).exists():
         pytest.skip("needs the OpenSSH server (sshd): apt-get install openssh-server")

@@ -9,8 +9,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import run_edgekit
-from test_remote import SSHD, keys, ssh_env, start_sshd, tiny_model  # noqa: F401 (fixtures)
+from conftest import SSHD, run_edgekit, start_sshd
+from test_remote import tiny_model
 
 from edgekit.benchmark import device
 
@@ -153,7 +153,7 @@ def test_temperature_after_the_run_warns_with_the_rise():
 
 
 @pytest.fixture(scope="module")
-def server(keys, tmp_path_factory):  # noqa: F811 (keys: test_remote's fixture)
+def server(keys, tmp_path_factory):
     """One real sshd on 127.0.0.1 (test_remote's), stopped at teardown."""
     if not Path(SSHD).exists():
         pytest.skip("needs the OpenSSH server (sshd): apt-get install openssh-server")
@@ -163,7 +163,7 @@ def server(keys, tmp_path_factory):  # noqa: F811 (keys: test_remote's fixture)
     proc.wait(timeout=10)
 
 
-def test_a_32_bit_arm_device_is_refused_with_the_fix(server, ssh_env, tmp_path):  # noqa: F811
+def test_a_32_bit_arm_device_is_refused_with_the_fix(server, ssh_env, tmp_path):
     """A device whose Python says armv7l: the probe stops before anything is copied."""
     fake = tmp_path / "armv7"
     fake.mkdir()
