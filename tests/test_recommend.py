@@ -1,0 +1,62 @@
+"""The recommendation: measurably faster within budget, else the simpler thing to ship."""
+
+from __future__ import annotations
+
+from edgekit.recommend import Budget, recommend
+from edgekit.report.schema import new_variant
+
+COSINE = Budget("cosine", 0.99)
+
+
+def _row(name, speedup=None, ci=None, size=1000, cosine=1.0):
+    relative = None if name == "fp32" else {"baseline": "fp32", "speedup": speedup, "ci95": ci}
+    accuracy = {"cosine_min": cosine, "nonfinite_samples": 0, "reference_nonfinite_samples": 0}
+    return new_variant(
+        name, size_bytes=size, latency_ms={"p50": 1.0}, relative=relative, accuracy=accuracy
+    )
+
+
+def test_a_variant_that_is_not_measurably_faster_and_barely_smaller_is_not_shipped():
+    """onnxsim's graph, 0.93x by the medians and a few bytes smaller (as seen on a transformer):
+    the export as it is is the simpler thing, and the reason says so."""
+    rows = [_row("fp32"), _row("simplified", 0.93, [0.85, 1.02], size=990)]
+    rec = recommend(rows, "fp32", COSINE)
+    assert rec["variant"] == "fp32"
+    assert "simplified: as fast as fp32 within noise (0.93x, 95% CI 0.85–1.02)" in rec["reason"]
+    assert "simpler thing to ship" in rec["reason"]
+
+
+def test_among_variants_as_fast_as_fp32_the_smallest_file_wins():
+    rows = [
+        _row("fp32"),
+        _row("simplified", 1.01, [0.97, 1.05], size=990),
+        _row("int8-dynamic", 1.03, [0.98, 1.08], size=300),
+        _row("int8-static", 0.99, [0.95, 1.04], size=260),
+    ]
+    rec = recommend(rows, "fp32", COSINE)
+    assert rec["variant"] == "int8-static"
+    assert rec["reason"].startswith("as fast as fp32 within noise (0.99x")
+    assert "26% of its size" in rec["reason"]
+
+
+def test_measurably_faster_beats_smaller():
+    rows = [
+        _row("fp32"),
+        _row("int8-static", 1.0, [0.95, 1.05], size=250),
+        _row("ort-extended", 1.1, [1.05, 1.15], size=1000),
+    ]
+    rec = recommend(rows, "fp32", COSINE)
+    assert rec["variant"] == "ort-extended" and "1.10x faster than fp32" in rec["reason"]
+
+
+def test_over_budget_and_slower_variants_are_named_when_fp32_is_kept():
+    rows = [
+        _row("fp32"),
+        _row("int8-dynamic", 1.8, [1.7, 1.9], size=250, cosine=0.95),
+        _row("int8-static", 0.5, [0.45, 0.55], size=250),
+        _row("simplified", 1.0, [0.97, 1.03], size=995),
+    ]
+    rec = recommend(rows, "fp32", COSINE)
+    assert rec["variant"] == "fp32"
+    assert "int8-dynamic: over budget (cosine_min 0.9500)" in rec["reason"]
+    assert "int8-static: 2.00x slower than fp32" in rec["reason"]
