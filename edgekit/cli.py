@@ -14,7 +14,7 @@ import re
 import signal
 import sys
 
-from edgekit import __version__
+from edgekit import __version__, textsafe
 from edgekit.errors import EdgekitError
 
 COMMANDS = ("optimize", "bench", "compare", "serve", "deploy")
@@ -99,7 +99,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.run(args)
     except EdgekitError as exc:
-        print(f"edgekit: error: {exc}", file=sys.stderr)
+        # messages quote file names and remote output: control characters are shown, not run
+        text = "\n".join(textsafe.plain(line) for line in str(exc).splitlines())
+        print(f"edgekit: error: {text}", file=sys.stderr)
         return exc.exit_code
     except ImportError as exc:
         module = missing_extra(exc)
