@@ -20,7 +20,6 @@ import os
 import sys
 from pathlib import Path
 
-from edgekit.benchmark import MAX_SECONDS, MAX_THREADS
 from edgekit.textsafe import plain, rich
 
 HELP = "benchmark ONNX models (latency, cold start, memory) on this CPU"
@@ -148,6 +147,8 @@ def parse_targets(args) -> list:
 
 def thread_count(text: str) -> int:
     """--threads N: a whole number from 1 to MAX_THREADS."""
+    from edgekit.benchmark import MAX_THREADS
+
     try:
         value = int(text.strip())
     except ValueError:
@@ -173,6 +174,8 @@ def thread_list(text: str) -> list[int]:
 
 def seconds(text: str) -> float:
     """--min-time / --max-time: a finite number of seconds above 0, at most MAX_SECONDS."""
+    from edgekit.benchmark import MAX_SECONDS
+
     try:
         value = float(text)
     except ValueError:

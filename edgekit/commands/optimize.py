@@ -27,6 +27,7 @@ from edgekit.commands.bench import (
     seconds,
     thread_count,
 )
+from edgekit.passes.opmix import CALIBRATION_METHODS, DEFAULT_CALIBRATION, MODES
 
 HELP = "make, measure and recommend deployable variants of a PyTorch model"
 MAX_EPOCHS = 10_000
@@ -116,7 +117,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     int8 = parser.add_argument_group("int8")
     int8.add_argument(
         "--int8",
-        choices=("auto", "dynamic", "static", "all", "none"),
+        choices=MODES,
         default="auto",
         help="int8 recipes to try: auto (by the model's op mix: static for Conv-heavy models, "
         "dynamic and static for MatMul/recurrent-heavy ones), dynamic (per-tensor and "
@@ -124,8 +125,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     int8.add_argument(
         "--calibration",
-        choices=("minmax", "entropy", "percentile"),
-        default="minmax",
+        choices=tuple(CALIBRATION_METHODS),
+        default=DEFAULT_CALIBRATION,
         help="how static int8 picks activation ranges from the calibration samples "
         "(default minmax: exact and fast; nodes it fits badly are kept in float)",
     )

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import onnx
+if TYPE_CHECKING:
+    import onnx
 
 # op type → the family that decides the int8 recipe
 FAMILIES = {
@@ -18,7 +20,12 @@ FAMILIES = {
     "Attention": "attention",  # onnxruntime's fused contrib ops
     "MultiHeadAttention": "attention",
 }
-MODES = ("auto", "dynamic", "static", "all", "none")
+MODES = ("auto", "dynamic", "static", "all", "none")  # --int8
+# --calibration: how static int8 picks activation ranges → onnxruntime's CalibrationMethod.
+# MinMax is the default: exact ranges, fast and deterministic on small calibration sets and
+# 2 cores; nodes whose outliers it handles badly are what the sensitivity pass keeps in float.
+CALIBRATION_METHODS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
+DEFAULT_CALIBRATION = "minmax"
 
 
 @dataclass(frozen=True)

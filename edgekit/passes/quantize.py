@@ -16,12 +16,16 @@ import onnx
 
 from edgekit.cpus import int8_settings
 from edgekit.passes import PassContext, PassFailed, Variant, attempt
-from edgekit.passes.opmix import Decision, Recipe, describe, op_mix, plan
+from edgekit.passes.opmix import (
+    CALIBRATION_METHODS,
+    DEFAULT_CALIBRATION,
+    Decision,
+    Recipe,
+    describe,
+    op_mix,
+    plan,
+)
 
-CALIBRATION_METHODS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
-# MinMax: exact ranges, fast and deterministic on small calibration sets and 2 cores; nodes whose
-# outliers it handles badly are what the sensitivity pass keeps in float.
-DEFAULT_CALIBRATION = "minmax"
 CALIBRATION_SAMPLES = 64
 
 # The nodes each method quantizes (what sensitivity may keep in float).
