@@ -26,8 +26,18 @@ def run_onnx(path: Path, feeds: dict[str, np.ndarray], chunk: int = 64) -> list[
             f"The ONNX model {path} needs inputs {missing}, but only {list(feeds)} were given. "
             "Name the inputs with --input (or the arrays in --data) after the model's inputs."
         )
-    total = len(feeds[names[0]]) if names else 1
-    fixed = {i.shape[0] for i in session.get_inputs() if i.shape and isinstance(i.shape[0], int)}
+    # Each input's samples lie on its batch axis (edgekit.model.inputs.SampleArray; a plain
+    # array: axis 0); an input without one is the same for every sample and is never sliced.
+    axes = {n: _batch_axis(feeds[n]) for n in names}
+    batched = [n for n in names if axes[n] is not None]
+    total = min(feeds[n].shape[axes[n]] for n in batched) if batched else 1
+    fixed = {
+        dim
+        for i in session.get_inputs()
+        if axes[i.name] is not None
+        and len(i.shape) > axes[i.name]
+        and isinstance(dim := i.shape[axes[i.name]], int)
+    }
     if fixed:
         chunk = fixed.pop()
         if total % chunk:
@@ -36,13 +46,55 @@ def run_onnx(path: Path, feeds: dict[str, np.ndarray], chunk: int = 64) -> list[
                 f"divide into batches of {chunk}. Give --data with a multiple of {chunk} samples, "
                 "or export the model with a dynamic batch axis."
             )
+    if not batched:
+        chunk = total
     run_options = ort.RunOptions()
     run_options.log_severity_level = 4
     parts: list[list[np.ndarray]] = []
     for start in range(0, total, chunk):
-        batch = {n: feeds[n][start : start + chunk] for n in names}
+        batch = {n: _take(feeds[n], axes[n], start, start + chunk) for n in names}
         parts.append(session.run(None, batch, run_options))
-    return [np.concatenate([p[i] for p in parts]) for i in range(len(parts[0]))]
+    if len(parts) == 1:
+        return parts[0]
+    out_axes = _output_axes(session, parts)
+    return [
+        parts[0][i] if axis is None else np.concatenate([p[i] for p in parts], axis=axis)
+        for i, axis in enumerate(out_axes)
+    ]
+
+
+def _batch_axis(array) -> int | None:
+    if np.ndim(array) == 0:
+        return None
+    return getattr(array, "batch_axis", 0)
+
+
+def _take(array, axis: int | None, start: int, stop: int) -> np.ndarray:
+    plain = np.asarray(array)
+    if axis is None:
+        return plain
+    index = [slice(None)] * plain.ndim
+    index[axis] = slice(start, stop)
+    return np.array(plain[tuple(index)], order="C")
+
+
+def _output_axes(session, parts: list[list[np.ndarray]]) -> list[int | None]:
+    """Each output's batch axis: its first symbolic axis in the graph, else the axis whose size
+    follows the chunk sizes, else axis 0 (batch fixed in the graph); None for a rank-0 output."""
+    axes = []
+    for i, meta in enumerate(session.get_outputs()):
+        shapes = [p[i].shape for p in parts]
+        if not shapes[0]:
+            axes.append(None)
+            continue
+        shape = meta.shape or []
+        symbolic = [a for a, d in enumerate(shape) if not isinstance(d, int)]
+        axis = symbolic[0] if symbolic and symbolic[0] < len(shapes[0]) else None
+        if axis is None:
+            varying = [a for a in range(len(shapes[0])) if len({s[a] for s in shapes}) > 1]
+            axis = varying[0] if varying else 0
+        axes.append(axis)
+    return axes
 
 
 def is_classifier_output(outputs: list[np.ndarray]) -> bool:
@@ -53,6 +105,34 @@ def is_classifier_output(outputs: list[np.ndarray]) -> bool:
 def _flat(outputs: list[np.ndarray]) -> np.ndarray:
     """Per-sample vectors of all outputs concatenated: shape (N, features)."""
     return np.concatenate([o.reshape(len(o), -1).astype(np.float64) for o in outputs], axis=1)
+
+
+def drift_by_output(
+    reference: list[np.ndarray],
+    outputs: list[np.ndarray],
+    labels: np.ndarray | None,
+    names: list[str],
+    primary: str,
+) -> tuple[dict, dict]:
+    """Drift of each named output (`outputs: {name: {max_abs_err, mean_abs_err, cosine_min,
+    top1_agreement, ...}}`), and the top-level metrics (those the budget and the recommendation
+    read) of the primary output; `primary_output` names it."""
+    if len(outputs) != len(names) or len(reference) != len(names):
+        raise EdgekitError(
+            f"The model has {len(outputs)} output(s) where {len(names)} were expected ({names})."
+        )
+    index = names.index(primary)
+    result, unmeasured = drift([reference[index]], [outputs[index]], labels)
+    per_output = {}
+    for name, ref, out in zip(names, reference, outputs, strict=True):
+        metrics, _ = drift([ref], [out], None)
+        per_output[name] = {
+            key: metrics[key]
+            for key in ("cosine_min", "max_abs_err", "mean_abs_err", "top1_agreement")
+        } | {"nonfinite_samples": metrics["nonfinite_samples"], "shape": list(out.shape[1:])}
+    result["primary_output"] = primary
+    result["outputs"] = per_output
+    return result, unmeasured
 
 
 def drift(

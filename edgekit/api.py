@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import onnx
 
-from edgekit.accuracy import check_labels, drift, is_classifier_output, run_onnx
+from edgekit.accuracy import check_labels, drift_by_output, is_classifier_output, run_onnx
 from edgekit.benchmark import BenchOptions, BenchResult, measure
 from edgekit.benchmark.flops import files_on_disk, size_on_disk
 from edgekit.cpus import made_for, report_section
@@ -60,6 +60,8 @@ class OptimizeOptions:
     finetune_epochs: int = 0  # fine-tune pruned models on train_data before export
     train_data: Path | None = None  # labelled .npz kept apart from `data`
     for_cpu: str | dict | None = None  # make int8 for: rpi4|rpi5|x86-avx2|x86-vnni|device.json
+    primary_output: str | None = None  # the output the budget and top-1 use (default: the first)
+    debug: bool = False  # let torch's, onnx's and onnxruntime's own logs through to the terminal
 
     def __post_init__(self) -> None:
         self.bench_options()  # bad timing options fail before minutes of work, not after
@@ -89,12 +91,72 @@ def optimize(model_path: Path, options: OptimizeOptions, step=no_progress) -> di
     check_model_file(model_path)  # before an output folder is made beside it
     out_dir = Path(options.out_dir or default_out_dir(model_path))
     # The folder is locked and checked before minutes of work; it changes only at the very end.
-    with output_folder(out_dir, inputs=_input_files(model_path, options)) as staging:
-        report = _optimize(model_path, options, staging, step)
+    with (
+        output_folder(out_dir, inputs=_input_files(model_path, options)) as staging,
+        _dependency_logs(options.debug) as kept,
+    ):
+        report = _optimize(model_path, options, staging, step, kept)
     return report
 
 
-def _optimize(model_path: Path, options: OptimizeOptions, staging: Path, step) -> dict:
+_DEPENDENCY_LOGGERS = ("torch", "onnx", "onnxruntime", "onnxscript", "onnx_ir", "onnxsim")
+
+
+@contextlib.contextmanager
+def _dependency_logs(debug: bool) -> Iterator[list[str]]:
+    """Keep the dependencies' chatter off the terminal: onnxruntime's own logger to errors only
+    (its `CleanUnusedInitializersAndNodeArgs` warnings), Python warnings and the log records of
+    torch, onnx, onnxruntime and onnxscript collected into the list yielded (the report's notes
+    summarise them). With `debug`, all of it goes to the terminal as the libraries print it."""
+    import logging
+    import warnings
+
+    import onnxruntime as ort
+
+    kept: list[str] = []
+    if debug:
+        yield kept
+        return
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if record.levelno >= logging.WARNING:
+                kept.append(f"{record.name}: {record.getMessage()}")
+
+    handler = Keep()
+    loggers = [logging.getLogger(name) for name in _DEPENDENCY_LOGGERS]
+    saved = [(lg, lg.handlers, lg.propagate) for lg in loggers]
+    ort.set_default_logger_severity(3)
+    try:
+        for logger in loggers:
+            logger.handlers, logger.propagate = [handler], False
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                yield kept
+            finally:
+                kept.extend(f"{w.category.__name__}: {w.message}" for w in caught)
+    finally:
+        ort.set_default_logger_severity(2)
+        for logger, handlers, propagate in saved:
+            logger.handlers, logger.propagate = handlers, propagate
+
+
+def _dependency_note(kept: list[str]) -> list[str]:
+    if not kept:
+        return []
+    distinct = list(dict.fromkeys(one.splitlines()[0][:200] for one in kept if one.strip()))
+    shown = "; ".join(distinct[:3])
+    more = f" (and {len(distinct) - 3} more kinds)" if len(distinct) > 3 else ""
+    return [
+        f"torch, onnx and onnxruntime gave {len(kept)} warning(s), kept off the terminal "
+        f"(`edgekit --debug optimize` shows them): {shown}{more}"
+    ]
+
+
+def _optimize(
+    model_path: Path, options: OptimizeOptions, staging: Path, step, kept: list[str]
+) -> dict:
     """The pipeline, writing every output into `staging`."""
     from edgekit.model.export import check_parity, export_onnx, torch_outputs
     from edgekit.model.load import load_model
@@ -106,6 +168,7 @@ def _optimize(model_path: Path, options: OptimizeOptions, staging: Path, step) -
         )
     samples = resolve_samples(options.inputs, loaded.input_specs, options.data, GENERATED_SAMPLES)
     specs, feeds, labels = samples.specs, samples.feeds, samples.labels
+    loaded.constants = samples.constants
     options = dataclasses.replace(options, for_cpu=made_for(options))  # once, before the passes
     settings = [p.check(options, specs, feeds) for p in PIPELINE]  # bad options fail here
 
@@ -116,6 +179,9 @@ def _optimize(model_path: Path, options: OptimizeOptions, staging: Path, step) -
         fp32.passes.append({"name": "load-onnx", "settings": {}})
         fp32.notes.append("the source is ONNX: drift is measured against it")
         reference = run_onnx(fp32.path, feeds, chunk=batch)
+        output_names = [
+            o.name for o in onnx.load(str(fp32.path), load_external_data=False).graph.output
+        ]
     else:
         with step("exporting to ONNX"):
             export = export_onnx(loaded, specs, fp32.path)
@@ -129,9 +195,12 @@ def _optimize(model_path: Path, options: OptimizeOptions, staging: Path, step) -
         fp32.notes += export.get("notes", [])
         with step("running the torch model for reference outputs"):
             reference = torch_outputs(loaded, feeds)
-    check_labels(labels, reference, options.data)
+        output_names = export["output_names"]
+    primary = _primary_output(options.primary_output, output_names)
+    primary_ref = [reference[output_names.index(primary)]]
+    check_labels(labels, primary_ref, options.data)
 
-    budget = options.budget or default_budget(is_classifier_output(reference), labels is not None)
+    budget = options.budget or default_budget(is_classifier_output(primary_ref), labels is not None)
     ctx = PassContext(
         staging=staging,
         feeds=feeds,
@@ -150,7 +219,7 @@ def _optimize(model_path: Path, options: OptimizeOptions, staging: Path, step) -
         variants += one_pass.run(variants, ctx, checked)
 
     with step("measuring accuracy"):
-        rows = {v.name: _variant_row(v, ctx) for v in variants}
+        rows = {v.name: _variant_row(v, ctx, output_names, primary) for v in variants}
     measured = [v for v in variants if v.error is None]
     with step("benchmarking " + ", ".join(v.name for v in measured)) as update:
         bench_result = measure(
@@ -174,7 +243,9 @@ def _optimize(model_path: Path, options: OptimizeOptions, staging: Path, step) -
         settings=bench_result.settings,
         variants=variant_rows,
         budget=str(budget),
-        notes=ctx.notes,
+        notes=_output_notes(output_names, primary, options.primary_output)
+        + ctx.notes
+        + _dependency_note(kept),
         recommendation=recommend(variant_rows, "fp32", budget),
         warnings=list(bench_result.warnings) + made_for_warnings,
         made_for=made_for_section,
@@ -188,9 +259,10 @@ def _inputs_json(samples: Samples, variants: list[Variant]) -> list[dict]:
     """The inputs of the report; where static int8 was calibrated, the range each input was
     calibrated on (served inputs outside it are the ones int8 clips: `edgekit serve` counts them)."""
     inputs = [s.to_json() for s in samples.specs]
+    constants = [c.to_json() for c in samples.constants]
     settings = [p["settings"] for v in variants for p in v.passes if p["name"] == "quantize-static"]
     if not settings:
-        return inputs
+        return inputs + constants
     count = settings[0]["calibration_samples"]
     for entry, spec in zip(inputs, samples.specs, strict=True):
         values = samples.feeds[spec.name][:count]
@@ -201,7 +273,7 @@ def _inputs_json(samples: Samples, variants: list[Variant]) -> list[dict]:
                 "samples": count,
                 "source": "--data" if samples.data else "generated",
             }
-    return inputs
+    return inputs + constants
 
 
 def _input_files(model_path: Path, options: OptimizeOptions) -> list[Path]:
@@ -232,14 +304,40 @@ def _keep_only(folder: Path, files: list[Path]) -> None:
             shutil.rmtree(path) if path.is_dir() else path.unlink()
 
 
-def _variant_row(v: Variant, ctx: PassContext) -> dict:
+def _primary_output(chosen: str | None, names: list[str]) -> str:
+    if chosen is None:
+        return names[0]
+    if chosen not in names:
+        raise EdgekitError(
+            f"--primary-output {chosen!r} is not an output of the model; its outputs are "
+            f"{names}. Name one of them (dict outputs are named by their keys, tuple outputs "
+            "output_0, output_1, ...)."
+        )
+    return chosen
+
+
+def _output_notes(names: list[str], primary: str, chosen: str | None) -> list[str]:
+    if len(names) == 1:
+        return []
+    how = (
+        "named by --primary-output" if chosen else "the first; --primary-output NAME picks another"
+    )
+    return [
+        f"the model has {len(names)} outputs ({', '.join(names)}); the budget, top-1 and the "
+        f"recommendation use {primary!r} ({how}); every output's drift is in accuracy.outputs"
+    ]
+
+
+def _variant_row(v: Variant, ctx: PassContext, names: list[str], primary: str) -> dict:
     row = new_variant(v.name, parent=v.parent, passes=v.passes, notes=list(v.notes), error=v.error)
     row.update(v.extra)
     if v.error:
         return row
     row.update(file=v.path.name, size_bytes=size_on_disk(v.path), sha256=sha256_file(v.path))
     try:
-        accuracy, unmeasured = drift(ctx.reference, ctx.outputs(v.path), ctx.labels)
+        accuracy, unmeasured = drift_by_output(
+            ctx.reference, ctx.outputs(v.path), ctx.labels, names, primary
+        )
     except Exception as exc:  # onnxruntime refuses the model: a row with the reason
         row["error"] = f"onnxruntime could not run this variant: {exc}"
         return row

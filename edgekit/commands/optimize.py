@@ -72,10 +72,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     data = parser.add_argument_group("inputs and data")
     data.add_argument(
         "--input",
-        metavar="NAME:SHAPE[:DTYPE[:LOW-HIGH]]",
+        metavar="NAME:SHAPE[:DTYPE[:LOW-HIGH]] | NAME=VALUE",
         action="append",
         default=[],
-        help="model input, e.g. image:1x3x224x224:float32 or ids:1x128:int64:0-30522 (repeatable)",
+        help="one forward() argument, in order (repeatable): image:1x3x224x224:float32, "
+        "ids:1x128:int64:0-30522 (axis 0 is the batch); state:2xBx128 (B marks the batch axis); "
+        "table:-4x8 (a leading -: no batch axis, the same tensor for every sample); gain:scalar "
+        "(rank 0); sr=16000 (a non-tensor argument: int, float or true/false, baked into the "
+        "export)",
     )
     data.add_argument(
         "--data",
@@ -109,6 +113,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "keep them apart from --data, on which accuracy is reported",
     )
     decide = parser.add_argument_group("deciding")
+    decide.add_argument(
+        "--primary-output",
+        metavar="NAME",
+        help="the output the budget, top-1 and the recommendation use when the model has several "
+        "(default: the first; dict outputs are named by their keys, tuples output_0, output_1, ...)",
+    )
     decide.add_argument(
         "--max-drift",
         metavar="BUDGET",
@@ -200,6 +210,8 @@ def run(args: argparse.Namespace) -> int:
         finetune_epochs=args.finetune_epochs,
         train_data=args.train_data,
         for_cpu=for_cpu,
+        primary_output=args.primary_output,
+        debug=bool(getattr(args, "debug", False)),
     )
     quiet = args.quiet or args.json
     console = Console(stderr=True)

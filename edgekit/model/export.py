@@ -1,7 +1,9 @@
 """LoadedModel → one self-contained ONNX file with a dynamic batch axis, and a parity check.
 
-ScriptModule → TorchScript exporter (the only one that takes it). nn.Module → dynamo exporter,
-falling back to the TorchScript exporter. ExportedProgram → dynamo exporter.
+ScriptModule → the TorchScript exporter, then torch's TorchScript → ExportedProgram converter
+with the dynamo exporter. nn.Module → dynamo exporter, then the TorchScript exporter.
+ExportedProgram → dynamo exporter. Each input is dynamic on its own batch axis (none for inputs
+without one); non-tensor arguments (LoadedModel.constants) are baked in.
 """
 
 from __future__ import annotations
@@ -46,9 +48,11 @@ def export_onnx(model: LoadedModel, specs: list[InputSpec], out_path: Path) -> d
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     feeds = generate_samples(specs, _EXPORT_BATCH, seed=0)
-    args = tuple(torch.from_numpy(feeds[s.name]) for s in specs)
-    output_names = _output_names(torch_outputs(model, feeds))
+    args = tuple(torch.from_numpy(np.asarray(feeds[s.name])) for s in specs)
     names = [s.name for s in specs]
+    output_names, _ = torch_named_outputs(model, feeds)
+    output_names = [n if n not in names else f"{n}_out" for n in output_names]
+    out_axes = _output_batch_axes(model, specs)
 
     tmp_dir = Path(
         tempfile.mkdtemp(prefix=f".{out_path.name}.", suffix=".export", dir=out_path.parent)
@@ -56,7 +60,7 @@ def export_onnx(model: LoadedModel, specs: list[InputSpec], out_path: Path) -> d
     tmp_file = tmp_dir / out_path.name  # same name: an external-data file keeps the right link
     notes: list[str] = []
     try:
-        attempts = _attempts(model, args, names, output_names, tmp_file, notes)
+        attempts = _attempts(model, specs, args, names, output_names, out_axes, tmp_file, notes)
         errors: list[tuple[str, Exception]] = []
         for exporter, run in attempts:
             for stale in tmp_dir.iterdir():
@@ -64,17 +68,33 @@ def export_onnx(model: LoadedModel, specs: list[InputSpec], out_path: Path) -> d
             try:
                 with _quiet():
                     run()
-                _verify(tmp_file, specs)
+                _verify(tmp_file, specs, out_axes)
             except Exception as exc:
                 errors.append((exporter, exc))
                 continue
+            for failed, exc in errors:
+                notes.append(f"the {failed} exporter failed ({_short(exc)})")
             if errors:
-                notes.append(
-                    f"the {errors[0][0]} exporter failed ({_short(errors[0][1])}); "
-                    f"used the {exporter} exporter instead, which records the path the example "
-                    "input takes through any data-dependent branches"
+                why = (
+                    "which records the path the example input takes through any data-dependent "
+                    "branches"
+                    if exporter == "torchscript"
+                    else "which exports the program torch's converter made of the TorchScript graph"
+                    if exporter == "torchscript-to-exportedprogram"
+                    else "which traces the Python code"
                 )
-            result = {"exporter": exporter, "opset": _opset(tmp_file), "notes": notes}
+                notes.append(f"used the {exporter} exporter instead, {why}")
+            result = {
+                "exporter": exporter,
+                "opset": _opset(tmp_file),
+                "notes": notes,
+                "attempts": [
+                    *({"exporter": e, "error": _short(x)} for e, x in errors),
+                    {"exporter": exporter, "error": None},
+                ],
+                "output_names": output_names,
+                "constants": {c.name: c.value for c in model.constants},
+            }
             _move_into_place(tmp_dir, out_path)
             return result
         raise _export_error(model, errors)
@@ -83,34 +103,94 @@ def export_onnx(model: LoadedModel, specs: list[InputSpec], out_path: Path) -> d
 
 
 def torch_outputs(model: LoadedModel, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-    """Run the torch model on `feeds` (in their order, batch axis first); flattened outputs."""
+    """Run the torch model on `feeds` (in their order; constants bound); flattened outputs."""
+    return torch_named_outputs(model, feeds)[1]
+
+
+def torch_named_outputs(
+    model: LoadedModel, feeds: dict[str, np.ndarray]
+) -> tuple[list[str], list[np.ndarray]]:
+    """The torch model's outputs on `feeds`, flattened (tuples, lists, dicts), with their names:
+    `output` for a single tensor, dict keys for a dict, `output_<i>` for a sequence."""
     import torch
-    from torch.utils._pytree import tree_leaves
+    from torch.utils._pytree import tree_flatten_with_path
 
     if model.module is None:
         raise EdgekitError(f"{model.path} is an ONNX file; there is no torch model to run.")
     module = _callable(model)
-    tensors = [torch.from_numpy(np.ascontiguousarray(a)) for a in feeds.values()]
+    tensors = [torch.from_numpy(np.array(a, order="C", subok=False)) for a in feeds.values()]
     try:
         with torch.inference_mode():
-            outputs = module(*tensors)
+            outputs = module(*_with_constants(model, tensors))
     except Exception as exc:
         shapes = ", ".join(f"{k}: {tuple(v.shape)} {v.dtype}" for k, v in feeds.items())
+        shapes += "".join(f", {c.name}={c.value}" for c in model.constants)
         raise EdgekitError(
             f"Running the model on inputs [{shapes}] failed ({_raised(exc)}). Check the input "
-            "shapes, dtypes and their order with --input NAME:SHAPE:DTYPE, one per forward() "
-            "argument, in order."
+            "shapes, dtypes and their order with --input NAME:SHAPE:DTYPE (or NAME=VALUE for a "
+            "non-tensor argument), one per forward() argument, in order."
         ) from None
-    leaves = [t for t in tree_leaves(outputs) if isinstance(t, torch.Tensor)]
-    if not leaves:
+    leaves = [(path, t) for path, t in tree_flatten_with_path(outputs)[0]]
+    tensors_out = [(path, t) for path, t in leaves if isinstance(t, torch.Tensor)]
+    if not tensors_out:
         raise EdgekitError("The model returned no tensors; edgekit needs tensor outputs.")
-    return [t.detach().cpu().numpy() for t in leaves]
+    names = _output_names([path for path, _ in tensors_out])
+    return names, [t.detach().cpu().numpy() for _, t in tensors_out]
+
+
+def _with_constants(model: LoadedModel, tensors: list) -> list:
+    """forward()'s arguments: the tensors with the bound constants at their positions."""
+    args = list(tensors)
+    for constant in sorted(model.constants, key=lambda c: c.position):
+        args.insert(constant.position, constant.value)
+    return args
+
+
+def _with_constants_names(model: LoadedModel, names: list[str]) -> list[str]:
+    out = list(names)
+    for constant in sorted(model.constants, key=lambda c: c.position):
+        out.insert(constant.position, constant.name)
+    return out
+
+
+def _bake_constants(path: Path, constants: list) -> None:
+    """Graph inputs named after the constants become initializers holding their values."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(path))
+    values = {c.name: c.value for c in constants}
+    kept = []
+    for value in model.graph.input:
+        if value.name not in values:
+            kept.append(value)
+            continue
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type)
+        array = np.array(values[value.name], dtype=dtype)
+        model.graph.initializer.append(numpy_helper.from_array(array, value.name))
+    del model.graph.input[:]
+    model.graph.input.extend(kept)
+    onnx.save(model, str(path))
+
+
+def _output_batch_axes(model: LoadedModel, specs: list[InputSpec]) -> list[int | None]:
+    """Each output's batch axis: the axis whose size follows the batch (2 and 3 samples);
+    None for an output that does not depend on it."""
+    if not any(s.batch_axis is not None for s in specs):
+        return [None] * len(torch_outputs(model, generate_samples(specs, 1)))
+    two = torch_outputs(model, generate_samples(specs, _EXPORT_BATCH, seed=2))
+    three = torch_outputs(model, generate_samples(specs, _EXPORT_BATCH + 1, seed=3))
+    axes = []
+    for a, b in zip(two, three, strict=True):
+        changed = [i for i, (x, y) in enumerate(zip(a.shape, b.shape, strict=False)) if x != y]
+        axes.append(changed[0] if len(a.shape) == len(b.shape) and changed else None)
+    return axes
 
 
 def check_parity(model: LoadedModel, onnx_path: Path, feeds: dict[str, np.ndarray]) -> dict:
     """Compare torch and onnxruntime on the first PARITY_SAMPLES of the feeds. Fails past
     max(1e-3, 1e-3 * max|ref|)."""
-    feeds = {k: v[:PARITY_SAMPLES] for k, v in feeds.items()}
+    feeds = {k: v[:PARITY_SAMPLES] for k, v in feeds.items()}  # on each input's batch axis
     reference = torch_outputs(model, feeds)
     got = run_onnx(Path(onnx_path), feeds)
     if len(got) != len(reference):
@@ -149,40 +229,68 @@ def check_parity(model: LoadedModel, onnx_path: Path, feeds: dict[str, np.ndarra
 # ---------------------------------------------------------------------------- exporters
 
 
-def _attempts(model, args, names, output_names, tmp_file, notes):
+def _attempts(model, specs, args, names, output_names, out_axes, tmp_file, notes):
     """(exporter name, callable) pairs to try in order."""
     import torch
 
     batch = torch.export.Dim("batch")
-    dynamic = tuple({0: batch} for _ in args)
+    dynamic = tuple(None if spec.batch_axis is None else {spec.batch_axis: batch} for spec in specs)
+    dynamic_axes = {
+        name: {axis: "batch"}
+        for name, axis in [
+            *((s.name, s.batch_axis) for s in specs),
+            *zip(output_names, out_axes, strict=True),
+        ]
+        if axis is not None
+    }
     external = _weight_bytes(model) > _EXTERNAL_DATA_BYTES
+    bound = _bound(model)
 
-    def dynamo(module):
+    def dynamo(module, shapes=dynamic):
         return lambda: torch.onnx.export(
             module,
             args,
             str(tmp_file),
             input_names=names,
             output_names=output_names,
-            dynamic_shapes=None if isinstance(module, torch.export.ExportedProgram) else dynamic,
+            dynamic_shapes=None if isinstance(module, torch.export.ExportedProgram) else shapes,
             dynamo=True,
             external_data=external,
         )
 
     def torchscript():
+        scripted = isinstance(model.module, torch.jit.ScriptModule) and model.constants
+        # A ScriptModule cannot be traced inside a wrapper: export it with the constants as
+        # graph inputs, then turn those inputs into initializers (baked in).
         torch.onnx.export(
-            model.module,
-            args,
+            model.module if scripted else bound,
+            tuple(_with_constants(model, list(args))) if scripted else args,
             str(tmp_file),
-            input_names=names,
+            input_names=_with_constants_names(model, names) if scripted else names,
             output_names=output_names,
-            dynamic_axes={n: {0: "batch"} for n in [*names, *output_names]},
+            dynamic_axes=dynamic_axes,
             opset_version=TORCHSCRIPT_OPSET,
             dynamo=False,
         )
+        if scripted:
+            _bake_constants(tmp_file, model.constants)
+
+    def converted():
+        """TorchScript → ExportedProgram (torch's converter; shapes fixed at the example), then
+        re-exported with the dynamic batch axes and exported by the dynamo exporter."""
+        from torch._export.converter import TS2EPConverter
+
+        full = tuple(_with_constants(model, list(args)))
+        program = TS2EPConverter(model.module, full).convert()
+        module = program.module()
+        shapes = dynamic
+        if model.constants:
+            module, shapes = _Bound(module, model.constants), (dynamic,)  # forward(*tensors)
+        program = torch.export.export(module, args, dynamic_shapes=shapes, strict=False)
+        dynamo(program)()
 
     if isinstance(model.module, torch.jit.ScriptModule):
-        return [("torchscript", torchscript)]
+        return [("torchscript", torchscript), ("torchscript-to-exportedprogram", converted)]
     if isinstance(model.module, torch.export.ExportedProgram):
         program = model.module
         if _program_has_dynamic_batch(program):
@@ -190,7 +298,45 @@ def _attempts(model, args, names, output_names, tmp_file, notes):
         # Saved with a fixed batch (torch.export's default): re-trace its graph with a dynamic batch.
         notes.append("the .pt2 program had a fixed batch size; re-traced it with a dynamic batch")
         return [("dynamo", dynamo(_program_module(program)))]
-    return [("dynamo", dynamo(model.module)), ("torchscript", torchscript)]
+    shapes = (dynamic,) if model.constants else dynamic  # the bound module takes *tensors
+    return [("dynamo", dynamo(bound, shapes)), ("torchscript", torchscript)]
+
+
+def _bound(model: LoadedModel):
+    """The module to export: the model itself, or with its constants bound."""
+    if not model.constants:
+        return model.module
+    return _Bound(model.module, model.constants)
+
+
+def _make_bound_class():
+    import torch
+
+    class Bound(torch.nn.Module):
+        """forward(*tensors) = inner(*tensors with the constants at their positions)."""
+
+        def __init__(self, inner, constants):
+            super().__init__()
+            self.inner = inner
+            self.constants = sorted(constants, key=lambda c: c.position)
+
+        def forward(self, *tensors):
+            args = list(tensors)
+            for constant in self.constants:
+                args.insert(constant.position, constant.value)
+            return self.inner(*args)
+
+    return Bound
+
+
+def _Bound(inner, constants):  # noqa: N802 (a class made on first use: torch is imported lazily)
+    global _BOUND_CLASS
+    if _BOUND_CLASS is None:
+        _BOUND_CLASS = _make_bound_class()
+    return _BOUND_CLASS(inner, constants)
+
+
+_BOUND_CLASS = None
 
 
 def _program_has_dynamic_batch(program) -> bool:
@@ -207,26 +353,36 @@ def _program_has_dynamic_batch(program) -> bool:
     return True
 
 
-def _verify(path: Path, specs: list[InputSpec]) -> None:
-    """Every input has a symbolic batch axis; at batch 1 and 4 it runs and every output has
-    that batch as axis 0."""
+def _verify(path: Path, specs: list[InputSpec], out_axes: list[int | None]) -> None:
+    """Every input with a batch axis has it symbolic; at batch 1 and 4 it runs and every output
+    that follows the batch in torch has that batch on the same axis."""
     import onnx
 
     model = onnx.load(str(path), load_external_data=False)
-    static = [
-        value.name
-        for value in model.graph.input
-        if not value.type.tensor_type.shape.dim or not value.type.tensor_type.shape.dim[0].dim_param
-    ]
+    by_name = {s.name: s for s in specs}
+    static = []
+    for value in model.graph.input:
+        spec = by_name.get(value.name)
+        if spec is None or spec.batch_axis is None:
+            continue
+        dims = value.type.tensor_type.shape.dim
+        if len(dims) <= spec.batch_axis or not dims[spec.batch_axis].dim_param:
+            static.append(value.name)
     if static:
         raise _BatchError(f"the inputs {static} have a fixed batch axis in the exported graph")
+    if not any(s.batch_axis is not None for s in specs):
+        run_onnx(path, generate_samples(specs, 1))
+        return
     for batch in _VERIFY_BATCHES:
         try:
             outputs = run_onnx(path, generate_samples(specs, batch, seed=batch))
         except Exception as exc:
             raise _BatchError(f"onnxruntime failed with batch {batch}: {_short(exc)}") from None
         shapes = [out.shape for out in outputs]
-        if any(not shape or shape[0] != batch for shape in shapes):
+        if len(shapes) != len(out_axes) or any(
+            axis is not None and (len(shape) <= axis or shape[axis] != batch)
+            for shape, axis in zip(shapes, out_axes, strict=False)
+        ):
             raise _BatchError(f"with batch {batch} the outputs have shapes {shapes}")
 
 
@@ -287,8 +443,19 @@ def _program_module(program):
     return module
 
 
-def _output_names(outputs: list) -> list[str]:
-    return ["output"] if len(outputs) == 1 else [f"output_{i}" for i in range(len(outputs))]
+def _output_names(paths: list) -> list[str]:
+    """`output` for one tensor; a dict's keys (joined with `.` when nested); `output_<i>` for
+    the i-th tensor of a sequence. Unique."""
+    if len(paths) == 1 and not any(hasattr(k, "key") for k in paths[0]):
+        return ["output"]
+    names: list[str] = []
+    for i, path in enumerate(paths):
+        keys = [str(k.key) for k in path if hasattr(k, "key")]
+        name = ".".join(keys) if keys else f"output_{i}"
+        while name in names:
+            name = f"{name}_{i}"
+        names.append(name)
+    return names
 
 
 def _weight_bytes(model: LoadedModel) -> int:

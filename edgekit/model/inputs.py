@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 import zipfile
@@ -29,7 +30,9 @@ _ONNX_TO_NUMPY = {
 
 @dataclass(frozen=True)
 class InputSpec:
-    """One model input. Axis 0 is the batch axis and is exported dynamic."""
+    """One tensor input of the model. `shape` is one batch of it; `batch_axis` is the axis samples
+    are stacked on (exported dynamic), or None for an input that is the same for every sample
+    (a rank-0 input, a table): never sliced or concatenated."""
 
     name: str
     shape: tuple[int, ...]
@@ -37,23 +40,129 @@ class InputSpec:
     # Value range for generated samples; integer inputs (token ids) need one that fits the vocabulary.
     low: float = 0.0
     high: float = 1.0
+    batch_axis: int | None = 0
+
+    @property
+    def batch(self) -> int | None:
+        return None if self.batch_axis is None else self.shape[self.batch_axis]
+
+    def sample_shape(self, count: int) -> tuple[int, ...]:
+        """The shape of `count` samples of this input."""
+        if self.batch_axis is None:
+            return self.shape
+        shape = list(self.shape)
+        shape[self.batch_axis] = count
+        return tuple(shape)
+
+    def notation(self) -> str:
+        """The shape as --input writes it: 1x3x8x8, 2xBx128, -2x128 (no batch axis), scalar."""
+        if not self.shape:
+            return "scalar"
+        if self.batch_axis is None:
+            return "-" + "x".join(map(str, self.shape))
+        if self.batch_axis == 0:
+            return "x".join(map(str, self.shape))
+        dims = [str(d) for d in self.shape]
+        dims[self.batch_axis] = "B" if self.batch == 1 else f"B{self.batch}"
+        return "x".join(dims)
 
     def to_json(self) -> dict:
-        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
+        return {
+            "name": self.name,
+            "shape": list(self.shape),
+            "dtype": self.dtype,
+            "batch_axis": self.batch_axis,
+            "bound": (
+                f"tensor input, samples on axis {self.batch_axis} ({self.notation()})"
+                if self.batch_axis is not None
+                else f"tensor input without a batch axis ({self.notation()}): the same value "
+                "for every sample"
+            ),
+        }
+
+
+@dataclass(frozen=True)
+class Constant:
+    """A forward() argument that is not a tensor (`--input sr=16000`): passed to the torch model
+    as it is and baked into the export; not an ONNX input."""
+
+    name: str
+    value: int | float | bool
+    position: int  # among forward()'s arguments
+
+    def to_json(self) -> dict:
+        return {
+            "name": self.name,
+            "value": self.value,
+            "dtype": type(self.value).__name__,
+            "bound": "constant: passed to the torch model and baked into the ONNX graph",
+        }
 
 
 _SPEC_RE = re.compile(
-    r"^(?P<name>[^:]+):(?P<shape>\d+(?:x\d+)*)(?::(?P<dtype>\w+))?(?::(?P<low>-?[\d.]+)-(?P<high>-?[\d.]+))?$"
+    r"^(?P<name>[^:=]+):(?P<shape>scalar|-?\d+(?:x\d+)*|(?:(?:\d+|B\d*)x)*B\d*(?:x(?:\d+))*)"
+    r"(?::(?P<dtype>\w+))?(?::(?P<low>-?[\d.]+)-(?P<high>-?[\d.]+))?$"
+)
+_CONSTANT_RE = re.compile(r"^(?P<name>[A-Za-z_][\w.]*)=(?P<value>[^:]+)$")
+SPEC_HELP = (
+    "NAME:SHAPE[:DTYPE[:LOW-HIGH]] or NAME=VALUE. SHAPE is one batch: 1x3x224x224 (axis 0 is the "
+    "batch), 2xBx128 (B marks the batch axis, here 1; B4 for a batch of 4), -2x128 (a leading - : "
+    "no batch axis, the same tensor for every sample), scalar (rank 0, no batch axis). NAME=VALUE "
+    "binds a non-tensor forward() argument (int, float, true/false) to a constant baked into the export"
 )
 
 
+def parse_constant(text: str, position: int) -> Constant | None:
+    """`sr=16000`, `scale=0.5`, `causal=true`; None if `text` is not of that form."""
+    match = _CONSTANT_RE.match(text.strip())
+    if not match:
+        return None
+    raw = match["value"].strip()
+    value: int | float | bool
+    if raw.lower() in ("true", "false"):
+        value = raw.lower() == "true"
+    else:
+        try:
+            value = int(raw)
+        except ValueError:
+            try:
+                value = float(raw)
+            except ValueError:
+                raise EdgekitError(
+                    f"The input {text!r} binds {match['name']} to {raw!r}, which is not an int, "
+                    "a float or true/false. Constants take those; give a tensor input as "
+                    "NAME:SHAPE[:DTYPE], e.g. `--input x:1x16000:float32`."
+                ) from None
+    return Constant(match["name"], value, position)
+
+
+def parse_arguments(texts: Sequence[str]) -> tuple[list[InputSpec], list[Constant]]:
+    """--input texts in forward() order: tensor specs and constants."""
+    specs, constants = [], []
+    for position, text in enumerate(texts):
+        constant = parse_constant(text, position)
+        if constant is not None:
+            constants.append(constant)
+        else:
+            specs.append(parse_input_spec(text))
+    if constants and not specs:
+        raise EdgekitError(
+            "Every --input binds a constant; the model needs at least one tensor input. Add one "
+            "as NAME:SHAPE[:DTYPE], e.g. `--input x:1x16000:float32`."
+        )
+    return specs, constants
+
+
 def parse_input_spec(text: str) -> InputSpec:
-    """Parse `NAME:1x3x224x224[:dtype[:low-high]]`, e.g. `ids:1x128:int64:0-30522`."""
+    """Parse `NAME:SHAPE[:dtype[:low-high]]`, e.g. `ids:1x128:int64:0-30522`, `h:1xBx16`,
+    `table:-4x8`, `gain:scalar`."""
     match = _SPEC_RE.match(text.strip())
     if not match:
         raise EdgekitError(
             f"Cannot read the input spec {text!r}. Write it as NAME:SHAPE[:DTYPE[:LOW-HIGH]], "
-            "for example `--input image:1x3x224x224:float32` or `--input ids:1x128:int64:0-30522`."
+            "for example `--input image:1x3x224x224:float32`, `--input ids:1x128:int64:0-30522`, "
+            "`--input state:2xBx128` (B: the batch axis), `--input table:-4x8` (no batch axis), "
+            "`--input gain:scalar`, or NAME=VALUE for a non-tensor argument (`--input sr=16000`)."
         )
     dtype = match["dtype"] or "float32"
     if dtype not in SUPPORTED_DTYPES:
@@ -61,7 +170,12 @@ def parse_input_spec(text: str) -> InputSpec:
             f"The input spec {text!r} names the dtype {dtype!r}, which edgekit does not support. "
             f"Use one of: {', '.join(SUPPORTED_DTYPES)}."
         )
-    shape = tuple(int(d) for d in match["shape"].split("x"))
+    if match["shape"].count("B") > 1:
+        raise EdgekitError(
+            f"The input spec {text!r} marks more than one batch axis; B marks the one axis "
+            "samples are stacked on, e.g. `state:2xBx128`."
+        )
+    shape, batch_axis = _parse_shape(match["shape"])
     if any(d <= 0 for d in shape):
         raise EdgekitError(
             f"The input spec {text!r} has a zero-sized axis; every axis must be >= 1."
@@ -70,7 +184,22 @@ def parse_input_spec(text: str) -> InputSpec:
     low, high = _default_range(dtype)
     if match["low"] is not None:
         low, high = _parse_range(text, match["low"], match["high"], dtype)
-    return InputSpec(match["name"], shape, dtype, low, high)
+    return InputSpec(match["name"], shape, dtype, low, high, batch_axis)
+
+
+def _parse_shape(text: str) -> tuple[tuple[int, ...], int | None]:
+    if text == "scalar":
+        return (), None
+    if text.startswith("-"):
+        return tuple(int(d) for d in text[1:].split("x")), None
+    dims, batch_axis = [], 0
+    for axis, dim in enumerate(text.split("x")):
+        if dim.startswith("B"):
+            batch_axis = axis
+            dims.append(int(dim[1:] or 1))
+        else:
+            dims.append(int(dim))
+    return tuple(dims), batch_axis
 
 
 def _check_sample_bytes(text: str, shape: tuple[int, ...], dtype: str) -> None:
@@ -122,20 +251,25 @@ def _parse_range(text: str, low_text: str, high_text: str, dtype: str) -> tuple[
 
 
 def specs_from_onnx(path: Path) -> list[InputSpec]:
-    """Read input specs from an ONNX file. A symbolic batch axis becomes 1; any other unknown
-    axis is an error that asks for `--input`."""
+    """Read input specs from an ONNX file. The first symbolic axis of an input is its batch axis
+    (size 1); any other unknown axis is an error that asks for `--input`. A rank-0 input, and a
+    fully fixed input of a model whose other inputs have a symbolic axis, have no batch axis."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.log_severity_level = 3  # errors only: failures come back as exceptions
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    args = session.get_inputs()
+    any_symbolic = any(not (isinstance(d, int) and d > 0) for a in args for d in a.shape)
     specs = []
-    for arg in session.get_inputs():
-        dims = []
+    for arg in args:
+        dims: list[int] = []
+        batch_axis = None
         for axis, dim in enumerate(arg.shape):
             if isinstance(dim, int) and dim > 0:
                 dims.append(dim)
-            elif axis == 0:
+            elif batch_axis is None and dim != 0:
+                batch_axis = axis
                 dims.append(1)
             elif dim == 0:
                 raise EdgekitError(
@@ -157,7 +291,9 @@ def specs_from_onnx(path: Path) -> list[InputSpec]:
                 f"The model's input {arg.name!r} has type {arg.type}, which edgekit cannot generate "
                 "samples for. Supply real data with `--data FILE.npz`."
             )
-        specs.append(InputSpec(arg.name, tuple(dims), dtype, *_default_range(dtype)))
+        if batch_axis is None and dims and not any_symbolic:
+            batch_axis = 0  # every axis fixed (batch 1 baked in): axis 0 is still the batch
+        specs.append(InputSpec(arg.name, tuple(dims), dtype, *_default_range(dtype), batch_axis))
     return specs
 
 
@@ -166,11 +302,12 @@ def _default_range(dtype: str) -> tuple[float, float]:
 
 
 def generate_samples(specs: list[InputSpec], count: int, seed: int = 0) -> dict[str, np.ndarray]:
-    """`count` random samples per input, stacked on the batch axis: shape (count, *spec.shape[1:])."""
+    """`count` random samples per input, stacked on its batch axis (an input without one gets
+    one value, the same for every sample), as SampleArrays."""
     rng = np.random.default_rng(seed)
     feeds = {}
     for spec in specs:
-        shape = (count, *spec.shape[1:])
+        shape = spec.sample_shape(count)
         size = math.prod(shape) * np.dtype(spec.dtype).itemsize
         if size > MAX_SAMPLE_BYTES:
             raise EdgekitError(
@@ -187,7 +324,58 @@ def generate_samples(specs: list[InputSpec], count: int, seed: int = 0) -> dict[
             )
         else:
             feeds[spec.name] = rng.uniform(spec.low, spec.high, size=shape).astype(spec.dtype)
-    return feeds
+    return {spec.name: as_samples(feeds[spec.name], spec, count) for spec in specs}
+
+
+class SampleArray(np.ndarray):
+    """The samples of one input, which know their batch axis: `a[i:j]` takes samples i to j on
+    that axis and `len(a)` counts samples, so code written for batch-first arrays (the passes'
+    calibration and parity slices) stays right for an input batched on another axis; an input
+    without a batch axis is the same for every sample and is never sliced (`a[i:j]` is `a`).
+    Other indexing is numpy's. np.asarray(a) gives the plain array."""
+
+    batch_axis: int | None = 0
+    _count: int = 0
+
+    def __array_finalize__(self, obj) -> None:
+        self.batch_axis = getattr(obj, "batch_axis", 0)
+        self._count = getattr(obj, "_count", 0)
+
+    def __getitem__(self, key):
+        if isinstance(key, slice) and self.batch_axis != 0:
+            if self.batch_axis is None:
+                out = self.view(SampleArray)
+                out._count = len(range(*key.indices(self._count)))
+                return out
+            index = [slice(None)] * self.ndim
+            index[self.batch_axis] = key
+            return super().__getitem__(tuple(index))
+        return super().__getitem__(key)
+
+    def __len__(self) -> int:
+        if self.batch_axis is None:
+            return self._count
+        return self.shape[self.batch_axis]
+
+    def __reduce__(self):  # pickled (multiprocessing) as a plain array
+        return np.asarray(self).__reduce__()
+
+
+def as_samples(array: np.ndarray, spec: InputSpec, count: int) -> SampleArray:
+    out = np.asarray(array).view(SampleArray)
+    out.batch_axis = spec.batch_axis
+    out._count = count
+    return out
+
+
+def sample_count(feeds: dict[str, np.ndarray]) -> int:
+    """How many samples the feeds hold (inputs without a batch axis count as every sample)."""
+    counts = [len(a) for a in feeds.values() if getattr(a, "batch_axis", 0) is not None]
+    return min(counts) if counts else len(next(iter(feeds.values())))
+
+
+def feed_batch_axis(array: np.ndarray) -> int | None:
+    return getattr(array, "batch_axis", 0) if np.ndim(array) else None
 
 
 def load_npz(path: Path) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
@@ -231,21 +419,12 @@ def load_npz(path: Path) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
             f"The labels in {path} have shape {labels.shape}; they must have shape (N,): one "
             "class index (or value) per sample. Save argmax(one_hot, axis=1) for one-hot labels."
         )
-    counts = {len(a) for a in arrays.values()} | ({len(labels)} if labels is not None else set())
-    if len(counts) != 1:
-        raise EdgekitError(
-            f"The arrays in {path} have different sample counts ({sorted(counts)}); "
-            "every input and the labels must have the same first axis."
-        )
     return arrays, labels
 
 
 def _check_data_array(path: Path, name: str, array: np.ndarray) -> None:
     if array.ndim == 0:
-        raise EdgekitError(
-            f"The array {name!r} in {path} is a single number (a scalar), not samples. Save "
-            "inputs with the samples on the first axis, e.g. shape (N, 3, 224, 224)."
-        )
+        return  # a rank-0 input's value, the same for every sample; checked against the spec
     if len(array) == 0:
         raise EdgekitError(
             f"The array {name!r} in {path} holds 0 samples (shape {array.shape}). Save at least "
@@ -274,7 +453,10 @@ def specs_from_data(arrays: dict[str, np.ndarray]) -> list[InputSpec]:
         )
         if high <= low:
             high = low + 1
-        specs.append(InputSpec(name, (1, *array.shape[1:]), dtype, low, high))
+        if array.ndim == 0:
+            specs.append(InputSpec(name, (), dtype, low, high, None))
+        else:
+            specs.append(InputSpec(name, (1, *array.shape[1:]), dtype, low, high))
     return specs
 
 
@@ -286,20 +468,40 @@ def check_data_matches(specs: list[InputSpec], arrays: dict[str, np.ndarray], so
             f"The data in {source} has no array for the model input(s) {missing}; it has "
             f"{sorted(arrays)}. Name the arrays after the inputs (or rename the inputs with --input)."
         )
+    counts = set()
     for spec in specs:
         array = arrays[spec.name]
-        if tuple(array.shape[1:]) != tuple(spec.shape[1:]):
-            raise EdgekitError(
-                f"The data array {spec.name!r} has samples of shape {tuple(array.shape[1:])}, but the "
-                f"model input expects {tuple(spec.shape[1:])} (after the batch axis). Fix the data "
-                "or the --input spec."
-            )
+        if spec.batch_axis is None:
+            if tuple(array.shape) != tuple(spec.shape):
+                raise EdgekitError(
+                    f"The data array {spec.name!r} has shape {tuple(array.shape)}, but the model "
+                    f"input has no batch axis and shape {tuple(spec.shape)} (the same value for "
+                    "every sample): save it with exactly that shape. Fix the data or the --input "
+                    "spec (B marks a batch axis, e.g. 2xBx128)."
+                )
+        else:
+            axis = spec.batch_axis
+            got = array.shape[:axis] + array.shape[axis + 1 :] if array.ndim > axis else None
+            want = spec.shape[:axis] + spec.shape[axis + 1 :]
+            if got is None or array.ndim != len(spec.shape) or tuple(got) != tuple(want):
+                raise EdgekitError(
+                    f"The data array {spec.name!r} has shape {tuple(array.shape)}, but the model "
+                    f"input takes {spec.notation()} (samples on axis {axis}, the rest "
+                    f"{tuple(want)}). Fix the data or the --input spec."
+                )
+            counts.add(array.shape[axis])
         if _kind(array.dtype) != _kind(np.dtype(spec.dtype)):
             raise EdgekitError(
                 f"The data array {spec.name!r} holds {array.dtype} values, but the model input "
                 f"takes {spec.dtype}: converting would change the values. Save the array as "
                 f"{spec.dtype} (or fix the --input spec)."
             )
+
+    if len(counts) > 1:
+        raise EdgekitError(
+            f"The arrays in {source} have different sample counts ({sorted(counts)}) on their "
+            "batch axes; every input (and the labels) must hold the same samples."
+        )
 
 
 def _kind(dtype: np.dtype) -> str:
@@ -313,24 +515,28 @@ class Samples:
     calibration and the benchmark use."""
 
     specs: list[InputSpec]
-    feeds: dict[str, np.ndarray]  # every sample, in the input's dtype
+    feeds: dict[str, np.ndarray]  # every sample, in the input's dtype (SampleArrays)
     labels: np.ndarray | None
     data: Path | None  # the --data file; None when the samples are generated
+    constants: list[Constant] = dataclasses.field(default_factory=list)
 
     @property
     def batch(self) -> int:
-        """The batch the model is timed (and drift measured) at: the first input's axis 0."""
-        return self.specs[0].shape[0]
+        """The batch the model is timed (and drift measured) at: the first batched input's."""
+        return batch_of(self.specs)
 
     def first_batch(self) -> dict[str, np.ndarray]:
-        """One batch, as the benchmark feeds it."""
-        return {s.name: np.ascontiguousarray(self.feeds[s.name][: s.shape[0]]) for s in self.specs}
+        """One batch, as the benchmark feeds it (plain arrays)."""
+        return {
+            s.name: np.array(self.feeds[s.name][: self.batch], order="C", subok=False)
+            for s in self.specs
+        }
 
     def to_json(self) -> dict:
         """The report's `data` section."""
         return {
             "path": str(self.data) if self.data else None,
-            "samples": len(next(iter(self.feeds.values()))),
+            "samples": sample_count(self.feeds),
             "labels": self.labels is not None,
             "generated": self.data is None,
         }
@@ -343,8 +549,15 @@ def resolve_samples(
     carries, else the shapes of the --data arrays; the samples from --data (at least one batch),
     else `generated` random ones (at least one batch)."""
     arrays, labels = load_npz(data) if data else (None, None)
+    constants: list[Constant] = []
     if texts:
-        specs = [parse_input_spec(t) for t in texts]
+        specs, constants = parse_arguments(texts)
+        if constants and from_file is not None:
+            raise EdgekitError(
+                f"--input {constants[0].name}={constants[0].value} binds a constant, but this "
+                "model is ONNX, whose inputs are all tensors (constants were baked in when it was "
+                "exported). Drop that --input."
+            )
     elif from_file:
         specs = from_file
     elif arrays is not None:
@@ -355,15 +568,29 @@ def resolve_samples(
             "`--input NAME:1x3x224x224:float32` (repeat for several inputs), or pass real samples "
             "with `--data FILE.npz` (arrays named after the inputs)."
         )
-    batch = specs[0].shape[0]
+    batch = batch_of(specs)
     if arrays is None:
-        return Samples(specs, generate_samples(specs, max(generated, batch)), None, None)
+        feeds = generate_samples(specs, max(generated, batch))
+        return Samples(specs, feeds, None, None, constants)
     check_data_matches(specs, arrays, str(data))
-    count = len(next(iter(arrays.values())))
+    batched = [s for s in specs if s.batch_axis is not None]
+    count = arrays[batched[0].name].shape[batched[0].batch_axis] if batched else 1
+    if labels is not None and len(labels) != count:
+        raise EdgekitError(
+            f"The data file {data} has {len(labels)} labels for {count} samples; give one label "
+            "per sample."
+        )
     if count < batch:
         raise EdgekitError(
             f"The data file {data} has {count} sample(s), fewer than one batch of the model "
-            f"({batch}, axis 0 of --input). Give more samples or a smaller batch."
+            f"({batch}, the batch axis of --input). Give more samples or a smaller batch."
         )
-    feeds = {s.name: arrays[s.name].astype(s.dtype, copy=False) for s in specs}
-    return Samples(specs, feeds, labels, Path(data))
+    feeds = {
+        s.name: as_samples(arrays[s.name].astype(s.dtype, copy=False), s, count) for s in specs
+    }
+    return Samples(specs, feeds, labels, Path(data), constants)
+
+
+def batch_of(specs: list[InputSpec]) -> int:
+    """The batch of a run: the first input with a batch axis decides (1 when none has one)."""
+    return next((s.batch for s in specs if s.batch_axis is not None), 1)

@@ -50,6 +50,9 @@ class LoadedModel:
     input_specs: list[InputSpec] | None  # when the file carries shapes (onnx, .pt2)
     notes: list[str] = field(default_factory=list)
     files: list[Path] = field(default_factory=list)  # onnx: the model and its external data
+    # Non-tensor forward() arguments bound with --input NAME=VALUE (edgekit.model.inputs.Constant):
+    # passed to the torch model and baked into the export.
+    constants: list = field(default_factory=list)
 
 
 def load_model(

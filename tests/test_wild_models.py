@@ -1,0 +1,240 @@
+"""Models as users really have them (issue 11): built here, saved the way users save them, and
+run through the real `edgekit optimize` CLI. Every report row must be measured, not an error."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from conftest import run_edgekit
+from onnx import TensorProto, helper
+from torch import nn
+
+FAST = ("--int8", "none", "--min-time", "0.1", "--max-time", "0.3", "--json")
+
+
+def optimize(model: Path, *args: str) -> dict:
+    result = run_edgekit("optimize", model, "-o", model.parent / "out", *FAST, *args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    report = json.loads(result.stdout)
+    for row in report["variants"]:
+        assert row["error"] is None, (row["name"], row["error"])
+        assert row["latency_ms"]["p50"] > 0, row["name"]
+        assert row["accuracy"]["cosine_min"] is not None, row["name"]
+    return report
+
+
+def export_settings(report: dict) -> dict:
+    fp32 = next(v for v in report["variants"] if v["name"] == "fp32")
+    return next(p["settings"] for p in fp32["passes"] if p["name"] == "export")
+
+
+class Encoder(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Embedding(50, 32)
+        layer = nn.TransformerEncoderLayer(32, 4, 64, dropout=0.0, batch_first=True)
+        self.encoder = nn.TransformerEncoder(layer, 2)
+        self.head = nn.Linear(32, 4)
+
+    def forward(self, ids):
+        return self.head(self.encoder(self.embed(ids)).mean(1))
+
+
+def test_traced_transformer_encoder_falls_back_to_the_converter(tmp_path):
+    torch.manual_seed(0)
+    ids = torch.randint(0, 50, (2, 8))
+    traced = torch.jit.trace(Encoder().eval(), ids, check_trace=False)
+    torch.jit.save(traced, tmp_path / "encoder.pt")
+    report = optimize(tmp_path / "encoder.pt", "--input", "ids:1x8:int64:0-50")
+    settings = export_settings(report)
+    assert settings["exporter"] == "torchscript-to-exportedprogram"
+    assert settings["attempts"][0]["exporter"] == "torchscript"
+    assert "unknown rank" in settings["attempts"][0]["error"]
+    assert any("torchscript exporter failed" in n for n in settings["notes"])
+
+
+class Branchy(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(8, 3)
+
+    def forward(self, x):
+        y = self.fc(x)
+        if bool(y.sum() > 0):  # noqa: SIM108 (control flow is the point)
+            y = y * 2
+        else:
+            y = y - 1
+        for _ in range(2):
+            y = torch.relu(y) + 0.5
+        return y
+
+
+def test_scripted_model_with_control_flow(tmp_path):
+    torch.jit.save(torch.jit.script(Branchy().eval()), tmp_path / "branchy.pt")
+    report = optimize(tmp_path / "branchy.pt", "--input", "x:1x8")
+    assert export_settings(report)["exporter"] == "torchscript"
+
+
+class WithRate(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(16, 4)
+
+    def forward(self, x: torch.Tensor, sr: int):
+        return self.fc(x) * (float(sr) / 8000.0)
+
+
+def test_torchscript_with_an_int_argument_bound_to_a_constant(tmp_path):
+    torch.jit.save(torch.jit.script(WithRate().eval()), tmp_path / "rate.pt")
+    report = optimize(tmp_path / "rate.pt", "--input", "x:1x16", "--input", "sr=16000")
+    assert export_settings(report)["constants"] == {"sr": 16000}
+    bound = {i["name"]: i for i in report["inputs"]}
+    assert bound["sr"]["value"] == 16000 and "constant" in bound["sr"]["bound"]
+    graph = onnx.load(str(tmp_path / "out" / "fp32.onnx"))
+    assert [i.name for i in graph.graph.input] == ["x"]
+
+
+GRU_ARCH = """
+import torch
+from torch import nn
+
+
+class Streaming(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.gru = nn.GRU(8, 16, batch_first=True)
+        self.out = nn.Linear(16, 3)
+
+    def forward(self, x, h):
+        y, h_next = self.gru(x, h)
+        return self.out(y), h_next
+"""
+
+
+def test_gru_with_state_batched_on_axis_1(tmp_path):
+    (tmp_path / "streaming.py").write_text(GRU_ARCH)
+    namespace: dict = {}
+    exec(GRU_ARCH, namespace)
+    torch.save(namespace["Streaming"]().state_dict(), tmp_path / "gru.pt")
+    arrays = {
+        "x": np.random.default_rng(0).normal(size=(12, 5, 8)).astype(np.float32),
+        "h": np.random.default_rng(1).normal(size=(1, 12, 16)).astype(np.float32),
+    }
+    np.savez(tmp_path / "data.npz", **arrays)
+    report = optimize(
+        tmp_path / "gru.pt",
+        "--arch",
+        f"{tmp_path / 'streaming.py'}:Streaming",
+        "--input",
+        "x:1x5x8",
+        "--input",
+        "h:1xBx16",
+        "--data",
+        tmp_path / "data.npz",
+        "--primary-output",
+        "output_0",
+    )
+    assert {i["name"]: i["batch_axis"] for i in report["inputs"]} == {"x": 0, "h": 1}
+    graph = onnx.load(str(tmp_path / "out" / "fp32.onnx"))
+    h = next(i for i in graph.graph.input if i.name == "h")
+    assert h.type.tensor_type.shape.dim[1].dim_param  # the batch axis is dynamic
+    fp32 = next(v for v in report["variants"] if v["name"] == "fp32")
+    assert set(fp32["accuracy"]["outputs"]) == {"output_0", "output_1"}
+    assert fp32["accuracy"]["outputs"]["output_0"]["shape"] == [5, 3]
+    assert report["data"]["samples"] == 12
+
+
+DICT_ARCH = """
+from torch import nn
+
+
+class TwoHeads(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Linear(6, 8)
+        self.classify = nn.Linear(8, 5)
+
+    def forward(self, x):
+        embedding = self.body(x).tanh()
+        return {"embedding": embedding, "logits": self.classify(embedding)}
+"""
+
+
+def test_model_returning_a_dict(tmp_path):
+    (tmp_path / "heads.py").write_text(DICT_ARCH)
+    namespace: dict = {}
+    exec(DICT_ARCH, namespace)
+    torch.save(namespace["TwoHeads"]().state_dict(), tmp_path / "heads.pt")
+    arch = f"{tmp_path / 'heads.py'}:TwoHeads"
+    report = optimize(
+        tmp_path / "heads.pt", "--arch", arch, "--input", "x:1x6", "--primary-output", "logits"
+    )
+    graph = onnx.load(str(tmp_path / "out" / "fp32.onnx"))
+    assert [o.name for o in graph.graph.output] == ["embedding", "logits"]
+    fp32 = next(v for v in report["variants"] if v["name"] == "fp32")
+    assert fp32["accuracy"]["primary_output"] == "logits"
+    assert set(fp32["accuracy"]["outputs"]) == {"embedding", "logits"}
+    assert fp32["accuracy"]["top1_agreement"] == 1.0  # logits are classifier-shaped
+    assert any("'logits'" in n and "--primary-output" in n for n in report["notes"])
+
+
+def test_unknown_primary_output_is_a_clear_error(tmp_path):
+    (tmp_path / "heads.py").write_text(DICT_ARCH)
+    namespace: dict = {}
+    exec(DICT_ARCH, namespace)
+    torch.save(namespace["TwoHeads"]().state_dict(), tmp_path / "heads.pt")
+    result = run_edgekit(
+        "optimize", tmp_path / "heads.pt", "--arch", f"{tmp_path / 'heads.py'}:TwoHeads",
+        "--input", "x:1x6", "--primary-output", "nope", *FAST,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "embedding" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_onnx_file_with_a_scalar_input(tmp_path):
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])
+    gain = helper.make_tensor_value_info("gain", TensorProto.FLOAT, [])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])
+    weight = helper.make_tensor(
+        "w", TensorProto.FLOAT, [4, 4], np.eye(4, dtype=np.float32).ravel().tolist()
+    )
+    nodes = [
+        helper.make_node("MatMul", ["x", "w"], ["xw"]),
+        helper.make_node("Mul", ["xw", "gain"], ["y"]),
+    ]
+    graph = helper.make_graph(nodes, "scaled", [x, gain], [y], [weight])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.save(model, tmp_path / "scaled.onnx")
+    report = optimize(tmp_path / "scaled.onnx")
+    bound = {i["name"]: i for i in report["inputs"]}
+    assert bound["gain"]["shape"] == [] and bound["gain"]["batch_axis"] is None
+    assert bound["x"]["batch_axis"] == 0
+
+
+def test_constant_for_an_onnx_model_is_refused(tmp_path):
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "r", [x], [y])
+    onnx.save(
+        helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "r.onnx"
+    )
+    result = run_edgekit("optimize", tmp_path / "r.onnx", "--input", "sr=16000", *FAST)
+    assert result.returncode == 2 and "constant" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["x:1xBxB", "x:Bx", "sr=hello", "x:-"],
+)
+def test_bad_input_notation_is_a_clear_error(tmp_path, text):
+    from edgekit.errors import EdgekitError
+    from edgekit.model.inputs import parse_arguments
+
+    with pytest.raises(EdgekitError):
+        parse_arguments([text, "y:1x2"])
