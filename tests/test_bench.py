@@ -195,7 +195,9 @@ def test_cli_report_fields(models, tmp_path):
     report = json.loads(proc.stdout)  # --json: stdout is exactly the report
     assert report == _report(out)
     assert report["command"] == "bench" and report["schema_version"] == 1
-    assert report["inputs"] == [{"name": "x", "shape": [1, 3, 8, 8], "dtype": "float32"}]
+    (given,) = report["inputs"]
+    assert given["name"] == "x" and given["shape"] == [1, 3, 8, 8] and given["dtype"] == "float32"
+    assert given["batch_axis"] == 0  # how the input was bound, in the report
     for key in ("cpu", "arch", "cores", "logical_cpus", "features", "governor", "temperature_c",
                 "throttled", "load_avg_before", "load_avg_after", "python", "onnxruntime", "numpy",
                 "os"):  # fmt: skip

@@ -151,7 +151,8 @@ def test_bad_input_spec(tmp_path, spec, words):
     "arrays, words",
     [
         ({"x": np.zeros((0, 4), np.float32)}, "'x' in DATA holds 0 samples"),
-        ({"x": np.float32(1.0)}, "'x' in DATA is a single number (a scalar)"),
+        # rank-0 inputs exist (issue 11), so a scalar is refused against the model's input
+        ({"x": np.float32(1.0)}, "'x' has shape (), but the model input takes 1x4"),
         ({"x": np.array([[np.nan, 1, 2, 3]], np.float32)}, "holds 1 NaN or infinite value(s)"),
         (
             {"x": np.zeros((2, 4), np.float32), "labels": np.zeros((2, 3))},

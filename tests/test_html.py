@@ -148,6 +148,7 @@ def chart_pixels(pixels) -> int:
     return int((diff < 40).sum())
 
 
+@pytest.mark.slow
 def test_chromium_screenshot_shows_page_and_chart(tmp_path):
     chromium = _chromium()
     page = html.render(read_report(FIXTURES / "good_small.json"))

@@ -205,6 +205,7 @@ def _start_optimize(model: Path, out: Path) -> subprocess.Popen:
     )
 
 
+@pytest.mark.slow
 def test_sigterm_keeps_the_earlier_report_and_leaves_nothing(earlier, tmp_path):
     model, first = earlier
     out = tmp_path / "out"
@@ -220,6 +221,7 @@ def test_sigterm_keeps_the_earlier_report_and_leaves_nothing(earlier, tmp_path):
     assert _leftovers(tmp_path) == []
 
 
+@pytest.mark.slow
 def test_sigkill_leftovers_are_swept_by_the_next_run(earlier, tmp_path):
     model, first = earlier
     out = tmp_path / "out"
@@ -233,6 +235,7 @@ def test_sigkill_leftovers_are_swept_by_the_next_run(earlier, tmp_path):
     assert _leftovers(tmp_path) == []
 
 
+@pytest.mark.slow
 def test_a_concurrent_run_into_the_same_folder_exits_2(earlier, tmp_path):
     model, _ = earlier
     out = tmp_path / "out"
