@@ -51,15 +51,22 @@ def test_conv_heavy_models_get_static_and_dynamic_only_to_show_its_slowdown():
 
 
 @pytest.mark.parametrize("mix", [{"matmul": 36}, {"recurrent": 2, "matmul": 1}, {"attention": 6}])
-def test_matmul_and_recurrent_heavy_models_get_every_recipe(mix):
+def test_matmul_and_recurrent_heavy_models_get_every_int8_recipe(mix):
     d = decisions({"conv": 1, **mix})
-    assert all(x.tried and x.fix_drift for x in d.values())
+    int8 = ("int8-dynamic", "int8-dynamic-pc", "int8-static")
+    assert all(d[n].tried and d[n].fix_drift for n in int8)
+    assert d["int8-dynamic-outliers"].tried is (mix.get("matmul", 0) > 0)
+    assert d["int8-dynamic-smooth"].tried is (mix.get("matmul", 0) > 0)
+    # weight-only: measured slower than fp32 (8 bits) or over budget (4 bits) on x86: `all` only
+    assert not d["int8-weights"].tried and "measured 0.5–0.7x" in d["int8-weights"].why
+    assert decisions({"conv": 1, **mix}, "all")["int4-weights"].tried
     if "recurrent" in mix:
         assert "LSTM/GRU/RNN stay float" in d["int8-static"].why
 
 
 def test_modes_and_models_with_nothing_to_quantize():
     assert not any(x.tried for x in decisions({"conv": 3}, "none").values())
+    assert not decisions({"conv": 3, "matmul": 1})["int8-dynamic-outliers"].tried
     assert [n for n, x in decisions({"conv": 3}, "static").items() if x.tried] == ["int8-static"]
     assert [n for n, x in decisions({"conv": 3}, "dynamic").items() if x.tried] == [
         "int8-dynamic",
