@@ -56,18 +56,18 @@ def quantized_nodes(path: Path) -> list[tuple[str, str]]:
     what it reads, e.g. `MatMul reading LayerNormalization`."""
     graph = onnx.load(str(path), load_external_data=False).graph
     producers = {o: n for n in graph.node for o in n.output}
-    touched = []
-    for node in graph.node:
-        if node.op_type in _QUANT_PLUMBING:
-            continue
-        fed = [producers.get(i) for i in node.input]
-        # QDQ: a node reading a DequantizeLinear runs on int8 data. Dynamic: the integer op
-        # itself (the Mul of the scales also reads DynamicQuantizeLinear, but is plumbing).
-        if node.op_type in _INTEGER_OPS or any(
-            p is not None and p.op_type == "DequantizeLinear" for p in fed
-        ):
-            touched.append((_float_name(node), _role(node, producers)))
-    return touched
+    touched = {n.name for n in graph.node if n.op_type in _INTEGER_OPS}
+    for dq in (n for n in graph.node if n.op_type == "DequantizeLinear"):
+        source = producers.get(dq.input[0])
+        if source is not None and source.op_type != "QuantizeLinear":
+            touched.add(source.name)  # it ran on int8 data (a quantized Gather, say)
+        else:  # QDQ: what reads the dequantized activation or weight runs on int8
+            touched.update(n.name for n in graph.node if dq.output[0] in n.input)
+    return [
+        (_float_name(n), _role(n, producers))
+        for n in graph.node
+        if n.name in touched and n.op_type not in _QUANT_PLUMBING
+    ]
 
 
 def _float_name(node) -> str:
