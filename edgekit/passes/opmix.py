@@ -42,7 +42,7 @@ RECIPES = (DYNAMIC, DYNAMIC_PC, STATIC, SMOOTH, OUTLIERS, WEIGHTS_INT8, WEIGHTS_
 # AVX2 without VNNI): why auto leaves the weight-only recipes to `--int8 all`.
 WEIGHT_ONLY_WHY = (
     "weight-only MatMulNBits: near-float drift at 8 bits (cosine 0.9989) but measured 0.5–0.7x "
-    "fp32 speed, and 4 bits ~1.1x at cosine 0.96 on a 2-core x86 without VNNI; `--int8 all` "
+    "fp32 speed, and 4 bits 0.9–1.1x at cosine 0.96 on a 2-core x86 without VNNI; `--int8 all` "
     "tries it"
 )
 

@@ -93,6 +93,7 @@ def smooth(path: Path, out: Path, outliers: dict[str, dict[int, float]]) -> list
     graph = model.graph
     weights = {i.name: i for i in graph.initializer}
     producers = {o: n for n in graph.node for o in n.output}
+    outputs = {o.name for o in graph.output}
     readers: dict[str, list] = {}
     for node in graph.node:
         for name in node.input:
@@ -112,7 +113,8 @@ def smooth(path: Path, out: Path, outliers: dict[str, dict[int, float]]) -> list
         for m in matmuls:
             _rescale(graph, weights, m, 1, s[:, None])
         norm = producers.get(x)
-        if norm is not None and norm.op_type == "LayerNormalization" and len(matmuls) == len(users):
+        only_matmuls = len(matmuls) == len(users) and x not in outputs
+        if norm is not None and norm.op_type == "LayerNormalization" and only_matmuls:
             for i in (1, 2):
                 if len(norm.input) > i and norm.input[i] in weights:
                     _rescale(graph, weights, norm, i, 1.0 / s)
