@@ -51,15 +51,22 @@ def test_conv_heavy_models_get_static_and_dynamic_only_to_show_its_slowdown():
 
 
 @pytest.mark.parametrize("mix", [{"matmul": 36}, {"recurrent": 2, "matmul": 1}, {"attention": 6}])
-def test_matmul_and_recurrent_heavy_models_get_every_recipe(mix):
+def test_matmul_and_recurrent_heavy_models_get_every_int8_recipe(mix):
     d = decisions({"conv": 1, **mix})
-    assert all(x.tried and x.fix_drift for x in d.values())
+    int8 = ("int8-dynamic", "int8-dynamic-pc", "int8-static")
+    assert all(d[n].tried and d[n].fix_drift for n in int8)
+    assert d["int8-dynamic-outliers"].tried is (mix.get("matmul", 0) > 0)
+    assert d["int8-dynamic-smooth"].tried is (mix.get("matmul", 0) > 0)
+    # weight-only: measured slower than fp32 (8 bits) or over budget (4 bits) on x86: `all` only
+    assert not d["int8-weights"].tried and "measured 0.5–0.7x" in d["int8-weights"].why
+    assert decisions({"conv": 1, **mix}, "all")["int4-weights"].tried
     if "recurrent" in mix:
         assert "LSTM/GRU/RNN stay float" in d["int8-static"].why
 
 
 def test_modes_and_models_with_nothing_to_quantize():
     assert not any(x.tried for x in decisions({"conv": 3}, "none").values())
+    assert not decisions({"conv": 3, "matmul": 1})["int8-dynamic-outliers"].tried
     assert [n for n, x in decisions({"conv": 3}, "static").items() if x.tried] == ["int8-static"]
     assert [n for n, x in decisions({"conv": 3}, "dynamic").items() if x.tried] == [
         "int8-dynamic",
@@ -148,3 +155,67 @@ def test_a_pruned_parent_names_its_int8_children_after_itself(tmp_path):
     assert [v.name for v in variants] == ["structured-0.5+int8-static"]
     assert variants[0].parent == "structured-0.5" and variants[0].error is None
     assert variants[0].passes[-1]["settings"]["calibration"] == "Percentile"
+
+
+def layernorm_matmul(path, gamma_outliers=(3, 40.0)):
+    """x (N, 4, 16) → LayerNorm (one gamma channel ×40, as trained BERTs have) → MatMul+bias →
+    Relu → MatMul: an outlier channel into the first MatMul, none into the second."""
+    rng = np.random.default_rng(0)
+    gamma = np.ones(16)
+    gamma[gamma_outliers[0]] = gamma_outliers[1]
+    inits = [
+        numpy_helper.from_array(a.astype(np.float32), n)
+        for n, a in [
+            ("gamma", gamma),
+            ("beta", np.zeros(16)),
+            ("w1", rng.normal(0, 0.3, (16, 32))),
+            ("b1", rng.normal(0, 0.3, 32)),
+            ("w2", rng.normal(0, 0.3, (32, 8))),
+        ]
+    ]
+    nodes = [
+        helper.make_node("LayerNormalization", ["x", "gamma", "beta"], ["n"], name="norm", axis=-1),
+        helper.make_node("MatMul", ["n", "w1"], ["h"], name="fc1"),
+        helper.make_node("Add", ["h", "b1"], ["hb"], name="fc1_bias"),
+        helper.make_node("Relu", ["hb"], ["r"], name="relu"),
+        helper.make_node("MatMul", ["r", "w2"], ["y"], name="fc2"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "ln",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4, 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 4, 8])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
+
+
+def test_outlier_channels_are_found_and_both_rewrites_compute_the_same_function(tmp_path):
+    from edgekit.passes import outliers
+
+    path = layernorm_matmul(tmp_path / "ln.onnx")
+    feeds = {"x": np.random.default_rng(1).normal(size=(8, 4, 16)).astype(np.float32)}
+    found = outliers.find(path, feeds)
+    assert list(found) == ["n"] and list(found["n"]) == [3] and found["n"][3] > 6
+    expected = run_onnx(path, feeds)[0]
+
+    how = outliers.smooth(path, tmp_path / "smooth.onnx", found)
+    assert how == ["n: into norm"]  # folded into the LayerNorm: no op added
+    smoothed = onnx.load(str(tmp_path / "smooth.onnx"))
+    assert [n.op_type for n in smoothed.graph.node] == [
+        n.op_type for n in onnx.load(str(path)).graph.node
+    ]
+    np.testing.assert_allclose(run_onnx(tmp_path / "smooth.onnx", feeds)[0], expected, atol=1e-4)
+
+    kept = outliers.decompose(path, tmp_path / "split.onnx", found)
+    assert kept == ["fc1/outliers"]
+    split = onnx.load(str(tmp_path / "split.onnx"))
+    ops = [n.op_type for n in split.graph.node]
+    assert ops.count("MatMul") == 3 and "Gather" in ops
+    # the float part joins after the bias Add, so onnxruntime can still fuse the int8 MatMul+bias
+    by_output = {o: n for n in split.graph.node for o in n.output}
+    assert by_output["h"].name == "fc1" and by_output["hb"].name == "fc1/outliers/add"
+    np.testing.assert_allclose(run_onnx(tmp_path / "split.onnx", feeds)[0], expected, atol=1e-4)

@@ -1,12 +1,13 @@
-"""int8 showdown: does edgekit's int8 beat the usual hand recipe? (issue 4)
+"""int8 showdown: does edgekit's int8 beat the usual hand recipe? (issues 4 and 11)
 
-Builds a ResNet-18-shaped CNN and a 6-layer transformer encoder (random weights: latency and
-drift only), saves each as a state_dict a user would have, runs `edgekit optimize` on each, and
-prints side by side, as latency ratios to ORT fp32 measured interleaved in one run: PyTorch
-eager fp32, ORT fp32, naive `quantize_dynamic` of the raw export, and edgekit's recommended
-variant, with drift.
+Builds a ResNet-18-shaped CNN, a 6-layer transformer encoder, and a 6-layer sentence encoder with
+trained-BERT-like outlier channels (token ids + attention mask, mean pooling, L2 norm; see
+tools/reference_models.py) — random weights: latency and drift only — saves each as a state_dict
+a user would have, runs `edgekit optimize` on each, and prints side by side, as latency ratios to
+ORT fp32 measured interleaved in one run: PyTorch eager fp32, ORT fp32, naive `quantize_dynamic`
+of the raw export, and edgekit's recommended variant, with drift.
 
-    python tools/int8_showdown.py [--min-time 2] [--max-time 6]
+    python tools/int8_showdown.py [--min-time 2] [--max-time 6] [--only outlier]
 
 The model classes double as `--arch` factories (`tools/int8_showdown.py:ResNet18`).
 """
@@ -26,7 +27,7 @@ import numpy as np
 import onnxruntime as ort
 import torch
 from onnxruntime.quantization import quantize_dynamic
-from reference_models import ResNet18
+from reference_models import ResNet18, SentenceEncoder, sentence_batch
 from torch import nn
 
 from edgekit.accuracy import drift, run_onnx
@@ -66,9 +67,42 @@ class Encoder(nn.Module):
         return self.layers(x)
 
 
-MODELS = {  # name → (factory, --input spec, range of the drift samples, speedup required)
-    "ResNet-18 CNN": (ResNet18, "x:1x3x224x224:float32", (0.0, 1.0), 1.0),
-    "6-layer encoder": (Encoder, "x:1x128x384:float32:-2-2", (-2.0, 2.0), 1.3),
+def uniform(spec: str, value_range: tuple[float, float]):
+    """Drift samples for a one-input model: uniform in `value_range`, the --input spec's shape."""
+    name, shape, _ = spec.split(":", 2)
+    shape = tuple(int(d) for d in shape.split("x"))
+
+    def samples(count: int) -> dict[str, np.ndarray]:
+        rng = np.random.default_rng(1)
+        return {name: rng.uniform(*value_range, (count, *shape[1:])).astype(np.float32)}
+
+    return samples
+
+
+def sentences(count: int) -> dict[str, np.ndarray]:
+    return sentence_batch(count, seed=1)  # other sentences than the --data edgekit is given
+
+
+# name → (factory, edgekit arguments, drift samples, speedup required)
+MODELS = {
+    "ResNet-18 CNN": (
+        ResNet18,
+        ["--input", "x:1x3x224x224:float32"],
+        uniform("x:1x3x224x224:float32", (0.0, 1.0)),
+        1.0,
+    ),
+    "6-layer encoder": (
+        Encoder,
+        ["--input", "x:1x128x384:float32:-2-2"],
+        uniform("x:1x128x384:float32:-2-2", (-2.0, 2.0)),
+        1.3,
+    ),
+    "6-layer sentence encoder with outlier channels": (
+        SentenceEncoder,
+        ["--data", "{work}/sentences.npz", "--max-drift", "cosine>=0.99"],
+        sentences,
+        1.3,
+    ),
 }
 DRIFT_SAMPLES = 16
 
@@ -78,26 +112,31 @@ def main() -> int:
     parser.add_argument("--min-time", type=float, default=2.0, help="seconds per variant, at least")
     parser.add_argument("--max-time", type=float, default=6.0, help="seconds per variant, at most")
     parser.add_argument("--keep", type=Path, help="keep the models and reports in this folder")
+    parser.add_argument("--only", help="run only the models whose title contains this")
     args = parser.parse_args()
     work = args.keep or Path(tempfile.mkdtemp(prefix="int8-showdown-"))
     work.mkdir(parents=True, exist_ok=True)
+    np.savez(work / "sentences.npz", **sentence_batch(32))  # padded token ids and masks
     torch.manual_seed(0)
     torch.set_num_threads(2)
     blocks, passed = [], True
-    for title, (factory, spec, value_range, required) in MODELS.items():
+    for title, (factory, extra, samples, required) in MODELS.items():
+        if args.only and args.only.lower() not in title.lower():
+            continue
         model = factory().eval()
         stem = factory.__name__.lower()
         torch.save(model.state_dict(), work / f"{stem}.pt")  # what a user has: weights + class
         started = time.perf_counter()
         subprocess.run(
             [sys.executable, "-m", "edgekit.cli", "optimize", work / f"{stem}.pt",
-             "--arch", f"{HERE}:{factory.__name__}", "--input", spec, "-o", work / stem, "-q",
-             "--min-time", str(args.min_time), "--max-time", str(args.max_time)],
+             "--arch", f"{HERE}:{factory.__name__}", *(a.format(work=work) for a in extra),
+             "-o", work / stem, "-q", "--min-time", str(args.min_time),
+             "--max-time", str(args.max_time)],
             check=True, cwd=HERE.parents[1],
         )  # fmt: skip
         seconds = time.perf_counter() - started
         report = json.loads((work / stem / "report.json").read_text())
-        rows = side_by_side(model, spec, value_range, report, work / stem, args)
+        rows = side_by_side(model, samples(DRIFT_SAMPLES), report, work / stem, args)
         speedup = rows[-1][1]
         rec = {v["name"]: v for v in report["variants"]}
         within, measured = parse_budget(report["budget"]).check(
@@ -123,12 +162,10 @@ def main() -> int:
     return 0 if passed else 1
 
 
-def side_by_side(model, spec, value_range, report, out: Path, args) -> list[tuple[str, float, str]]:
+def side_by_side(model, samples: dict, report, out: Path, args) -> list[tuple[str, float, str]]:
     """(label, speed vs ORT fp32, drift) rows: torch eager, ORT fp32, naive dynamic int8 of the
     raw export, edgekit's recommendation. ORT rows interleaved by edgekit's bench; torch eager
     interleaved with an ORT fp32 session in this process."""
-    name, shape, _ = spec.split(":", 2)
-    shape = tuple(int(d) for d in shape.split("x"))
     recommended = report["recommendation"]["variant"]
     logging.disable(logging.WARNING)  # its advice to pre-process: the naive recipe skips that
     quantize_dynamic(out / "fp32.onnx", out / "naive.onnx")  # the usual recipe, by hand
@@ -137,11 +174,10 @@ def side_by_side(model, spec, value_range, report, out: Path, args) -> list[tupl
         "naive quantize_dynamic": out / "naive.onnx",
         f"edgekit: {recommended}": out / f"{recommended}.onnx",
     }
-    samples = np.random.default_rng(1).uniform(*value_range, (DRIFT_SAMPLES, *shape[1:]))
-    samples = samples.astype(np.float32)
+    tensors = [torch.from_numpy(v) for v in samples.values()]
     with torch.no_grad():
-        reference = [model(torch.from_numpy(samples)).numpy()]
-    batch = {name: samples[:1]}
+        reference = [model(*tensors).numpy()]
+    batch = {k: v[:1] for k, v in samples.items()}
     bench = measure(files, batch, BenchOptions(min_time=args.min_time, max_time=args.max_time))
 
     options = ort.SessionOptions()
@@ -151,8 +187,8 @@ def side_by_side(model, spec, value_range, report, out: Path, args) -> list[tupl
     session = ort.InferenceSession(
         str(files["ORT fp32"]), options, providers=["CPUExecutionProvider"]
     )
-    x = torch.from_numpy(samples[:1])
-    runs = {"eager": lambda: model(x), "ort": lambda: session.run(None, batch)}
+    first = [t[:1] for t in tensors]
+    runs = {"eager": lambda: model(*first), "ort": lambda: session.run(None, batch)}
     rounds = {k: [] for k in runs}
     deadline = time.perf_counter() + 2 * args.min_time
     with torch.no_grad():
@@ -168,10 +204,13 @@ def side_by_side(model, spec, value_range, report, out: Path, args) -> list[tupl
     rows = [("PyTorch eager fp32", eager, "(reference)")]
     for label, path in files.items():
         relative = bench.variants[label]["relative"]
-        accuracy, _ = drift(reference, run_onnx(path, {name: samples}))
+        accuracy, _ = drift(reference, run_onnx(path, samples, chunk=1))
         text = f"cosine_min {accuracy['cosine_min']:.5f}"
         if accuracy["top1_agreement"] is not None:
             text += f", top1 {accuracy['top1_agreement']:.3f}"
+        if relative and relative.get("ci95"):
+            label_ci = f" (95% CI {relative['ci95'][0]:.2f}–{relative['ci95'][1]:.2f})"
+            text += label_ci
         rows.append((label, relative["speedup"] if relative else 1.0, text))
     return rows
 

@@ -48,3 +48,104 @@ class ResNet18(nn.Module):
     def forward(self, x):
         x = self.layers(self.stem(x))
         return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
+
+
+class BertLayer(nn.Module):
+    """One encoder layer: multi-head self-attention with an additive padding mask, GELU FFN,
+    LayerNorm before each sublayer (pre-LN, as in most recent encoders: the outlier channels of
+    the LayerNorms then reach exactly the MatMuls that read them and not the residual stream)."""
+
+    def __init__(self, hidden: int, heads: int, ffn: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.norm1 = nn.LayerNorm(hidden)
+        self.query = nn.Linear(hidden, hidden)
+        self.key = nn.Linear(hidden, hidden)
+        self.value = nn.Linear(hidden, hidden)
+        self.out = nn.Linear(hidden, hidden)
+        self.norm2 = nn.LayerNorm(hidden)
+        self.ff1 = nn.Linear(hidden, ffn)
+        self.ff2 = nn.Linear(ffn, hidden)
+
+    def forward(self, x, mask_bias):
+        n, s, h = x.shape
+        d = h // self.heads
+        y = self.norm1(x)
+
+        def heads(t):
+            return t.reshape(n, s, self.heads, d).transpose(1, 2)
+
+        q, k, v = heads(self.query(y)), heads(self.key(y)), heads(self.value(y))
+        att = torch.softmax(q @ k.transpose(-1, -2) / d**0.5 + mask_bias, dim=-1)
+        x = x + self.out((att @ v).transpose(1, 2).reshape(n, s, h))
+        return x + self.ff2(nn.functional.gelu(self.ff1(self.norm2(x))))
+
+
+class SentenceEncoder(nn.Module):
+    """A sentence-embedding-shaped encoder (MiniLM-like: hidden 384, 6 heads, FFN 1536):
+    token ids + attention mask → BERT-style layers → masked mean pooling → L2 normalisation.
+
+    Outlier channels as trained BERTs have them: every LayerNorm's gamma and beta are scaled
+    ×20, ×35 and ×50 on three hidden channels, so the MatMuls reading LayerNorm outputs (Q, K,
+    V and the FFN input projection) see a few channels 20–50 times larger than the rest — what
+    breaks per-tensor int8 activations — while the weights reading those channels are as many
+    times smaller (the float function is that of the model without outliers). Two FFN channels
+    carry massive activations (30 and 60 into the FFN output projection), as trained BERTs'
+    do. Random weights
+    otherwise: drift and latency, not accuracy.
+    """
+
+    OUTLIERS = {7: 20.0, 101: 35.0, 300: 50.0}  # hidden channel → scale
+    FFN_OUTLIERS = {11: 30.0, 900: 60.0}  # FFN channel → its bias (GELU passes it on)
+
+    def __init__(
+        self, layers: int = 6, vocab: int = 2000, hidden: int = 384, heads: int = 6, seq: int = 128
+    ) -> None:
+        super().__init__()
+        self.words = nn.Embedding(vocab, hidden)
+        self.positions = nn.Embedding(seq, hidden)
+        self.layers = nn.ModuleList(BertLayer(hidden, heads, 4 * hidden) for _ in range(layers))
+        self.norm = nn.LayerNorm(hidden)
+        with torch.no_grad():
+            for layer in self.layers:
+                readers = {
+                    layer.norm1: (layer.query, layer.key, layer.value),
+                    layer.norm2: (layer.ff1,),
+                }
+                for norm, linears in readers.items():
+                    norm.bias.normal_(0, 0.1)
+                    for channel, scale in self.OUTLIERS.items():
+                        norm.weight[channel] *= scale
+                        norm.bias[channel] = scale * 0.5
+                        for linear in linears:  # as trained: small weights read the big channels
+                            linear.weight[:, channel] /= scale
+                for channel, bias in self.FFN_OUTLIERS.items():  # massive FFN activations
+                    layer.ff1.bias[channel] = bias
+                    layer.ff2.weight[:, channel] /= bias
+
+    def forward(self, input_ids, attention_mask):
+        positions = torch.arange(input_ids.shape[1], device=input_ids.device)
+        x = self.words(input_ids) + self.positions(positions)
+        mask = attention_mask.to(x.dtype)
+        mask_bias = (1.0 - mask)[:, None, None, :] * -10000.0
+        for layer in self.layers:
+            x = layer(x, mask_bias)
+        x = self.norm(x)
+        pooled = (x * mask[:, :, None]).sum(1) / mask.sum(1, keepdim=True).clamp(min=1.0)
+        return nn.functional.normalize(pooled, dim=-1)
+
+
+def SentenceEncoder4():  # noqa: N802 (an --arch factory, named like the class it makes)
+    """The 4-layer encoder the tests use (a faster run)."""
+    return SentenceEncoder(layers=4)
+
+
+def sentence_batch(count: int, seq: int = 128, vocab: int = 2000, seed: int = 0):
+    """Token ids and attention masks as a tokenizer pads them: each row a random length, then 0s."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(1, vocab, size=(count, seq)).astype(np.int64)
+    lengths = rng.integers(seq // 4, seq + 1, size=count)
+    mask = (np.arange(seq)[None, :] < lengths[:, None]).astype(np.int64)
+    return {"input_ids": ids * mask, "attention_mask": mask}

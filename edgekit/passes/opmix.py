@@ -31,14 +31,27 @@ DEFAULT_CALIBRATION = "minmax"
 @dataclass(frozen=True)
 class Recipe:
     name: str  # the variant name (a pruned parent's name is prefixed)
-    method: str  # "dynamic" or "static"
+    method: str  # "dynamic", "static" or "weight-only" (MatMulNBits)
     per_channel: bool
+    outliers: str | None = None  # "smooth" or "split": edgekit.passes.outliers
+    bits: int = 8
 
 
 DYNAMIC = Recipe("int8-dynamic", "dynamic", False)
 DYNAMIC_PC = Recipe("int8-dynamic-pc", "dynamic", True)
 STATIC = Recipe("int8-static", "static", False)
-RECIPES = (DYNAMIC, DYNAMIC_PC, STATIC)
+SMOOTH = Recipe("int8-dynamic-smooth", "dynamic", True, outliers="smooth")
+OUTLIERS = Recipe("int8-dynamic-outliers", "dynamic", True, outliers="split")
+WEIGHTS_INT8 = Recipe("int8-weights", "weight-only", True, bits=8)
+WEIGHTS_INT4 = Recipe("int4-weights", "weight-only", True, bits=4)
+RECIPES = (DYNAMIC, DYNAMIC_PC, STATIC, SMOOTH, OUTLIERS, WEIGHTS_INT8, WEIGHTS_INT4)
+# Measured on the outlier encoder (tools/int8_showdown.py; 6 layers, seq 128, batch 1, 2-core x86
+# AVX2 without VNNI): why auto leaves the weight-only recipes to `--int8 all`.
+WEIGHT_ONLY_WHY = (
+    "weight-only MatMulNBits: near-float drift at 8 bits (cosine 0.9989) but measured 0.5–0.7x "
+    "fp32 speed, and 4 bits 0.9–1.1x at cosine 0.96 on a 2-core x86 without VNNI; `--int8 all` "
+    "tries it"
+)
 
 
 @dataclass(frozen=True)
@@ -103,6 +116,10 @@ def plan(mix: dict[str, int], mode: str = "auto") -> list[Decision]:
             ),
             Decision(DYNAMIC_PC, False, f"Conv-heavy: {convinteger}; `--int8 all` tries it"),
             Decision(STATIC, True, "Conv-heavy: static QDQ int8 runs Conv on fast int8 kernels"),
+            Decision(SMOOTH, False, "Conv-heavy: outlier channels are a MatMul matter"),
+            Decision(OUTLIERS, False, "Conv-heavy: outlier channels are a MatMul matter"),
+            Decision(WEIGHTS_INT8, False, "Conv-heavy: MatMulNBits quantizes MatMuls only"),
+            Decision(WEIGHTS_INT4, False, "Conv-heavy: MatMulNBits quantizes MatMuls only"),
         ]
     static_why = "activations calibrated ahead of time: usually the fastest int8"
     if mix["recurrent"]:
@@ -118,4 +135,23 @@ def plan(mix: dict[str, int], mode: str = "auto") -> list[Decision]:
             "(MiniLM-like: cosine ~0.88 per-tensor vs ~0.98 per-channel)",
         ),
         Decision(STATIC, True, static_why),
+        Decision(
+            SMOOTH,
+            mix["matmul"] > 0,
+            "activation channels 6x above the rest (trained transformers' LayerNorm and FFN "
+            "outliers) scaled down into the weights that read them (SmoothQuant's migration): "
+            "tight int8 ranges at no run-time cost"
+            if mix["matmul"]
+            else "no MatMul",
+        ),
+        Decision(
+            OUTLIERS,
+            mix["matmul"] > 0,
+            "those channels kept in float beside each int8 MatMul (LLM.int8()'s decomposition): "
+            "exact whatever the weights, at the cost of a small float MatMul each"
+            if mix["matmul"]
+            else "no MatMul",
+        ),
+        Decision(WEIGHTS_INT8, False, WEIGHT_ONLY_WHY),
+        Decision(WEIGHTS_INT4, False, WEIGHT_ONLY_WHY),
     ]

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import math
 import os
 import tempfile
 from collections.abc import Callable
@@ -15,7 +16,7 @@ from pathlib import Path
 import onnx
 
 from edgekit.cpus import int8_settings
-from edgekit.passes import PassContext, PassFailed, Variant, attempt
+from edgekit.passes import PassContext, PassFailed, Variant, attempt, outliers
 from edgekit.passes.opmix import (
     CALIBRATION_METHODS,
     DEFAULT_CALIBRATION,
@@ -25,12 +26,14 @@ from edgekit.passes.opmix import (
     op_mix,
     plan,
 )
+from edgekit.passes.outliers import OUTLIER_RATIO
+from edgekit.passes.sensitivity import fix_drift
 
 CALIBRATION_SAMPLES = 64
 
-# The nodes each method quantizes (what sensitivity may keep in float).
-_DYNAMIC_OPS = {"Conv", "MatMul", "Attention", "LSTM"}
-_STATIC_OPS = {"Conv", "ConvTranspose", "Gemm", "MatMul"}
+MAX_SEARCHES = 2  # sensitivity searches per parent, the closest recipes first
+NBITS_BLOCK = 32  # MatMulNBits: weights quantized in blocks of 32 along K
+NBITS_ACCURACY_LEVEL = 4  # int8 compute inside MatMulNBits (activations quantized per block)
 
 # (path to write, nodes to keep in float) → writes the quantized model
 Quantizer = Callable[[Path, list[str]], None]
@@ -74,57 +77,152 @@ def int8_variants(
     calibration: str = DEFAULT_CALIBRATION,
     cpu: tuple[str, list[str]] | None = None,
 ) -> list[Variant]:
-    """The int8 recipes worth trying for this model, each its own variant, plus an `-excl`
-    variant where sensitivity exclusion brought an over-budget recipe back within budget."""
+    """The int8 recipes worth trying for this model, each its own variant; when none is within
+    the drift budget, `-excl` variants that keep the most sensitive nodes in float (the closest
+    recipe first, until one is within budget: edgekit.passes.sensitivity). The report's notes
+    say what each recipe reached against the budget."""
     arch, features = cpu or _this_cpu()
     types = {**int8_settings(arch, features), "cpu_arch": arch, "cpu_features": list(features)}
     # A pruned parent's children say what they were made from: structured-0.5+int8-static.
     prefix = "" if parent.name in ("fp32", "simplified") else f"{parent.name}+"
     mix = op_mix(onnx.load(str(parent.path), load_external_data=False))
     ctx.notes.append(f"int8 op mix of {parent.name}: {describe(mix)} (--int8 {mode})")
+    with contextlib.ExitStack() as stack:
+        made = []  # (decision, variant, quantizer, nodes the recipe keeps in float)
+        for decision in plan(mix, mode):
+            name = prefix + decision.recipe.name
+            ctx.notes.append(decision.note(name))
+            if decision.tried:
+                work = Path(stack.enter_context(_workdir(ctx)))
+                settings = _settings(decision.recipe, types, calibration, ctx)
+                made += _recipe_variant(decision, name, parent, settings, work, ctx)
+        drifts = {v.name: _drift(v, ctx) for _, v, _, _ in made if not v.error}
+        fixed = _fix_closest(made, drifts, ctx)
     variants = []
-    for decision in plan(mix, mode):
-        name = prefix + decision.recipe.name
-        ctx.notes.append(decision.note(name))
-        if decision.tried:
-            settings = _settings(decision.recipe, types, calibration, ctx)
-            variants += _recipe_variants(decision, name, parent, settings, ctx)
+    for _, variant, _, _ in made:
+        variants += [variant, *fixed.get(variant.name, [])]
+    if drifts:
+        ctx.notes.append(_outcome(drifts, ctx))
     return variants
 
 
-def _recipe_variants(
-    decision: Decision, name: str, parent: Variant, settings: dict, ctx: PassContext
-) -> list[Variant]:
-    """The recipe's variant and, when it is over budget, its sensitivity-fixed `-excl` one."""
-    from edgekit.passes.sensitivity import fix_drift
+def _fix_closest(made: list[tuple], drifts: dict, ctx: PassContext) -> dict[str, list[Variant]]:
+    """While no recipe is within budget, the sensitivity search on the over-budget ones, the
+    closest first, until one comes back within budget; at most MAX_SEARCHES of them (each costs
+    a minute or so on 2 cores for a 6-layer encoder)."""
+    fixed: dict[str, list[Variant]] = {}
+    order = sorted(
+        (m for m in made if m[1].name in drifts and m[0].fix_drift),
+        key=lambda m: -drifts[m[1].name][2],
+    )
+    searches = 0
+    for _decision, variant, quantizer, keep in order:
+        within = [n for n, (ok, _, _) in drifts.items() if ok]
+        if variant.name in within:
+            continue
+        why = (
+            f"{within[0]} is within budget"
+            if within
+            else f"{MAX_SEARCHES} closer recipe(s) were searched first"
+            if searches == MAX_SEARCHES
+            else None
+        )
+        if why:
+            ctx.notes.append(
+                f"{variant.name}: over budget ({drifts[variant.name][1]}); no sensitivity "
+                f"search, {why}"
+            )
+            continue
+        searches += 1
+        excl = fix_drift(variant, quantizer, ctx, keep)
+        if excl is not None:
+            fixed[variant.name] = [excl]
+            drifts[excl.name] = _drift(excl, ctx)
+    return fixed
 
-    pass_name = f"quantize-{decision.recipe.method}"
-    with tempfile.TemporaryDirectory(dir=ctx.staging, prefix=".int8-") as work:
-        with ctx.step(f"quantizing: {name}"):
-            quantizer, candidates, notes = _prepare(
-                decision.recipe, parent, settings, Path(work), ctx
-            )
-            variant = attempt(
-                parent,
-                name,
-                pass_name,
-                settings,
-                lambda: _make(parent, name, pass_name, settings, quantizer, [], ctx),
-            )
-        variant.notes += notes
-        if not decision.fix_drift or variant.error or not candidates:
-            return [variant]
-        fixed = fix_drift(variant, quantizer, candidates, ctx)
-        return [variant] if fixed is None else [variant, fixed]
+
+def _workdir(ctx: PassContext):
+    return tempfile.TemporaryDirectory(dir=ctx.staging, prefix=".int8-")
+
+
+def _drift(variant: Variant, ctx: PassContext) -> tuple[bool, str, float]:
+    """(within budget, the measured value as text, how close: higher is closer)."""
+    from edgekit.accuracy import drift
+    from edgekit.passes.sensitivity import _value
+
+    baseline = drift(ctx.reference, ctx.reference, ctx.labels)[0]
+    accuracy = drift(ctx.reference, ctx.outputs(variant.path), ctx.labels)[0]
+    ok, text = ctx.budget.check(accuracy, baseline)
+    value = _value(accuracy, baseline, ctx.budget)
+    if value is None:
+        return ok, text, -math.inf
+    return ok, text, -value if ctx.budget.metric == "accuracy-drop" else value
+
+
+def _outcome(drifts: dict[str, tuple], ctx: PassContext) -> str:
+    """Every int8 variant's drift against the budget, in one note: nothing hidden."""
+    each = "; ".join(f"{n} {text}{'' if ok else ' (over)'}" for n, (ok, text, _) in drifts.items())
+    if any(ok for ok, _, _ in drifts.values()):
+        return f"int8 drift against the budget {ctx.budget}: {each}"
+    return (
+        f"no int8 recipe reached the budget {ctx.budget}: {each}; the float model stays the "
+        "recommendation unless another variant is within budget and faster"
+    )
+
+
+def _recipe_variant(
+    decision: Decision, name: str, parent: Variant, settings: dict, work: Path, ctx: PassContext
+) -> list[tuple]:
+    """[(decision, the recipe's variant, its quantizer, nodes it keeps in float)]; [] when the
+    recipe has nothing to do for this model (a note says so)."""
+    pass_name = {"weight-only": "quantize-weight-only"}.get(
+        decision.recipe.method, f"quantize-{decision.recipe.method}"
+    )
+    with ctx.step(f"quantizing: {name}"):
+        quantizer, keep, notes = _prepare(decision.recipe, parent, settings, work, ctx)
+        if quantizer is None and decision.recipe.outliers:
+            ctx.notes.append(f"{name}: {notes[0]}")
+            return []
+        if keep:
+            settings = {**settings, "nodes_to_exclude": list(keep)}
+        variant = attempt(
+            parent,
+            name,
+            pass_name,
+            settings,
+            lambda: _make(parent, name, pass_name, settings, quantizer, [], ctx),
+        )
+    variant.notes += notes
+    return [(decision, variant, quantizer, keep)]
 
 
 def _settings(recipe: Recipe, types: dict, calibration: str, ctx: PassContext) -> dict:
+    if recipe.method == "weight-only":
+        return {
+            "method": "weight-only",
+            "tool": "onnxruntime MatMulNBitsQuantizer",
+            "bits": recipe.bits,
+            "block_size": NBITS_BLOCK,
+            "symmetric": True,
+            "accuracy_level": NBITS_ACCURACY_LEVEL,
+            "activation_type": "float (weights dequantized in the kernel)",
+            "cpu": types["cpu"],
+            "cpu_features": types["cpu_features"],
+        }
     settings = {"method": recipe.method, "per_channel": recipe.per_channel, **types}
     dynamic_kernel = settings.pop("int8_kernel_dynamic", None)
     if recipe.method == "dynamic":
         settings["activation_type"] = "QUInt8 (quantized at run time)"
         if dynamic_kernel:  # u8 activations: onnxruntime's u8s8 kernel for this CPU
             settings["int8_kernel"] = dynamic_kernel
+        if recipe.outliers:
+            settings["outlier_channels"] = {
+                "threshold": f"peak above {OUTLIER_RATIO:g}x the median channel's",
+                "handling": {
+                    "smooth": "scaled into the weights (SmoothQuant migration, alpha 1)",
+                    "split": "kept in float beside the int8 MatMul (LLM.int8() decomposition)",
+                }[recipe.outliers],
+            }
         return settings
     if calibration not in CALIBRATION_METHODS:
         raise ValueError(f"unknown calibration method {calibration!r}")
@@ -141,50 +239,82 @@ def _settings(recipe: Recipe, types: dict, calibration: str, ctx: PassContext) -
 
 def _prepare(
     recipe: Recipe, parent: Variant, settings: dict, work: Path, ctx: PassContext
-) -> tuple[Quantizer | None, list[str], list[str]]:
-    """A quantizer for this recipe, the nodes it quantizes (in graph order), and notes.
-    Static work done once (pre-processing, calibration) is cached in `work` for every call."""
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType
-
+) -> tuple[Quantizer | None, tuple[str, ...], list[str]]:
+    """A quantizer for this recipe, the nodes the recipe itself keeps in float, and notes.
+    Work done once (pre-processing, calibration, the outlier split) is cached in `work`."""
+    if recipe.method == "weight-only":
+        return _weight_only(recipe, parent), (), []
     if recipe.method == "dynamic":
-        from onnxruntime.quantization import quantize_dynamic
+        return _dynamic(recipe, parent, settings, work, ctx)
+    return _static(parent, settings, work, ctx)
 
-        model = onnx.load(str(parent.path), load_external_data=False)
-        constants = {i.name for i in model.graph.initializer}
-        candidates = [
-            n.name
-            for n in model.graph.node
-            if n.op_type in _DYNAMIC_OPS
-            # onnxruntime quantizes a dynamic MatMul only when B is a weight
-            and (n.op_type != "MatMul" or n.input[1] in constants)
-        ]
 
-        def quantizer(out: Path, exclude: list[str]) -> None:
-            quantize_dynamic(
-                parent.path,
-                out,
-                weight_type=QuantType[settings["weight_type"]],
-                per_channel=settings["per_channel"],
-                reduce_range=settings["reduce_range"],
-                nodes_to_exclude=exclude,
+def _dynamic(recipe: Recipe, parent: Variant, settings: dict, work: Path, ctx: PassContext):
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    source, keep, notes = parent.path, (), []
+    if recipe.outliers:
+        found = outliers.find(parent.path, ctx.feeds)
+        if not found:
+            why = (
+                f"no MatMul input has channels above {OUTLIER_RATIO:g}x the median channel's "
+                "peak: nothing to rewrite (int8-dynamic-pc is the same recipe)"
             )
+            return None, (), [why]
+        source = work / f"{recipe.outliers}.onnx"
+        settings["outlier_channels"]["found"] = {x: sorted(c) for x, c in found.items()}
+        peaks = sorted(r for c in found.values() for r in c.values())
+        where = (
+            f"{min(len(c) for c in found.values())}–{max(len(c) for c in found.values())} "
+            f"channels at {peaks[0]:.0f}–{peaks[-1]:.0f}x the median channel's peak on each of "
+            f"{len(found)} MatMul inputs (found on {outliers.SAMPLES} samples)"
+        )
+        if recipe.outliers == "smooth":
+            how = outliers.smooth(parent.path, source, found)
+            folded = sum(": into " in h for h in how)
+            notes.append(
+                f"outlier channels scaled into the weights that read them: {where}; the scale "
+                f"folded into {folded} LayerNorm(s), {len(how) - folded} Mul(s) added"
+            )
+        else:
+            keep = tuple(outliers.decompose(parent.path, source, found))
+            notes.append(f"outlier channels kept in float beside {len(keep)} int8 MatMuls: {where}")
 
-        return _quiet(quantizer), candidates, []
+    def quantizer(out: Path, exclude: list[str]) -> None:
+        quantize_dynamic(
+            source,
+            out,
+            weight_type=QuantType[settings["weight_type"]],
+            per_channel=settings["per_channel"],
+            reduce_range=settings["reduce_range"],
+            nodes_to_exclude=[*keep, *exclude],
+        )
 
-    from onnxruntime.quantization import quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
+    return _quiet(quantizer), keep, notes
+
+
+def _static(parent: Variant, settings: dict, work: Path, ctx: PassContext):
+    from onnxruntime.quantization import (
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
 
     pre, cache = work / "pre.onnx", work / "calibration.json"
+    notes = []
     try:
-        with _silenced():
-            quant_pre_process(str(parent.path), str(pre))
+        _pre_process(parent.path, pre)
+    except _SymbolicShapesFailed as exc:
+        notes.append(
+            f"quant_pre_process: onnxruntime's symbolic shape inference failed ({exc}); "
+            "pre-processed without it (ONNX shape inference and graph optimization only)"
+        )
     except Exception as exc:
-        return None, [], [f"onnxruntime's quant_pre_process failed ({exc})"]
-    model = onnx.load(str(pre), load_external_data=False)
-    candidates = [n.name for n in model.graph.node if n.op_type in _STATIC_OPS]
+        return None, (), [f"onnxruntime's quant_pre_process failed ({exc})"]
     samples = settings["calibration_samples"]
     source = "--data" if ctx.data_is_real else "generated random inputs (no --data)"
-    notes = [f"calibrated ({settings['calibration']}) on {samples} samples from {source}"]
+    notes.insert(0, f"calibrated ({settings['calibration']}) on {samples} samples from {source}")
     if not ctx.data_is_real:
         notes[0] += ": real data may range differently; pass --data for trustworthy ranges"
 
@@ -203,7 +333,50 @@ def _prepare(
             calibration_cache_path=cache,  # calibrate once; sensitivity trials reuse the ranges
         )
 
-    return _quiet(quantizer), candidates, notes
+    return _quiet(quantizer), (), notes
+
+
+class _SymbolicShapesFailed(Exception):
+    pass
+
+
+def _pre_process(source: Path, out: Path) -> None:
+    """onnxruntime's quant_pre_process; its symbolic shape inference fails on many exported
+    transformers (an Expand whose target shape it cannot compute): then without that step, and
+    _SymbolicShapesFailed says why (the file is written)."""
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    try:
+        with _silenced():
+            quant_pre_process(str(source), str(out))
+        return
+    except Exception as exc:
+        first = f"{type(exc).__name__}: {exc}"
+    with _silenced():
+        quant_pre_process(str(source), str(out), skip_symbolic_shape=True)
+    raise _SymbolicShapesFailed(first)
+
+
+def _weight_only(recipe: Recipe, parent: Variant) -> Quantizer:
+    """MatMulNBits: weights in `bits`-bit blocks, activations float (int8 inside the kernel at
+    accuracy level 4)."""
+
+    def quantizer(out: Path, exclude: list[str]) -> None:
+        from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+        model = onnx.load(str(parent.path))
+        quant = MatMulNBitsQuantizer(
+            model,
+            bits=recipe.bits,
+            block_size=NBITS_BLOCK,
+            is_symmetric=True,
+            accuracy_level=NBITS_ACCURACY_LEVEL,
+            nodes_to_exclude=list(exclude),
+        )
+        quant.process()
+        onnx.save(quant.model.model, str(out))
+
+    return _quiet(quantizer)
 
 
 def _make(
