@@ -12,7 +12,7 @@ to fp32 from each run. It checks:
 - each run's fp32 p50 lies within every other run's reported 95% interval of the median, or one of
   the two runs said that the machine's speed shifted during it (its stability record).
 
-    python tools/bench_agreement.py [--runs 3] [--min-time 2 --max-time 3] [--threads N]
+    python tools/bench_agreement.py [--runs 3] [--min-time 4 --max-time 8] [--threads N]
                                     [--ort-spinning in-run|always|off]
     python tools/bench_agreement.py --spinning [--repeats 3]
 
@@ -266,8 +266,8 @@ def spinning(args, models, feeds) -> int:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=3, help="benchmark runs in a row")
-    parser.add_argument("--min-time", type=float, default=2.0, help="seconds per variant, at least")
-    parser.add_argument("--max-time", type=float, default=3.0, help="seconds per variant, at most")
+    parser.add_argument("--min-time", type=float, default=4.0, help="seconds per variant, at least")
+    parser.add_argument("--max-time", type=float, default=8.0, help="seconds per variant, at most")
     parser.add_argument("--spinning", action="store_true", help="compare ORT spinning modes")
     parser.add_argument(
         "--ort-spinning",
