@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import getpass
 import os
 import shlex
 import shutil
@@ -156,3 +157,14 @@ def start_sshd(keys: Path, run_dir: Path) -> tuple[subprocess.Popen, int]:
     with open(keys / "known_hosts", "a") as handle:
         handle.write(f"[127.0.0.1]:{port} {' '.join(host_pub)}\n")
     return proc, port
+
+
+@pytest.fixture(scope="module")
+def ssh_target(keys, tmp_path_factory):
+    """One real sshd on 127.0.0.1 as an ssh:// target (with `ssh_env`), stopped at teardown."""
+    if not Path(SSHD).exists():
+        pytest.skip("needs the OpenSSH server (sshd): apt-get install openssh-server")
+    proc, port = start_sshd(keys, tmp_path_factory.mktemp("sshd") / "one")
+    yield f"ssh://{getpass.getuser()}@127.0.0.1:{port}"
+    proc.terminate()
+    proc.wait(timeout=10)

@@ -4,7 +4,6 @@ by the real sshd of the device tests), while this x86 machine does the quantizin
 
 from __future__ import annotations
 
-import getpass
 import json
 import os
 import sys
@@ -12,7 +11,7 @@ from pathlib import Path
 
 import onnx
 import pytest
-from conftest import SSHD, run_edgekit, start_sshd
+from conftest import run_edgekit
 from test_remote import tiny_model
 
 from edgekit import cpus
@@ -153,17 +152,6 @@ def test_a_bad_for_cpu_fails_before_anything_is_written(tmp_path):
 # ---------------------------------------------------------------- optimize --target a "Pi 5"
 
 
-@pytest.fixture(scope="module")
-def server(keys, tmp_path_factory):
-    """One real sshd on 127.0.0.1 (test_remote's), stopped at teardown."""
-    if not Path(SSHD).exists():
-        pytest.skip("needs the OpenSSH server (sshd): apt-get install openssh-server")
-    proc, port = start_sshd(keys, tmp_path_factory.mktemp("sshd") / "one")
-    yield f"ssh://{getpass.getuser()}@127.0.0.1:{port}"
-    proc.terminate()
-    proc.wait(timeout=10)
-
-
 def pi5_python(tmp_path: Path) -> Path:
     """The device's `python3`: this interpreter, seeing a Raspberry Pi 5's /proc/cpuinfo and
     /proc/device-tree/model and saying aarch64 (the files' text is the fixtures')."""
@@ -187,26 +175,26 @@ def pi5_python(tmp_path: Path) -> Path:
 
 
 def test_optimize_target_makes_int8_for_the_devices_cpu_while_running_on_x86(
-    server,
+    ssh_target,
     ssh_env,  # noqa: F811
     tmp_path,
 ):
     model = tiny_model(tmp_path / "tiny.onnx")
     out = tmp_path / "opt"
-    done = run_edgekit("optimize", model, "--target", server, "--remote-python", pi5_python(tmp_path),
+    done = run_edgekit("optimize", model, "--target", ssh_target, "--remote-python", pi5_python(tmp_path),
                        *TINY, "-o", out, env=ssh_env, cwd=tmp_path, timeout=300)  # fmt: skip
     assert done.returncode == 0, done.stderr
     report = json.loads((out / "report.json").read_text())
     # which CPU timed them: the device's description, as the device reported it
     d = report["device"]
-    assert d["target"] == server and d["arch"] == "aarch64"
+    assert d["target"] == ssh_target and d["arch"] == "aarch64"
     assert d["board"] == "Raspberry Pi 5 Model B Rev 1.0" and d["cpu"] == "4× Cortex-A76"
     assert d["cpu_cores"] == [{"core": "Cortex-A76", "cpus": [0, 1, 2, 3], "count": 4}]
     # which CPU they were made for: the same, read from the device before quantizing
     made = report["made_for"]
-    assert made["source"] == f"--target {server}" and made["same_cpu"] is True
+    assert made["source"] == f"--target {ssh_target}" and made["same_cpu"] is True
     assert made["arch"] == "aarch64" and "asimddp" in made["features"]
-    assert server in made["timed_on"] and "Raspberry Pi 5" in made["timed_on"]
+    assert ssh_target in made["timed_on"] and "Raspberry Pi 5" in made["timed_on"]
     assert not [w for w in report["warnings"] if "were made for" in w]
     s = quantize_settings(report)
     assert (s["activation_type"], s["weight_type"], s["reduce_range"]) == ("QInt8", "QInt8", False)

@@ -4,12 +4,11 @@ before and after a benchmark. Fixtures are the real files' text (tests/fixtures/
 
 from __future__ import annotations
 
-import getpass
 import sys
 from pathlib import Path
 
 import pytest
-from conftest import SSHD, run_edgekit, start_sshd
+from conftest import run_edgekit
 from test_remote import tiny_model
 
 from edgekit.benchmark import device
@@ -152,18 +151,7 @@ def test_temperature_after_the_run_warns_with_the_rise():
 # ---------------------------------------------------------------- a 32-bit OS over real SSH
 
 
-@pytest.fixture(scope="module")
-def server(keys, tmp_path_factory):
-    """One real sshd on 127.0.0.1 (test_remote's), stopped at teardown."""
-    if not Path(SSHD).exists():
-        pytest.skip("needs the OpenSSH server (sshd): apt-get install openssh-server")
-    proc, port = start_sshd(keys, tmp_path_factory.mktemp("sshd") / "one")
-    yield f"ssh://{getpass.getuser()}@127.0.0.1:{port}"
-    proc.terminate()
-    proc.wait(timeout=10)
-
-
-def test_a_32_bit_arm_device_is_refused_with_the_fix(server, ssh_env, tmp_path):
+def test_a_32_bit_arm_device_is_refused_with_the_fix(ssh_target, ssh_env, tmp_path):
     """A device whose Python says armv7l: the probe stops before anything is copied."""
     fake = tmp_path / "armv7"
     fake.mkdir()
@@ -172,7 +160,7 @@ def test_a_32_bit_arm_device_is_refused_with_the_fix(server, ssh_env, tmp_path):
     python.write_text(f'#!/bin/sh\nPYTHONPATH={fake} exec {sys.executable} "$@"\n')
     python.chmod(0o755)
     model = tiny_model(tmp_path / "tiny.onnx")
-    done = run_edgekit("bench", model, "--target", server, "--remote-python", python,
+    done = run_edgekit("bench", model, "--target", ssh_target, "--remote-python", python,
                        "-o", tmp_path / "out", env=ssh_env, cwd=tmp_path, timeout=120)  # fmt: skip
     assert done.returncode == 2, done.stderr
     assert "32-bit ARM OS (armv7l)" in done.stderr and "64-bit OS" in done.stderr
