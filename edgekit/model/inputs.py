@@ -374,10 +374,6 @@ def sample_count(feeds: dict[str, np.ndarray]) -> int:
     return min(counts) if counts else len(next(iter(feeds.values())))
 
 
-def feed_batch_axis(array: np.ndarray) -> int | None:
-    return getattr(array, "batch_axis", 0) if np.ndim(array) else None
-
-
 def load_npz(path: Path) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
     """Read `--data FILE.npz`: arrays named after the inputs, plus optional `labels`.
     Never unpickles: object arrays are refused."""
