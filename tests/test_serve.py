@@ -105,6 +105,37 @@ def test_plain_json_request_and_binary_by_hand(server, folder):
     np.testing.assert_array_equal(got, expected)
 
 
+def test_the_same_header_with_other_tensors_gets_their_own_outputs(server, folder):
+    """A binary client sends one JSON header again and again; the server reads it once. Each
+    request must still get the outputs of its own tensors, also through /versions/1/."""
+    head = json.dumps(
+        {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 16],
+                     "parameters": {"binary_data_size": 64}}],
+         "parameters": {"binary_data_output": True}}
+    ).encode()  # fmt: skip
+    headers = {"Inference-Header-Content-Length": str(len(head))}
+    rng = np.random.default_rng(7)
+    for path in ["fp32", "fp32/versions/1"] * 3:
+        x = rng.uniform(-1, 1, (1, 16)).astype(np.float32)
+        status, got, data = http(
+            f"{server.url}/v2/models/{path}/infer", head + x.tobytes(), headers
+        )
+        assert status == 200
+        size = int(got["inference-header-content-length"])
+        y = np.frombuffer(data[size:], np.float32).reshape(1, 4)
+        np.testing.assert_allclose(y, reference(folder, "fp32", x), rtol=1e-6)
+    # the same JSON-data request twice: same answer both times
+    body = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 16], "data": [0.25] * 16}]}
+    first, second = infer_json(server.url, "fp32", body), infer_json(server.url, "fp32", body)
+    assert first == second and first[0] == 200
+
+
+def test_infer_takes_post_only(server):
+    status, headers, data = http(f"{server.url}/v2/models/fp32/infer")
+    assert status == 405 and headers["allow"] == "POST"
+    assert "POST" in json.loads(data)["error"]
+
+
 def binary(declared: int, sent: int) -> tuple[bytes, dict]:
     """A binary-extension body declaring `declared` bytes for x[1,16] and carrying `sent`."""
     head = json.dumps(

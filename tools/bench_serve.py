@@ -1,18 +1,21 @@
 """What does serving cost? `edgekit serve` against onnxruntime in-process, measured side by side.
 
-1. Added latency, concurrency 1: rounds alternate a block of in-process `session.run` calls and a
-   block of requests to a running `edgekit serve` (binary tensors, one keep-alive connection),
-   same model, same intra-op threads. Printed: p50 and p99 of each and the difference (what the
-   server adds per request), for the shipped model and a ResNet-18-shaped model.
+1. Added latency, concurrency 1: rounds rotate blocks of in-process `session.run` calls, requests
+   to a running `edgekit serve` (binary tensors, one keep-alive connection) and the same requests
+   through Python's http.client; same model, same intra-op threads. Printed: p50 and p99 of each
+   and the difference (what the server adds per request), for the shipped model and a
+   ResNet-18-shaped model. The server line uses a client that sends prepared bytes and reads by
+   Content-Length, so it is the server's cost; the http.client line is what a plain Python caller
+   pays on top.
 2. Throughput and p99 at concurrency 1, 4 and 16 (one keep-alive connection per client thread),
-   without batching and with --max-batch 16 (timeout 0 and 2 ms), rounds interleaved.
+   without batching and with --max-batch 16 (timeout 0 and 2 ms), configurations interleaved.
 3. Memory: the server's peak RSS over `edgekit bench`'s worker's peak RSS for the same model.
 
 Client and server share this machine's cores: at concurrency 16 the Python client threads compete
 with the server, so the throughput figures are a floor. Needs torch (to export the models) and
 the serve extra.
 
-    python tools/bench_serve.py [--rounds 5] [--block 200] [--seconds 2]
+    python tools/bench_serve.py [--rounds 6] [--block 300] [--seconds 2]
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import http.client
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 import tempfile
@@ -79,28 +83,69 @@ class Server:
         self.proc.wait(timeout=60)
 
 
+def infer_body(x: np.ndarray) -> tuple[bytes, int]:
+    """An infer request body with x as a binary tensor, and the length of its JSON header."""
+    head = json.dumps(
+        {"inputs": [{"name": "x", "datatype": "FP32", "shape": list(x.shape),
+                     "parameters": {"binary_data_size": x.nbytes}}],
+         "parameters": {"binary_data_output": True}}
+    ).encode()  # fmt: skip
+    return head + x.tobytes(), len(head)
+
+
 class Client:
-    """One keep-alive connection; binary tensors in and out, as Triton's client sends them."""
+    """One keep-alive connection sending binary tensors, as Triton's client does. It writes request
+    bytes prepared once and reads the response by its Content-Length, so the time measured is the
+    server's and the kernel's, not a Python HTTP library's (http.client adds ~0.2 ms per request
+    here: section 1 prints that too, as `LibraryClient`)."""
+
+    def __init__(self, server: Server, x: np.ndarray):
+        self.address = (server.host, server.port)
+        body, head_length = infer_body(x)
+        self.request = (
+            f"POST /v2/models/{server.name}/infer HTTP/1.1\r\nHost: {server.host}\r\n"
+            f"Content-Length: {len(body)}\r\nInference-Header-Content-Length: {head_length}\r\n"
+            "\r\n"
+        ).encode() + body
+        self.sock = None
+
+    def call(self) -> float:
+        if self.sock is None:
+            self.sock = socket.create_connection(self.address)
+            self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        start = time.perf_counter()
+        self.sock.sendall(self.request)
+        data = b""
+        while True:
+            chunk = self.sock.recv(1 << 20)
+            if not chunk:  # the server closed an idle connection: reconnect and time again
+                self.sock = None
+                return self.call()
+            data += chunk
+            end = data.find(b"\r\n\r\n")
+            if end < 0:
+                continue
+            head = data[:end].decode("latin-1").lower()
+            length = int(head.split("content-length:")[1].split("\r\n")[0])
+            if len(data) >= end + 4 + length:
+                break
+        elapsed = time.perf_counter() - start
+        assert head.startswith("http/1.1 200"), head
+        return elapsed
+
+
+class LibraryClient:
+    """The same request through Python's http.client: what a plain Python caller pays."""
 
     def __init__(self, server: Server, x: np.ndarray):
         self.conn = http.client.HTTPConnection(server.host, server.port)
-        head = json.dumps(
-            {"inputs": [{"name": "x", "datatype": "FP32", "shape": list(x.shape),
-                         "parameters": {"binary_data_size": x.nbytes}}],
-             "parameters": {"binary_data_output": True}}
-        ).encode()  # fmt: skip
-        self.body = head + x.tobytes()
-        self.headers = {"Inference-Header-Content-Length": str(len(head))}
+        self.body, head_length = infer_body(x)
+        self.headers = {"Inference-Header-Content-Length": str(head_length)}
         self.path = f"/v2/models/{server.name}/infer"
 
     def call(self) -> float:
         start = time.perf_counter()
-        try:
-            self.conn.request("POST", self.path, self.body, self.headers)
-        except (BrokenPipeError, ConnectionResetError):  # the server closed an idle connection
-            self.conn.close()
-            start = time.perf_counter()
-            self.conn.request("POST", self.path, self.body, self.headers)
+        self.conn.request("POST", self.path, self.body, self.headers)
         response = self.conn.getresponse()
         response.read()
         elapsed = time.perf_counter() - start
@@ -113,33 +158,37 @@ def pct(values, q) -> float:
 
 
 def added_latency(name, path, shape, threads, rounds, block) -> dict:
+    """Times of in-process runs ('local'), server requests ('server') and the same requests
+    through http.client ('http.client'), in blocks whose order rotates every round."""
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
     session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
     x = np.random.default_rng(0).random(shape, dtype=np.float32)
     server = Server(path, threads)
-    client = Client(server, x)
+
+    def local() -> float:
+        start = time.perf_counter()
+        session.run(None, {"x": x})
+        return time.perf_counter() - start
+
+    sides = {"local": local, "server": Client(server, x).call,
+             "http.client": LibraryClient(server, x).call}  # fmt: skip
     if "resnet" in name:
         block = max(10, block // 20)
-    for _ in range(block):  # warm both
-        session.run(None, {"x": x})
-        client.call()
-    local, remote = [], []
-    for r in range(rounds):
-        order = ("local", "remote") if r % 2 == 0 else ("remote", "local")
+    for call in sides.values():  # warm up
+        for _ in range(block):
+            call()
+    times = {side: [] for side in sides}
+    order = list(sides)
+    for _ in range(rounds):
         for side in order:
-            for _ in range(block):
-                if side == "local":
-                    start = time.perf_counter()
-                    session.run(None, {"x": x})
-                    local.append(time.perf_counter() - start)
-                else:
-                    remote.append(client.call())
-    rss = psutil.Process(server.proc.pid).memory_info().rss
-    hwm = _hwm(server.proc.pid)
+            times[side] += [sides[side]() for _ in range(block)]
+        order = order[1:] + order[:1]
+    times["server_rss"] = psutil.Process(server.proc.pid).memory_info().rss
+    times["server_hwm"] = _hwm(server.proc.pid)
     server.stop()
-    return {"local": local, "remote": remote, "server_rss": rss, "server_hwm": hwm}
+    return times
 
 
 def _hwm(pid: int) -> int | None:
@@ -186,6 +235,35 @@ def load(server: Server, x: np.ndarray, concurrency: int, seconds: float) -> tup
     return len(flat) / elapsed, pct(flat, 99)
 
 
+BATCHING = {
+    "no batching": (),
+    "batch 16, 0 ms": ("--max-batch", "16", "--batch-timeout-ms", "0"),
+    "batch 16, 2 ms": ("--max-batch", "16", "--batch-timeout-ms", "2"),
+}
+
+
+def throughput(name: str, path: Path, shape: tuple, threads: int, args) -> None:
+    x = np.random.default_rng(0).random(shape, dtype=np.float32)
+    seconds = args.seconds * (4 if "resnet" in name else 1)  # enough requests for a p99
+    servers = {label: Server(path, threads, *extra) for label, extra in BATCHING.items()}
+    results: dict[tuple[str, int], list[tuple[float, float]]] = {}
+    try:
+        for _ in range(max(2, args.rounds // 2)):
+            for conc in (1, 4, 16):
+                for label, server in servers.items():
+                    results.setdefault((label, conc), []).append(load(server, x, conc, seconds))
+    finally:
+        for server in servers.values():
+            server.stop()
+    for conc in (1, 4, 16):
+        base = np.median([t for t, _ in results[("no batching", conc)]])
+        for label in BATCHING:
+            runs = results[(label, conc)]
+            rps, p99 = np.median([t for t, _ in runs]), np.median([p for _, p in runs])
+            shown = name if (conc, label) == (1, "no batching") else ""
+            print(f"{shown:12} {conc:>11} {label:16} {rps:8.0f} {p99:6.2f} ms {rps / base:14.2f}x")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=6)
@@ -201,48 +279,29 @@ def main() -> int:
         tmp = Path(tmp_name)
         models = export_models(tmp)
         print("\n1. added latency per request, concurrency 1 (interleaved blocks)")
-        print(f"{'model':12} {'in-process p50':>15} {'server p50':>11} {'added p50':>10} "
-              f"{'in-process p99':>15} {'server p99':>11} {'added p99':>10}")  # fmt: skip
+        print(f"{'model':12} {'':17} {'p50':>9} {'added p50':>10} {'p99':>9} {'added p99':>10}")
         memory = {}
         for name, (path, shape) in models.items():
             r = added_latency(name, path, shape, threads, args.rounds, args.block)
-            lp50, rp50, lp99, rp99 = (pct(r["local"], 50), pct(r["remote"], 50),
-                                      pct(r["local"], 99), pct(r["remote"], 99))  # fmt: skip
-            print(f"{name:12} {lp50:12.3f} ms {rp50:8.3f} ms {rp50 - lp50:7.3f} ms "
-                  f"{lp99:12.3f} ms {rp99:8.3f} ms {rp99 - lp99:7.3f} ms")  # fmt: skip
+            base50, base99 = pct(r["local"], 50), pct(r["local"], 99)
+            for side, label in (("local", "in-process"), ("server", "server"),
+                                ("http.client", "  via http.client")):  # fmt: skip
+                p50, p99 = pct(r[side], 50), pct(r[side], 99)
+                added = (f"{p50 - base50:+7.3f} ms {p99:6.3f} ms {p99 - base99:+7.3f} ms"
+                         if side != "local" else f"{'':10} {p99:6.3f} ms")  # fmt: skip
+                print(f"{name if side == 'local' else '':12} {label:17} {p50:6.3f} ms {added}")
             memory[name] = (r["server_hwm"] or r["server_rss"], worker_rss(path, tmp))
+
+        print("\n2. throughput (median over rounds) and p99, configurations interleaved")
+        print(f"{'model':12} {'concurrency':>11} {'config':16} {'req/s':>8} {'p99':>9} "
+              f"{'vs no batching':>15}")  # fmt: skip
+        for name, (path, shape) in models.items():
+            throughput(name, path, shape, threads, args)
+
         print("\n3. memory: server peak RSS vs edgekit bench worker peak RSS, same model")
         for name, (server_rss, worker) in memory.items():
             print(f"{name:12} server {server_rss / 1e6:7.1f} MB  worker {worker / 1e6:7.1f} MB  "
                   f"overhead {(server_rss - worker) / 1e6:+6.1f} MB")  # fmt: skip
-
-        path, shape = models["digits_cnn"]
-        x = np.random.default_rng(0).random(shape, dtype=np.float32)
-        configs = {
-            "no batching": (),
-            "batch 16, 0 ms": ("--max-batch", "16", "--batch-timeout-ms", "0"),
-            "batch 16, 2 ms": ("--max-batch", "16", "--batch-timeout-ms", "2"),
-        }
-        servers = {label: Server(path, threads, *extra) for label, extra in configs.items()}
-        results: dict[tuple[str, int], list[tuple[float, float]]] = {}
-        try:
-            for _ in range(max(2, args.rounds // 2)):
-                for conc in (1, 4, 16):
-                    for label, server in servers.items():
-                        results.setdefault((label, conc), []).append(
-                            load(server, x, conc, args.seconds)
-                        )
-        finally:
-            for server in servers.values():
-                server.stop()
-        print("\n2. digits_cnn throughput (median over rounds) and p99, interleaved")
-        print(f"{'concurrency':>11} {'config':16} {'req/s':>8} {'p99':>9} {'vs no batching':>15}")
-        for conc in (1, 4, 16):
-            base = np.median([t for t, _ in results[("no batching", conc)]])
-            for label in configs:
-                runs = results[(label, conc)]
-                rps, p99 = np.median([t for t, _ in runs]), np.median([p for _, p in runs])
-                print(f"{conc:>11} {label:16} {rps:8.0f} {p99:6.2f} ms {rps / base:14.2f}x")
     return 0
 
 

@@ -214,7 +214,7 @@ def run(args: argparse.Namespace) -> int:
                 choice.name, args.shadow, shadow_file, args.shadow_rate, budget, metrics
             )
         ranges = InputRange(choice.name, (report or {}).get("inputs"), metrics)
-        models[choice.name] = Served(model, ranges, shadow)
+        models[choice.name] = Served(model, ranges, metrics.for_model(choice.name), shadow)
     state = State(
         models=models,
         metrics=metrics,

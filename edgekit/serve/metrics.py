@@ -26,6 +26,7 @@ LATENCY_BUCKETS = (
 )  # fmt: skip
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 COSINE_BUCKETS = (0.9, 0.95, 0.98, 0.99, 0.995, 0.999, 0.9999, 1.0)
+OUTCOMES = ("success", "bad_request", "error", "unauthorized")
 
 
 class DeviceCollector:
@@ -63,7 +64,7 @@ class Metrics:
         )
         self.requests = Counter(
             "edgekit_requests",
-            "inference requests by model and outcome (success, bad_request, error, unauthorized)",
+            f"inference requests by model and outcome ({', '.join(OUTCOMES)})",
             ["model", "outcome"],
             registry=r,
         )
@@ -150,3 +151,19 @@ class Metrics:
             ["model", "shadow", "budget"],
             registry=r,
         )
+
+    def for_model(self, name: str) -> ModelMetrics:
+        return ModelMetrics(self, name)
+
+
+class ModelMetrics:
+    """One model's request series, bound once: every `labels()` call takes a lock and looks up a
+    dict, which on the request path of a small model is measurable."""
+
+    def __init__(self, metrics: Metrics, name: str):
+        self.requests = {outcome: metrics.requests.labels(name, outcome) for outcome in OUTCOMES}
+        self.request_seconds = metrics.request_seconds.labels(name)
+        self.queue_seconds = metrics.queue_seconds.labels(name)
+        self.compute_seconds = metrics.compute_seconds.labels(name)
+        self.inflight = metrics.inflight.labels(name)
+        self.batch_rows = metrics.batch_rows.labels(name)

@@ -6,10 +6,10 @@ back. Queue time (enqueued → its run starts) and compute time (the run) are me
 
 from __future__ import annotations
 
+import asyncio
 import queue
 import threading
 import time
-from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,8 +36,24 @@ class Tensor:
 class Job:
     feeds: dict[str, np.ndarray]
     rows: int
+    future: asyncio.Future  # of the event loop that waits for it
     enqueued: float = field(default_factory=time.perf_counter)
-    future: Future = field(default_factory=Future)
+
+    def settle(self, result) -> None:
+        """Hand the Done (or the exception) to the waiting event loop, from a worker thread."""
+        try:
+            self.future.get_loop().call_soon_threadsafe(_settle, self.future, result)
+        except RuntimeError:  # the loop has closed: the server stopped before the run ended
+            pass
+
+
+def _settle(future: asyncio.Future, result) -> None:
+    if future.done():  # cancelled: the client went away
+        return
+    if isinstance(result, BaseException):
+        future.set_exception(result)
+    else:
+        future.set_result(result)
 
 
 @dataclass
@@ -98,7 +114,7 @@ class ServedModel:
         self.batchable = all(t.shape and t.shape[0] == -1 for t in self.inputs + self.outputs)
         self.max_batch = max_batch if self.batchable else 1
         self.batch_timeout_s = batch_timeout_s
-        self.jobs: queue.Queue[Job | None] = queue.Queue()
+        self.jobs: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
         self.workers = [
             threading.Thread(target=self._work, name=f"serve-{name}-{i}", daemon=True)
             for i in range(max(1, instances))
@@ -154,11 +170,12 @@ class ServedModel:
                 rows = array.shape[0]
         return request.inputs
 
-    def submit(self, feeds: dict[str, np.ndarray]) -> Future:
+    async def run(self, feeds: dict[str, np.ndarray]) -> Done:
+        """Run on a worker thread (ModelFailed if onnxruntime fails); the event loop goes on."""
         rows = next(iter(feeds.values())).shape[0] if self.batchable else 1
-        job = Job(feeds, rows)
+        job = Job(feeds, rows, asyncio.get_running_loop().create_future())
         self.jobs.put(job)
-        return job.future
+        return await job.future
 
     def stop(self) -> None:
         for _ in self.workers:
@@ -213,7 +230,7 @@ class ServedModel:
             values = self.session.run(self.output_names, feeds)
         except Exception as exc:  # onnxruntime's errors have no common base class
             for job in batch:
-                job.future.set_exception(ModelFailed(f"model '{self.name}' failed: {exc}"))
+                job.settle(ModelFailed(f"model '{self.name}' failed: {exc}"))
             return
         compute = time.perf_counter() - start
         rows = sum(j.rows for j in batch)
@@ -227,7 +244,7 @@ class ServedModel:
                     for n, v in zip(self.output_names, values, strict=True)
                 }
             offset += job.rows
-            job.future.set_result(Done(outputs, start - job.enqueued, compute, rows))
+            job.settle(Done(outputs, start - job.enqueued, compute, rows))
 
 
 def request_datatype(array: np.ndarray) -> str:
