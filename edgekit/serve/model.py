@@ -7,6 +7,7 @@ back. Queue time (enqueued → its run starts) and compute time (the run) are me
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import queue
 import threading
 import time
@@ -41,10 +42,9 @@ class Job:
 
     def settle(self, result) -> None:
         """Hand the Done (or the exception) to the waiting event loop, from a worker thread."""
-        try:
+        # RuntimeError: the loop has closed, the server stopped before the run ended
+        with contextlib.suppress(RuntimeError):
             self.future.get_loop().call_soon_threadsafe(_settle, self.future, result)
-        except RuntimeError:  # the loop has closed: the server stopped before the run ended
-            pass
 
 
 def _settle(future: asyncio.Future, result) -> None:
