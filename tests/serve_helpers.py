@@ -46,6 +46,16 @@ def linear_model(path: Path, scale: float = 1.0) -> Path:
     return _save(graph, path)
 
 
+def dynamic_int8_model(path: Path) -> Path:
+    """linear_model quantized by onnxruntime's quantize_dynamic: DynamicQuantizeLinear picks one
+    int8 scale for the whole input tensor at run time."""
+    from onnxruntime.quantization import quantize_dynamic
+
+    float_model = linear_model(path.with_name(path.stem + "-float.onnx"))
+    quantize_dynamic(str(float_model), str(path))
+    return path
+
+
 def fragile_model(path: Path) -> Path:
     """x[N,16] -> Reshape(-1, 5): fails at run time unless N is a multiple of 5."""
     shape = numpy_helper.from_array(np.array([-1, 5], np.int64), "shape")

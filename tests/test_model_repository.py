@@ -10,7 +10,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 from conftest import run_edgekit
-from serve_helpers import output_folder
+from serve_helpers import dynamic_int8_model, output_folder
 
 tritonclient = pytest.importorskip("tritonclient")
 text_format = pytest.importorskip("google.protobuf.text_format")
@@ -34,7 +34,8 @@ def parse(path: Path):
 def test_every_variant_without_batching(tmp_path):
     folder = output_folder(tmp_path / "m.edgekit")
     out = tmp_path / "repo"
-    done = run_edgekit("serve", folder, "--variant", "all", "--export-repository", out)
+    done = run_edgekit("serve", folder, "--variant", "all", "--max-batch", "1",
+                       "--export-repository", out)  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert sorted(p.name for p in out.iterdir()) == ["fp32", "fragile", "int8-static"]
     pb2, config = parse(out / "fp32" / "config.pbtxt")
@@ -70,6 +71,23 @@ def test_recommended_variant_with_dynamic_batching(tmp_path):
     assert (out / "digits" / "1" / "model.onnx").read_bytes() == (
         folder / "int8-static.onnx"
     ).read_bytes()
+
+
+def test_batching_by_default_except_for_a_model_that_quantizes_per_batch(tmp_path):
+    folder = output_folder(tmp_path / "m.edgekit")
+    out = tmp_path / "repo"
+    done = run_edgekit("serve", folder, "--export-repository", out)
+    assert done.returncode == 0, done.stderr
+    _, config = parse(out / "int8-static" / "config.pbtxt")
+    assert config.max_batch_size == 16 and list(config.input[0].dims) == [16]
+    assert config.dynamic_batching.max_queue_delay_microseconds == 0
+
+    dynamic = dynamic_int8_model(tmp_path / "dynamic.onnx")
+    done = run_edgekit("serve", dynamic, "--export-repository", out)
+    assert done.returncode == 0, done.stderr
+    _, config = parse(out / "dynamic" / "config.pbtxt")
+    assert config.max_batch_size == 0 and list(config.input[0].dims) == [-1, 16]
+    assert not config.HasField("dynamic_batching")
 
 
 def test_output_that_is_a_file_exits_2(tmp_path):

@@ -11,7 +11,15 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 from conftest import run_edgekit, torch_blocked_env
-from serve_helpers import Server, http, metric, metric_values, output_folder, slow_model
+from serve_helpers import (
+    Server,
+    dynamic_int8_model,
+    http,
+    metric,
+    metric_values,
+    output_folder,
+    slow_model,
+)
 
 tritonclient_http = pytest.importorskip("tritonclient.http")
 
@@ -342,6 +350,32 @@ def test_dynamic_batching_stacks_concurrent_requests(tmp_path, folder):
         count = metric(values, "edgekit_batch_size_count", **m)
         rows = metric(values, "edgekit_batch_size_sum", **m)
         assert count == 12 and rows / count > 2  # requests shared runs
+    finally:
+        assert srv.stop() == 0
+
+
+def test_a_model_that_quantizes_per_batch_is_not_batched(tmp_path):
+    """Batched, a dynamic-int8 request would be quantized with its neighbours' range: each answer
+    must equal the request run alone."""
+    model = dynamic_int8_model(tmp_path / "dynamic.onnx")
+    srv = Server(model, "--max-batch", "16", "--batch-timeout-ms", "50")
+    try:
+        assert "quantizes activations over the whole batch" in "".join(srv.stderr)
+        rng = np.random.default_rng(3)
+        xs = [rng.uniform(-1, 1, (1, 16)).astype(np.float32) * 10.0 ** (i % 3) for i in range(9)]
+        session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+        client = tritonclient_http.InferenceServerClient(srv.hostport, concurrency=9)
+        tensors = []
+        for x in xs:
+            t = tritonclient_http.InferInput("x", list(x.shape), "FP32")
+            t.set_data_from_numpy(x)
+            tensors.append(t)
+        pending = [client.async_infer("dynamic", [t]) for t in tensors]
+        for x, p in zip(xs, pending, strict=True):
+            got = p.get_result().as_numpy("y")
+            np.testing.assert_array_equal(got, session.run(None, {"x": x})[0])
+        values = metric_values(http(f"{srv.url}/metrics")[2].decode())
+        assert metric(values, "edgekit_batch_size_sum", model="dynamic") == 9  # one row per run
     finally:
         assert srv.stop() == 0
 

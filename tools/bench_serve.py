@@ -8,7 +8,8 @@
    Content-Length, so it is the server's cost; the http.client line is what a plain Python caller
    pays on top.
 2. Throughput and p99 at concurrency 1, 4 and 16 (one keep-alive connection per client thread),
-   without batching and with --max-batch 16 (timeout 0 and 2 ms), configurations interleaved.
+   without batching (--max-batch 1) and with --max-batch 16 (timeout 0, the default, and 2 ms),
+   configurations interleaved. Section 1 runs the server with its defaults.
 3. Memory: the server's peak RSS over `edgekit bench`'s worker's peak RSS for the same model.
 
 Client and server share this machine's cores: at concurrency 16 the Python client threads compete
@@ -236,7 +237,7 @@ def load(server: Server, x: np.ndarray, concurrency: int, seconds: float) -> tup
 
 
 BATCHING = {
-    "no batching": (),
+    "no batching": ("--max-batch", "1"),
     "batch 16, 0 ms": ("--max-batch", "16", "--batch-timeout-ms", "0"),
     "batch 16, 2 ms": ("--max-batch", "16", "--batch-timeout-ms", "2"),
 }

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import queue
 import threading
 import time
@@ -77,6 +78,74 @@ def _dims(shape) -> list[int]:
     return [d if isinstance(d, int) and d >= 0 else -1 for d in shape]
 
 
+# Ops that quantize a whole tensor with one scale computed at run time: batched, each request's
+# int8 range would be set by the requests run with it, and its outputs would change with them.
+PER_BATCH_OPS = {"DynamicQuantizeLinear", "DynamicQuantizeMatMul", "DynamicQuantizeLSTM"}
+
+
+def axis_0_dynamic(inputs: list[Tensor], outputs: list[Tensor]) -> bool:
+    return all(t.shape and t.shape[0] == -1 for t in inputs + outputs)
+
+
+def batch_obstacle(path: Path, inputs: list[Tensor], outputs: list[Tensor]) -> str | None:
+    """Why requests to this model must not be stacked into one run, or None when they may be."""
+    if not axis_0_dynamic(inputs, outputs):
+        return "its axis 0 is fixed"
+    if found := sorted(op_types(path) & PER_BATCH_OPS):
+        return (
+            f"it quantizes activations over the whole batch ({', '.join(found)}), so a "
+            "request's outputs would depend on the requests run with it"
+        )
+    return None
+
+
+def op_types(path: Path) -> set[str]:
+    """The op types in an ONNX file's main graph, read from the protobuf wire format, skipping
+    the weights on disk: onnx.load would add the file's size to the server's peak memory
+    (measured: +16 MB for a ResNet-18)."""
+    ops = set()
+    with open(path, "rb") as f:
+        for field, size in _fields(f, os.fstat(f.fileno()).st_size):
+            if field != 7:  # ModelProto.graph
+                continue
+            for field_in_graph, node_size in _fields(f, f.tell() + size):
+                if field_in_graph != 1:  # GraphProto.node
+                    continue
+                for field_in_node, length in _fields(f, f.tell() + node_size):
+                    if field_in_node == 4:  # NodeProto.op_type
+                        ops.add(f.read(length).decode("utf-8", "replace"))
+    return ops
+
+
+def _fields(f, end: int):
+    """(field number, length) of each length-delimited field of the message from f's position to
+    `end`, with f at the field's first byte; after each, f moves to the field's end."""
+    while f.tell() < end:
+        key = _varint(f)
+        wire = key & 7
+        if wire == 0:
+            _varint(f)
+        elif wire in (1, 5):
+            f.seek(8 if wire == 1 else 4, 1)
+        elif wire == 2:
+            length = _varint(f)
+            start = f.tell()
+            yield key >> 3, length
+            f.seek(start + length)
+        else:
+            raise ValueError(f"protobuf wire type {wire}")
+
+
+def _varint(f) -> int:
+    value = shift = 0
+    while byte := f.read(1):
+        value |= (byte[0] & 0x7F) << shift
+        if byte[0] < 0x80:
+            return value
+        shift += 7
+    raise ValueError("the file ends inside a number")
+
+
 def describe(path: Path, session=None) -> tuple[list[Tensor], list[Tensor]]:
     """The model's inputs and outputs with OIP datatypes and -1 for dynamic axes."""
     if session is None:
@@ -110,9 +179,9 @@ class ServedModel:
         )
         self.inputs, self.outputs = describe(path, self.session)
         self.output_names = [o.name for o in self.outputs]
-        # Stacking requests needs a dynamic axis 0 on every input and output.
-        self.batchable = all(t.shape and t.shape[0] == -1 for t in self.inputs + self.outputs)
-        self.max_batch = max_batch if self.batchable else 1
+        self.rows_on_axis_0 = axis_0_dynamic(self.inputs, self.outputs)
+        self.unbatched = batch_obstacle(self.path, self.inputs, self.outputs)
+        self.max_batch = max_batch if self.unbatched is None else 1
         self.batch_timeout_s = batch_timeout_s
         self.jobs: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
         self.workers = [
@@ -164,7 +233,7 @@ class ServedModel:
                     f"input '{name}' of model '{self.name}' has shape {spec.shape} (-1: any), "
                     f"not {list(array.shape)}"
                 )
-            if self.batchable:
+            if self.rows_on_axis_0:
                 if rows is not None and array.shape[0] != rows:
                     raise BadRequest("the inputs disagree on the batch size (axis 0)")
                 rows = array.shape[0]
@@ -172,7 +241,7 @@ class ServedModel:
 
     async def run(self, feeds: dict[str, np.ndarray]) -> Done:
         """Run on a worker thread (ModelFailed if onnxruntime fails); the event loop goes on."""
-        rows = next(iter(feeds.values())).shape[0] if self.batchable else 1
+        rows = next(iter(feeds.values())).shape[0] if self.rows_on_axis_0 else 1
         job = Job(feeds, rows, asyncio.get_running_loop().create_future())
         self.jobs.put(job)
         return await job.future

@@ -6,10 +6,12 @@ a deployment outgrows one device and moves to a serving engine:
 
 The config is written in protobuf text format by hand (no protobuf needed here); the tests parse
 it with Triton's own model_config.proto from the tritonclient package. It mirrors the serve flags:
-no --max-batch gives max_batch_size 0 with the batch axis in dims (any batch size, as edgekit
-serve accepts); --max-batch N gives max_batch_size N, dims without the batch axis and
-dynamic_batching with --batch-timeout-ms as the queue delay; --instances sets the instance count,
---threads onnxruntime's intra-op threads.
+--max-batch N (default 16) gives max_batch_size N, dims without the batch axis and
+dynamic_batching with --batch-timeout-ms as the queue delay (Triton then refuses requests of more
+than N rows); --max-batch 1, a fixed axis 0 or a model that quantizes per batch (see
+edgekit.serve.model.batch_obstacle) give max_batch_size 0 with the batch axis in dims (any batch
+size, as edgekit serve accepts, no batching); --instances sets the instance count, --threads
+onnxruntime's intra-op threads.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from pathlib import Path
 from edgekit.benchmark import flops
 from edgekit.errors import EdgekitError
 from edgekit.fsutil import atomic_write_bytes, atomic_write_text, check_output_dir
-from edgekit.serve.model import Tensor, describe
+from edgekit.serve.model import Tensor, batch_obstacle, describe
 
 
 def _type(datatype: str) -> str:
@@ -35,7 +37,8 @@ def config_text(
     instances: int,
     threads: int | None,
 ) -> str:
-    batched = max_batch > 1 and all(t.shape and t.shape[0] == -1 for t in inputs + outputs)
+    """The config for max_batch N > 1, or 0 when requests must not be batched."""
+    batched = max_batch > 1
 
     def tensors(key: str, items: list[Tensor]) -> list[str]:
         lines = []
@@ -87,8 +90,9 @@ def export(choices, out: Path, *, max_batch: int, batch_timeout_ms: float, insta
         for file in flops.files_on_disk(choice.path):
             target = "model.onnx" if file == choice.path else file.name
             atomic_write_bytes(folder / "1" / target, file.read_bytes())
+        batch = max_batch if batch_obstacle(choice.path, inputs, outputs) is None else 0
         text = config_text(
-            choice.name, inputs, outputs, max_batch, batch_timeout_ms, instances, threads
+            choice.name, inputs, outputs, batch, batch_timeout_ms, instances, threads
         )
         atomic_write_text(folder / "config.pbtxt", text)
         written.append(folder)
