@@ -278,9 +278,19 @@ def test_no_calibration_range_says_unavailable(tmp_path):
 
 
 def test_access_log_has_one_json_line_per_request(server):
+    x = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 16], "data": [0.5] * 16}]}
+    assert infer_json(server.url, "fp32", x)[0] == 200
+    assert http(f"{server.url}/v2/health/ready")[0] == 200
+    assert http(f"{server.url}/v2/models/nope")[0] == 400
     lines = [json.loads(line) for line in server.access_log.read_text().splitlines()]
-    assert lines and {"ts", "path", "model", "status", "ms"} <= set(lines[-1])
-    assert {line["status"] for line in lines} >= {200}
+    assert {"ts", "client", "method", "path", "model", "status", "ms"} <= set(lines[-1])
+    last = [(line["method"], line["path"], line["status"], line["model"]) for line in lines[-3:]]
+    assert last == [
+        ("POST", "/v2/models/fp32/infer", 200, "fp32"),
+        ("GET", "/v2/health/ready", 200, ""),
+        ("GET", "/v2/models/nope", 400, ""),
+    ]
+    assert "queue_ms" in lines[-3] and "compute_ms" in lines[-3]
 
 
 def test_api_key(tmp_path, folder):

@@ -174,8 +174,24 @@ def build_app(state: State, on_ready=None):
         match = INFER_PATH.fullmatch(scope["path"]) if scope["type"] == "http" else None
         if match:
             await inference(scope, receive, send, match[1], match[2] or "1")
+        elif scope["type"] == "http" and state.access_log is not None:
+            await logged(scope, receive, send)
         else:
             await framework(scope, receive, send)
+
+    async def logged(scope, receive, send):
+        """The framework's routes with an access log line each (inference logs its own)."""
+        start, status = time.perf_counter(), [500]
+
+        async def send_and_note(message):
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            await framework(scope, receive, send_and_note)
+        finally:
+            log_line(state, scope, "", status[0], time.perf_counter() - start, {})
 
     return app
 

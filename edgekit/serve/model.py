@@ -261,7 +261,8 @@ class ServedModel:
             if job is None:
                 return
             batch, carry, stop = [job], None, False
-            if self.max_batch > 1:
+            # with no timeout and nothing waiting there is nothing to stack: skip the look
+            if self.max_batch > 1 and (self.batch_timeout_s > 0 or not self.jobs.empty()):
                 batch, carry, stop = self._collect(job)
             self._run(batch)
             if stop:
