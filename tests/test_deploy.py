@@ -143,6 +143,35 @@ def check_deployment(done, folder, common, unit, remote_dir, port, ssh_env):
     assert again.returncode == 1 and "not running" in again.stdout
 
 
+def test_deploy_on_every_address_with_an_api_key(device, ssh_env, tmp_path):
+    folder = output_folder(tmp_path / "digits.edgekit")
+    python = device_python(tmp_path / "py")
+    remote_dir, port = tmp_path / "dev", free_port()
+    key = tmp_path / "key"
+    key.write_text("k3y-for-the-pi\n")
+    key.chmod(0o644)  # as users leave it: the copy on the device must still be private
+    common = ["--target", device, "--remote-python", python, "--remote-dir", remote_dir]
+    done = run_edgekit("deploy", folder, *common, "--host", "0.0.0.0", "--port", port,
+                       "--api-key-file", key, env=ssh_env, timeout=180)  # fmt: skip
+    pidfile = remote_dir / "digits" / "serve.pid"
+    try:
+        assert done.returncode == 0, done.stderr
+        assert f"URL: http://127.0.0.1:{port}" in done.stdout  # the device's address
+        assert (remote_dir / "digits" / "api-key").stat().st_mode & 0o077 == 0
+        url = f"http://127.0.0.1:{port}/v2/models/digits/infer"
+        body = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 16], "data": [0] * 16}]}
+        assert http(url, body)[0] == 401
+        assert http(url, body, {"Authorization": "Bearer k3y-for-the-pi"})[0] == 200
+        status = run_edgekit("deploy", *common, "--name", "digits", "--status", env=ssh_env)
+        assert status.returncode == 0 and "running, pid" in status.stdout, status.stderr
+        assert re.search(r'outcome="success"\} 1\b', status.stdout), status.stdout  # via the key
+        stop = run_edgekit("deploy", *common, "--name", "digits", "--stop", env=ssh_env)
+        assert stop.returncode == 0, stop.stderr
+    finally:
+        if pidfile.exists():
+            os.kill(int(pidfile.read_text()), signal.SIGTERM)
+
+
 def test_device_without_the_serve_extra_gets_the_pip_line(device, ssh_env, tmp_path):
     folder = output_folder(tmp_path / "digits.edgekit")
     python = device_python(tmp_path / "py", block=("uvicorn", "starlette"))

@@ -144,8 +144,8 @@ def _deploy(args, target, name: str, folder: str) -> int:
     if args.api_key_file:
         if not args.api_key_file.is_file():
             raise EdgekitError(f"--api-key-file {args.api_key_file}: no such file.")
-        files.append((args.api_key_file, "api-key"))
-        serve_args += ["--api-key-file", "api-key"]
+        files.append((args.api_key_file, deploy.API_KEY))
+        serve_args += ["--api-key-file", deploy.API_KEY]
     print(f"checking {target.spec}", flush=True)
     checked = deploy.check_device(target, folder)
     folder = checked["folder"]
@@ -157,8 +157,6 @@ def _deploy(args, target, name: str, folder: str) -> int:
         deploy.pack(files, {"serve.json": json.dumps(settings), unit_name: unit}, tar_path)
         print(f"copying {tar_path.stat().st_size / 1e6:.1f} MB to {folder}", flush=True)
         deploy.copy(target, tar_path, folder)
-    if args.api_key_file:
-        deploy._ssh(target, "chmod", "600", f"{folder}/api-key", what="protecting the key")
     if args.systemd_unit:
         from edgekit.fsutil import atomic_write_text
 

@@ -31,6 +31,7 @@ from edgekit.errors import EdgekitError
 LAUNCHER = Path(__file__).with_name("launcher.py")
 NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
 PIP = "-m pip install 'edgekit[serve]'"
+API_KEY = "api-key"  # its name in the deployment folder (the launcher reads it there too)
 # Runs on the device: which modules `edgekit serve` needs are missing; makes the folder.
 CHECK = """\
 import importlib.util, json, os, sys
@@ -123,11 +124,18 @@ def variant_files(folder: Path, row: dict) -> list[tuple[Path, str]]:
 
 
 def pack(files: list[tuple[Path, str]], texts: dict[str, str], tar_path: Path) -> None:
-    """One tar of local files (path, name in the folder) and generated texts (name: text)."""
+    """One tar of local files (path, name in the folder) and generated texts (name: text). The
+    API key goes in with mode 600, so that it is never readable by others on the device, not
+    even between unpacking and a chmod."""
+
+    def private(info: tarfile.TarInfo) -> tarfile.TarInfo:
+        info.mode = 0o600
+        return info
+
     with tempfile.TemporaryDirectory() as tmp, tarfile.open(tar_path, "w") as tar:
         tar.add(LAUNCHER, "launcher.py")
         for path, arcname in files:
-            tar.add(path, arcname)
+            tar.add(path, arcname, filter=private if arcname == API_KEY else None)
         for arcname, text in texts.items():
             (Path(tmp) / "text").write_text(text)
             tar.add(Path(tmp) / "text", arcname)
