@@ -170,7 +170,7 @@ def unique_names(targets: list[Target]) -> list[Target]:
 # ---- one device ---------------------------------------------------------------------------------
 
 
-def _ssh(target: Target, *remote: str, what: str, stdin=None, timeout: float = QUICK_S) -> str:
+def ssh_run(target: Target, *remote: str, what: str, stdin=None, timeout: float = QUICK_S) -> str:
     """Run one short command on the device; its stdout, or EdgekitError saying what failed."""
     try:
         done = subprocess.run(
@@ -196,11 +196,11 @@ def _ssh(target: Target, *remote: str, what: str, stdin=None, timeout: float = Q
             "BatchMode=yes; known_hosts and keys are used as usual)."
         )
     if done.returncode != 0:
-        raise _RemoteCommandFailed(done.returncode, done.stderr.strip())
+        raise RemoteCommandFailed(done.returncode, done.stderr.strip())
     return done.stdout
 
 
-class _RemoteCommandFailed(Exception):
+class RemoteCommandFailed(Exception):
     def __init__(self, code: int, stderr: str):
         super().__init__(stderr or f"exit code {code}")
         self.code = code
@@ -228,9 +228,9 @@ class Remote:
         code = "import json, os; print(json.dumps([round(x, 2) for x in os.getloadavg()]))"
         try:
             return json.loads(
-                _ssh(self.target, self.target.python, "-c", code, what="reading load")
+                ssh_run(self.target, self.target.python, "-c", code, what="reading load")
             )
-        except (EdgekitError, _RemoteCommandFailed, ValueError):
+        except (EdgekitError, RemoteCommandFailed, ValueError):
             return None  # extra information, never a reason to lose the measurements
 
     def after(self) -> dict | None:
@@ -238,9 +238,9 @@ class Remote:
         code = "import json, sys; sys.path.insert(0, sys.argv[1]); import device; "
         code += "print(json.dumps(device.conditions()))"
         try:
-            out = _ssh(self.target, self.target.python, "-c", code, self.folder, what="reading")
+            out = ssh_run(self.target, self.target.python, "-c", code, self.folder, what="reading")
             return json.loads(out)
-        except (EdgekitError, _RemoteCommandFailed, ValueError):
+        except (EdgekitError, RemoteCommandFailed, ValueError):
             return None  # extra information, never a reason to lose the measurements
 
 
@@ -248,11 +248,11 @@ def probe(target: Target, folder: str | None = None) -> dict:
     """Check the device's Python has numpy and onnxruntime (EdgekitError with the fix if not);
     with the folder holding device.py, also describe the device."""
     try:
-        out = _ssh(
+        out = ssh_run(
             target, target.python, "-c", PROBE, *([folder] if folder else []), what="probing"
         )
         reply = json.loads(out)
-    except _RemoteCommandFailed as exc:
+    except RemoteCommandFailed as exc:
         if exc.code == 127:  # the shell found no such command
             raise EdgekitError(
                 f"{target.spec}: `{target.python}` was not found on the device. Install Python 3 "
@@ -278,8 +278,10 @@ def describe(target: Target) -> dict:
     """device.collect() on the device before anything is copied there (device.py goes as code)."""
     code = DEVICE_PY.read_text() + "\nimport json\nprint(json.dumps(collect()))\n"
     try:
-        return json.loads(_ssh(target, target.python, "-c", code, what="reading the device's CPU"))
-    except (_RemoteCommandFailed, ValueError) as exc:
+        return json.loads(
+            ssh_run(target, target.python, "-c", code, what="reading the device's CPU")
+        )
+    except (RemoteCommandFailed, ValueError) as exc:
         raise EdgekitError(f"{target.spec}: could not describe the device: {exc}") from None
 
 
@@ -313,8 +315,8 @@ def session(
     say = progress or (lambda _msg: None)
     say(f"connecting to {target.spec}")
     try:
-        folder = _ssh(target, "mktemp", "-d", "-t", "edgekit.XXXXXXXX", what="connecting")
-    except _RemoteCommandFailed as exc:
+        folder = ssh_run(target, "mktemp", "-d", "-t", "edgekit.XXXXXXXX", what="connecting")
+    except RemoteCommandFailed as exc:
         raise EdgekitError(f"{target.spec}: cannot make a temporary folder: {exc}") from None
     folder = folder.strip()
     if not re.fullmatch(r"/[\w./-]+", folder):
@@ -327,9 +329,9 @@ def session(
             say(f"copying {size / 1e6:.1f} MB to {target.spec}")
             with open(tar_path, "rb") as bundle:
                 try:  # a slow link gets time in proportion to the bytes (0.2 MB/s at worst)
-                    _ssh(target, "tar", "-xf", "-", "-C", folder, what="copying the models",
+                    ssh_run(target, "tar", "-xf", "-", "-C", folder, what="copying the models",
                          stdin=bundle, timeout=QUICK_S + size / 2e5)  # fmt: skip
-                except _RemoteCommandFailed as exc:
+                except RemoteCommandFailed as exc:
                     raise EdgekitError(f"{target.spec}: copying failed: {exc}") from None
         say(f"checking Python on {target.spec}")
         info = probe(target, folder)["device"]
@@ -337,8 +339,8 @@ def session(
         yield Remote(target, folder, paths, info)
     finally:
         try:
-            _ssh(target, "rm", "-rf", "--", folder, what="removing the temporary folder")
-        except (EdgekitError, _RemoteCommandFailed) as exc:
+            ssh_run(target, "rm", "-rf", "--", folder, what="removing the temporary folder")
+        except (EdgekitError, RemoteCommandFailed) as exc:
             print(f"edgekit: warning: could not remove {folder} on {target.spec}: {exc}",
                   file=sys.stderr)  # fmt: skip
 

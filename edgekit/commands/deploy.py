@@ -86,12 +86,12 @@ def run(args: argparse.Namespace) -> int:
     name = _name(args)
     folder = deploy.remote_folder(args.remote_dir, name)
     if args.stop:
-        reply = deploy._launcher(target, "stop", folder, timeout=90)
+        reply = deploy.run_launcher(target, "stop", folder, timeout=90)
         state = "stopped" if reply.get("was_running") else "was not running"
         print(f"{name} on {target.spec}: {state}")
         return 0
     if args.status:
-        reply = deploy._launcher(target, "status", folder)
+        reply = deploy.run_launcher(target, "status", folder)
         if not reply.get("running"):
             print(f"{name} on {target.spec}: not running")
             return 1
@@ -102,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"  (metrics unreadable: {textsafe.plain(reply['metrics_error'])})")
         return 0
     if args.forward is not None:
-        reply = deploy._launcher(target, "status", folder)
+        reply = deploy.run_launcher(target, "status", folder)
         if not reply.get("running"):
             raise EdgekitError(f"{name} is not running on {target.spec}; deploy it first.")
         port = int(reply["url"].rsplit(":", 1)[1])
@@ -162,7 +162,7 @@ def _deploy(args, target, name: str, folder: str) -> int:
 
         atomic_write_text(args.systemd_unit, unit)
     print(f"starting {textsafe.plain(choice.variant['name'])} as {name}", flush=True)
-    reply = deploy._launcher(target, "start", folder, timeout=180)
+    reply = deploy.run_launcher(target, "start", folder, timeout=180)
     if "error" in reply:
         raise EdgekitError(
             f"{target.spec}: {reply['error']}. The server's log ({folder}/serve.log) ends:\n"

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from edgekit import textsafe
 from edgekit.benchmark import flops
-from edgekit.benchmark.remote import QUICK_S, Target, _RemoteCommandFailed, _ssh
+from edgekit.benchmark.remote import QUICK_S, RemoteCommandFailed, Target, ssh_run
 from edgekit.errors import EdgekitError
 
 LAUNCHER = Path(__file__).with_name("launcher.py")
@@ -69,13 +69,13 @@ def _json(text: str, target: Target, what: str) -> dict:
         raise EdgekitError(f"{target.spec}: {what} printed no JSON: {text[-300:]!r}") from None
 
 
-def _launcher(target: Target, command: str, folder: str, timeout: float = QUICK_S) -> dict:
+def run_launcher(target: Target, command: str, folder: str, timeout: float = QUICK_S) -> dict:
     try:
-        out = _ssh(
+        out = ssh_run(
             target, target.python, f"{folder}/launcher.py", command, folder,
             what=f"running the launcher ({command})", timeout=timeout,
         )  # fmt: skip
-    except _RemoteCommandFailed as exc:
+    except RemoteCommandFailed as exc:
         text = str(exc)
         if "No such file" in text or "can't open file" in text:
             raise EdgekitError(
@@ -92,11 +92,11 @@ def _launcher(target: Target, command: str, folder: str, timeout: float = QUICK_
 def check_device(target: Target, folder: str) -> dict:
     try:
         reply = _json(
-            _ssh(target, target.python, "-c", CHECK, folder, what="checking the device"),
+            ssh_run(target, target.python, "-c", CHECK, folder, what="checking the device"),
             target,
             "the device check",
         )
-    except _RemoteCommandFailed as exc:
+    except RemoteCommandFailed as exc:
         if exc.code == 127:
             raise EdgekitError(
                 f"{target.spec}: `{target.python}` was not found on the device. Install Python 3 "
@@ -145,9 +145,9 @@ def copy(target: Target, tar_path: Path, folder: str) -> None:
     size = tar_path.stat().st_size
     with open(tar_path, "rb") as bundle:
         try:
-            _ssh(target, "tar", "-xf", "-", "-C", folder, what="copying the model",
+            ssh_run(target, "tar", "-xf", "-", "-C", folder, what="copying the model",
                  stdin=bundle, timeout=QUICK_S + size / 2e5)  # fmt: skip
-        except _RemoteCommandFailed as exc:
+        except RemoteCommandFailed as exc:
             raise EdgekitError(f"{target.spec}: copying failed: {exc}") from None
 
 
