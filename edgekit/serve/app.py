@@ -1,4 +1,4 @@
-"""The HTTP side: Starlette routes for the Open Inference Protocol, /metrics and the monitors.
+"""The HTTP side: the Open Inference Protocol's routes, /metrics and the monitors.
 
 Routes (all JSON; errors are {"error": "..."}):
   GET  /v2/health/live · /v2/health/ready          no API key needed (for probes)

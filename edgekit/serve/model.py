@@ -91,7 +91,11 @@ def batch_obstacle(path: Path, inputs: list[Tensor], outputs: list[Tensor]) -> s
     """Why requests to this model must not be stacked into one run, or None when they may be."""
     if not axis_0_dynamic(inputs, outputs):
         return "its axis 0 is fixed"
-    if found := sorted(op_types(path) & PER_BATCH_OPS):
+    try:
+        found = sorted(op_types(path) & PER_BATCH_OPS)
+    except (OSError, ValueError) as exc:  # onnxruntime read it, so this is unlikely
+        return f"edgekit could not read its op types ({exc})"
+    if found:
         return (
             f"it quantizes activations over the whole batch ({', '.join(found)}), so a "
             "request's outputs would depend on the requests run with it"
