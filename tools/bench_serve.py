@@ -12,6 +12,9 @@
    configurations interleaved. Section 1 runs the server with its defaults.
 3. Memory: the server's peak RSS over `edgekit bench`'s worker's peak RSS for the same model.
 
+It ends with the project's targets (added p50 <= 0.5 ms on the shipped model, RSS overhead
+<= 40 MB), each "met" or "NOT MET"; the exit code is 1 when one is not met.
+
 Client and server share this machine's cores: at concurrency 16 the Python client threads compete
 with the server, so the throughput figures are a floor. Needs torch (to export the models) and
 the serve extra.
@@ -236,6 +239,10 @@ def load(server: Server, x: np.ndarray, concurrency: int, seconds: float) -> tup
     return len(flat) / elapsed, pct(flat, 99)
 
 
+# The project's targets for the shipped model on a 2-core machine.
+TARGET_ADDED_MS = 0.5
+TARGET_RSS_MB = 40
+
 BATCHING = {
     "no batching": ("--max-batch", "1"),
     "batch 16, 0 ms": ("--max-batch", "16", "--batch-timeout-ms", "0"),
@@ -281,17 +288,18 @@ def main() -> int:
         models = export_models(tmp)
         print("\n1. added latency per request, concurrency 1 (interleaved blocks)")
         print(f"{'model':12} {'':17} {'p50':>9} {'added p50':>10} {'p99':>9} {'added p99':>10}")
-        memory = {}
+        memory, added = {}, {}
         for name, (path, shape) in models.items():
             r = added_latency(name, path, shape, threads, args.rounds, args.block)
             base50, base99 = pct(r["local"], 50), pct(r["local"], 99)
             for side, label in (("local", "in-process"), ("server", "server"),
                                 ("http.client", "  via http.client")):  # fmt: skip
                 p50, p99 = pct(r[side], 50), pct(r[side], 99)
-                added = (f"{p50 - base50:+7.3f} ms {p99:6.3f} ms {p99 - base99:+7.3f} ms"
-                         if side != "local" else f"{'':10} {p99:6.3f} ms")  # fmt: skip
-                print(f"{name if side == 'local' else '':12} {label:17} {p50:6.3f} ms {added}")
+                rest = (f"{p50 - base50:+7.3f} ms {p99:6.3f} ms {p99 - base99:+7.3f} ms"
+                        if side != "local" else f"{'':10} {p99:6.3f} ms")  # fmt: skip
+                print(f"{name if side == 'local' else '':12} {label:17} {p50:6.3f} ms {rest}")
             memory[name] = (r["server_hwm"] or r["server_rss"], worker_rss(path, tmp))
+            added[name] = pct(r["server"], 50) - base50
 
         print("\n2. throughput (median over rounds) and p99, configurations interleaved")
         print(f"{'model':12} {'concurrency':>11} {'config':16} {'req/s':>8} {'p99':>9} "
@@ -303,7 +311,17 @@ def main() -> int:
         for name, (server_rss, worker) in memory.items():
             print(f"{name:12} server {server_rss / 1e6:7.1f} MB  worker {worker / 1e6:7.1f} MB  "
                   f"overhead {(server_rss - worker) / 1e6:+6.1f} MB")  # fmt: skip
-    return 0
+
+    overhead = max(server - worker for server, worker in memory.values()) / 1e6
+    checks = [
+        (f"added latency p50 on digits_cnn {added['digits_cnn']:.3f} ms <= "
+         f"{TARGET_ADDED_MS} ms", added["digits_cnn"] <= TARGET_ADDED_MS),
+        (f"server RSS overhead {overhead:.1f} MB <= {TARGET_RSS_MB} MB", overhead <= TARGET_RSS_MB),
+    ]  # fmt: skip
+    print()
+    for text, met in checks:
+        print(f"{'met' if met else 'NOT MET'}: {text}")
+    return 0 if all(met for _, met in checks) else 1
 
 
 if __name__ == "__main__":
