@@ -271,7 +271,7 @@ class Inference:
             feeds = entry.model.check(parsed)
             entry.ranges.observe(feeds)
             done = await entry.model.run(feeds)
-            content, extra = build_response(entry.model.name, "1", parsed, done.outputs)
+            content, extra = build_response(entry.model.name, "1", parsed.header, done.outputs)
         finally:
             series.inflight.dec()
         series.queue_seconds.observe(done.queue_s)

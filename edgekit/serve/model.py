@@ -216,7 +216,7 @@ class ServedModel:
         missing = [n for n in expected if n not in request.inputs]
         if missing:
             raise BadRequest(f"model '{self.name}' needs input '{missing[0]}', which is missing")
-        for name in request.outputs or []:
+        for name in request.header.outputs or []:
             if name not in self.output_names:
                 raise BadRequest(
                     f"model '{self.name}' has no output '{name}'; its outputs are: "

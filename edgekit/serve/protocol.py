@@ -13,7 +13,7 @@ from __future__ import annotations
 import functools
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -40,16 +40,6 @@ class BadRequest(Exception):
     """The client sent something the protocol or the model does not accept: HTTP 400."""
 
 
-@dataclass
-class InferRequest:
-    id: str | None
-    inputs: dict[str, np.ndarray]
-    outputs: tuple[str, ...] | None  # requested output names, in order; None: all
-    binary: dict[str, bool] = field(default_factory=dict)  # output name -> send as binary
-    binary_default: bool = False
-    parameters: dict = field(default_factory=dict)
-
-
 @dataclass(frozen=True)
 class _Input:
     name: str
@@ -60,15 +50,20 @@ class _Input:
 
 
 @dataclass(frozen=True)
-class _Header:
+class Header:
     """What the JSON part of a request says. Shared between requests with the same header."""
 
     id: str | None
-    inputs: tuple[_Input, ...]
-    outputs: tuple[str, ...] | None
-    binary: dict[str, bool]
+    tensors: tuple[_Input, ...]
+    outputs: tuple[str, ...] | None  # requested output names, in order; None: all
+    binary: dict[str, bool]  # output name -> send as binary
     binary_default: bool
-    parameters: dict
+
+
+@dataclass
+class InferRequest:
+    header: Header
+    inputs: dict[str, np.ndarray]
 
 
 # A client sending binary tensors sends the same JSON header with every request: reading it once
@@ -98,7 +93,7 @@ def parse_request(body: bytes, header_length: str | None) -> InferRequest:
         head, binary = body[:size], memoryview(body)[size:]
     header = _cached_header(head) if len(head) <= CACHED_HEADER_BYTES else _read_header(head)
     inputs, offset = {}, 0
-    for tensor in header.inputs:
+    for tensor in header.tensors:
         if tensor.size is None:
             inputs[tensor.name] = tensor.data
             continue
@@ -115,17 +110,10 @@ def parse_request(body: bytes, header_length: str | None) -> InferRequest:
             f"the binary part has {len(binary)} bytes but the inputs' binary_data_size add up "
             f"to {offset}"
         )
-    return InferRequest(
-        header.id,
-        inputs,
-        header.outputs,
-        header.binary,
-        header.binary_default,
-        header.parameters,
-    )
+    return InferRequest(header, inputs)
 
 
-def _read_header(head: bytes) -> _Header:
+def _read_header(head: bytes) -> Header:
     try:
         request = _object(json.loads(head), "the request")
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -159,13 +147,12 @@ def _read_header(head: bytes) -> _Header:
             if "binary_data" in params:
                 flags[out["name"]] = bool(params["binary_data"])
     request_id = request.get("id")
-    return _Header(
+    return Header(
         id=None if request_id is None else str(request_id),
-        inputs=tuple(inputs.values()),
+        tensors=tuple(inputs.values()),
         outputs=None if outputs is None else tuple(outputs),
         binary=flags,
         binary_default=bool(parameters.get("binary_data_output", False)),
-        parameters=parameters,
     )
 
 
@@ -211,15 +198,15 @@ def _read_input(tensor: dict, name: str) -> _Input:
 
 
 def build_response(
-    model: str, version: str, request: InferRequest, results: dict[str, np.ndarray]
+    model: str, version: str, header: Header, results: dict[str, np.ndarray]
 ) -> tuple[bytes, dict[str, str]]:
     """The response body and its extra headers (Inference-Header-Content-Length when binary)."""
-    names = request.outputs if request.outputs is not None else list(results)
+    names = header.outputs if header.outputs is not None else list(results)
     outputs, chunks = [], []
     for name in names:
         array = np.ascontiguousarray(results[name])
         entry = {"name": name, "datatype": FROM_NUMPY[array.dtype], "shape": list(array.shape)}
-        if request.binary.get(name, request.binary_default):
+        if header.binary.get(name, header.binary_default):
             data = array.tobytes()
             entry["parameters"] = {"binary_data_size": len(data)}
             chunks.append(data)
@@ -227,8 +214,8 @@ def build_response(
             entry["data"] = array.ravel().tolist()
         outputs.append(entry)
     response = {"model_name": model, "model_version": version, "outputs": outputs}
-    if request.id is not None:
-        response["id"] = request.id
+    if header.id is not None:
+        response["id"] = header.id
     head = json.dumps(response, separators=(",", ":")).encode()
     if not chunks:
         return head, {}
