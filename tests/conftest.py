@@ -18,6 +18,17 @@ REPO = Path(__file__).resolve().parents[1]
 SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
 
 
+def save_graph(graph, path: Path, **save_options) -> Path:
+    """A test model as the exporters write them (opset 17, IR 8); save_options go to onnx.save."""
+    import onnx
+    from onnx import helper
+
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path), **save_options)
+    return Path(path)
+
+
 def run_edgekit(*args, env: dict | None = None, cwd=None, timeout=600):
     """Run the real `edgekit` CLI in a fresh process; returns the CompletedProcess."""
     full_env = {**os.environ, **(env or {})}

@@ -17,20 +17,13 @@ import urllib.request
 from pathlib import Path
 
 import numpy as np
-import onnx
+from conftest import save_graph
 from onnx import TensorProto, helper, numpy_helper
 
 from edgekit.report.schema import new_report, new_variant
 from edgekit.report.write import write_outputs
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def _save(graph, path: Path) -> Path:
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.save(model, path)
-    return path
 
 
 def linear_model(path: Path, scale: float = 1.0) -> Path:
@@ -43,7 +36,7 @@ def linear_model(path: Path, scale: float = 1.0) -> Path:
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])],
         [numpy_helper.from_array(w, "w")],
     )
-    return _save(graph, path)
+    return save_graph(graph, path)
 
 
 def dynamic_int8_model(path: Path) -> Path:
@@ -66,7 +59,7 @@ def fragile_model(path: Path) -> Path:
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 5])],
         [shape],
     )
-    return _save(graph, path)
+    return save_graph(graph, path)
 
 
 def slow_model(path: Path, layers: int = 60) -> Path:
@@ -84,7 +77,7 @@ def slow_model(path: Path, layers: int = 60) -> Path:
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 512])],
         [numpy_helper.from_array(w, "w")],
     )
-    return _save(graph, path)
+    return save_graph(graph, path)
 
 
 def output_folder(folder: Path, calibration: bool = True) -> Path:

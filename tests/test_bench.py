@@ -11,9 +11,8 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import onnx
 import pytest
-from conftest import run_edgekit, torch_blocked_env
+from conftest import run_edgekit, save_graph, torch_blocked_env
 from onnx import TensorProto, helper, numpy_helper
 
 from edgekit.benchmark import BenchOptions, flops, measure
@@ -26,14 +25,10 @@ def _save(path: Path, nodes, inputs, inits, external: bool = False) -> Path:
         nodes, path.stem, inputs, [helper.make_tensor_value_info(nodes[-1].output[0], 1, None)],
         inits,
     )  # fmt: skip
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
     if external:
-        onnx.save(model, path, save_as_external_data=True, location=path.name + ".data",
-                  size_threshold=0)  # fmt: skip
-    else:
-        onnx.save(model, path)
-    return path
+        return save_graph(graph, path, save_as_external_data=True, location=path.name + ".data",
+                          size_threshold=0)  # fmt: skip
+    return save_graph(graph, path)
 
 
 def _w(name, *shape):

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import save_graph
 from onnx import TensorProto, helper, numpy_helper
 
 from edgekit.benchmark import BenchOptions, measure, runner, shift_warning, stats
@@ -17,7 +18,6 @@ from edgekit.benchmark import BenchOptions, measure, runner, shift_warning, stat
 
 def matmul_model(path: Path) -> Path:
     """x[1,256] @ W[256,256] eight times: enough work for a 2-thread pool to wake up."""
-    import onnx
 
     rng = np.random.default_rng(0)
     inits, nodes, prev = [], [], "x"
@@ -32,10 +32,7 @@ def matmul_model(path: Path) -> Path:
         nodes, "mm", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [64, 256])],
         [helper.make_tensor_value_info(prev, TensorProto.FLOAT, None)], inits,
     )  # fmt: skip
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.save(model, path)
-    return path
+    return save_graph(graph, path)
 
 
 @pytest.fixture

@@ -9,9 +9,8 @@ import time
 from pathlib import Path
 
 import numpy as np
-import onnx
 import pytest
-from conftest import run_edgekit, torch_blocked_env
+from conftest import run_edgekit, save_graph, torch_blocked_env
 from onnx import TensorProto, helper, numpy_helper
 
 from edgekit.accuracy import check_labels, drift, run_onnx
@@ -31,10 +30,7 @@ def _save(path: Path, nodes, inputs, inits=(), out_shape=None) -> Path:
         [helper.make_tensor_value_info(nodes[-1].output[0], TensorProto.FLOAT, out_shape)],
         list(inits),
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.save(model, path)
-    return path
+    return save_graph(graph, path)
 
 
 def sqrt_classifier(path: Path, safe: bool = False) -> Path:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
+from conftest import save_graph
 from onnx import TensorProto, helper, numpy_helper
 
 from edgekit.accuracy import run_onnx
@@ -106,10 +107,7 @@ def small_cnn(path):
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 10])],
         inits,
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.save(model, str(path))
-    return path
+    return save_graph(graph, path)
 
 
 def context(tmp_path, path, budget="top1>=0.9"):
@@ -187,10 +185,7 @@ def layernorm_matmul(path, gamma_outliers=(3, 40.0)):
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 4, 8])],
         inits,
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.save(model, str(path))
-    return path
+    return save_graph(graph, path)
 
 
 def test_outlier_channels_are_found_and_both_rewrites_compute_the_same_function(tmp_path):

@@ -14,9 +14,8 @@ import time
 from pathlib import Path
 
 import numpy as np
-import onnx
 import pytest
-from conftest import SSHD, free_port, run_edgekit, start_sshd
+from conftest import SSHD, free_port, run_edgekit, save_graph, start_sshd
 from onnx import TensorProto, helper, numpy_helper
 
 from edgekit.benchmark import BenchOptions, measure, remote
@@ -40,10 +39,7 @@ def tiny_model(path: Path) -> Path:
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 8])],
         [w],
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.save(model, path)
-    return path
+    return save_graph(graph, path)
 
 
 @pytest.fixture(scope="module")

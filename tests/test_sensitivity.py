@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
-import onnx
+from conftest import save_graph
 from onnx import TensorProto, helper, numpy_helper
 
 from edgekit.accuracy import run_onnx
@@ -55,10 +55,7 @@ def outlier_model(path):
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 8, 2])],
         inits,
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.save(model, str(path))
-    return path
+    return save_graph(graph, path)
 
 
 def test_sensitivity_keeps_the_outlier_layer_in_float(tmp_path):
