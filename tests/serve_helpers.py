@@ -172,6 +172,28 @@ def http(url: str, body: bytes | dict | None = None, headers: dict | None = None
         return exc.code, {k.lower(): v for k, v in exc.headers.items()}, exc.read()
 
 
+def poll(read, done, timeout: float, every: float = 0.05):
+    """read() until done(value) or `timeout` seconds pass; the last value (the caller asserts)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = read()
+        if done(value) or time.monotonic() > deadline:
+            return value
+        time.sleep(every)
+
+
+def infer_at_once(hostport: str, model: str, xs: list[np.ndarray]) -> list[np.ndarray]:
+    """Output 'y' for each x, the requests sent all at once by Triton's client (binary)."""
+    import tritonclient.http as tritonclient_http
+
+    client = tritonclient_http.InferenceServerClient(hostport, concurrency=len(xs))
+    tensors = [tritonclient_http.InferInput("x", list(x.shape), "FP32") for x in xs]
+    for tensor, x in zip(tensors, xs, strict=True):
+        tensor.set_data_from_numpy(x)
+    pending = [client.async_infer(model, [tensor]) for tensor in tensors]
+    return [p.get_result().as_numpy("y") for p in pending]
+
+
 def metric_values(text: str) -> dict:
     """{(name, frozenset(labels.items())): value} from Prometheus text, via prometheus_client's
     own parser."""

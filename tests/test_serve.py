@@ -15,9 +15,11 @@ from serve_helpers import (
     Server,
     dynamic_int8_model,
     http,
+    infer_at_once,
     metric,
     metric_values,
     output_folder,
+    poll,
     slow_model,
 )
 
@@ -239,13 +241,11 @@ def test_input_range_and_live_drift_monitor(server):
     before = metric_values(http(f"{server.url}/metrics")[2].decode())
     for body in (inside, outside, outside):
         assert infer_json(server.url, "int8-static", body)[0] == 200
-    deadline = time.monotonic() + 20
-    while True:  # the shadow runs off the request path: wait for it
-        status, _, data = http(f"{server.url}/edgekit/monitor")
-        summary = json.loads(data)["int8-static"]
-        if summary["drift"]["totals"]["comparisons"] >= 3 or time.monotonic() > deadline:
-            break
-        time.sleep(0.1)
+    summary = poll(  # the shadow runs off the request path: wait for it
+        lambda: json.loads(http(f"{server.url}/edgekit/monitor")[2])["int8-static"],
+        lambda summary: summary["drift"]["totals"]["comparisons"] >= 3,
+        timeout=20,
+    )
     after = metric_values(http(f"{server.url}/metrics")[2].decode())
     labels = {"model": "int8-static", "input": "x"}
     checked = "edgekit_input_range_checked_requests_total"
@@ -281,13 +281,12 @@ def test_access_log_has_one_json_line_per_request(server):
     x = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 16], "data": [0.5] * 16}]}
     assert infer_json(server.url, "fp32", x)[0] == 200
     assert http(f"{server.url}/v2/models/access-log-check")[0] == 400
-    deadline = time.monotonic() + 10
-    while True:  # a line is written once its response has gone out: wait for it
-        lines = [json.loads(line) for line in server.access_log.read_text().splitlines()]
-        paths = [line["path"] for line in lines]
-        if "/v2/models/access-log-check" in paths or time.monotonic() > deadline:
-            break
-        time.sleep(0.05)
+    lines = poll(  # a line is written once its response has gone out: wait for it
+        lambda: [json.loads(line) for line in server.access_log.read_text().splitlines()],
+        lambda lines: any(line["path"] == "/v2/models/access-log-check" for line in lines),
+        timeout=10,
+    )
+    paths = [line["path"] for line in lines]
     metadata = lines[paths.index("/v2/models/access-log-check")]
     assert (metadata["method"], metadata["status"], metadata["model"]) == ("GET", 400, "")
     assert {"ts", "client", "ms"} <= set(metadata)
@@ -348,15 +347,7 @@ def test_dynamic_batching_stacks_concurrent_requests(tmp_path, folder):
     try:
         rng = np.random.default_rng(2)
         xs = [rng.uniform(-1, 1, (1 + i % 2, 16)).astype(np.float32) for i in range(12)]
-        client = tritonclient_http.InferenceServerClient(srv.hostport, concurrency=12)
-        tensors = []
-        for x in xs:
-            t = tritonclient_http.InferInput("x", list(x.shape), "FP32")
-            t.set_data_from_numpy(x)
-            tensors.append(t)
-        pending = [client.async_infer("int8-static", [t]) for t in tensors]
-        for x, p in zip(xs, pending, strict=True):
-            got = p.get_result().as_numpy("y")
+        for x, got in zip(xs, infer_at_once(srv.hostport, "int8-static", xs), strict=True):
             np.testing.assert_allclose(got, reference(folder, "int8-static", x), rtol=1e-5)
         values = metric_values(http(f"{srv.url}/metrics")[2].decode())
         m = {"model": "int8-static"}
@@ -373,22 +364,14 @@ def test_a_model_that_quantizes_per_batch_is_not_batched(tmp_path):
     model = dynamic_int8_model(tmp_path / "dynamic.onnx")
     srv = Server(model, "--max-batch", "16", "--batch-timeout-ms", "50")
     try:
-        deadline = time.monotonic() + 10  # stderr is read by its own thread: wait for it
-        while "quantizes activations" not in "".join(srv.stderr) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert "quantizes activations over the whole batch" in "".join(srv.stderr)
+        stderr = poll(  # stderr is read by its own thread: wait for it
+            lambda: "".join(srv.stderr), lambda text: "quantizes activations" in text, timeout=10
+        )
+        assert "quantizes activations over the whole batch" in stderr
         rng = np.random.default_rng(3)
         xs = [rng.uniform(-1, 1, (1, 16)).astype(np.float32) * 10.0 ** (i % 3) for i in range(9)]
         session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
-        client = tritonclient_http.InferenceServerClient(srv.hostport, concurrency=9)
-        tensors = []
-        for x in xs:
-            t = tritonclient_http.InferInput("x", list(x.shape), "FP32")
-            t.set_data_from_numpy(x)
-            tensors.append(t)
-        pending = [client.async_infer("dynamic", [t]) for t in tensors]
-        for x, p in zip(xs, pending, strict=True):
-            got = p.get_result().as_numpy("y")
+        for x, got in zip(xs, infer_at_once(srv.hostport, "dynamic", xs), strict=True):
             np.testing.assert_array_equal(got, session.run(None, {"x": x})[0])
         values = metric_values(http(f"{srv.url}/metrics")[2].decode())
         assert metric(values, "edgekit_batch_size_sum", model="dynamic") == 9  # one row per run
@@ -417,13 +400,13 @@ def test_sigterm_drains_in_flight_requests_and_exits_0(tmp_path):
     start = time.monotonic()
     with ThreadPoolExecutor(1) as pool:
         future = pool.submit(call)
-        deadline = time.monotonic() + 10
-        while True:  # wait until the request is in the model
-            values = metric_values(http(f"{srv.url}/metrics")[2].decode())
-            if metric(values, "edgekit_inflight_requests", model="slow") == 1:
-                break
-            assert time.monotonic() < deadline
-            time.sleep(0.01)
+        values = poll(  # wait until the request is in the model
+            lambda: metric_values(http(f"{srv.url}/metrics")[2].decode()),
+            lambda values: metric(values, "edgekit_inflight_requests", model="slow") == 1,
+            timeout=10,
+            every=0.01,
+        )
+        assert metric(values, "edgekit_inflight_requests", model="slow") == 1
         srv.proc.send_signal(15)
         future.result(timeout=60)
     status, headers, data = result["reply"]
