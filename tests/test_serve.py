@@ -23,6 +23,8 @@ from serve_helpers import (
     slow_model,
 )
 
+from edgekit.fsutil import sha256_file
+
 tritonclient_http = pytest.importorskip("tritonclient.http")
 
 
@@ -209,7 +211,7 @@ def test_fragile_model_runs_when_its_inputs_fit(server):
     assert status == 200 and body["outputs"][0]["shape"] == [16, 5]
 
 
-def test_metrics_parse_and_counters_move(server):
+def test_metrics_parse_and_counters_move(server, folder):
     before = metric_values(http(f"{server.url}/metrics")[2].decode())
     x = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 16], "data": [0.1] * 16}]}
     for _ in range(3):
@@ -232,7 +234,8 @@ def test_metrics_parse_and_counters_move(server):
     assert metric(after, "edgekit_inflight_requests", **m) == 0
     assert metric(after, "process_resident_memory_bytes") > 10e6
     assert ("process_cpu_seconds_total", frozenset()) in after
-    assert metric(after, "edgekit_model_info", model="fp32", file="fp32.onnx", sha256="a" * 64)
+    sha256 = sha256_file(folder / "fp32.onnx")
+    assert metric(after, "edgekit_model_info", model="fp32", file="fp32.onnx", sha256=sha256)
 
 
 def test_input_range_and_live_drift_monitor(server):
@@ -326,7 +329,7 @@ def test_another_address_without_a_key_warns_and_bad_input_exits_2(tmp_path):
     "args,words",
     [
         (["--variant", "nope"], "has no variant 'nope'"),
-        (["--max-batch", "0"], "--max-batch must be at least 1"),
+        (["--max-batch", "0"], "--max-batch must be from 1"),
         (["--shadow-rate", "2", "--shadow", "fp32"], "--shadow-rate"),
         (["--max-drift", "cosine>>1", "--shadow", "fp32"], "Cannot read the drift budget"),
     ],

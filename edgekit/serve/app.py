@@ -21,10 +21,13 @@ import asyncio
 import contextlib
 import hmac
 import json
+import os
 import re
+import stat
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -35,6 +38,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from edgekit import __version__
+from edgekit.errors import EdgekitError
 from edgekit.serve.metrics import Metrics, ModelMetrics
 from edgekit.serve.model import ModelFailed, ServedModel
 from edgekit.serve.monitor import InputRange, Shadow
@@ -58,6 +62,19 @@ class State:
     api_key: str | None = None
     access_log: object = None  # a text file, or None
     log_lock: threading.Lock = field(default_factory=threading.Lock)
+    log_failed: bool = False
+    # One thread: a big request is read and answered off the event loop (health, metadata and
+    # small requests go on), and one at a time, which bounds the memory big requests take.
+    pool: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="serve-parse")
+    )
+
+    async def off_loop(self, size: int, function, *args):
+        """function(*args), on the pool when `size` bytes make it slow, else here: a hop to a
+        thread and back costs ~0.1 ms, more than reading a small request."""
+        if size <= ON_LOOP_BYTES:
+            return function(*args)
+        return await asyncio.get_running_loop().run_in_executor(self.pool, function, *args)
 
     def lookup(self, name: str, version: str) -> Served:
         if name not in self.models:
@@ -76,6 +93,8 @@ class State:
         )
 
 
+# Requests and responses up to this size are read and built on the event loop (well under 1 ms).
+ON_LOOP_BYTES = 64 * 1024
 UNAUTHORIZED = "missing or wrong API key: send the header `Authorization: Bearer <key>`"
 INFER_PATH = re.compile(r"/v2/models/([^/]+)(?:/versions/([^/]+))?/infer")
 
@@ -244,7 +263,7 @@ class Inference:
         except BadRequest as exc:
             answer = failure(400, str(exc))
         except ClientGone:
-            pass  # nobody to answer
+            outcome = "disconnected"  # nobody to answer; not the request's fault
         except Exception as exc:
             outcome = "error"
             if not isinstance(exc, ModelFailed):  # a bug in edgekit
@@ -263,15 +282,17 @@ class Inference:
             await answer.send(send)
 
     async def infer(self, entry: Served, headers: dict, receive) -> tuple[Answer, dict]:
-        series = entry.metrics
+        series, state = entry.metrics, self.state
         series.inflight.inc()
         try:
-            body = await read_body(receive, headers, self.state.max_body)
-            parsed = parse_infer(body, headers.get(HEADER_LENGTH))
-            feeds = entry.model.check(parsed)
-            entry.ranges.observe(feeds)
+            body = await read_body(receive, headers, state.max_body)
+            length = headers.get(HEADER_LENGTH)
+            parsed, feeds = await state.off_loop(len(body), prepare, entry, body, length, state)
             done = await entry.model.run(feeds)
-            content, extra = build_response(entry.model.name, "1", parsed.header, done.outputs)
+            outputs = sum(a.nbytes for a in done.outputs.values())
+            content, extra = await state.off_loop(
+                outputs, build_response, entry.model.name, "1", parsed.header, done.outputs
+            )
         finally:
             series.inflight.dec()
         series.queue_seconds.observe(done.queue_s)
@@ -282,6 +303,14 @@ class Inference:
         media = "application/octet-stream" if extra else "application/json"
         timing = {"queue_ms": done.queue_s * 1e3, "compute_ms": done.compute_s * 1e3}
         return Answer(200, content, media, extra), timing
+
+
+def prepare(entry: Served, body: bytes, header_length: str | None, state: State):
+    """The request read and checked against the model, its inputs' range observed."""
+    parsed = parse_infer(body, header_length, state.max_body)
+    feeds = entry.model.check(parsed)
+    entry.ranges.observe(feeds)
+    return parsed, feeds
 
 
 async def read_body(receive, headers: dict, limit: int) -> bytes:
@@ -321,12 +350,40 @@ def log_line(state: State, scope, model: str, status: int, elapsed: float, timin
         "ms": round(elapsed * 1e3, 3),
         **{k: round(v, 3) for k, v in timing.items()},
     }
+    line = (json.dumps(record) + "\n").encode()
     with state.log_lock:
-        state.access_log.write(json.dumps(record) + "\n")
-        state.access_log.flush()
+        try:
+            state.access_log.write(line)
+        except OSError as exc:  # a full disk must not fail requests: say so once, go on
+            if not state.log_failed:
+                state.log_failed = True
+                print(
+                    f"edgekit: warning: cannot write the access log ({exc.strerror or exc}); "
+                    "serving goes on, later lines may be lost.",
+                    file=sys.stderr,
+                    flush=True,
+                )
 
 
 def open_access_log(path: str):
+    """A binary file with one unbuffered write per line (a failed write leaves nothing queued),
+    or stdout for `-`. Refuses what is not a regular file or a character device (a FIFO would
+    block the start until a reader comes; a folder cannot be appended to)."""
     if path == "-":
-        return sys.stdout
-    return open(path, "a", buffering=1)  # noqa: SIM115 (open while the server runs)
+        return open(sys.stdout.fileno(), "ab", buffering=0, closefd=False)  # noqa: SIM115
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NONBLOCK, 0o644)
+    except OSError as exc:
+        raise EdgekitError(
+            f"Cannot open the access log {path}: {exc.strerror or exc}. Give a file in an "
+            "existing folder you may write to (--access-log FILE, or - for stdout)."
+        ) from None
+    mode = os.fstat(fd).st_mode
+    if not (stat.S_ISREG(mode) or stat.S_ISCHR(mode)):
+        os.close(fd)
+        raise EdgekitError(
+            f"The access log {path} is not a regular file. Give a file (--access-log FILE, or "
+            "- for stdout)."
+        )
+    os.set_blocking(fd, True)
+    return open(fd, "ab", buffering=0)  # noqa: SIM115 (open while the server runs)
