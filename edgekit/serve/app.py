@@ -93,6 +93,7 @@ class State:
         )
 
 
+IDENTITY_HEADER = "edgekit-pid"  # on health responses; launcher.py reads it
 # Requests and responses up to this size are read and built on the event loop (well under 1 ms).
 ON_LOOP_BYTES = 64 * 1024
 UNAUTHORIZED = "missing or wrong API key: send the header `Authorization: Bearer <key>`"
@@ -126,11 +127,15 @@ def build_app(state: State, on_ready=None):
         params = request.path_params
         return state.lookup(params["name"], params.get("version", "1"))
 
+    # Which process answers: `edgekit deploy` checks that the server it started is the one that
+    # answers, not another one already on the port.
+    identity = {IDENTITY_HEADER: str(os.getpid())}
+
     async def live(request):
-        return JSONResponse({"live": True})
+        return JSONResponse({"live": True}, headers=identity)
 
     async def ready(request):
-        return JSONResponse({"ready": True})
+        return JSONResponse({"ready": True}, headers=identity)
 
     async def server_metadata(request):
         return JSONResponse({"name": "edgekit", "version": __version__, "extensions": EXTENSIONS})
