@@ -28,7 +28,7 @@ import json
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 LINGER_S = 2.0
-DRAIN_IDLE_S = 0.5
+DRAIN_IDLE_S = 1.0
 
 
 def raw_response(status: int, reason: str, message: str, extra: str = "") -> bytes:

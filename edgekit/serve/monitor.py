@@ -11,6 +11,7 @@ share of rows whose top-1 class agrees. accuracy-drop needs labels, which live t
 
 from __future__ import annotations
 
+import math
 import random
 import threading
 from collections import deque
@@ -40,7 +41,8 @@ class InputRange:
         for entry in report_inputs or []:
             cal = entry.get("calibration") if isinstance(entry, dict) else None
             ok = isinstance(cal, dict) and all(
-                isinstance(cal.get(k), (int, float)) for k in ("min", "max")
+                isinstance(cal.get(k), (int, float)) and math.isfinite(cal[k])
+                for k in ("min", "max")
             )
             self.ranges[str(entry.get("name"))] = cal if ok else None
         self.counts = {name: [0, 0] for name in self.ranges}  # checked, outside
