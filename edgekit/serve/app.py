@@ -370,25 +370,35 @@ def log_line(state: State, scope, model: str, status: int, elapsed: float, timin
                 )
 
 
+def writable_kind(mode: int) -> bool:
+    return stat.S_ISREG(mode) or stat.S_ISCHR(mode)  # a file, or a device such as /dev/null
+
+
 def open_access_log(path: str):
     """A binary file with one unbuffered write per line (a failed write leaves nothing queued),
     or stdout for `-`. Refuses what is not a regular file or a character device (a FIFO would
     block the start until a reader comes; a folder cannot be appended to)."""
     if path == "-":
         return open(sys.stdout.fileno(), "ab", buffering=0, closefd=False)  # noqa: SIM115
-    try:
+
+    def not_a_file():
+        return EdgekitError(
+            f"The access log {path} is not a regular file (a folder, a FIFO?). Give a file "
+            "(--access-log FILE, or - for stdout)."
+        )
+
+    with contextlib.suppress(OSError):
+        if not writable_kind(os.stat(path).st_mode):
+            raise not_a_file()
+    try:  # O_NONBLOCK: a FIFO made meanwhile fails here instead of waiting for a reader
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NONBLOCK, 0o644)
     except OSError as exc:
         raise EdgekitError(
             f"Cannot open the access log {path}: {exc.strerror or exc}. Give a file in an "
             "existing folder you may write to (--access-log FILE, or - for stdout)."
         ) from None
-    mode = os.fstat(fd).st_mode
-    if not (stat.S_ISREG(mode) or stat.S_ISCHR(mode)):
+    if not writable_kind(os.fstat(fd).st_mode):
         os.close(fd)
-        raise EdgekitError(
-            f"The access log {path} is not a regular file. Give a file (--access-log FILE, or "
-            "- for stdout)."
-        )
+        raise not_a_file()
     os.set_blocking(fd, True)
     return open(fd, "ab", buffering=0)  # noqa: SIM115 (open while the server runs)
