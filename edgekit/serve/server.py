@@ -18,7 +18,7 @@ from edgekit import textsafe
 from edgekit.errors import EdgekitError
 from edgekit.fsutil import sha256_file
 
-SERVE_EXTRA = ("uvicorn", "starlette", "prometheus_client")
+SERVE_EXTRA = ("uvicorn", "httptools", "starlette", "prometheus_client")
 PIP_LINE = "python3 -m pip install 'edgekit[serve]'"
 
 
