@@ -140,8 +140,9 @@ def _read_key(path: Path) -> str:
     return key.decode("ascii")
 
 
-# More intra-op threads than CPUs only contend (8 threads on 2 cores ran a model 6x slower) and
-# each costs a stack; an unbounded number can exhaust the device's memory or thread limit.
+# --threads at most this machine's CPUs: more intra-op threads than CPUs only contend (8 threads on
+# 2 cores ran a model 6x slower) and each costs a stack; an unbounded number can exhaust the
+# device's memory or thread limit.
 MAX_THREADS = os.cpu_count() or 1
 
 
@@ -154,7 +155,7 @@ def _check_args(args) -> None:
         ("--max-connections", args.max_connections or 1, 1, 10**6),
     ):
         if not low <= value <= high:
-            raise EdgekitError(f"{flag} must be from {low} to {high} on this machine; got {value}.")
+            raise EdgekitError(f"{flag} must be from {low} to {high}; got {value}.")
     for flag, value, low, high in (
         ("--batch-timeout-ms", args.batch_timeout_ms, 0, 60_000),
         ("--max-body-mb", args.max_body_mb, 1e-3, 2**20),

@@ -42,7 +42,14 @@ from edgekit.errors import EdgekitError
 from edgekit.serve.metrics import Metrics, ModelMetrics
 from edgekit.serve.model import ModelFailed, ServedModel
 from edgekit.serve.monitor import InputRange, Shadow
-from edgekit.serve.protocol import EXTENSIONS, HEADER_LENGTH, BadRequest, build_response
+from edgekit.serve.protocol import (
+    EXTENSIONS,
+    HEADER_LENGTH,
+    BadRequest,
+    build_response,
+    request_cost,
+    response_cost,
+)
 from edgekit.serve.protocol import parse_request as parse_infer
 
 
@@ -60,7 +67,7 @@ class State:
     metrics: Metrics
     max_body: int  # bytes
     api_key: str | None = None
-    access_log: object = None  # a text file, or None
+    access_log: object = None  # an unbuffered binary file (open_access_log), or None
     log_lock: threading.Lock = field(default_factory=threading.Lock)
     log_failed: bool = False
     # One thread: a big request is read and answered off the event loop (health, metadata and
@@ -69,10 +76,10 @@ class State:
         default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="serve-parse")
     )
 
-    async def off_loop(self, size: int, function, *args):
-        """function(*args), on the pool when `size` bytes make it slow, else here: a hop to a
-        thread and back costs ~0.1 ms, more than reading a small request."""
-        if size <= ON_LOOP_BYTES:
+    async def off_loop(self, cost: int, function, *args):
+        """function(*args), on the pool when its cost (protocol.request_cost, response_cost)
+        makes it slow, else here: a hop to a thread and back costs ~0.1 ms."""
+        if cost <= ON_LOOP_COST:
             return function(*args)
         return await asyncio.get_running_loop().run_in_executor(self.pool, function, *args)
 
@@ -94,8 +101,9 @@ class State:
 
 
 IDENTITY_HEADER = "edgekit-pid"  # on health responses; launcher.py reads it
-# Requests and responses up to this size are read and built on the event loop (well under 1 ms).
-ON_LOOP_BYTES = 64 * 1024
+# Requests and responses that cost up to 16 KB of JSON parsing (~0.8 ms) are read and built on the
+# event loop.
+ON_LOOP_COST = 16 * 1024
 UNAUTHORIZED = "missing or wrong API key: send the header `Authorization: Bearer <key>`"
 INFER_PATH = re.compile(r"/v2/models/([^/]+)(?:/versions/([^/]+))?/infer")
 
@@ -292,12 +300,13 @@ class Inference:
         try:
             body = await read_body(receive, headers, state.max_body)
             length = headers.get(HEADER_LENGTH)
-            parsed, feeds = await state.off_loop(len(body), prepare, entry, body, length, state)
+            cost = request_cost(body, length)
+            parsed, feeds = await state.off_loop(cost, prepare, entry, body, length, state)
             done = await entry.model.run(feeds)
-            outputs = sum(a.nbytes for a in done.outputs.values())
             content, extra = await state.off_loop(
-                outputs, build_response, entry.model.name, "1", parsed.header, done.outputs
-            )
+                response_cost(parsed.header, done.outputs),
+                build_response, entry.model.name, "1", parsed.header, done.outputs,
+            )  # fmt: skip
         finally:
             series.inflight.dec()
         series.queue_seconds.observe(done.queue_s)

@@ -100,7 +100,7 @@ def protocol(max_connections: int, timeout: float):
 
         def on_headers_complete(self) -> None:
             super().on_headers_complete()
-            if self._draining:
+            if self._draining and self.cycle is not None:
                 self.cycle.keep_alive = False
             self._arm(self._body_late)
 

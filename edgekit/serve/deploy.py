@@ -148,9 +148,9 @@ def copy(target: Target, tar_path: Path, folder: str) -> None:
 
 def systemd_quote(word: str, command: bool = False) -> str:
     """One word in systemd's syntax: % doubled (specifiers), $ too in a command line (variables),
-    and unless plain,
-    in double quotes with \\ and " escaped and every control character (a newline would end the
-    line and start another setting) as a C escape, which systemd reads back."""
+    and unless plain, in double quotes with \\ and " escaped and every control character (a
+    newline would end the line and start another setting) as a C escape, which systemd reads
+    back."""
     word = word.replace("%", "%%")
     if command:
         word = word.replace("$", "$$")

@@ -229,6 +229,29 @@ def _read_input(tensor: dict, name: str) -> _Input:
     return _Input(name, dtype, tuple(shape), None, array)
 
 
+# What reading a request or building a response costs, in bytes of JSON parsed (~50 ns each on a
+# 2-core VM): writing one number as JSON costs about as much as parsing 24 bytes; binary tensors
+# are copied or only viewed, ~1/16 of a JSON byte each.
+JSON_NUMBER_WRITE = 24
+BINARY_BYTE = 1 / 16
+
+
+def request_cost(body: bytes, header_length: str | None) -> int:
+    head = len(body)
+    if header_length is not None and header_length.isdecimal():
+        head = min(int(header_length), len(body))
+    return head + int((len(body) - head) * BINARY_BYTE)
+
+
+def response_cost(header: Header, results: dict[str, np.ndarray]) -> int:
+    return sum(
+        int(a.nbytes * BINARY_BYTE)
+        if header.binary.get(name, header.binary_default)
+        else a.size * JSON_NUMBER_WRITE
+        for name, a in results.items()
+    )
+
+
 def build_response(
     model: str, version: str, header: Header, results: dict[str, np.ndarray]
 ) -> tuple[bytes, dict[str, str]]:
