@@ -158,7 +158,7 @@ def _check_args(args) -> None:
             raise EdgekitError(f"{flag} must be from {low} to {high}; got {value}.")
     for flag, value, low, high in (
         ("--batch-timeout-ms", args.batch_timeout_ms, 0, 60_000),
-        ("--max-body-mb", args.max_body_mb, 1e-3, 2**20),
+        ("--max-body-mb", args.max_body_mb, 1e-3, 100_000),
         ("--drain-timeout", args.drain_timeout, 0, 24 * 3600),
         ("--client-timeout", args.client_timeout, 0.1, 3600),
     ):

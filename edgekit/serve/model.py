@@ -76,7 +76,8 @@ def load_session(path: Path, threads: int = 0):
             str(path), session_options(threads), providers=["CPUExecutionProvider"]
         )
     except Exception as exc:  # onnxruntime's errors have no common base class
-        reason = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+        text = str(exc).strip()
+        reason = text.splitlines()[0][:300].rstrip(".") if text else type(exc).__name__
         raise EdgekitError(
             f"onnxruntime cannot load {path}: {textsafe.plain(reason)}. The file is damaged, "
             "truncated or not an ONNX model: copy it (or the whole optimize output folder) again."
