@@ -327,7 +327,7 @@ def prepare(entry: Served, body: bytes, header_length: str | None, state: State)
     return parsed, feeds
 
 
-async def read_body(receive, headers: dict, limit: int) -> bytes:
+async def read_body(receive, headers: dict, limit: int) -> bytes | bytearray:
     """The whole body, refused (BadRequest) as soon as it is known to be over the limit."""
     too_big = f"the request body is over the server's limit of {limit / 2**20:g} MB (--max-body-mb)"
     length = headers.get("content-length")
@@ -338,18 +338,20 @@ async def read_body(receive, headers: dict, limit: int) -> bytes:
             raise BadRequest(too_big)
     if headers.get("content-encoding", "identity").lower() != "identity":
         raise BadRequest("compressed request bodies (Content-Encoding) are not supported")
-    chunks, size = [], 0
+    body = bytearray()  # grown in place: a big body is held once, not as chunks and a join
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
             raise ClientGone
         chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
+        if len(body) + len(chunk) > limit:
             raise BadRequest(too_big)
-        chunks.append(chunk)
         if not message.get("more_body"):
-            return b"".join(chunks)
+            if not body:
+                return chunk  # the whole body came in one piece: no copy
+            body += chunk
+            return body
+        body += chunk
 
 
 def log_line(state: State, scope, model: str, status: int, elapsed: float, timing):

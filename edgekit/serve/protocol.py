@@ -86,7 +86,9 @@ MAX_RANK = 32  # numpy's limit is 32 (1.x) or 64 (2.x); no served model comes ne
 MAX_DIM = 2**63 - 1  # ONNX dimensions are int64
 
 
-def parse_request(body: bytes, header_length: str | None, max_body: int) -> InferRequest:
+def parse_request(
+    body: bytes | bytearray, header_length: str | None, max_body: int
+) -> InferRequest:
     """Read an infer request body; BadRequest says what is wrong with it. The one place where a
     failure to read a request becomes a 400: whatever the body holds, the answer is never a 500."""
     try:
@@ -121,7 +123,8 @@ def _parse_request(body: bytes, header_length: str | None, max_body: int) -> Inf
             "Send large tensors as binary (the binary tensor data extension; Triton's client "
             "does by default)."
         )
-    header = _cached_header(head) if len(head) <= CACHED_HEADER_BYTES else _read_header(head)
+    small = len(head) <= CACHED_HEADER_BYTES
+    header = _cached_header(bytes(head)) if small else _read_header(head)
     inputs, offset = {}, 0
     for tensor in header.tensors:
         if tensor.size is None:
