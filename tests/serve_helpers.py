@@ -20,6 +20,7 @@ import numpy as np
 from conftest import save_graph
 from onnx import TensorProto, helper, numpy_helper
 
+from edgekit.fsutil import sha256_file
 from edgekit.report.schema import new_report, new_variant
 from edgekit.report.write import write_outputs
 
@@ -94,7 +95,7 @@ def output_folder(folder: Path, calibration: bool = True) -> Path:
         "optimize",
         inputs=[entry],
         variants=[
-            new_variant("fp32", file="fp32.onnx", sha256="a" * 64),
+            new_variant("fp32", file="fp32.onnx", sha256=sha256_file(folder / "fp32.onnx")),
             new_variant("int8-static", parent="fp32", file="int8-static.onnx"),
             new_variant("fragile", parent="fp32", file="fragile.onnx"),
         ],

@@ -5,6 +5,7 @@ extra. The "device" Python is this venv's, with this checkout on its path."""
 from __future__ import annotations
 
 import getpass
+import json
 import os
 import re
 import signal
@@ -16,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import REPO, SSHD, free_port, run_edgekit, start_sshd
-from serve_helpers import http, output_folder
+from serve_helpers import Server, http, output_folder
 
 tritonclient_http = pytest.importorskip("tritonclient.http")
 pytestmark = pytest.mark.skipif(
@@ -193,3 +194,52 @@ def test_bad_deployment_name_and_nothing_deployed(device, ssh_env, tmp_path):
     done = run_edgekit("deploy", "--status", "--target", device, "--name", "never",
                        "--remote-python", python, "--remote-dir", tmp_path / "d", env=ssh_env)  # fmt: skip
     assert done.returncode == 2 and "nothing is deployed" in done.stderr, done.stderr
+
+
+def test_deploy_on_a_port_another_server_holds_exits_2_naming_it(device, ssh_env, tmp_path):
+    """Server A answers on the port: B's server cannot listen, and deploy must not take A's
+    answer for B's."""
+    folder = output_folder(tmp_path / "b.edgekit")
+    other = Server(folder, "--variant", "fp32", "--name", "a")
+    try:
+        port = other.hostport.rsplit(":", 1)[1]
+        done = run_edgekit("deploy", folder, "--target", device, "--port", port,
+                           "--remote-python", device_python(tmp_path / "py"),
+                           "--remote-dir", tmp_path / "dev", env=ssh_env, timeout=180)  # fmt: skip
+        assert done.returncode == 2, done.stdout + done.stderr
+        assert "serving" not in done.stdout
+        assert "address already in use" in done.stderr.lower()
+        assert f"it is used by pid {other.proc.pid} (" in done.stderr, done.stderr
+        assert http(f"{other.url}/v2/models/a")[0] == 200  # A is untouched
+    finally:
+        assert other.stop() == 0
+
+
+def test_the_systemd_unit_quotes_every_field():
+    from edgekit.serve.deploy import systemd_unit
+
+    nasty = "x\nExecStartPre=/bin/touch /tmp/pwned"
+    unit = systemd_unit(
+        "digits", "/usr/bin/python3", "/home/pi/my dir", ["--variant", nasty, "--shadow", "a%n$HOME"], "pi"
+    )  # fmt: skip
+    lines = unit.splitlines()
+    assert [line.split("=")[0] for line in lines if "=" in line] == [
+        "Description", "After", "Wants", "User", "WorkingDirectory", "ExecStart", "Restart",
+        "KillSignal", "TimeoutStopSec", "WantedBy",
+    ]  # fmt: skip
+    exec_start = next(line for line in lines if line.startswith("ExecStart="))
+    assert '"x\\x0aExecStartPre=/bin/touch /tmp/pwned"' in exec_start
+    assert '"a%%n$$HOME"' in exec_start or "a%%n$$HOME" in exec_start
+
+
+def test_a_report_with_a_crafted_variant_name_is_refused(tmp_path):
+    folder = output_folder(tmp_path / "m.edgekit")
+    report = json.loads((folder / "report.json").read_text())
+    nasty = "int8\nExecStartPre=/bin/touch /tmp/pwned"
+    for row in report["variants"]:
+        if row["name"] == "int8-static":
+            row["name"] = nasty
+    report["recommendation"]["variant"] = nasty
+    (folder / "report.json").write_text(json.dumps(report))
+    done = run_edgekit("deploy", folder, "--target", "ssh://pi@127.0.0.1:9", timeout=60)
+    assert done.returncode == 2 and "The report's variant name" in done.stderr, done.stderr

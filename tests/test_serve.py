@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
@@ -22,6 +23,8 @@ from serve_helpers import (
     poll,
     slow_model,
 )
+
+from edgekit.fsutil import sha256_file
 
 tritonclient_http = pytest.importorskip("tritonclient.http")
 
@@ -209,7 +212,7 @@ def test_fragile_model_runs_when_its_inputs_fit(server):
     assert status == 200 and body["outputs"][0]["shape"] == [16, 5]
 
 
-def test_metrics_parse_and_counters_move(server):
+def test_metrics_parse_and_counters_move(server, folder):
     before = metric_values(http(f"{server.url}/metrics")[2].decode())
     x = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 16], "data": [0.1] * 16}]}
     for _ in range(3):
@@ -232,7 +235,8 @@ def test_metrics_parse_and_counters_move(server):
     assert metric(after, "edgekit_inflight_requests", **m) == 0
     assert metric(after, "process_resident_memory_bytes") > 10e6
     assert ("process_cpu_seconds_total", frozenset()) in after
-    assert metric(after, "edgekit_model_info", model="fp32", file="fp32.onnx", sha256="a" * 64)
+    sha256 = sha256_file(folder / "fp32.onnx")
+    assert metric(after, "edgekit_model_info", model="fp32", file="fp32.onnx", sha256=sha256)
 
 
 def test_input_range_and_live_drift_monitor(server):
@@ -326,7 +330,7 @@ def test_another_address_without_a_key_warns_and_bad_input_exits_2(tmp_path):
     "args,words",
     [
         (["--variant", "nope"], "has no variant 'nope'"),
-        (["--max-batch", "0"], "--max-batch must be at least 1"),
+        (["--max-batch", "0"], "--max-batch must be from 1"),
         (["--shadow-rate", "2", "--shadow", "fp32"], "--shadow-rate"),
         (["--max-drift", "cosine>>1", "--shadow", "fp32"], "Cannot read the drift budget"),
     ],
@@ -336,10 +340,54 @@ def test_bad_arguments_exit_2_without_traceback(folder, args, words):
     assert done.returncode == 2 and words in done.stderr and "Traceback" not in done.stderr
 
 
+def bad_setups(tmp: Path, folder: Path) -> list[tuple[list, str]]:
+    """(serve arguments, words in the message) for options and files that must exit 2."""
+    import os
+    import shutil
+
+    os.mkfifo(tmp / "fifo")
+    (tmp / "key-utf8").write_text("clé-secrète\n")
+    edited = tmp / "edited.edgekit"
+    shutil.copytree(folder, edited)
+    report = json.loads((edited / "report.json").read_text())
+    report["inputs"] = [1, "x"]
+    (edited / "report.json").write_text(json.dumps(report))
+    changed = tmp / "changed.edgekit"
+    shutil.copytree(folder, changed)
+    with open(changed / "fp32.onnx", "ab") as handle:
+        handle.write(b"\0")  # a different file than the report's sha256 says
+    return [
+        ([folder, "--max-body-mb", "nan"], "--max-body-mb must be a number"),
+        ([folder, "--max-body-mb", "inf"], "--max-body-mb must be a number"),
+        ([folder, "--drain-timeout", "nan"], "--drain-timeout must be a number"),
+        ([folder, "--batch-timeout-ms", "inf"], "--batch-timeout-ms must be a number"),
+        ([folder, "--client-timeout", "0"], "--client-timeout must be a number"),
+        ([folder, "--threads", "100000"], "--threads must be from 1 to"),
+        ([folder, "--max-connections", "1000000"], "does not fit under this process's file"),
+        ([folder, "--name", "a/b"], "The model name 'a/b' must be"),
+        ([folder, "--name", "../x"], "The model name '../x' must be"),
+        ([folder, "--access-log", tmp], "is not a regular file"),
+        ([folder, "--access-log", tmp / "no" / "log"], "Cannot open the access log"),
+        ([folder, "--access-log", tmp / "fifo"], "is not a regular file"),
+        ([folder, "--api-key-file", "/dev/zero"], "at most 4096 bytes"),
+        ([folder, "--api-key-file", tmp / "key-utf8"], "printable ASCII"),
+        ([edited], "items that are not objects"),
+        ([changed, "--variant", "fp32"], "its sha256 differs from report.json's"),
+    ]
+
+
+def test_bad_options_and_files_exit_2_with_what_to_do(tmp_path, folder):
+    for args, words in bad_setups(tmp_path, folder):
+        done = run_edgekit("serve", *args, "--port", "0", timeout=60)
+        assert done.returncode == 2, (args, done.stderr)
+        assert words in done.stderr and "Traceback" not in done.stderr, (args, done.stderr)
+
+
 def test_port_in_use_exits_2(server, folder):
     port = server.hostport.rsplit(":", 1)[1]
     done = run_edgekit("serve", folder, "--port", port, timeout=60)
     assert done.returncode == 2 and "Cannot listen" in done.stderr
+    assert f"it is used by pid {server.proc.pid} (" in done.stderr, done.stderr
 
 
 def test_dynamic_batching_stacks_concurrent_requests(tmp_path, folder):

@@ -125,6 +125,8 @@ def _deploy(args, target, name: str, folder: str) -> int:
             "that `edgekit optimize` wrote (MODEL.edgekit/)."
         )
     _, (choice,) = server.choose(args.path, args.variant, name)
+    # it goes into the systemd unit's command line
+    server.check_name(choice.variant["name"], "The report's variant name", "--variant")
     files = [(args.path / "report.json", "model/report.json")]
     files += deploy.variant_files(args.path, choice.variant)
     serve_args = ["model", "--variant", choice.variant["name"], "--name", name,

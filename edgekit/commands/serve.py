@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
+import os
 import sys
 from pathlib import Path
 
@@ -92,6 +93,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="S",
         help="on SIGTERM, how long in-flight requests may take to finish (default 30)",
     )
+    parser.add_argument(
+        "--max-connections",
+        type=int,
+        metavar="N",
+        help="connections served at once; one more gets 503 (default 1000, or less to stay "
+        "under the file limit, ulimit -n)",
+    )
+    parser.add_argument(
+        "--client-timeout",
+        type=float,
+        default=30.0,
+        metavar="S",
+        help="a request's headers must arrive within S seconds, its body may pause at most S "
+        "seconds; else 408 (default 30)",
+    )
 
 
 def _is_loopback(host: str) -> bool:
@@ -103,34 +119,52 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+MAX_KEY_BYTES = 4096
+
+
 def _read_key(path: Path) -> str:
+    """The key: at most MAX_KEY_BYTES read (the file may be /dev/zero), printable ASCII (HTTP
+    headers carry ASCII: any other key could never match)."""
     try:
-        key = path.read_text().strip()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise EdgekitError(f"Cannot read the API key file {path}: {exc}.") from None
-    if not key or any(c.isspace() for c in key):
+        with open(path, "rb") as handle:
+            raw = handle.read(MAX_KEY_BYTES + 1)
+    except OSError as exc:
+        raise EdgekitError(f"Cannot read the API key file {path}: {exc.strerror or exc}.") from None
+    key = raw.strip()
+    if len(raw) > MAX_KEY_BYTES or not key or not all(0x21 <= b < 0x7F for b in key):
         raise EdgekitError(
-            f"The API key file {path} must hold one key (no spaces), e.g. from "
+            f"The API key file {path} must hold one key of printable ASCII without spaces, at "
+            f"most {MAX_KEY_BYTES} bytes, e.g. from "
             "`python3 -c 'import secrets; print(secrets.token_urlsafe(32))'`."
         )
-    return key
+    return key.decode("ascii")
+
+
+# --threads at most this machine's CPUs: more intra-op threads than CPUs only contend (8 threads on
+# 2 cores ran a model 6x slower) and each costs a stack; an unbounded number can exhaust the
+# device's memory or thread limit.
+MAX_THREADS = os.cpu_count() or 1
 
 
 def _check_args(args) -> None:
-    for flag, value, low in (
-        ("--instances", args.instances, 1),
-        ("--max-batch", max_batch(args), 1),
-        ("--threads", args.threads if args.threads is not None else 1, 1),
-        ("--port", args.port, 0),
+    for flag, value, low, high in (
+        ("--instances", args.instances, 1, 64),
+        ("--max-batch", max_batch(args), 1, 2**20),
+        ("--threads", args.threads if args.threads is not None else 1, 1, MAX_THREADS),
+        ("--port", args.port, 0, 65535),
+        ("--max-connections", args.max_connections or 1, 1, 10**6),
     ):
-        if value < low:
-            raise EdgekitError(f"{flag} must be at least {low}; got {value}.")
-    if args.port > 65535:
-        raise EdgekitError(f"--port must be at most 65535; got {args.port}.")
-    if args.batch_timeout_ms < 0 or args.max_body_mb <= 0 or args.drain_timeout < 0:
-        raise EdgekitError(
-            "--batch-timeout-ms, --max-body-mb and --drain-timeout must be positive."
-        )
+        if not low <= value <= high:
+            raise EdgekitError(f"{flag} must be from {low} to {high}; got {value}.")
+    for flag, value, low, high in (
+        ("--batch-timeout-ms", args.batch_timeout_ms, 0, 60_000),
+        ("--max-body-mb", args.max_body_mb, 1e-3, 100_000),
+        ("--drain-timeout", args.drain_timeout, 0, 24 * 3600),
+        ("--client-timeout", args.client_timeout, 0.1, 3600),
+    ):
+        # `not low <= value` is also true for nan
+        if not low <= value <= high:
+            raise EdgekitError(f"{flag} must be a number from {low:g} to {high:g}; got {value}.")
     if not 0 < args.shadow_rate <= 1:
         raise EdgekitError(
             f"--shadow-rate is a share of requests in (0, 1]; got {args.shadow_rate}."
@@ -196,6 +230,8 @@ def run(args: argparse.Namespace) -> int:
     budget_text = args.max_drift or (report or {}).get("budget")
     budget = parse_budget(budget_text) if budget_text else None
     threads = args.threads or device.physical_cores()
+    max_connections = server.connection_limit(args.max_connections)
+    access_log = open_access_log(args.access_log) if args.access_log else None
     sock = server.bind(args.host, args.port)
     metrics = Metrics()
     models = {}
@@ -230,7 +266,7 @@ def run(args: argparse.Namespace) -> int:
         metrics=metrics,
         max_body=int(args.max_body_mb * 2**20),
         api_key=api_key,
-        access_log=open_access_log(args.access_log) if args.access_log else None,
+        access_log=access_log,
     )
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
@@ -240,7 +276,13 @@ def run(args: argparse.Namespace) -> int:
         print(f"edgekit: serving {names} at http://{shown}:{port}", flush=True)
 
     try:
-        server.serve(build_app(state, on_ready=ready), sock, args.drain_timeout)
+        server.serve(
+            build_app(state, on_ready=ready),
+            sock,
+            args.drain_timeout,
+            max_connections,
+            args.client_timeout,
+        )
     finally:
         for entry in models.values():
             entry.model.stop()

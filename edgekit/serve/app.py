@@ -21,10 +21,13 @@ import asyncio
 import contextlib
 import hmac
 import json
+import os
 import re
+import stat
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -35,10 +38,18 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from edgekit import __version__
+from edgekit.errors import EdgekitError
 from edgekit.serve.metrics import Metrics, ModelMetrics
 from edgekit.serve.model import ModelFailed, ServedModel
 from edgekit.serve.monitor import InputRange, Shadow
-from edgekit.serve.protocol import EXTENSIONS, HEADER_LENGTH, BadRequest, build_response
+from edgekit.serve.protocol import (
+    EXTENSIONS,
+    HEADER_LENGTH,
+    BadRequest,
+    build_response,
+    request_cost,
+    response_cost,
+)
 from edgekit.serve.protocol import parse_request as parse_infer
 
 
@@ -56,8 +67,21 @@ class State:
     metrics: Metrics
     max_body: int  # bytes
     api_key: str | None = None
-    access_log: object = None  # a text file, or None
+    access_log: object = None  # an unbuffered binary file (open_access_log), or None
     log_lock: threading.Lock = field(default_factory=threading.Lock)
+    log_failed: bool = False
+    # One thread: a big request is read and answered off the event loop (health, metadata and
+    # small requests go on), and one at a time, which bounds the memory big requests take.
+    pool: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="serve-parse")
+    )
+
+    async def off_loop(self, cost: int, function, *args):
+        """function(*args), on the pool when its cost (protocol.request_cost, response_cost)
+        makes it slow, else here: a hop to a thread and back costs ~0.1 ms."""
+        if cost <= ON_LOOP_COST:
+            return function(*args)
+        return await asyncio.get_running_loop().run_in_executor(self.pool, function, *args)
 
     def lookup(self, name: str, version: str) -> Served:
         if name not in self.models:
@@ -76,6 +100,10 @@ class State:
         )
 
 
+IDENTITY_HEADER = "edgekit-pid"  # on health responses; launcher.py reads it
+# Requests and responses that cost up to 16 KB of JSON parsing (~0.8 ms) are read and built on the
+# event loop.
+ON_LOOP_COST = 16 * 1024
 UNAUTHORIZED = "missing or wrong API key: send the header `Authorization: Bearer <key>`"
 INFER_PATH = re.compile(r"/v2/models/([^/]+)(?:/versions/([^/]+))?/infer")
 
@@ -107,11 +135,15 @@ def build_app(state: State, on_ready=None):
         params = request.path_params
         return state.lookup(params["name"], params.get("version", "1"))
 
+    # Which process answers: `edgekit deploy` checks that the server it started is the one that
+    # answers, not another one already on the port.
+    identity = {IDENTITY_HEADER: str(os.getpid())}
+
     async def live(request):
-        return JSONResponse({"live": True})
+        return JSONResponse({"live": True}, headers=identity)
 
     async def ready(request):
-        return JSONResponse({"ready": True})
+        return JSONResponse({"ready": True}, headers=identity)
 
     async def server_metadata(request):
         return JSONResponse({"name": "edgekit", "version": __version__, "extensions": EXTENSIONS})
@@ -244,7 +276,7 @@ class Inference:
         except BadRequest as exc:
             answer = failure(400, str(exc))
         except ClientGone:
-            pass  # nobody to answer
+            outcome = "disconnected"  # nobody to answer; not the request's fault
         except Exception as exc:
             outcome = "error"
             if not isinstance(exc, ModelFailed):  # a bug in edgekit
@@ -263,15 +295,18 @@ class Inference:
             await answer.send(send)
 
     async def infer(self, entry: Served, headers: dict, receive) -> tuple[Answer, dict]:
-        series = entry.metrics
+        series, state = entry.metrics, self.state
         series.inflight.inc()
         try:
-            body = await read_body(receive, headers, self.state.max_body)
-            parsed = parse_infer(body, headers.get(HEADER_LENGTH))
-            feeds = entry.model.check(parsed)
-            entry.ranges.observe(feeds)
+            body = await read_body(receive, headers, state.max_body)
+            length = headers.get(HEADER_LENGTH)
+            cost = request_cost(body, length)
+            parsed, feeds = await state.off_loop(cost, prepare, entry, body, length, state)
             done = await entry.model.run(feeds)
-            content, extra = build_response(entry.model.name, "1", parsed.header, done.outputs)
+            content, extra = await state.off_loop(
+                response_cost(parsed.header, done.outputs),
+                build_response, entry.model.name, "1", parsed.header, done.outputs,
+            )  # fmt: skip
         finally:
             series.inflight.dec()
         series.queue_seconds.observe(done.queue_s)
@@ -284,7 +319,15 @@ class Inference:
         return Answer(200, content, media, extra), timing
 
 
-async def read_body(receive, headers: dict, limit: int) -> bytes:
+def prepare(entry: Served, body: bytes, header_length: str | None, state: State):
+    """The request read and checked against the model, its inputs' range observed."""
+    parsed = parse_infer(body, header_length, state.max_body)
+    feeds = entry.model.check(parsed)
+    entry.ranges.observe(feeds)
+    return parsed, feeds
+
+
+async def read_body(receive, headers: dict, limit: int) -> bytes | bytearray:
     """The whole body, refused (BadRequest) as soon as it is known to be over the limit."""
     too_big = f"the request body is over the server's limit of {limit / 2**20:g} MB (--max-body-mb)"
     length = headers.get("content-length")
@@ -295,18 +338,20 @@ async def read_body(receive, headers: dict, limit: int) -> bytes:
             raise BadRequest(too_big)
     if headers.get("content-encoding", "identity").lower() != "identity":
         raise BadRequest("compressed request bodies (Content-Encoding) are not supported")
-    chunks, size = [], 0
+    body = bytearray()  # grown in place: a big body is held once, not as chunks and a join
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
             raise ClientGone
         chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
+        if len(body) + len(chunk) > limit:
             raise BadRequest(too_big)
-        chunks.append(chunk)
         if not message.get("more_body"):
-            return b"".join(chunks)
+            if not body:
+                return chunk  # the whole body came in one piece: no copy
+            body += chunk
+            return body
+        body += chunk
 
 
 def log_line(state: State, scope, model: str, status: int, elapsed: float, timing):
@@ -321,12 +366,50 @@ def log_line(state: State, scope, model: str, status: int, elapsed: float, timin
         "ms": round(elapsed * 1e3, 3),
         **{k: round(v, 3) for k, v in timing.items()},
     }
+    line = (json.dumps(record) + "\n").encode()
     with state.log_lock:
-        state.access_log.write(json.dumps(record) + "\n")
-        state.access_log.flush()
+        try:
+            state.access_log.write(line)
+        except OSError as exc:  # a full disk must not fail requests: say so once, go on
+            if not state.log_failed:
+                state.log_failed = True
+                print(
+                    f"edgekit: warning: cannot write the access log ({exc.strerror or exc}); "
+                    "serving goes on, later lines may be lost.",
+                    file=sys.stderr,
+                    flush=True,
+                )
+
+
+def writable_kind(mode: int) -> bool:
+    return stat.S_ISREG(mode) or stat.S_ISCHR(mode)  # a file, or a device such as /dev/null
 
 
 def open_access_log(path: str):
+    """A binary file with one unbuffered write per line (a failed write leaves nothing queued),
+    or stdout for `-`. Refuses what is not a regular file or a character device (a FIFO would
+    block the start until a reader comes; a folder cannot be appended to)."""
     if path == "-":
-        return sys.stdout
-    return open(path, "a", buffering=1)  # noqa: SIM115 (open while the server runs)
+        return open(sys.stdout.fileno(), "ab", buffering=0, closefd=False)  # noqa: SIM115
+
+    def not_a_file():
+        return EdgekitError(
+            f"The access log {path} is not a regular file (a folder, a FIFO?). Give a file "
+            "(--access-log FILE, or - for stdout)."
+        )
+
+    with contextlib.suppress(OSError):
+        if not writable_kind(os.stat(path).st_mode):
+            raise not_a_file()
+    try:  # O_NONBLOCK: a FIFO made meanwhile fails here instead of waiting for a reader
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NONBLOCK, 0o644)
+    except OSError as exc:
+        raise EdgekitError(
+            f"Cannot open the access log {path}: {exc.strerror or exc}. Give a file in an "
+            "existing folder you may write to (--access-log FILE, or - for stdout)."
+        ) from None
+    if not writable_kind(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise not_a_file()
+    os.set_blocking(fd, True)
+    return open(fd, "ab", buffering=0)  # noqa: SIM115 (open while the server runs)

@@ -23,13 +23,11 @@ import time
 import urllib.request
 from pathlib import Path
 
-from edgekit import textsafe
 from edgekit.benchmark import flops
 from edgekit.benchmark.remote import QUICK_S, RemoteCommandFailed, Target, ssh_run
 from edgekit.errors import EdgekitError
 
 LAUNCHER = Path(__file__).with_name("launcher.py")
-NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
 PIP = "-m pip install 'edgekit[serve]'"
 API_KEY = "api-key"  # its name in the deployment folder (the launcher reads it there too)
 # Runs on the device: which modules `edgekit serve` needs are missing; makes the folder.
@@ -50,12 +48,9 @@ print(json.dumps({"missing": missing, "folder": folder, "python": sys.executable
 
 
 def check_name(name: str) -> str:
-    if not NAME.fullmatch(name):
-        raise EdgekitError(
-            f"The deployment name {textsafe.plain(name)!r} must be letters, digits, _ . - "
-            "(at most 64, not starting with . or -); give one with --name."
-        )
-    return name
+    from edgekit.serve.server import check_name
+
+    return check_name(name, "The deployment name")
 
 
 def remote_folder(remote_dir: str, name: str) -> str:
@@ -151,24 +146,38 @@ def copy(target: Target, tar_path: Path, folder: str) -> None:
             raise EdgekitError(f"{target.spec}: copying failed: {exc}") from None
 
 
+def systemd_quote(word: str, command: bool = False) -> str:
+    """One word in systemd's syntax: % doubled (specifiers), $ too in a command line (variables),
+    and unless plain, in double quotes with \\ and " escaped and every control character (a
+    newline would end the line and start another setting) as a C escape, which systemd reads
+    back."""
+    word = word.replace("%", "%%")
+    if command:
+        word = word.replace("$", "$$")
+    if re.fullmatch(r"[A-Za-z0-9_./:=@+,-]+", word):
+        return word
+    escaped = "".join(
+        f"\\x{ord(c):02x}" if ord(c) < 0x20 or ord(c) == 0x7F else c
+        for c in word.replace("\\", "\\\\").replace('"', '\\"')
+    )
+    return f'"{escaped}"'
+
+
 def systemd_unit(name: str, python: str, folder: str, args: list[str], user: str | None) -> str:
-    """A unit that runs the same `edgekit serve` at boot (written, never installed)."""
-
-    def quote(word: str) -> str:  # systemd's own quoting: "…" with \ escapes, % doubled
-        word = word.replace("%", "%%")
-        if re.fullmatch(r"[A-Za-z0-9_./:=@+,-]+", word):
-            return word
-        return '"' + word.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-    exec_start = " ".join(quote(w) for w in [python, "-m", "edgekit.cli", "serve", *args])
+    """A unit that runs the same `edgekit serve` at boot (written, never installed). Every field
+    from outside (names, paths, arguments) goes through systemd_quote."""
+    quote = systemd_quote
+    exec_start = " ".join(
+        quote(w, command=True) for w in [python, "-m", "edgekit.cli", "serve", *args]
+    )
     lines = [
         "[Unit]",
-        f"Description=edgekit serve {name}",
+        f"Description=edgekit serve {quote(name)}",
         "After=network-online.target",
         "Wants=network-online.target",
         "",
         "[Service]",
-        *([f"User={user}"] if user else []),
+        *([f"User={quote(user)}"] if user else []),
         f"WorkingDirectory={quote(folder)}",
         f"ExecStart={exec_start}",
         "Restart=on-failure",

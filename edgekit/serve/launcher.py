@@ -43,11 +43,14 @@ def _pid(folder):
     return pid if _alive(pid) else None
 
 
-def _get(url, key=None, timeout=5):
+def _get(url, key=None, timeout=5, headers=None):
+    """The response's text; `headers`, a dict, receives its headers (lower-case names)."""
     request = urllib.request.Request(url)
     if key:
         request.add_header("Authorization", f"Bearer {key}")
     with urllib.request.urlopen(request, timeout=timeout) as response:
+        if headers is not None:
+            headers.update((k.lower(), v) for k, v in response.headers.items())
         return response.read().decode()
 
 
@@ -91,16 +94,27 @@ def start(folder):
     (folder / "serve.pid").write_text(str(proc.pid))
     url = _local_url(settings)
     deadline = time.monotonic() + READY_S
+    other = None  # the pid of another server that answered on the port
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             tail = (folder / "serve.log").read_text(errors="replace")[-2000:]
             (folder / "serve.pid").unlink(missing_ok=True)
             return {"error": f"edgekit serve exited with code {proc.returncode}", "log": tail}
+        headers = {}
         try:
-            _get(url + "/v2/health/ready", timeout=2)
-            return {"pid": proc.pid, "url": url, "folder": str(folder), "python": sys.executable}
+            _get(url + "/v2/health/ready", timeout=2, headers=headers)
         except OSError:
             time.sleep(0.2)
+            continue
+        # ready only when the server that answers is the one started here
+        if headers.get("edgekit-pid") == str(proc.pid):
+            return {"pid": proc.pid, "url": url, "folder": str(folder), "python": sys.executable}
+        other = headers.get("edgekit-pid", "not edgekit")
+        time.sleep(0.2)
+    proc.terminate()
+    (folder / "serve.pid").unlink(missing_ok=True)
+    if other is not None:
+        return {"error": f"another server (pid {other}) answers on {url}; this one never did"}
     return {"error": f"edgekit serve did not answer {url}/v2/health/ready in {READY_S} s"}
 
 
@@ -140,7 +154,7 @@ def main():
     command, folder = sys.argv[1], Path(sys.argv[2]).expanduser().resolve()
     result = {"start": start, "stop": stop, "status": status}[command](folder)
     print(json.dumps(result))
-    return 1 if "error" in result else 0
+    return 0  # the reply says what failed: ssh passes on stdout only when the command exits 0
 
 
 if __name__ == "__main__":

@@ -26,7 +26,8 @@ LATENCY_BUCKETS = (
 )  # fmt: skip
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 COSINE_BUCKETS = (0.9, 0.95, 0.98, 0.99, 0.995, 0.999, 0.9999, 1.0)
-OUTCOMES = ("success", "bad_request", "error", "unauthorized")
+# disconnected: the client went away before its request was read (not a bad request)
+OUTCOMES = ("success", "bad_request", "error", "unauthorized", "disconnected")
 
 
 class DeviceCollector:
@@ -126,6 +127,12 @@ class Metrics:
         self.shadow_dropped = Counter(
             "edgekit_shadow_skipped",
             "sampled requests not compared because the shadow was still busy",
+            ["model", "shadow"],
+            registry=r,
+        )
+        self.shadow_nonfinite = Counter(
+            "edgekit_shadow_nonfinite_comparisons",
+            "compared requests whose served or shadow outputs held NaN or infinity (failed)",
             ["model", "shadow"],
             registry=r,
         )

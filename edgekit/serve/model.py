@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from edgekit import textsafe
+from edgekit.errors import EdgekitError
 from edgekit.serve.protocol import FROM_ORT, TO_NUMPY, BadRequest, InferRequest
 
 
@@ -63,6 +65,23 @@ class Done:
     queue_s: float
     compute_s: float
     batch_rows: int
+
+
+def load_session(path: Path, threads: int = 0):
+    """An onnxruntime session for the file; EdgekitError when onnxruntime cannot load it."""
+    import onnxruntime as ort
+
+    try:
+        return ort.InferenceSession(
+            str(path), session_options(threads), providers=["CPUExecutionProvider"]
+        )
+    except Exception as exc:  # onnxruntime's errors have no common base class
+        text = str(exc).strip()
+        reason = text.splitlines()[0][:300].rstrip(".") if text else type(exc).__name__
+        raise EdgekitError(
+            f"onnxruntime cannot load {path}: {textsafe.plain(reason)}. The file is damaged, "
+            "truncated or not an ONNX model: copy it (or the whole optimize output folder) again."
+        ) from None
 
 
 def session_options(threads: int):
@@ -153,9 +172,7 @@ def _varint(f) -> int:
 def describe(path: Path, session=None) -> tuple[list[Tensor], list[Tensor]]:
     """The model's inputs and outputs with OIP datatypes and -1 for dynamic axes."""
     if session is None:
-        import onnxruntime as ort
-
-        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        session = load_session(path)
 
     def tensors(items):
         return [Tensor(t.name, FROM_ORT.get(t.type, t.type), _dims(t.shape)) for t in items]
@@ -175,12 +192,8 @@ class ServedModel:
         batch_timeout_s: float = 0.0,
         info: dict | None = None,
     ):
-        import onnxruntime as ort
-
         self.name, self.path, self.info = name, Path(path), info or {}
-        self.session = ort.InferenceSession(
-            str(path), session_options(threads), providers=["CPUExecutionProvider"]
-        )
+        self.session = load_session(path, threads)
         self.inputs, self.outputs = describe(path, self.session)
         self.output_names = [o.name for o in self.outputs]
         self.rows_on_axis_0 = axis_0_dynamic(self.inputs, self.outputs)

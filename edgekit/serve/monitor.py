@@ -11,6 +11,7 @@ share of rows whose top-1 class agrees. accuracy-drop needs labels, which live t
 
 from __future__ import annotations
 
+import math
 import random
 import threading
 from collections import deque
@@ -40,7 +41,8 @@ class InputRange:
         for entry in report_inputs or []:
             cal = entry.get("calibration") if isinstance(entry, dict) else None
             ok = isinstance(cal, dict) and all(
-                isinstance(cal.get(k), (int, float)) for k in ("min", "max")
+                isinstance(cal.get(k), (int, float)) and math.isfinite(cal[k])
+                for k in ("min", "max")
             )
             self.ranges[str(entry.get("name"))] = cal if ok else None
         self.counts = {name: [0, 0] for name in self.ranges}  # checked, outside
@@ -52,7 +54,8 @@ class InputRange:
             cal = self.ranges.get(name)
             if cal is None or array.size == 0 or not np.issubdtype(array.dtype, np.number):
                 continue
-            outside = bool(array.min() < cal["min"] or array.max() > cal["max"])
+            # NaN compares false with everything: not (min >= lo) catches it, and infinity
+            outside = not (array.min() >= cal["min"] and array.max() <= cal["max"])
             with self.lock:
                 self.counts[name][0] += 1
                 self.counts[name][1] += outside
@@ -82,20 +85,19 @@ class Shadow:
         budget: Budget | None,
         metrics: Metrics,
     ):
-        import onnxruntime as ort
-
-        from edgekit.serve.model import session_options
+        from edgekit.serve.model import load_session
 
         self.model, self.shadow, self.rate, self.budget = model, shadow, rate, budget
         self.metrics, self.lock = metrics, threading.Lock()
-        self.session = ort.InferenceSession(
-            str(path), session_options(1), providers=["CPUExecutionProvider"]
-        )
+        self.session = load_session(path, 1)
         self.names = [o.name for o in self.session.get_outputs()]
         self.pool = ThreadPoolExecutor(1, thread_name_prefix=f"shadow-{model}")
         self.pending = 0
         self.recent: deque[tuple[float, int, int | None]] = deque(maxlen=WINDOW)
-        self.totals = {"comparisons": 0, "skipped": 0, "rows": 0, "top1_agree": 0, "errors": 0}
+        self.totals = {
+            "comparisons": 0, "nonfinite": 0, "skipped": 0, "rows": 0, "top1_agree": 0,
+            "errors": 0,
+        }  # fmt: skip
         self.last_error: str | None = None
         self.labels = (model, shadow)
         if budget is not None and budget.metric != "accuracy-drop":
@@ -115,6 +117,13 @@ class Shadow:
 
     def _compare(self, feeds, outputs) -> None:
         try:
+            self._compare_one(feeds, outputs)
+        finally:  # whatever happens, the slot is free again: the shadow keeps sampling
+            with self.lock:
+                self.pending -= 1
+
+    def _compare_one(self, feeds, outputs) -> None:
+        try:
             reference = self.session.run(self.names, feeds)
             served = [outputs[n] for n in self.names if n in outputs]
             if len(served) != len(reference):  # differently named outputs: by position
@@ -122,23 +131,27 @@ class Shadow:
             acc, _ = drift(reference, served)
         except Exception as exc:  # a shadow failure must not touch serving; it is reported
             with self.lock:
-                self.pending -= 1
                 self.totals["errors"] += 1
                 self.last_error = str(exc)[:500]
             return
         rows = int(acc["samples"])
         agree = None if acc["top1_agreement"] is None else round(acc["top1_agreement"] * rows)
+        # None when an output held NaN or infinity: a failed comparison, counted, never agreement
+        cosine = acc["cosine_min"]
         m = self.metrics
         m.shadow_samples.labels(*self.labels).inc()
-        m.shadow_cosine.labels(*self.labels).observe(acc["cosine_min"])
+        if cosine is None:
+            m.shadow_nonfinite.labels(*self.labels).inc()
+        else:
+            m.shadow_cosine.labels(*self.labels).observe(cosine)
         m.shadow_rows.labels(*self.labels).inc(rows)
         if agree is not None:
             m.shadow_top1.labels(*self.labels).inc(agree)
         with self.lock:
-            self.pending -= 1
-            self.recent.append((acc["cosine_min"], rows, agree))
+            self.recent.append((cosine, rows, agree))
             t = self.totals
             t["comparisons"] += 1
+            t["nonfinite"] += cosine is None
             t["rows"] += rows
             t["top1_agree"] += agree or 0
             breached = self._breached()
@@ -146,11 +159,12 @@ class Shadow:
             m.shadow_breach.labels(*self.labels, str(self.budget)).set(int(breached))
 
     def _window(self) -> dict:
-        cosines = [c for c, _, _ in self.recent]
+        cosines = [c for c, _, _ in self.recent if c is not None]
         rows = sum(r for _, r, a in self.recent if a is not None)
         agree = sum(a for _, _, a in self.recent if a is not None)
         return {
             "comparisons": len(self.recent),
+            "nonfinite": len(self.recent) - len(cosines),
             "cosine_min": min(cosines) if cosines else None,
             "cosine_mean": float(np.mean(cosines)) if cosines else None,
             "top1_agreement": agree / rows if rows else None,
@@ -160,6 +174,8 @@ class Shadow:
         if self.budget is None or self.budget.metric == "accuracy-drop" or not self.recent:
             return None
         window = self._window()
+        if window["nonfinite"]:  # NaN or infinity is never within a budget
+            return True
         value = window["cosine_min" if self.budget.metric == "cosine" else "top1_agreement"]
         return None if value is None else value < self.budget.bound
 

@@ -6,6 +6,8 @@ prometheus_client).
 
 from __future__ import annotations
 
+import errno
+import re
 import signal
 import socket
 import sys
@@ -14,8 +16,9 @@ from pathlib import Path
 
 from edgekit import textsafe
 from edgekit.errors import EdgekitError
+from edgekit.fsutil import sha256_file
 
-SERVE_EXTRA = ("uvicorn", "starlette", "prometheus_client")
+SERVE_EXTRA = ("uvicorn", "httptools", "starlette", "prometheus_client")
 PIP_LINE = "python3 -m pip install 'edgekit[serve]'"
 
 
@@ -40,6 +43,8 @@ class Choice:
 def choose(path: Path, variant: str | None, name: str | None = None):
     """(report or None, [Choice]) for `edgekit serve PATH [--variant NAME|all] [--name N]`."""
     path = Path(path)
+    if name is not None:
+        check_name(name)
     if path.is_file() and path.suffix == ".onnx":
         if variant not in (None, "all"):
             raise EdgekitError(f"--variant needs an optimize output folder; {path} is one file.")
@@ -52,6 +57,12 @@ def choose(path: Path, variant: str | None, name: str | None = None):
     from edgekit.report.read import read_report
 
     report = read_report(path)
+    if not all(isinstance(i, dict) for i in report["inputs"]):
+        raise EdgekitError(
+            f'{path}/report.json: its "inputs" list holds items that are not objects; the '
+            "report may have been edited. Write it again with `edgekit optimize`, or serve the "
+            ".onnx file itself."
+        )
     rows = {v["name"]: v for v in report["variants"]}
     if variant == "all":
         picked = [v for v in report["variants"] if not v.get("error") and v.get("file")]
@@ -98,15 +109,34 @@ def variant_file(folder: Path, row: dict) -> Path:
             f"{file} is missing: the report names it for variant "
             f"{textsafe.plain(row['name'])!r}. Copy the whole output folder."
         )
+    want = row.get("sha256")
+    if want and sha256_file(file) != want:
+        raise EdgekitError(
+            f"{file} is not the file the report describes for variant "
+            f"{textsafe.plain(row['name'])!r} (its sha256 differs from report.json's): it was "
+            "changed or only partly copied. Copy the whole output folder again."
+        )
     return file
 
 
-def _name(text: str) -> str:
-    """A model name that is safe in a URL path segment."""
-    import re
+# The one rule for the names edgekit serves and deploys under (model names in URLs, deployment
+# folders, systemd unit names): safe in a URL path segment, a file name and a unit file.
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
-    safe = re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-.") or "model"
-    return safe[:100]
+
+def check_name(name: str, what: str = "The model name", flag: str = "--name") -> str:
+    if not NAME.fullmatch(name):
+        raise EdgekitError(
+            f"{what} {textsafe.plain(name)!r} must be 1 to 64 letters, digits, _ . - starting "
+            f"with a letter or digit; give another with {flag}."
+        )
+    return name
+
+
+def _name(text: str) -> str:
+    """A name that follows NAME, made from a file or variant name."""
+    safe = re.sub(r"[^A-Za-z0-9_.-]+", "-", text).lstrip("-._")[:64]
+    return safe or "model"
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -123,20 +153,73 @@ def bind(host: str, port: int) -> socket.socket:
     except OSError as exc:
         if sock is not None:
             sock.close()
+        owner = port_owner(port) if exc.errno == errno.EADDRINUSE else None
         raise EdgekitError(
-            f"Cannot listen on {host}:{port}: {exc.strerror or exc}. Pick another --port "
-            "(or stop what uses it), or another --host."
+            f"Cannot listen on {host}:{port}: {exc.strerror or exc}"
+            f"{f'; it is used by {owner}' if owner else ''}. Pick another --port (or stop what "
+            "uses it), or another --host."
         ) from None
     return sock
 
 
-def serve(app, sock: socket.socket, drain_s: float) -> None:
+def port_owner(port: int) -> str | None:
+    """'pid N (command line)' of the process listening on the TCP port, when this user may see
+    it."""
+    import psutil
+
+    try:
+        for conn in psutil.net_connections("tcp"):
+            if conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr.port == port:
+                if conn.pid is None:
+                    return "another user's process"
+                command = " ".join(psutil.Process(conn.pid).cmdline())[:200]
+                return f"pid {conn.pid} ({textsafe.plain(command)})"
+    except (psutil.Error, OSError):
+        return None
+    return None
+
+
+# The server's own files (the listening socket, model files, logs, onnxruntime's and the event
+# loop's descriptors) take a few dozen; connections may use the rest of the file limit.
+FILES_KEPT = 64
+MAX_CONNECTIONS = 1000
+
+
+def connection_limit(requested: int | None) -> int:
+    """--max-connections, or its default: MAX_CONNECTIONS, or less to stay under the process's
+    file limit (RLIMIT_NOFILE; 1024 under systemd by default)."""
+    import resource
+
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    room = MAX_CONNECTIONS if soft == resource.RLIM_INFINITY else soft - FILES_KEPT
+    if requested is None:
+        if room < 1:
+            raise EdgekitError(
+                f"The file limit (ulimit -n) is {soft}: too low to serve. Raise it (ulimit -n "
+                "4096, or LimitNOFILE= in a systemd unit)."
+            )
+        return min(MAX_CONNECTIONS, room)
+    if requested > room:
+        raise EdgekitError(
+            f"--max-connections {requested} does not fit under this process's file limit "
+            f"(ulimit -n {soft}, less {FILES_KEPT} for the server's own files). Lower it, or "
+            "raise the limit (ulimit -n, or LimitNOFILE= in a systemd unit)."
+        )
+    return requested
+
+
+def serve(
+    app, sock: socket.socket, drain_s: float, max_connections: int, client_timeout: float
+) -> None:
     """Run uvicorn on the bound socket until SIGTERM or Ctrl-C; in-flight requests finish first
-    (up to drain_s seconds)."""
+    (up to drain_s seconds). Connections: see edgekit.serve.connections."""
     import uvicorn
+
+    from edgekit.serve.connections import protocol
 
     config = uvicorn.Config(
         app,
+        http=protocol(max_connections, client_timeout),
         log_level="warning",
         access_log=False,
         lifespan="on",
