@@ -212,8 +212,10 @@ def _replaceable(out_dir: Path, given: Path, flag: str, skip: Callable[[str], bo
     foreign: list[str] = []
     changed: list[str] = []
     try:
-        for rel, info in _walk(out_dir, lambda name: name == MANIFEST or skip(name)):
+        for rel, info in _walk(out_dir, skip):
             listing[rel] = (info.st_mode, info.st_size, info.st_mtime_ns, info.st_ino)
+            if rel == MANIFEST and stat.S_ISREG(info.st_mode):
+                continue
             if stat.S_ISDIR(info.st_mode):
                 if not any(path.startswith(rel) for path in known):
                     foreign.append(rel)
@@ -290,7 +292,7 @@ def _write_manifest(folder: Path) -> None:
         for rel, info in _walk(folder)
         if stat.S_ISREG(info.st_mode)
     ]
-    text = json.dumps({"kind": MANIFEST_KIND, "version": 1, "files": files}, indent=1)
+    text = json.dumps({"kind": MANIFEST_KIND, "version": 1, "files": files}, indent=2)
     atomic_write_text(folder / MANIFEST, text + "\n")
 
 
@@ -299,7 +301,7 @@ def _unchanged_since(before: Listing, out_dir: Path, given: Path, skip) -> None:
     a file added or rewritten meanwhile changes the listing)."""
     now: Listing = {}
     if out_dir.is_dir():
-        for rel, info in _walk(out_dir, lambda name: name == MANIFEST or skip(name)):
+        for rel, info in _walk(out_dir, skip):
             now[rel] = (info.st_mode, info.st_size, info.st_mtime_ns, info.st_ino)
     differ = sorted(rel for rel in before.keys() | now.keys() if before.get(rel) != now.get(rel))
     if differ:

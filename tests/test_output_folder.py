@@ -385,3 +385,14 @@ def test_static_int8_leaves_nothing_in_a_read_only_working_directory(tmp_path):
     # onnxruntime itself keeps a `.ses` marker in TMPDIR from `import onnxruntime` on
     assert [p.name for p in temp.iterdir() if p.name != ".ses"] == []
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_a_folder_named_like_the_manifest_is_not_edgekits(tmp_path):
+    out = tmp_path / "out"
+    publish(out, {"report.json": b"{}"})
+    (out / MANIFEST).unlink()
+    (out / MANIFEST).mkdir()
+    (out / MANIFEST / "thesis.tex").write_text("mine")
+    before = tree(tmp_path)
+    refused(out, f"did not write: {MANIFEST}/")
+    assert tree(tmp_path) == before
