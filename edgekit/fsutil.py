@@ -183,6 +183,10 @@ def _refuse_inputs_inside(out_dir: Path, inputs: Sequence[Path]) -> None:
 Listing = dict[str, tuple[int, int, int, int]]  # relative path: (mode, size, mtime_ns, inode)
 
 
+def _stamp(info: os.stat_result) -> tuple[int, int, int, int]:
+    return info.st_mode, info.st_size, info.st_mtime_ns, info.st_ino
+
+
 def _walk(folder: Path, skip: Callable[[str], bool] = lambda name: False) -> Iterator:
     """(relative path, lstat) of everything under `folder`, folders as "sub/"; links are not
     followed; `skip` names top-level entries to leave out."""
@@ -213,7 +217,7 @@ def _replaceable(out_dir: Path, given: Path, flag: str, skip: Callable[[str], bo
     changed: list[str] = []
     try:
         for rel, info in _walk(out_dir, skip):
-            listing[rel] = (info.st_mode, info.st_size, info.st_mtime_ns, info.st_ino)
+            listing[rel] = _stamp(info)
             if rel == MANIFEST and stat.S_ISREG(info.st_mode):
                 continue
             if stat.S_ISDIR(info.st_mode):
@@ -299,10 +303,7 @@ def _write_manifest(folder: Path) -> None:
 def _unchanged_since(before: Listing, out_dir: Path, given: Path, skip) -> None:
     """The folder as checked before the work, still (the check's listing, again, without hashing:
     a file added or rewritten meanwhile changes the listing)."""
-    now: Listing = {}
-    if out_dir.is_dir():
-        for rel, info in _walk(out_dir, skip):
-            now[rel] = (info.st_mode, info.st_size, info.st_mtime_ns, info.st_ino)
+    now = {rel: _stamp(info) for rel, info in _walk(out_dir, skip)} if out_dir.is_dir() else {}
     differ = sorted(rel for rel in before.keys() | now.keys() if before.get(rel) != now.get(rel))
     if differ:
         raise EdgekitError(
