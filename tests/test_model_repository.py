@@ -95,3 +95,25 @@ def test_output_that_is_a_file_exits_2(tmp_path):
     (tmp_path / "file").write_text("x")
     done = run_edgekit("serve", folder, "--export-repository", tmp_path / "file")
     assert done.returncode == 2 and "is a file" in done.stderr
+
+
+def test_files_already_there_are_replaced_only_with_force(tmp_path):
+    folder = output_folder(tmp_path / "m.edgekit")
+    out = tmp_path / "repo"
+    assert run_edgekit("serve", folder, "--export-repository", out).returncode == 0
+    config, model = out / "int8-static" / "config.pbtxt", out / "int8-static" / "1" / "model.onnx"
+    config.write_text(config.read_text() + "# tuned by hand\n")
+    files = sorted(p for p in out.rglob("*") if p.is_file())
+    before = {p: p.read_bytes() for p in files}
+
+    done = run_edgekit("serve", folder, "--export-repository", out)
+    assert done.returncode == 2, done.stderr
+    assert "int8-static/config.pbtxt" in done.stderr and "int8-static/1/model.onnx" in done.stderr
+    assert "--force" in done.stderr and "Traceback" not in done.stderr
+    assert sorted(p for p in out.rglob("*") if p.is_file()) == files
+    assert {p: p.read_bytes() for p in files} == before
+
+    done = run_edgekit("serve", folder, "--export-repository", out, "--force")
+    assert done.returncode == 0, done.stderr
+    assert "# tuned by hand" not in config.read_text()
+    assert ort.InferenceSession(str(model)).get_inputs()

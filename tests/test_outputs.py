@@ -19,7 +19,7 @@ from conftest import run_edgekit
 from onnx import TensorProto, helper, numpy_helper
 
 from edgekit.errors import EdgekitError
-from edgekit.fsutil import output_folder
+from edgekit.fsutil import MANIFEST, output_folder
 
 QUICK = ("--min-time", "0.2", "--max-time", "0.4", "--int8", "none")
 
@@ -48,7 +48,15 @@ def _tiny_onnx(path: Path, external: bool = False, seed: int = 0) -> Path:
 
 
 def _snapshot(folder: Path) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+    """The files edgekit wrote, without its manifest of them."""
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.name != MANIFEST}
+
+
+def _publish(out: Path, files: dict[str, str]) -> None:
+    """An earlier run's output folder (with its manifest)."""
+    with output_folder(out) as staging:
+        for name, text in files.items():
+            (staging / name).write_text(text)
 
 
 def _leftovers(*folders: Path) -> list[str]:
@@ -71,8 +79,7 @@ def earlier(tmp_path_factory):
 
 def test_a_failure_inside_leaves_the_old_folder_and_no_staging(tmp_path):
     out = tmp_path / "out"
-    out.mkdir()
-    (out / "report.json").write_text("old")
+    _publish(out, {"report.json": "old"})
     with pytest.raises(RuntimeError), output_folder(out) as staging:
         (staging / "report.json").write_text("new")
         (staging / "fp32.onnx").write_text("new")
@@ -83,9 +90,7 @@ def test_a_failure_inside_leaves_the_old_folder_and_no_staging(tmp_path):
 
 def test_success_replaces_the_whole_set(tmp_path):
     out = tmp_path / "out"
-    out.mkdir()
-    (out / "report.json").write_text("old")
-    (out / "int8-old.onnx").write_text("old variant, gone from the new run")
+    _publish(out, {"report.json": "old", "int8-old.onnx": "old variant, gone from the new run"})
     with output_folder(out) as staging:
         (staging / "report.json").write_text("new")
     assert _snapshot(out) == {"report.json": b"new"}
@@ -107,7 +112,7 @@ def test_a_second_writer_is_refused_while_the_first_holds_the_lock(tmp_path):
         [
             sys.executable,
             "-c",
-            "import sys, time\nfrom edgekit.fsutil import output_folder\n"
+            "import sys, time\nfrom edgekit.fsutil import MANIFEST, output_folder\n"
             f"with output_folder({str(out)!r}):\n    print('locked', flush=True)\n    time.sleep(30)\n",
         ],
         stdout=subprocess.PIPE,
@@ -138,7 +143,7 @@ def test_an_output_folder_that_is_a_mount_point(tmp_path):
     out = tmp_path / "volume"
     _mount_tmpfs(out, "4m")
     try:
-        (out / "report.json").write_text("old")
+        _publish(out, {"report.json": "old"})
         with pytest.raises(RuntimeError), output_folder(out) as staging:
             (staging / "report.json").write_text("new")
             raise RuntimeError("stopped")
@@ -190,7 +195,7 @@ def test_onnx_with_external_data_is_optimized(tmp_path):
 
 def _wait_for_staging(parent: Path, proc: subprocess.Popen) -> None:
     deadline = time.time() + 60
-    while not [p for p in parent.iterdir() if p.name.startswith(".edgekit-staging-out.")]:
+    while not [p for p in parent.iterdir() if p.name.startswith(".edgekit-staging-")]:
         assert proc.poll() is None, proc.stderr.read()
         assert time.time() < deadline
         time.sleep(0.05)

@@ -87,6 +87,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "and settings (OUT/NAME/config.pbtxt, OUT/NAME/1/model.onnx)",
     )
     parser.add_argument(
+        "--force",
+        action="store_true",
+        help="with --export-repository: replace OUT/NAME/config.pbtxt and 1/model.onnx if present",
+    )
+    parser.add_argument(
         "--drain-timeout",
         type=float,
         default=30.0,
@@ -183,6 +188,7 @@ def _export(args) -> int:
         batch_timeout_ms=args.batch_timeout_ms,
         instances=args.instances,
         threads=args.threads,
+        force=args.force,
     )
     for folder in written:
         print(f"wrote {textsafe.plain(folder)}/config.pbtxt and 1/model.onnx")

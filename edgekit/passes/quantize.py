@@ -10,6 +10,7 @@ import logging
 import math
 import os
 import tempfile
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -347,12 +348,12 @@ def _pre_process(source: Path, out: Path) -> None:
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     try:
-        with _silenced():
+        with _silenced(out.parent):
             quant_pre_process(str(source), str(out))
         return
     except Exception as exc:
         first = f"{type(exc).__name__}: {exc}"
-    with _silenced():
+    with _silenced(out.parent):
         quant_pre_process(str(source), str(out), skip_symbolic_shape=True)
     raise _SymbolicShapesFailed(first)
 
@@ -420,21 +421,38 @@ class _CalibrationReader:
         return next(self._batches, None)
 
 
+_CONTAINED = threading.Lock()  # the working directory and tempfile's folder are per process
+
+
 @contextlib.contextmanager
-def _silenced():
-    """onnxruntime's quantization tools log warnings and print; the report says what matters."""
+def _silenced(work: Path):
+    """onnxruntime's quantization tools log warnings and print (the report says what matters),
+    and write temporary files to the current directory (symbolic shape inference saves
+    `sym_shape_infer_temp.onnx` and a uuid-named .data file there when it gives up) and to the
+    system's temporary folder (quant_pre_process, quantize_static): they run with both pointing
+    to a new folder in `work`, which is in the staging folder (removed on every exit, swept
+    after a kill). Paths given to the tools must be absolute."""
     previous = logging.root.manager.disable
     logging.disable(logging.WARNING)
     try:
-        with contextlib.redirect_stdout(io.StringIO()):
-            yield
+        with _CONTAINED, tempfile.TemporaryDirectory(dir=work, prefix=".ort-") as tmp:
+            cwd = os.open(".", getattr(os, "O_PATH", os.O_RDONLY))
+            saved, tempfile.tempdir = tempfile.tempdir, tmp
+            try:
+                os.chdir(tmp)
+                with contextlib.redirect_stdout(io.StringIO()):
+                    yield
+            finally:
+                os.fchdir(cwd)
+                os.close(cwd)
+                tempfile.tempdir = saved
     finally:
         logging.disable(previous)
 
 
 def _quiet(quantizer: Quantizer) -> Quantizer:
     def run(out: Path, exclude: list[str]) -> None:
-        with _silenced():
+        with _silenced(out.parent):
             quantizer(out, exclude)
 
     return run

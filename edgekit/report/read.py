@@ -267,3 +267,31 @@ def _expect(x, kind, where: str) -> None:
         kinds = kind if isinstance(kind, tuple) else (kind,)
         wanted = " or ".join(_TYPE_NAMES[k] for k in kinds)
         raise _Invalid(f"{where} should be {wanted}, not {json.dumps(x)[:40]}")
+
+
+def files_listed(folder: Path) -> dict[str, tuple[int | None, str | None]]:
+    """The files edgekit wrote into `folder`, as far as a report written before output manifests
+    (edgekit.fsutil.MANIFEST) says: {name: (size or None, sha256 or None)}, None where it does not
+    say. report.json, .md and .html; each variant's .onnx (its sha256) and the external-data files
+    that .onnx names (whether it is edgekit's is its hash's to say). Empty when `folder` holds no
+    readable report."""
+    try:
+        report = read_report(folder / "report.json")
+    except EdgekitError:
+        return {}
+    known: dict[str, tuple[int | None, str | None]] = dict.fromkeys(
+        ("report.json", "report.md", "report.html"), (None, None)
+    )
+    for variant in report["variants"]:
+        name, sha256 = variant.get("file"), variant.get("sha256")
+        if not (isinstance(name, str) and isinstance(sha256, str)) or Path(name).name != name:
+            continue  # bench reports name models outside the folder
+        known[name] = (None, sha256)
+        try:
+            from edgekit.benchmark.flops import files_on_disk
+
+            data = files_on_disk(folder / name)[1:]
+        except Exception:  # not an ONNX file (then its hash will not match either)
+            continue
+        known.update((p.name, (None, None)) for p in data if p.parent == folder)
+    return known

@@ -16,8 +16,10 @@ onnxruntime's intra-op threads.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
+from edgekit import textsafe
 from edgekit.benchmark import flops
 from edgekit.errors import EdgekitError
 from edgekit.fsutil import atomic_write_bytes, atomic_write_text, check_output_dir
@@ -75,8 +77,24 @@ def config_text(
 
 
 def export(choices, out: Path, *, max_batch: int, batch_timeout_ms: float, instances: int,
-           threads: int | None) -> list[Path]:  # fmt: skip
+           threads: int | None, force: bool = False) -> list[Path]:  # fmt: skip
+    """Write OUT/<name>/config.pbtxt and OUT/<name>/1/model.onnx per choice. Files already there
+    are replaced only with `force`: otherwise exit 2 naming them, before anything is written."""
+    given = out
     out = check_output_dir(out, "--export-repository")
+    present = [
+        path
+        for choice in choices
+        for path in _targets(choice, out / choice.name).values()
+        if os.path.lexists(path)
+    ]
+    if present and not force:
+        shown = ", ".join(textsafe.plain(p.relative_to(out)) for p in present[:8])
+        raise EdgekitError(
+            f"--export-repository {given} already holds {shown}{', …' if len(present) > 8 else ''}"
+            ". Exporting would replace them. Add --force to replace them, or choose another "
+            "--export-repository folder."
+        )
     written = []
     for choice in choices:
         inputs, outputs = describe(choice.path)
@@ -87,9 +105,9 @@ def export(choices, out: Path, *, max_batch: int, batch_timeout_ms: float, insta
                     "Triton config cannot hold plainly; rename it in the model."
                 )
         folder = out / choice.name
-        for file in flops.files_on_disk(choice.path):
-            target = "model.onnx" if file == choice.path else file.name
-            atomic_write_bytes(folder / "1" / target, file.read_bytes())
+        for file, target in _targets(choice, folder).items():
+            if file is not None:
+                atomic_write_bytes(target, file.read_bytes())
         batch = max_batch if batch_obstacle(choice.path, inputs, outputs) is None else 0
         text = config_text(
             choice.name, inputs, outputs, batch, batch_timeout_ms, instances, threads
@@ -97,3 +115,13 @@ def export(choices, out: Path, *, max_batch: int, batch_timeout_ms: float, insta
         atomic_write_text(folder / "config.pbtxt", text)
         written.append(folder)
     return written
+
+
+def _targets(choice, folder: Path) -> dict:
+    """{source file (None: the config): where it goes}: the model as 1/model.onnx, its external
+    data under its own name beside it, and config.pbtxt."""
+    files = {
+        file: folder / "1" / ("model.onnx" if file == choice.path else file.name)
+        for file in flops.files_on_disk(choice.path)
+    }
+    return {**files, None: folder / "config.pbtxt"}
