@@ -216,7 +216,7 @@ def test_deploy_on_a_port_another_server_holds_exits_2_naming_it(device, ssh_env
 
 
 def test_the_systemd_unit_quotes_every_field():
-    from edgekit.serve.deploy import systemd_unit
+    from edgekit.deploy.systemd import systemd_unit
 
     nasty = "x\nExecStartPre=/bin/touch /tmp/pwned"
     unit = systemd_unit(
