@@ -1,4 +1,5 @@
-"""The HTTP side: the Open Inference Protocol's routes, /metrics and the monitors.
+"""The endpoints: the Open Inference Protocol's routes, /metrics and the monitors. The API key,
+the access log and the request counters are middleware around them (edgekit.serve.middleware).
 
 Routes (all JSON; errors are {"error": "..."}):
   GET  /v2/health/live · /v2/health/ready          no API key needed (for probes)
