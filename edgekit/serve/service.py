@@ -18,13 +18,13 @@ from pathlib import Path
 
 from edgekit import textsafe
 from edgekit.errors import EdgekitError
-from edgekit.serve import server
 from edgekit.serve.options import ServeOptions
+from edgekit.serve.server import bind, check_extra, choose, connection_limit, serve
 
 
 class Service:
     def __init__(self, options: ServeOptions):
-        server.check_extra()
+        check_extra()
         self.options = options
         self.api_key = options.api_key()
         if not options.loopback and self.api_key is None:
@@ -32,7 +32,7 @@ class Service:
                 f"serving on {options.host} without --api-key-file: anyone who can reach this "
                 "port can call the model."
             )
-        self.report, self.choices = server.choose(options.path, options.variant, options.name)
+        self.report, self.choices = choose(options.path, options.variant, options.name)
         names = [choice.name for choice in self.choices]
         twice = next((n for n in names if names.count(n) > 1), None)
         if twice is not None:
@@ -59,7 +59,7 @@ class Service:
                     ".onnx file too (or serve the optimize output folder and name a variant)."
                 )
             return Path(shadow)
-        _, (choice,) = server.choose(self.options.path, shadow)
+        _, (choice,) = choose(self.options.path, shadow)
         return choice.path
 
     @property
@@ -144,13 +144,13 @@ def run(options: ServeOptions, on_ready: Callable[[list[str], str], None] | None
     """Serve until SIGTERM or Ctrl-C (in-flight requests finish first);
     `on_ready(names, url)` once the server accepts requests."""
     service = Service(options)
-    max_connections = server.connection_limit(options.max_connections)
-    sock = server.bind(options.host, options.port)
+    max_connections = connection_limit(options.max_connections)
+    sock = bind(options.host, options.port)
     host, port = sock.getsockname()[:2]
     url = f"http://{f'[{host}]' if ':' in host else host}:{port}"
     try:
         app = service.load(None if on_ready is None else lambda: on_ready(service.names, url))
-        server.serve(app, sock, options.drain_timeout, max_connections, options.client_timeout)
+        serve(app, sock, options.drain_timeout, max_connections, options.client_timeout)
     finally:
         sock.close()
         service.close()
