@@ -23,6 +23,9 @@ from edgekit.serve.server import bind, check_extra, choose, connection_limit, se
 
 
 class Service:
+    """One server: made from the options (checked, nothing loaded), then `load()`ed, then
+    `close()`d."""
+
     def __init__(self, options: ServeOptions):
         check_extra()
         self.options = options
