@@ -11,11 +11,11 @@ its queue and compute time) through the request's `Note`, kept in the ASGI scope
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import hmac
 import json
 import os
-import queue
 import stat
 import sys
 import threading
@@ -154,6 +154,9 @@ class AccessLog:
 # Lines waiting for the writer thread; past this (a disk slower than the requests) they are lost,
 # as when a write fails, instead of growing the server's memory.
 QUEUED_LINES = 65536
+# The writer wakes this often and writes what has come meanwhile in one write: waking it for each
+# line (a queue's get) made every request ~1.5x slower in process.
+FLUSH_S = 0.05
 
 
 class LogWriter:
@@ -162,29 +165,39 @@ class LogWriter:
 
     def __init__(self, file):
         self.file = file
-        self.lines: queue.Queue[dict | None] = queue.Queue(QUEUED_LINES)
+        self.lines: collections.deque[dict] = collections.deque()  # appends are thread-safe
+        self.closing = threading.Event()
         self.warned = False
         self.thread = threading.Thread(target=self._write, name="serve-access-log", daemon=True)
         self.thread.start()
 
     def put(self, record: dict) -> None:
-        try:
-            self.lines.put_nowait(record)
-        except queue.Full:
+        if len(self.lines) < QUEUED_LINES:
+            self.lines.append(record)
+        else:
             self._warn(f"{QUEUED_LINES} lines wait for the disk")
 
     def close(self) -> None:
         """Write the lines queued so far, then stop the thread and close the file."""
-        self.lines.put(None)
+        self.closing.set()
         self.thread.join(timeout=30)
         self.file.close()
 
     def _write(self) -> None:
-        while (record := self.lines.get()) is not None:
-            try:
-                self.file.write((json.dumps(record) + "\n").encode())
-            except OSError as exc:
-                self._warn(exc.strerror or str(exc))
+        while not self.closing.wait(FLUSH_S):
+            self._flush()
+        self._flush()
+
+    def _flush(self) -> None:
+        text = []
+        while self.lines:
+            text.append(json.dumps(self.lines.popleft()) + "\n")
+        data = memoryview("".join(text).encode())
+        try:
+            while data:
+                data = data[self.file.write(data) :]
+        except OSError as exc:
+            self._warn(exc.strerror or str(exc))
 
     def _warn(self, reason: str) -> None:
         if not self.warned:
@@ -202,8 +215,7 @@ def writable_kind(mode: int) -> bool:
 
 
 def open_access_log(path: str):
-    """A binary file with one unbuffered write per line (a failed write leaves nothing queued),
-    or stdout for `-`. Refuses what is not a regular file or a character device (a FIFO would
+    """An unbuffered binary file (a failed write leaves nothing queued), or stdout for `-`. Refuses what is not a regular file or a character device (a FIFO would
     block the start until a reader comes; a folder cannot be appended to)."""
     if path == "-":
         return open(sys.stdout.fileno(), "ab", buffering=0, closefd=False)  # noqa: SIM115
