@@ -100,7 +100,7 @@ INFER_PATH = re.compile(r"/v2/models/([^/]+)(?:/versions/([^/]+))?/infer")
 
 
 def routes(state: State, on_ready=None):
-    """The endpoints as one ASGI app, without the middleware (edgekit.serve.server.build_app
+    """The endpoints as one ASGI app, without the middleware (edgekit.serve.service.Service.load
     wraps them); `on_ready()` is called once the server accepts requests."""
     metrics = state.metrics
 
