@@ -87,68 +87,72 @@ def outcome(status: int | None) -> str:
     return "bad_request" if status < 500 else "error"
 
 
-class CountRequests:
+class Observed:
+    """Middleware that lets a request through, then looks at how it went (`done`)."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start, watched, said = time.perf_counter(), Watched(send), note(scope)
+        unanswered = None  # no response went out: the client went away, or 500 after a bug
+        try:
+            await self.app(scope, receive, watched)
+        except BaseException:
+            unanswered = 500
+            raise
+        finally:
+            self.done(scope, said, watched.status or unanswered, time.perf_counter() - start)
+
+    def done(self, scope, said: Note, status: int | None, seconds: float) -> None:
+        raise NotImplementedError
+
+
+class CountRequests(Observed):
     """edgekit_requests_total{model, outcome} and edgekit_request_duration_seconds{model} of the
     inference requests (the model is "" when the request named none this server has)."""
 
     def __init__(self, app, metrics: Metrics, models: dict):
         """models: name -> its ModelMetrics (series bound once)."""
-        self.app, self.metrics, self.models = app, metrics, models
+        super().__init__(app)
+        self.metrics, self.models = metrics, models
 
-    async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
+    def done(self, scope, said: Note, status: int | None, seconds: float) -> None:
+        if not said.inference:
             return
-        start, watched, said = time.perf_counter(), Watched(send), note(scope)
-        unanswered = None  # the status when no response went out: None, or 500 after a bug
-        try:
-            await self.app(scope, receive, watched)
-        except BaseException:
-            unanswered = 500
-            raise
-        finally:
-            if said.inference:
-                result = outcome(watched.status or unanswered)
-                series = self.models.get(said.model)
-                if series is None:
-                    self.metrics.requests.labels("", result).inc()
-                else:
-                    series.requests[result].inc()
-                    series.request_seconds.observe(time.perf_counter() - start)
+        series = self.models.get(said.model)
+        if series is None:
+            self.metrics.requests.labels("", outcome(status)).inc()
+        else:
+            series.requests[outcome(status)].inc()
+            series.request_seconds.observe(seconds)
 
 
-class AccessLog:
+class AccessLog(Observed):
     """One JSON line per request: ts, client, method, path, model, status (499: the client went
     away unanswered), ms, and queue_ms/compute_ms for inference."""
 
     def __init__(self, app, writer: LogWriter):
-        self.app, self.writer = app, writer
+        super().__init__(app)
+        self.writer = writer
 
-    async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        start, watched, said = time.perf_counter(), Watched(send), note(scope)
-        unanswered = 499  # the client went away; 500 after a bug
-        try:
-            await self.app(scope, receive, watched)
-        except BaseException:
-            unanswered = 500
-            raise
-        finally:
-            client = scope.get("client")
-            self.writer.put(
-                {
-                    "ts": time.time(),
-                    "client": client[0] if client else None,
-                    "method": scope["method"],
-                    "path": scope["path"],
-                    "model": said.model,
-                    "status": watched.status or unanswered,
-                    "ms": round((time.perf_counter() - start) * 1e3, 3),
-                    **{k: round(v, 3) for k, v in said.timing.items()},
-                }
-            )
+    def done(self, scope, said: Note, status: int | None, seconds: float) -> None:
+        client = scope.get("client")
+        self.writer.put(
+            {
+                "ts": time.time(),
+                "client": client[0] if client else None,
+                "method": scope["method"],
+                "path": scope["path"],
+                "model": said.model,
+                "status": status or 499,
+                "ms": round(seconds * 1e3, 3),
+                **{k: round(v, 3) for k, v in said.timing.items()},
+            }
+        )
 
 
 # Lines waiting for the writer thread; past this (a disk slower than the requests) they are lost,
