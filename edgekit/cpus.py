@@ -136,13 +136,15 @@ def this_machine() -> dict:
 
     machine = platform.machine()
     cpu = device.describe_cpu(
-        device._read("/proc/cpuinfo") or "", machine, device._read("/proc/device-tree/model")
+        device.read_text("/proc/cpuinfo") or "",
+        machine,
+        device.read_text("/proc/device-tree/model"),
     )
     return {**cpu, "arch": machine, "source": "this machine"}
 
 
 def from_target(target) -> dict:
-    """The CPU of the device behind `--target` (edgekit.benchmark.remote.Target), read over SSH."""
+    """The CPU of the device behind `--target` (edgekit.ssh.Target), read over SSH."""
     from edgekit.benchmark import remote
 
     info = remote.describe(target)

@@ -82,11 +82,6 @@ def pytest_collection_modifyitems(items):
             item.add_marker(pytest.mark.slow)
 
 
-@pytest.fixture
-def edgekit_cli():
-    return run_edgekit
-
-
 def torch_blocked_env(tmp_path: Path) -> dict:
     """An environment in which `import torch` (and onnxsim, torch_pruning) fails, as on a Pi
     with only the core install."""

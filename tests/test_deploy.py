@@ -216,7 +216,7 @@ def test_deploy_on_a_port_another_server_holds_exits_2_naming_it(device, ssh_env
 
 
 def test_the_systemd_unit_quotes_every_field():
-    from edgekit.serve.deploy import systemd_unit
+    from edgekit.deploy.systemd import systemd_unit
 
     nasty = "x\nExecStartPre=/bin/touch /tmp/pwned"
     unit = systemd_unit(
@@ -243,3 +243,23 @@ def test_a_report_with_a_crafted_variant_name_is_refused(tmp_path):
     (folder / "report.json").write_text(json.dumps(report))
     done = run_edgekit("deploy", folder, "--target", "ssh://pi@127.0.0.1:9", timeout=60)
     assert done.returncode == 2 and "The report's variant name" in done.stderr, done.stderr
+
+
+def test_the_launcher_goes_to_the_device_alone_and_needs_only_the_standard_library(tmp_path):
+    """launcher.py runs there as a script, before (and without) edgekit's package on its path."""
+    import ast
+    import tarfile
+
+    from edgekit.deploy import remote
+
+    tree = ast.parse(remote.LAUNCHER.read_text())
+    modules = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import)
+               for alias in node.names}  # fmt: skip
+    modules |= {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    assert modules and {m.split(".")[0] for m in modules} <= sys.stdlib_module_names, modules
+    bundle = tmp_path / "bundle.tar"
+    remote.pack([], {"serve.json": "{}"}, bundle)
+    with tarfile.open(bundle) as tar:
+        assert sorted(tar.getnames()) == ["launcher.py", "serve.json"]
+        shipped = tar.extractfile("launcher.py").read()
+    assert shipped == remote.LAUNCHER.read_bytes()

@@ -10,6 +10,7 @@ from conftest import run_edgekit
 from fixtures.sample_reports import make_report, write
 from rich.console import Console
 
+from edgekit import ssh
 from edgekit.benchmark import remote
 from edgekit.report import compare, html, markdown, terminal
 from edgekit.report.read import read_report
@@ -131,11 +132,9 @@ def test_report_renderers_show_hostile_strings_as_text(tmp_path):
 
 
 def test_fleet_summary_shows_hostile_device_strings_as_text(tmp_path):
-    good = remote.Outcome(remote.parse_target("pi4"), _hostile(1), None)
-    bad = remote.Outcome(remote.parse_target("pi5"), _hostile(2), f"unreachable {EVIL}")
-    result = remote.summary(
-        [good, bad, remote.Outcome(remote.parse_target("x"), _hostile(3), None)]
-    )
+    good = remote.Outcome(ssh.parse_target("pi4"), _hostile(1), None)
+    bad = remote.Outcome(ssh.parse_target("pi5"), _hostile(2), f"unreachable {EVIL}")
+    result = remote.summary([good, bad, remote.Outcome(ssh.parse_target("x"), _hostile(3), None)])
     _assert_inert_markdown(markdown.fleet(result))
     console = _console()
     terminal.show_fleet(result, console)

@@ -18,6 +18,7 @@ import pytest
 from conftest import SSHD, free_port, run_edgekit, save_graph, start_sshd
 from onnx import TensorProto, helper, numpy_helper
 
+from edgekit import ssh
 from edgekit.benchmark import BenchOptions, measure, remote
 from edgekit.errors import EdgekitError
 
@@ -71,30 +72,30 @@ def bench(*args, env, cwd):
 
 
 def test_parse_target_forms_and_refusals(tmp_path):
-    t = remote.parse_target("ssh://pi@raspberrypi.local:2222")
+    t = ssh.parse_target("ssh://pi@raspberrypi.local:2222")
     assert (t.user, t.host, t.port, t.name) == (
         "pi",
         "raspberrypi.local",
         2222,
         "raspberrypi.local-2222",
     )
-    assert remote.parse_target("lab-pi5").host == "lab-pi5"  # an alias from ~/.ssh/config
+    assert ssh.parse_target("lab-pi5").host == "lab-pi5"  # an alias from ~/.ssh/config
     for bad in ("-oProxyCommand=touch x", "ssh://-oProxyCommand=x", "host name", "ssh://h/path"):
         with pytest.raises(EdgekitError):
-            remote.parse_target(bad)
-    argv = remote.parse_target("ssh://u@h:22").ssh("python3", "/tmp/e/worker.py", HOSTILE)
+            ssh.parse_target(bad)
+    argv = ssh.parse_target("ssh://u@h:22").ssh("python3", "/tmp/e/worker.py", HOSTILE)
     # the destination follows `--`; the remote command is one string of quoted words
     assert argv[-3:-1] == ["--", "h"] and shlex.split(argv[-1])[-1] == HOSTILE
 
     lines = tmp_path / "fleet.txt"
     lines.write_text("# lab\nssh://127.0.0.1:1\n\nssh://127.0.0.1:1\npi\n")
-    names = [t.name for t in remote.unique_names(remote.read_targets(lines))]
+    names = [t.name for t in ssh.unique_names(ssh.read_targets(lines))]
     assert names == ["127.0.0.1-1", "127.0.0.1-1-2", "pi"]
     toml = tmp_path / "fleet.toml"
     toml.write_text(
         '[pi4]\ntarget = "ssh://pi@pi4"\n[pi5]\ntarget = "pi5"\npython = "/v/bin/python3"\n'
     )
-    fleet = remote.read_targets(toml)
+    fleet = ssh.read_targets(toml)
     assert [(t.name, t.python) for t in fleet] == [("pi4", "python3"), ("pi5", "/v/bin/python3")]
 
 
@@ -151,7 +152,7 @@ def test_fleet_file_runs_devices_concurrently(servers, ssh_env, tmp_path, monkey
     for key, value in ssh_env.items():  # measure() runs in this process here
         monkeypatch.setenv(key, value)
     targets = [
-        remote.parse_target(s, sys.executable, name=n) for s, n in zip(servers, "ab", strict=True)
+        ssh.parse_target(s, sys.executable, name=n) for s, n in zip(servers, "ab", strict=True)
     ]
     outcomes = remote.run_fleet(targets, timed, lambda t, msg: pytest.fail(msg))
     assert all(o.error is None for o in outcomes)

@@ -13,26 +13,28 @@ import random
 import numpy as np
 import onnxruntime as ort
 import pytest
-from serve_helpers import linear_model
+from serve_helpers import output_folder
 
-from edgekit.serve.app import Served, State, build_app
-from edgekit.serve.metrics import Metrics
-from edgekit.serve.model import ServedModel
-from edgekit.serve.monitor import InputRange
+from edgekit.serve import ServeOptions, build_app
 
+KEY = "fuzz-key"
 CASES = 400  # per kind (JSON, binary, bytes); the whole test takes a few seconds
 PATH = "/v2/models/m/infer"
 
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
-    path = linear_model(tmp_path_factory.mktemp("fuzz") / "m.onnx")
-    model = ServedModel("m", path, threads=1, max_batch=4)
-    metrics = Metrics()
-    ranges = InputRange("m", [{"name": "x", "calibration": {"min": -1.0, "max": 1.0}}], metrics)
-    state = State({"m": Served(model, ranges, metrics.for_model("m"))}, metrics, max_body=1 << 20)
-    yield build_app(state), path
-    model.stop()
+    """The app `edgekit serve` runs, as the library builds it: one model (with its input's
+    calibration range from the report), an API key, an access log."""
+    tmp = tmp_path_factory.mktemp("fuzz")
+    folder = output_folder(tmp / "m.edgekit")
+    (tmp / "key").write_text(KEY)
+    options = ServeOptions(
+        folder, variant="fp32", name="m", threads=1, max_batch=4, max_body_mb=1,
+        api_key_file=tmp / "key", access_log=str(tmp / "access.jsonl"),
+    )  # fmt: skip
+    with build_app(options) as service:
+        yield service.app, folder / "fp32.onnx"
 
 
 async def call(app, body: bytes, headers: dict | None = None, path: str = PATH):
@@ -43,7 +45,7 @@ async def call(app, body: bytes, headers: dict | None = None, path: str = PATH):
         "query_string": b"", "http_version": "1.1", "scheme": "http", "root_path": "",
         "server": ("127.0.0.1", 8000), "client": ("127.0.0.1", 50000),
         "headers": [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
-        + [(b"content-length", str(len(body)).encode())],
+        + [(b"content-length", str(len(body)).encode()), (b"authorization", b"Bearer " + KEY.encode())],
     }  # fmt: skip
     chunks = [body[i : i + 65536] for i in range(0, len(body), 65536)] or [b""]
 

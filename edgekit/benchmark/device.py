@@ -66,7 +66,8 @@ def unsupported_arch(machine: str | None) -> str | None:
     return ARM32_MESSAGE.format(machine=machine) if machine in ARM32 else None
 
 
-def _read(path: str) -> str | None:
+def read_text(path: str) -> str | None:
+    """A system file's text, stripped; None when it cannot be read."""
     try:
         with open(path) as handle:
             return handle.read().strip()
@@ -95,7 +96,7 @@ def parse_cpuinfo(text: str) -> tuple[list[dict[str, str]], dict[str, str]]:
 
 def _cpuinfo(text: str | None = None) -> dict[str, str]:
     """First value of each key in /proc/cpuinfo (empty elsewhere)."""
-    processors, extra = parse_cpuinfo(_read("/proc/cpuinfo") if text is None else text)
+    processors, extra = parse_cpuinfo(read_text("/proc/cpuinfo") if text is None else text)
     info: dict[str, str] = {}
     for fields in [*processors, extra]:
         for key, value in fields.items():
@@ -178,10 +179,11 @@ def physical_cores() -> int:
     return os.cpu_count() or 1
 
 
-def _temperature_c() -> float | None:
+def temperature_c() -> float | None:
+    """The hottest thermal zone, in °C; None when the device reports none."""
     temps = []
     for path in glob.glob("/sys/class/thermal/thermal_zone*/temp"):
-        text = _read(path)
+        text = read_text(path)
         if text and text.lstrip("-").isdigit():
             temps.append(int(text) / 1000)
     return max(temps) if temps else None
@@ -212,7 +214,7 @@ def throttled() -> dict | None:
 
 
 def _mhz(path: str) -> int | None:
-    text = _read(path)
+    text = read_text(path)
     return int(text) // 1000 if text and text.isdigit() else None  # sysfs gives kHz
 
 
@@ -225,7 +227,7 @@ def clocks(root: str = "/sys/devices/system/cpu") -> list[dict] | None:
     for policy in sorted(policies, key=lambda path: int(re.sub(r"\D", "", path[-4:]) or 0)):
         out.append(
             {
-                "cpus": _read(f"{policy}/related_cpus") or _read(f"{policy}/affected_cpus"),
+                "cpus": read_text(f"{policy}/related_cpus") or read_text(f"{policy}/affected_cpus"),
                 "cur_mhz": _mhz(f"{policy}/scaling_cur_freq"),
                 "allowed_mhz": _mhz(f"{policy}/scaling_max_freq"),
                 "max_mhz": _mhz(f"{policy}/cpuinfo_max_freq"),
@@ -252,7 +254,7 @@ def conditions() -> dict:
     """What can change during a benchmark: temperature, throttling flags, clocks, load. Read
     before (in collect()) and after the runs; `condition_warnings` compares the two."""
     return {
-        "temperature_c": _temperature_c(),
+        "temperature_c": temperature_c(),
         "throttled": throttled(),
         "clocks": clocks(),
         "load_avg": load_avg(),
@@ -265,7 +267,9 @@ def collect() -> dict:
     import onnxruntime
 
     machine = platform.machine()
-    cpu = describe_cpu(_read("/proc/cpuinfo") or "", machine, _read("/proc/device-tree/model"))
+    cpu = describe_cpu(
+        read_text("/proc/cpuinfo") or "", machine, read_text("/proc/device-tree/model")
+    )
     now = conditions()
     return {
         "cpu": cpu["cpu"],
@@ -275,7 +279,7 @@ def collect() -> dict:
         "cores": physical_cores(),
         "logical_cpus": os.cpu_count(),
         "features": cpu["features"],
-        "governor": _read("/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor"),
+        "governor": read_text("/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor"),
         "temperature_c": now["temperature_c"],
         "throttled": now["throttled"],
         "clocks": now["clocks"],

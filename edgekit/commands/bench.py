@@ -92,7 +92,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_target_arguments(parser, fleet: bool) -> None:
-    """--target and friends (edgekit.benchmark.remote); `edgekit optimize` takes one target."""
+    """--target and friends (edgekit.ssh); `edgekit optimize` takes one target."""
     group = parser.add_argument_group("devices over SSH")
     group.add_argument(
         "--target",
@@ -132,13 +132,13 @@ def add_target_arguments(parser, fleet: bool) -> None:
 
 
 def parse_targets(args) -> list:
-    from edgekit.benchmark import remote
+    from edgekit import ssh
 
     given = args.target if isinstance(args.target, list) else [args.target] * bool(args.target)
-    targets = [remote.parse_target(t, args.remote_python, args.ssh_option) for t in given]
+    targets = [ssh.parse_target(t, args.remote_python, args.ssh_option) for t in given]
     if getattr(args, "targets", None):
-        targets += remote.read_targets(args.targets, args.remote_python, args.ssh_option)
-    return remote.unique_names(targets)
+        targets += ssh.read_targets(args.targets, args.remote_python, args.ssh_option)
+    return ssh.unique_names(targets)
 
 
 # The argument types of the numeric options, defined once here; `edgekit optimize` uses them

@@ -19,18 +19,17 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
+import dataclasses
 import shlex
 import signal
-import tempfile
 from pathlib import Path
-
-from edgekit.errors import EdgekitError
 
 HELP = "copy a variant to a device over ssh and serve it there"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from edgekit.deploy import REMOTE_DIR
+
     parser.add_argument("path", type=Path, nargs="?", metavar="PATH", help="optimize output folder")
     parser.add_argument("--target", required=True, metavar="ssh://[USER@]HOST[:PORT]")
     action = parser.add_mutually_exclusive_group()
@@ -51,9 +50,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--shadow-rate", type=float, metavar="R")
     parser.add_argument(
         "--remote-dir",
-        default="~/.edgekit/deploy",
+        default=REMOTE_DIR,
         metavar="DIR",
-        help="parent of the deployment folder on the device (default ~/.edgekit/deploy)",
+        help=f"parent of the deployment folder on the device (default {REMOTE_DIR})",
     )
     parser.add_argument("--remote-python", default="python3", metavar="PATH")
     parser.add_argument(
@@ -66,32 +65,20 @@ def _interrupt(*_):
     raise KeyboardInterrupt
 
 
-def _name(args) -> str:
-    from edgekit.serve.deploy import check_name
-
-    if args.name:
-        return check_name(args.name)
-    if args.path is None:
-        raise EdgekitError("Say which deployment: give PATH or --name.")
-    stem = args.path.resolve().name.removesuffix(".edgekit")
-    return check_name(stem)
-
-
 def run(args: argparse.Namespace) -> int:
-    from edgekit import textsafe
-    from edgekit.benchmark.remote import parse_target
-    from edgekit.serve import deploy
+    from edgekit import deploy, ssh, textsafe
 
-    target = parse_target(args.target, args.remote_python, args.ssh_option)
-    name = _name(args)
-    folder = deploy.remote_folder(args.remote_dir, name)
+    target = ssh.parse_target(args.target, args.remote_python, args.ssh_option)
+    options = deploy.DeployOptions(
+        **{f.name: getattr(args, f.name) for f in dataclasses.fields(deploy.DeployOptions)}
+    )
+    name = options.deployment
     if args.stop:
-        reply = deploy.run_launcher(target, "stop", folder, timeout=90)
-        state = "stopped" if reply.get("was_running") else "was not running"
+        state = "stopped" if deploy.stop(target, name, args.remote_dir) else "was not running"
         print(f"{name} on {target.spec}: {state}")
         return 0
     if args.status:
-        reply = deploy.run_launcher(target, "status", folder)
+        reply = deploy.status(target, name, args.remote_dir)
         if not reply.get("running"):
             print(f"{name} on {target.spec}: not running")
             return 1
@@ -102,84 +89,26 @@ def run(args: argparse.Namespace) -> int:
             print(f"  (metrics unreadable: {textsafe.plain(reply['metrics_error'])})")
         return 0
     if args.forward is not None:
-        reply = deploy.run_launcher(target, "status", folder)
-        if not reply.get("running"):
-            raise EdgekitError(f"{name} is not running on {target.spec}; deploy it first.")
-        port = int(reply["url"].rsplit(":", 1)[1])
         signal.signal(signal.SIGTERM, _interrupt)  # the tunnel's ssh is ended either way
         with contextlib.suppress(KeyboardInterrupt):
-            deploy.forward(target, port, args.forward, lambda msg: print(msg, flush=True))
+            deploy.forward(target, name, args.forward, args.remote_dir, _say)
         return 0
-    return _deploy(args, target, name, folder)
-
-
-def _deploy(args, target, name: str, folder: str) -> int:
-    from edgekit import textsafe
-    from edgekit.serve import deploy, server
-
-    if args.path is None:
-        raise EdgekitError("Give the optimize output folder to deploy (PATH).")
-    if not args.path.is_dir():
-        raise EdgekitError(
-            f"{args.path}: not an optimize output folder. `edgekit deploy` copies the folder "
-            "that `edgekit optimize` wrote (MODEL.edgekit/)."
-        )
-    _, (choice,) = server.choose(args.path, args.variant, name)
-    # it goes into the systemd unit's command line
-    server.check_name(choice.variant["name"], "The report's variant name", "--variant")
-    files = [(args.path / "report.json", "model/report.json")]
-    files += deploy.variant_files(args.path, choice.variant)
-    serve_args = ["model", "--variant", choice.variant["name"], "--name", name,
-                  "--host", args.host, "--port", str(args.port)]  # fmt: skip
-    if args.shadow:
-        _, (shadow,) = server.choose(args.path, args.shadow)
-        files += deploy.variant_files(args.path, shadow.variant)
-        serve_args += ["--shadow", args.shadow]
-    for flag, value in (
-        ("--threads", args.threads),
-        ("--max-batch", args.max_batch),
-        ("--batch-timeout-ms", args.batch_timeout_ms),
-        ("--shadow-rate", args.shadow_rate),
-    ):
-        if value is not None:
-            serve_args += [flag, str(value)]
-    if args.api_key_file:
-        if not args.api_key_file.is_file():
-            raise EdgekitError(f"--api-key-file {args.api_key_file}: no such file.")
-        files.append((args.api_key_file, deploy.API_KEY))
-        serve_args += ["--api-key-file", deploy.API_KEY]
-    print(f"checking {target.spec}", flush=True)
-    checked = deploy.check_device(target, folder)
-    folder = checked["folder"]
-    unit = deploy.systemd_unit(name, checked["python"], folder, serve_args, target.user)
-    unit_name = f"edgekit-{name}.service"
-    settings = {"args": serve_args, "host": args.host, "port": args.port}
-    with tempfile.TemporaryDirectory(prefix="edgekit-deploy-") as tmp:
-        tar_path = Path(tmp) / "bundle.tar"
-        deploy.pack(files, {"serve.json": json.dumps(settings), unit_name: unit}, tar_path)
-        print(f"copying {tar_path.stat().st_size / 1e6:.1f} MB to {folder}", flush=True)
-        deploy.copy(target, tar_path, folder)
-    if args.systemd_unit:
-        from edgekit.fsutil import atomic_write_text
-
-        atomic_write_text(args.systemd_unit, unit)
-    print(f"starting {textsafe.plain(choice.variant['name'])} as {name}", flush=True)
-    reply = deploy.run_launcher(target, "start", folder, timeout=180)
-    if "error" in reply:
-        raise EdgekitError(
-            f"{target.spec}: {reply['error']}. The server's log ({folder}/serve.log) ends:\n"
-            f"{textsafe.plain(reply.get('log', ''))}"
-        )
-    print(f"serving {name} on {target.spec}: pid {reply['pid']}, log {folder}/serve.log")
+    done = deploy.deploy(options, target, _say)
+    folder = done.folder
+    print(f"serving {name} on {target.spec}: pid {done.pid}, log {folder}/serve.log")
     if args.host in ("127.0.0.1", "localhost", "::1"):
-        print(f"URL on the device: {reply['url']}")
+        print(f"URL on the device: {done.url}")
         again = shlex.join(["edgekit", "deploy", "--forward", str(args.port),
                             "--target", args.target, "--name", name])  # fmt: skip
         print(f"From this machine: {again}   (an SSH tunnel; then http://127.0.0.1:{args.port})")
     else:
         print(f"URL: http://{target.host}:{args.port}")
     print(
-        f"To start it at boot: sudo cp {folder}/{unit_name} /etc/systemd/system/ && "
-        f"sudo systemctl enable --now {unit_name}  (stop this one first: edgekit deploy --stop)"
+        f"To start it at boot: sudo cp {folder}/{done.unit_name} /etc/systemd/system/ && "
+        f"sudo systemctl enable --now {done.unit_name}  (stop this one first: edgekit deploy --stop)"
     )
     return 0
+
+
+def _say(message: str) -> None:
+    print(message, flush=True)

@@ -16,17 +16,10 @@ examples:
 from __future__ import annotations
 
 import argparse
-import ipaddress
-import os
-import sys
+import dataclasses
 from pathlib import Path
 
-from edgekit.errors import EdgekitError
-
-# Requests already waiting run as one batch (no waiting for more: --batch-timeout-ms 0). Measured
-# with tools/bench_serve.py on 2 cores: digits_cnn 1.17x the requests/s at concurrency 4, 1.29x at
-# 16, the same at 1; a ResNet-18 shape within noise either way.
-MAX_BATCH = 16
+from edgekit.serve.options import MAX_BATCH, ServeOptions
 
 
 def max_batch(args) -> int:
@@ -115,67 +108,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-MAX_KEY_BYTES = 4096
-
-
-def _read_key(path: Path) -> str:
-    """The key: at most MAX_KEY_BYTES read (the file may be /dev/zero), printable ASCII (HTTP
-    headers carry ASCII: any other key could never match)."""
-    try:
-        with open(path, "rb") as handle:
-            raw = handle.read(MAX_KEY_BYTES + 1)
-    except OSError as exc:
-        raise EdgekitError(f"Cannot read the API key file {path}: {exc.strerror or exc}.") from None
-    key = raw.strip()
-    if len(raw) > MAX_KEY_BYTES or not key or not all(0x21 <= b < 0x7F for b in key):
-        raise EdgekitError(
-            f"The API key file {path} must hold one key of printable ASCII without spaces, at "
-            f"most {MAX_KEY_BYTES} bytes, e.g. from "
-            "`python3 -c 'import secrets; print(secrets.token_urlsafe(32))'`."
-        )
-    return key.decode("ascii")
-
-
-# --threads at most this machine's CPUs: more intra-op threads than CPUs only contend (8 threads on
-# 2 cores ran a model 6x slower) and each costs a stack; an unbounded number can exhaust the
-# device's memory or thread limit.
-MAX_THREADS = os.cpu_count() or 1
-
-
-def _check_args(args) -> None:
-    for flag, value, low, high in (
-        ("--instances", args.instances, 1, 64),
-        ("--max-batch", max_batch(args), 1, 2**20),
-        ("--threads", args.threads if args.threads is not None else 1, 1, MAX_THREADS),
-        ("--port", args.port, 0, 65535),
-        ("--max-connections", args.max_connections or 1, 1, 10**6),
-    ):
-        if not low <= value <= high:
-            raise EdgekitError(f"{flag} must be from {low} to {high}; got {value}.")
-    for flag, value, low, high in (
-        ("--batch-timeout-ms", args.batch_timeout_ms, 0, 60_000),
-        ("--max-body-mb", args.max_body_mb, 1e-3, 100_000),
-        ("--drain-timeout", args.drain_timeout, 0, 24 * 3600),
-        ("--client-timeout", args.client_timeout, 0.1, 3600),
-    ):
-        # `not low <= value` is also true for nan
-        if not low <= value <= high:
-            raise EdgekitError(f"{flag} must be a number from {low:g} to {high:g}; got {value}.")
-    if not 0 < args.shadow_rate <= 1:
-        raise EdgekitError(
-            f"--shadow-rate is a share of requests in (0, 1]; got {args.shadow_rate}."
-        )
-
-
 def _export(args) -> int:
     from edgekit import textsafe
     from edgekit.serve import repository, server
@@ -199,100 +131,18 @@ def _export(args) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from edgekit.serve import server
-
-    _check_args(args)
+    options = ServeOptions(
+        **{f.name: getattr(args, f.name) for f in dataclasses.fields(ServeOptions)}
+    )
     if args.export_repository:
         return _export(args)
-    server.check_extra()
-    from edgekit import textsafe
-    from edgekit.benchmark import device
-    from edgekit.recommend import parse_budget
-    from edgekit.serve.app import Served, State, build_app, open_access_log
-    from edgekit.serve.metrics import Metrics
-    from edgekit.serve.model import ServedModel
-    from edgekit.serve.monitor import InputRange, Shadow
+    from edgekit import serve, textsafe
 
-    api_key = _read_key(args.api_key_file) if args.api_key_file else None
-    if not _is_loopback(args.host) and api_key is None:
+    def ready(names: list[str], url: str) -> None:
         print(
-            f"edgekit: warning: serving on {args.host} without --api-key-file: anyone who can "
-            "reach this port can call the model.",
-            file=sys.stderr,
+            f"edgekit: serving {', '.join(textsafe.plain(n) for n in names)} at {url}", flush=True
         )
-    report, choices = server.choose(args.path, args.variant, args.name)
-    shadow_file = None
-    if args.shadow:
-        if report is None:
-            shadow_file = Path(args.shadow)
-            if not shadow_file.is_file():
-                raise EdgekitError(
-                    f"--shadow {args.shadow}: serving one .onnx file, the shadow must be an "
-                    ".onnx file too (or serve the optimize output folder and name a variant)."
-                )
-        else:
-            _, (shadow_choice,) = server.choose(args.path, args.shadow)
-            shadow_file = shadow_choice.path
-    budget_text = args.max_drift or (report or {}).get("budget")
-    budget = parse_budget(budget_text) if budget_text else None
-    threads = args.threads or device.physical_cores()
-    max_connections = server.connection_limit(args.max_connections)
-    access_log = open_access_log(args.access_log) if args.access_log else None
-    sock = server.bind(args.host, args.port)
-    metrics = Metrics()
-    models = {}
-    for choice in choices:
-        if choice.name in models:
-            raise EdgekitError(f"Two variants would be served as {choice.name!r}.")
-        model = ServedModel(
-            choice.name,
-            choice.path,
-            threads=threads,
-            instances=args.instances,
-            max_batch=max_batch(args),
-            batch_timeout_s=args.batch_timeout_ms / 1e3,
-        )
-        if args.max_batch and args.max_batch > 1 and model.unbatched:
-            print(
-                f"edgekit: warning: {textsafe.plain(choice.name)}: requests are not batched: "
-                f"{model.unbatched}.",
-                file=sys.stderr,
-            )
-        row = choice.variant or {}
-        metrics.model_info.labels(choice.name, choice.path.name, row.get("sha256") or "").set(1)
-        shadow = None
-        if shadow_file is not None:
-            shadow = Shadow(
-                choice.name, args.shadow, shadow_file, args.shadow_rate, budget, metrics
-            )
-        ranges = InputRange(choice.name, (report or {}).get("inputs"), metrics)
-        models[choice.name] = Served(model, ranges, metrics.for_model(choice.name), shadow)
-    state = State(
-        models=models,
-        metrics=metrics,
-        max_body=int(args.max_body_mb * 2**20),
-        api_key=api_key,
-        access_log=access_log,
-    )
-    host, port = sock.getsockname()[:2]
-    shown = f"[{host}]" if ":" in host else host
-    names = ", ".join(textsafe.plain(n) for n in models)
 
-    def ready():
-        print(f"edgekit: serving {names} at http://{shown}:{port}", flush=True)
-
-    try:
-        server.serve(
-            build_app(state, on_ready=ready),
-            sock,
-            args.drain_timeout,
-            max_connections,
-            args.client_timeout,
-        )
-    finally:
-        for entry in models.values():
-            entry.model.stop()
-            if entry.shadow:
-                entry.shadow.stop()
+    serve.run(options, on_ready=ready)
     print("edgekit: stopped", flush=True)
     return 0

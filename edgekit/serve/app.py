@@ -1,4 +1,5 @@
-"""The HTTP side: the Open Inference Protocol's routes, /metrics and the monitors.
+"""The endpoints: the Open Inference Protocol's routes, /metrics and the monitors. The API key,
+the access log and the request counters are middleware around them (edgekit.serve.middleware).
 
 Routes (all JSON; errors are {"error": "..."}):
   GET  /v2/health/live · /v2/health/ready          no API key needed (for probes)
@@ -19,14 +20,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
-import json
 import os
 import re
-import stat
-import sys
-import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -38,15 +33,17 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from edgekit import __version__
-from edgekit.errors import EdgekitError
 from edgekit.serve.metrics import Metrics, ModelMetrics
+from edgekit.serve.middleware import note
 from edgekit.serve.model import ModelFailed, ServedModel
 from edgekit.serve.monitor import InputRange, Shadow
 from edgekit.serve.protocol import (
     EXTENSIONS,
     HEADER_LENGTH,
+    Answer,
     BadRequest,
     build_response,
+    failure,
     request_cost,
     response_cost,
 )
@@ -66,10 +63,6 @@ class State:
     models: dict[str, Served]
     metrics: Metrics
     max_body: int  # bytes
-    api_key: str | None = None
-    access_log: object = None  # an unbuffered binary file (open_access_log), or None
-    log_lock: threading.Lock = field(default_factory=threading.Lock)
-    log_failed: bool = False
     # One thread: a big request is read and answered off the event loop (health, metadata and
     # small requests go on), and one at a time, which bounds the memory big requests take.
     pool: ThreadPoolExecutor = field(
@@ -90,30 +83,25 @@ class State:
             raise BadRequest(f"model '{name}' has only version 1, not '{version}'")
         return self.models[name]
 
-    def authorized(self, header: str) -> bool:
-        """Whether the Authorization header's value carries the API key (if one is set)."""
-        if self.api_key is None:
-            return True
-        scheme, _, token = header.partition(" ")
-        return scheme.lower() == "bearer" and hmac.compare_digest(
-            token.strip().encode(), self.api_key.encode()
-        )
+    def close(self) -> None:
+        """Stop the models' worker threads and the shadows'."""
+        for entry in self.models.values():
+            entry.model.stop()
+            if entry.shadow:
+                entry.shadow.stop()
+        self.pool.shutdown()
 
 
 IDENTITY_HEADER = "edgekit-pid"  # on health responses; launcher.py reads it
 # Requests and responses that cost up to 16 KB of JSON parsing (~0.8 ms) are read and built on the
 # event loop.
 ON_LOOP_COST = 16 * 1024
-UNAUTHORIZED = "missing or wrong API key: send the header `Authorization: Bearer <key>`"
 INFER_PATH = re.compile(r"/v2/models/([^/]+)(?:/versions/([^/]+))?/infer")
 
 
-def error(status: int, message: str, headers: dict | None = None) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status, headers=headers)
-
-
-def build_app(state: State, on_ready=None):
-    """The ASGI app; `on_ready()` is called once the server accepts requests."""
+def routes(state: State, on_ready=None):
+    """The endpoints as one ASGI app, without the middleware (edgekit.serve.service.Service.load
+    wraps them); `on_ready()` is called once the server accepts requests."""
     metrics = state.metrics
 
     @contextlib.asynccontextmanager
@@ -121,15 +109,6 @@ def build_app(state: State, on_ready=None):
         if on_ready is not None:
             on_ready()
         yield
-
-    def guarded(handler):
-        async def wrapper(request: Request):
-            if not state.authorized(request.headers.get("authorization", "")):
-                metrics.requests.labels("", "unauthorized").inc()
-                return error(401, UNAUTHORIZED, {"WWW-Authenticate": "Bearer"})
-            return await handler(request)
-
-        return wrapper
 
     def served(request: Request) -> Served:
         params = request.path_params
@@ -152,13 +131,13 @@ def build_app(state: State, on_ready=None):
         try:
             return JSONResponse(served(request).model.metadata())
         except BadRequest as exc:
-            return error(400, str(exc))
+            return failure(400, str(exc))
 
     async def model_ready(request):
         try:
             return JSONResponse({"name": served(request).model.name, "ready": True})
         except BadRequest as exc:
-            return error(400, str(exc))
+            return failure(400, str(exc))
 
     async def prometheus(request):
         data = await asyncio.to_thread(generate_latest, metrics.registry)
@@ -178,25 +157,22 @@ def build_app(state: State, on_ready=None):
         )
 
     async def http_error(request, exc: HTTPException):
-        return error(exc.status_code, str(exc.detail))
+        return failure(exc.status_code, str(exc.detail))
 
     async def internal_error(request, exc: Exception):
-        return error(500, f"internal error in edgekit: {type(exc).__name__}: {exc}")
+        return failure(500, f"internal error in edgekit: {type(exc).__name__}: {exc}")
 
-    routes = [
+    table = [
         Route("/v2/health/live", live),
         Route("/v2/health/ready", ready),
-        Route("/v2", guarded(server_metadata)),
-        Route("/metrics", guarded(prometheus)),
-        Route("/edgekit/monitor", guarded(monitor)),
+        Route("/v2", server_metadata),
+        Route("/metrics", prometheus),
+        Route("/edgekit/monitor", monitor),
     ]
     for base in ("/v2/models/{name}", "/v2/models/{name}/versions/{version}"):
-        routes += [
-            Route(base, guarded(model_metadata)),
-            Route(base + "/ready", guarded(model_ready)),
-        ]
+        table += [Route(base, model_metadata), Route(base + "/ready", model_ready)]
     framework = Starlette(
-        routes=routes,
+        routes=table,
         exception_handlers={HTTPException: http_error, Exception: internal_error},
         lifespan=lifespan,
     )
@@ -206,51 +182,14 @@ def build_app(state: State, on_ready=None):
         match = INFER_PATH.fullmatch(scope["path"]) if scope["type"] == "http" else None
         if match:
             await inference(scope, receive, send, match[1], match[2] or "1")
-        elif scope["type"] == "http" and state.access_log is not None:
-            await logged(scope, receive, send)
         else:
             await framework(scope, receive, send)
-
-    async def logged(scope, receive, send):
-        """The framework's routes with an access log line each (inference logs its own)."""
-        start, status = time.perf_counter(), [500]
-
-        async def send_and_note(message):
-            if message["type"] == "http.response.start":
-                status[0] = message["status"]
-            await send(message)
-
-        try:
-            await framework(scope, receive, send_and_note)
-        finally:
-            log_line(state, scope, "", status[0], time.perf_counter() - start, {})
 
     return app
 
 
 class ClientGone(Exception):
     """The client disconnected before its request body arrived."""
-
-
-@dataclass
-class Answer:
-    status: int
-    body: bytes
-    media: str = "application/json"
-    headers: dict[str, str] = field(default_factory=dict)
-
-    async def send(self, send) -> None:
-        pairs = [
-            (b"content-type", self.media.encode()),
-            (b"content-length", b"%d" % len(self.body)),
-        ]
-        pairs += [(k.lower().encode(), v.encode()) for k, v in self.headers.items()]
-        await send({"type": "http.response.start", "status": self.status, "headers": pairs})
-        await send({"type": "http.response.body", "body": self.body})
-
-
-def failure(status: int, message: str, **headers: str) -> Answer:
-    return Answer(status, json.dumps({"error": message}).encode(), headers=headers)
 
 
 class Inference:
@@ -260,41 +199,29 @@ class Inference:
         self.state = state
 
     async def __call__(self, scope, receive, send, name: str, version: str) -> None:
-        start = time.perf_counter()
+        said = note(scope)
+        said.inference = True
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
-        entry, outcome, answer, timing = None, "bad_request", None, {}
         try:
             if scope["method"] != "POST":
                 answer = failure(405, "inference takes POST", Allow="POST")
-            elif not self.state.authorized(headers.get("authorization", "")):
-                outcome = "unauthorized"
-                answer = failure(401, UNAUTHORIZED, **{"WWW-Authenticate": "Bearer"})
             else:
                 entry = self.state.lookup(name, version)
-                answer, timing = await self.infer(entry, headers, receive)
-                outcome = "success"
+                said.model = entry.model.name
+                answer = await self.infer(entry, headers, receive, said.timing)
         except BadRequest as exc:
             answer = failure(400, str(exc))
         except ClientGone:
-            outcome = "disconnected"  # nobody to answer; not the request's fault
+            return  # nobody to answer; not the request's fault
         except Exception as exc:
-            outcome = "error"
             if not isinstance(exc, ModelFailed):  # a bug in edgekit
                 exc = f"internal error in edgekit: {type(exc).__name__}: {exc}"
             answer = failure(500, str(exc))
-        elapsed = time.perf_counter() - start
-        if entry is None:
-            self.state.metrics.requests.labels("", outcome).inc()
-        else:
-            entry.metrics.requests[outcome].inc()
-            entry.metrics.request_seconds.observe(elapsed)
-        if self.state.access_log is not None:
-            model, status = entry.model.name if entry else "", answer.status if answer else 499
-            log_line(self.state, scope, model, status, elapsed, timing)
-        if answer is not None:
-            await answer.send(send)
+        await answer.send(send)
 
-    async def infer(self, entry: Served, headers: dict, receive) -> tuple[Answer, dict]:
+    async def infer(self, entry: Served, headers: dict, receive, timing: dict) -> Answer:
+        """The answer to an infer request for `entry`; `timing` receives queue_ms and
+        compute_ms."""
         series, state = entry.metrics, self.state
         series.inflight.inc()
         try:
@@ -314,9 +241,9 @@ class Inference:
         series.batch_rows.observe(done.batch_rows)
         if entry.shadow is not None:
             entry.shadow.maybe(feeds, done.outputs)
+        timing.update(queue_ms=done.queue_s * 1e3, compute_ms=done.compute_s * 1e3)
         media = "application/octet-stream" if extra else "application/json"
-        timing = {"queue_ms": done.queue_s * 1e3, "compute_ms": done.compute_s * 1e3}
-        return Answer(200, content, media, extra), timing
+        return Answer(200, content, media, extra)
 
 
 def prepare(entry: Served, body: bytes, header_length: str | None, state: State):
@@ -352,64 +279,3 @@ async def read_body(receive, headers: dict, limit: int) -> bytes | bytearray:
             body += chunk
             return body
         body += chunk
-
-
-def log_line(state: State, scope, model: str, status: int, elapsed: float, timing):
-    client = scope.get("client")
-    record = {
-        "ts": time.time(),
-        "client": client[0] if client else None,
-        "method": scope["method"],
-        "path": scope["path"],
-        "model": model,
-        "status": status,
-        "ms": round(elapsed * 1e3, 3),
-        **{k: round(v, 3) for k, v in timing.items()},
-    }
-    line = (json.dumps(record) + "\n").encode()
-    with state.log_lock:
-        try:
-            state.access_log.write(line)
-        except OSError as exc:  # a full disk must not fail requests: say so once, go on
-            if not state.log_failed:
-                state.log_failed = True
-                print(
-                    f"edgekit: warning: cannot write the access log ({exc.strerror or exc}); "
-                    "serving goes on, later lines may be lost.",
-                    file=sys.stderr,
-                    flush=True,
-                )
-
-
-def writable_kind(mode: int) -> bool:
-    return stat.S_ISREG(mode) or stat.S_ISCHR(mode)  # a file, or a device such as /dev/null
-
-
-def open_access_log(path: str):
-    """A binary file with one unbuffered write per line (a failed write leaves nothing queued),
-    or stdout for `-`. Refuses what is not a regular file or a character device (a FIFO would
-    block the start until a reader comes; a folder cannot be appended to)."""
-    if path == "-":
-        return open(sys.stdout.fileno(), "ab", buffering=0, closefd=False)  # noqa: SIM115
-
-    def not_a_file():
-        return EdgekitError(
-            f"The access log {path} is not a regular file (a folder, a FIFO?). Give a file "
-            "(--access-log FILE, or - for stdout)."
-        )
-
-    with contextlib.suppress(OSError):
-        if not writable_kind(os.stat(path).st_mode):
-            raise not_a_file()
-    try:  # O_NONBLOCK: a FIFO made meanwhile fails here instead of waiting for a reader
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NONBLOCK, 0o644)
-    except OSError as exc:
-        raise EdgekitError(
-            f"Cannot open the access log {path}: {exc.strerror or exc}. Give a file in an "
-            "existing folder you may write to (--access-log FILE, or - for stdout)."
-        ) from None
-    if not writable_kind(os.fstat(fd).st_mode):
-        os.close(fd)
-        raise not_a_file()
-    os.set_blocking(fd, True)
-    return open(fd, "ab", buffering=0)  # noqa: SIM115 (open while the server runs)

@@ -34,7 +34,7 @@ class DeviceCollector:
     """Device conditions, refreshed at every scrape."""
 
     def collect(self):
-        temp = device._temperature_c()
+        temp = device.temperature_c()
         if temp is not None:
             g = GaugeMetricFamily(
                 "edgekit_device_temperature_celsius", "hottest thermal zone of the device"

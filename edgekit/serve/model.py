@@ -190,9 +190,8 @@ class ServedModel:
         instances: int = 1,
         max_batch: int = 1,
         batch_timeout_s: float = 0.0,
-        info: dict | None = None,
     ):
-        self.name, self.path, self.info = name, Path(path), info or {}
+        self.name, self.path = name, Path(path)
         self.session = load_session(path, threads)
         self.inputs, self.outputs = describe(path, self.session)
         self.output_names = [o.name for o in self.outputs]

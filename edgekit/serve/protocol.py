@@ -5,7 +5,8 @@ A request body is JSON, or JSON followed by raw tensor bytes when the header
 `Inference-Header-Content-Length` gives the JSON's length; an input whose `parameters` carry
 `binary_data_size` takes that many bytes from the binary part, in the order the inputs are listed.
 A response puts an output in binary when the request asked for it (`outputs[].parameters.binary_data`
-or `parameters.binary_data_output`), else in JSON (`data`, row-major, flat).
+or `parameters.binary_data_output`), else in JSON (`data`, row-major, flat). An error is
+{"error": "..."} with its HTTP status (`failure`); `Answer` sends a response in plain ASGI.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 import functools
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -278,3 +279,31 @@ def build_response(
     if not chunks:
         return head, {}
     return b"".join([head, *chunks]), {"Inference-Header-Content-Length": str(len(head))}
+
+
+@dataclass
+class Answer:
+    """An HTTP response, sent in plain ASGI."""
+
+    status: int
+    body: bytes
+    media: str = "application/json"
+    headers: dict[str, str] = field(default_factory=dict)
+
+    async def send(self, send) -> None:
+        pairs = [
+            (b"content-type", self.media.encode()),
+            (b"content-length", b"%d" % len(self.body)),
+        ]
+        pairs += [(k.lower().encode(), v.encode()) for k, v in self.headers.items()]
+        await send({"type": "http.response.start", "status": self.status, "headers": pairs})
+        await send({"type": "http.response.body", "body": self.body})
+
+    async def __call__(self, scope, receive, send) -> None:
+        """As an ASGI app: how Starlette sends what an endpoint returns."""
+        await self.send(send)
+
+
+def failure(status: int, message: str, **headers: str) -> Answer:
+    """Every error response of the server: {"error": message}."""
+    return Answer(status, json.dumps({"error": message}).encode(), headers=headers)

@@ -1,12 +1,5 @@
-"""`edgekit deploy`: put a variant on a device over the user's own ssh and serve it there.
-
-  check the device's Python has edgekit[serve] (else exit 2 with the pip line) and make the folder
-  →  copy model/ (the variant, report.json), launcher.py, serve.json (one tar stream over ssh)
-  →  `python3 launcher.py start FOLDER` starts `edgekit serve` detached, waits for
-     /v2/health/ready on the device, replies with the pid and URL.
-
-The folder on the device is ~/.edgekit/deploy/NAME (--remote-dir changes the parent); it also holds
-serve.pid, serve.log and edgekit-NAME.service (a systemd unit, written, never installed). Every
+"""The steps of `edgekit deploy` on the device, over the user's own ssh (edgekit.ssh): check its
+Python, copy one tar stream, run the launcher (launcher.py, copied there), tunnel a port. Every
 remote command is an argument list, each word shlex-quoted by Target.ssh; serve's arguments travel
 inside serve.json, never through a shell.
 """
@@ -14,7 +7,6 @@ inside serve.json, never through a shell.
 from __future__ import annotations
 
 import json
-import re
 import shlex
 import subprocess
 import tarfile
@@ -24,8 +16,8 @@ import urllib.request
 from pathlib import Path
 
 from edgekit.benchmark import flops
-from edgekit.benchmark.remote import QUICK_S, RemoteCommandFailed, Target, ssh_run
 from edgekit.errors import EdgekitError
+from edgekit.ssh import QUICK_S, RemoteCommandFailed, Target, ssh_run
 
 LAUNCHER = Path(__file__).with_name("launcher.py")
 PIP = "-m pip install 'edgekit[serve]'"
@@ -45,16 +37,6 @@ if not missing:
     os.makedirs(folder, exist_ok=True)
 print(json.dumps({"missing": missing, "folder": folder, "python": sys.executable}))
 """
-
-
-def check_name(name: str) -> str:
-    from edgekit.serve.server import check_name
-
-    return check_name(name, "The deployment name")
-
-
-def remote_folder(remote_dir: str, name: str) -> str:
-    return f"{remote_dir.rstrip('/')}/{name}"
 
 
 def _json(text: str, target: Target, what: str) -> dict:
@@ -144,51 +126,6 @@ def copy(target: Target, tar_path: Path, folder: str) -> None:
                  stdin=bundle, timeout=QUICK_S + size / 2e5)  # fmt: skip
         except RemoteCommandFailed as exc:
             raise EdgekitError(f"{target.spec}: copying failed: {exc}") from None
-
-
-def systemd_quote(word: str, command: bool = False) -> str:
-    """One word in systemd's syntax: % doubled (specifiers), $ too in a command line (variables),
-    and unless plain, in double quotes with \\ and " escaped and every control character (a
-    newline would end the line and start another setting) as a C escape, which systemd reads
-    back."""
-    word = word.replace("%", "%%")
-    if command:
-        word = word.replace("$", "$$")
-    if re.fullmatch(r"[A-Za-z0-9_./:=@+,-]+", word):
-        return word
-    escaped = "".join(
-        f"\\x{ord(c):02x}" if ord(c) < 0x20 or ord(c) == 0x7F else c
-        for c in word.replace("\\", "\\\\").replace('"', '\\"')
-    )
-    return f'"{escaped}"'
-
-
-def systemd_unit(name: str, python: str, folder: str, args: list[str], user: str | None) -> str:
-    """A unit that runs the same `edgekit serve` at boot (written, never installed). Every field
-    from outside (names, paths, arguments) goes through systemd_quote."""
-    quote = systemd_quote
-    exec_start = " ".join(
-        quote(w, command=True) for w in [python, "-m", "edgekit.cli", "serve", *args]
-    )
-    lines = [
-        "[Unit]",
-        f"Description=edgekit serve {quote(name)}",
-        "After=network-online.target",
-        "Wants=network-online.target",
-        "",
-        "[Service]",
-        *([f"User={quote(user)}"] if user else []),
-        f"WorkingDirectory={quote(folder)}",
-        f"ExecStart={exec_start}",
-        "Restart=on-failure",
-        "KillSignal=SIGTERM",
-        "TimeoutStopSec=40",
-        "",
-        "[Install]",
-        "WantedBy=multi-user.target",
-        "",
-    ]
-    return "\n".join(lines)
 
 
 def forward(target: Target, remote_port: int, local_port: int, say) -> int:
