@@ -97,6 +97,47 @@ def _output_axes(session, parts: list[list[np.ndarray]]) -> list[int | None]:
     return axes
 
 
+def differences(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """|a - b| element by element, for two runs of one output; the same non-finite value in
+    both places (a model that returns NaN or infinity for some inputs, before and after a
+    rewrite or export) is agreement, 0, not a difference. A NaN against a number stays NaN."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    same = (a == b) | (np.isnan(a) & np.isnan(b))
+    with np.errstate(invalid="ignore"):
+        return np.where(same, 0.0, np.abs(a - b))
+
+
+def difference(a: np.ndarray, b: np.ndarray) -> float:
+    """The largest of `differences` (NaN when one is NaN); 0.0 for empty outputs."""
+    diff = differences(a, b)
+    return float(diff.max()) if diff.size else 0.0
+
+
+def largest_finite(outputs: list[np.ndarray]) -> float:
+    """The largest finite |value| over the outputs; 0.0 when there is none (all NaN or inf)."""
+    values = [np.abs(o[np.isfinite(o)]) for o in (np.asarray(o, np.float64) for o in outputs)]
+    return max((float(v.max()) for v in values if v.size), default=0.0)
+
+
+def check_finite_reference(reference: list[np.ndarray], names: list[str], primary: str, data):
+    """The float model's own outputs: when every sample of the primary output is NaN or
+    infinite there is nothing to measure drift against, and the report would be empty: exit 2
+    (EdgekitError) with what to check. Some failed samples are reported, not refused."""
+    out = np.asarray(reference[names.index(primary)])
+    if out.size == 0 or not np.issubdtype(out.dtype, np.inexact):
+        return
+    if np.isfinite(out.reshape(len(out), -1) if out.ndim else out.reshape(1, -1)).all(axis=1).any():
+        return
+    source = f"the samples in {data}" if data else "the generated random samples"
+    raise EdgekitError(
+        f"The model's output {primary!r} is NaN or infinite on every sample ({source}), before "
+        "edgekit changed anything: there is no drift to measure and no result worth timing. "
+        "Check the model on its own (weights saved as NaN? a division by an input that is 0?), "
+        "the --input values and ranges (e.g. a sample rate the model expects), or give real "
+        "samples with --data FILE.npz."
+    )
+
+
 def is_classifier_output(outputs: list[np.ndarray]) -> bool:
     """One output of shape (N, classes) with classes > 1: argmax is a prediction."""
     return len(outputs) == 1 and outputs[0].ndim == 2 and outputs[0].shape[1] > 1

@@ -22,7 +22,13 @@ from typing import TYPE_CHECKING
 import numpy as np
 import onnx
 
-from edgekit.accuracy import check_labels, drift_by_output, is_classifier_output, run_onnx
+from edgekit.accuracy import (
+    check_finite_reference,
+    check_labels,
+    drift_by_output,
+    is_classifier_output,
+    run_onnx,
+)
 from edgekit.benchmark import BenchOptions, BenchResult, measure
 from edgekit.benchmark.flops import files_on_disk, size_on_disk
 from edgekit.cpus import made_for, report_section
@@ -199,6 +205,7 @@ def _optimize(
     primary = _primary_output(options.primary_output, output_names)
     primary_ref = [reference[output_names.index(primary)]]
     check_labels(labels, primary_ref, options.data)
+    check_finite_reference(reference, output_names, primary, options.data)
 
     budget = options.budget or default_budget(is_classifier_output(primary_ref), labels is not None)
     ctx = PassContext(
@@ -428,7 +435,7 @@ def _bench_inputs(models, inputs, data) -> tuple[dict[str, Path], Samples]:
     from edgekit.model.load import load_onnx
 
     models = [Path(m) for m in models]
-    loaded = [load_onnx(m, read_inputs=i == 0 and not inputs) for i, m in enumerate(models)]
+    loaded = [load_onnx(m, read_inputs=i == 0) for i, m in enumerate(models)]
     samples = resolve_samples(inputs, loaded[0].input_specs, data, generated=1)
     return dict(zip(_unique_names(models), models, strict=True)), samples
 

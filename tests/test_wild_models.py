@@ -10,7 +10,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from conftest import run_edgekit
+from conftest import run_edgekit, save_graph
 from onnx import TensorProto, helper
 from torch import nn
 
@@ -217,7 +217,7 @@ def test_onnx_file_with_a_scalar_input(tmp_path):
     assert bound["x"]["batch_axis"] == 0
 
 
-def test_constant_for_an_onnx_model_is_refused(tmp_path):
+def test_constant_for_an_input_the_onnx_model_lacks_is_refused(tmp_path):
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])
     graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "r", [x], [y])
@@ -225,7 +225,40 @@ def test_constant_for_an_onnx_model_is_refused(tmp_path):
         helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "r.onnx"
     )
     result = run_edgekit("optimize", tmp_path / "r.onnx", "--input", "sr=16000", *FAST)
-    assert result.returncode == 2 and "constant" in result.stderr
+    assert result.returncode == 2 and "not an input of this ONNX model" in result.stderr
+
+
+@pytest.mark.parametrize("sr", ["sr:scalar:int64:16000", "sr=16000"])
+def test_onnx_with_unknown_axes_and_a_scalar_int_input(tmp_path, sr):
+    from test_input_notation import vad_graph
+
+    save_graph(vad_graph(), tmp_path / "vad.onnx")
+    report = optimize(
+        tmp_path / "vad.onnx", "--input", "input:1x512:float32", "--input", "state:2xBx128",
+        "--input", sr,
+    )  # fmt: skip
+    bound = {i["name"]: i for i in report["inputs"]}
+    assert bound["sr"]["value"] == 16000 and bound["sr"]["dtype"] == "int64"
+    assert bound["state"]["batch_axis"] == 1 and bound["input"]["shape"] == [1, 512]
+    graph = onnx.load(str(tmp_path / "out" / "fp32.onnx"))
+    assert [i.name for i in graph.graph.input] == ["input", "state", "sr"]  # still fed
+
+
+def test_a_model_whose_outputs_are_all_nan_is_a_clear_exit_2(tmp_path):
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])
+    nan = helper.make_tensor("nan", TensorProto.FLOAT, [], [float("nan")])
+    graph = helper.make_graph([helper.make_node("Mul", ["x", "nan"], ["y"])], "n", [x], [y], [nan])
+    save_graph(graph, tmp_path / "nan.onnx")
+    result = run_edgekit("optimize", tmp_path / "nan.onnx", "-o", tmp_path / "out", *FAST)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "NaN or infinite on every sample" in result.stderr
+
+
+def test_a_torch_constant_that_is_nan_is_a_clear_exit_2(tmp_path):
+    torch.jit.save(torch.jit.script(WithRate().eval()), tmp_path / "rate.pt")
+    result = run_edgekit("optimize", tmp_path / "rate.pt", "--input", "x:1x16", "--input", "sr=nan")
+    assert result.returncode == 2 and "not a finite number" in result.stderr
 
 
 @pytest.mark.parametrize(

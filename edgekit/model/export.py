@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgekit.accuracy import run_onnx
+from edgekit.accuracy import differences, largest_finite, run_onnx
 from edgekit.errors import EdgekitError
 from edgekit.model.inputs import InputSpec, generate_samples
 from edgekit.model.load import LoadedModel, one_line
@@ -198,19 +198,15 @@ def check_parity(model: LoadedModel, onnx_path: Path, feeds: dict[str, np.ndarra
             f"The ONNX model {onnx_path} has {len(got)} output(s) but the torch model has "
             f"{len(reference)}; they do not compute the same thing. Export again."
         )
-    diffs, scale = [], 0.0
+    diffs = []
     for i, (ref, out) in enumerate(zip(reference, got, strict=True)):
         if ref.shape != out.shape:
             raise EdgekitError(
                 f"Output {i} has shape {out.shape} in ONNX but {ref.shape} in torch; the export "
                 "changed the model. Export again, or give an ONNX file you made yourself."
             )
-        ref64, out64 = ref.astype(np.float64), out.astype(np.float64)
-        diff = np.abs(ref64 - out64)
-        diff[np.isnan(ref64) & np.isnan(out64)] = 0.0  # NaN in both is agreement
-        diffs.append(diff.ravel())
-        if ref64.size:
-            scale = max(scale, float(np.nanmax(np.abs(ref64))))
+        diffs.append(differences(ref, out).ravel())  # the same NaN or inf in both agrees
+    scale = largest_finite(reference)
     diff = np.concatenate(diffs)
     max_err = float(np.max(diff)) if diff.size else 0.0
     mean_err = float(np.mean(diff)) if diff.size else 0.0

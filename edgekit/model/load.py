@@ -29,7 +29,7 @@ from typing import Any
 
 from edgekit.errors import EdgekitError
 from edgekit.fsutil import sha256_file
-from edgekit.model.inputs import InputSpec, specs_from_onnx
+from edgekit.model.inputs import InputSpec, OnnxInputs
 from edgekit.textsafe import plain
 
 _ZIP_MAGIC = b"PK\x03\x04"
@@ -47,7 +47,9 @@ class LoadedModel:
     format: str  # torchscript, exported_program, pickled_module, state_dict or onnx
     sha256: str
     module: Any | None  # nn.Module / ScriptModule / ExportedProgram; None for onnx
-    input_specs: list[InputSpec] | None  # when the file carries shapes (onnx, .pt2)
+    # When the file carries shapes: a .pt2's specs; an ONNX file's declared inputs, which --input
+    # may complete (unknown axes) and is checked against.
+    input_specs: list[InputSpec] | OnnxInputs | None
     notes: list[str] = field(default_factory=list)
     files: list[Path] = field(default_factory=list)  # onnx: the model and its external data
     # Non-tensor forward() arguments bound with --input NAME=VALUE (edgekit.model.inputs.Constant):
@@ -546,7 +548,7 @@ def _load_onnx(
             "uses external data, keep the data file next to it; otherwise export it again."
         ) from None
     try:
-        specs = specs_from_onnx(path) if read_inputs else None
+        specs = OnnxInputs.read(path) if read_inputs else None
     except EdgekitError:
         raise
     except Exception as exc:  # onnxruntime refuses it (unknown op, bad opset, ...)
@@ -573,6 +575,14 @@ def onnx_files(path) -> list[Path]:
             continue
         location = ExternalDataInfo(tensor).location
         target = (folder / location).resolve()  # follows symlinks: a link out is refused too
+        if location and (folder / location).is_symlink():
+            raise EdgekitError(
+                f"{path} keeps the data of tensor {plain(tensor.name)!r} in {plain(location)!r}, "
+                f"which is a symbolic link (to {plain(str(target))}). edgekit reads external "
+                "data only from regular files beside the model, because a link can point at any "
+                "file on this machine (and onnx refuses links too). Replace the link with a copy "
+                "of the file, keeping its name."
+            )
         if not location or not target.is_relative_to(folder) or target == path.resolve():
             raise EdgekitError(
                 f"{path} says the data of tensor {plain(tensor.name)!r} is in "
