@@ -271,3 +271,46 @@ def test_bad_input_notation_is_a_clear_error(tmp_path, text):
 
     with pytest.raises(EdgekitError):
         parse_arguments([text, "y:1x2"])
+
+
+class StreamingState(nn.Module):
+    """Keeps its recurrent state and sample rate on itself between calls, like a streaming VAD."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(8, 16)
+        self.register_buffer("h", torch.zeros(1, 16))
+        self.sr: int = 0
+
+    def remember(self, h: torch.Tensor, sr: int):
+        self.h = h
+        self.sr = sr
+
+    def forward(self, x: torch.Tensor, sr: int):
+        h = torch.tanh(self.fc(x) + self.h)
+        if sr != self.sr:
+            self.remember(h, sr)
+        return h
+
+
+class WrapsState(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.model = StreamingState()
+        self.context = torch.zeros(1, 8)
+
+    def forward(self, x: torch.Tensor, sr: int):
+        self.context = x[:, -8:]
+        return self.model(x, sr)
+
+
+def test_stateful_torchscript_is_a_clear_exit_2_naming_the_attributes(tmp_path):
+    torch.jit.save(torch.jit.script(WrapsState().eval()), tmp_path / "stateful.pt")
+    result = run_edgekit(
+        "optimize", tmp_path / "stateful.pt", "--input", "x:1x8", "--input", "sr=16000", *FAST
+    )
+    assert result.returncode == 2, result.stderr[-2000:]
+    for name in ("self.context", "self.model.h", "self.model.sr"):
+        assert name in result.stderr
+    assert "cannot hold state between calls" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -119,7 +119,36 @@ def _load_torchscript(path: Path, sha: str) -> LoadedModel:
     except Exception as exc:  # torch raises RuntimeError for anything corrupt inside
         raise _corrupt(path, "TorchScript archive", exc) from None
     module.eval()
+    written = _state_writes(module)
+    if written:
+        shown = _preview([f"self.{plain(name)}" for name in written], 6)
+        raise EdgekitError(
+            f"{path} is a TorchScript model whose forward() keeps state between calls: it "
+            f"assigns {shown} (prim::SetAttr, in forward() or a method it calls), e.g. a "
+            "streaming model storing its recurrent state or sample-rate context on itself. An ONNX graph cannot hold state "
+            "between calls: an export would freeze that state at one value and compute "
+            "something else. Export a forward() that takes the state as inputs and returns the "
+            "new state as outputs (forward(x, h) -> (y, h_next); then give it as `--input "
+            "h:...`), or use the ONNX file the model's authors publish, if any."
+        )
     return LoadedModel(path, "torchscript", sha, module, None)
+
+
+def _state_writes(module) -> list[str]:
+    """The attributes a ScriptModule's forward() assigns, as dotted paths from the model: every
+    prim::SetAttr in its inlined graph (methods it calls and branches included)."""
+    try:
+        graph = module.inlined_graph
+    except Exception:  # a module without a scripted forward: nothing to inspect
+        return []
+    names = set()
+    for node in graph.findAllNodes("prim::SetAttr", recurse=True):
+        path, owner = [node.s("name")], node.inputsAt(0).node()
+        while owner.kind() == "prim::GetAttr":
+            path.insert(0, owner.s("name"))
+            owner = owner.inputsAt(0).node()
+        names.add(".".join(path))
+    return sorted(names)
 
 
 def _load_pt2(path: Path, sha: str, trust_pickle: bool) -> LoadedModel:
