@@ -314,3 +314,56 @@ def test_stateful_torchscript_is_a_clear_exit_2_naming_the_attributes(tmp_path):
         assert name in result.stderr
     assert "cannot hold state between calls" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_traced_encoder_in_eval_mode_exports_its_fused_fast_path(tmp_path):
+    torch.manual_seed(0)
+    ids = torch.randint(0, 50, (2, 8))
+    with torch.no_grad():  # eval and no autograd: PyTorch's fused encoder-layer kernel
+        traced = torch.jit.trace(Encoder().eval(), ids, check_trace=False)
+    assert "aten::_transformer_encoder_layer_fwd" in str(traced.inlined_graph)
+    torch.jit.save(traced, tmp_path / "fast.pt")
+    report = optimize(tmp_path / "fast.pt", "--input", "ids:1x8:int64:0-50")
+    settings = export_settings(report)
+    assert settings["exporter"] == "torchscript-to-exportedprogram"
+    assert settings["fixed_batch"] is None  # the batch stays dynamic
+    fp32 = next(v for v in report["variants"] if v["name"] == "fp32")
+    assert fp32["accuracy"]["cosine_min"] > 0.9999
+
+
+SIZE_ARCH = """
+import torch
+from torch import nn
+
+
+class SizeThroughTensor(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+
+    def forward(self, x):
+        n = int(torch.tensor(x.shape[0]).item())  # the batch as data: unbacked when dynamic
+        y = self.fc(x)
+        if n > 0:  # a branch on it: a guard the dynamic export cannot decide
+            y = y.view(n, -1) * 2
+        return y
+"""
+
+
+def test_a_data_dependent_batch_is_exported_fixed_at_the_benchmark_batch(tmp_path):
+    (tmp_path / "size.py").write_text(SIZE_ARCH)
+    namespace: dict = {}
+    exec(SIZE_ARCH, namespace)
+    torch.save(namespace["SizeThroughTensor"]().state_dict(), tmp_path / "size.pt")
+    report = optimize(
+        tmp_path / "size.pt", "--arch", f"{tmp_path / 'size.py'}:SizeThroughTensor",
+        "--input", "x:3x4",
+    )  # fmt: skip
+    settings = export_settings(report)
+    assert settings["fixed_batch"] == 3
+    assert "data-dependent" in settings["attempts"][0]["error"]
+    fp32 = next(v for v in report["variants"] if v["name"] == "fp32")
+    assert any("batch is fixed at 3" in n for n in fp32["notes"])
+    graph = onnx.load(str(tmp_path / "out" / "fp32.onnx"))
+    assert graph.graph.input[0].type.tensor_type.shape.dim[0].dim_value == 3
+    assert report["data"]["samples"] % 3 == 0

@@ -748,8 +748,8 @@ def resolve_samples(
             "with `--data FILE.npz` (arrays named after the inputs)."
         )
     batch = batch_of(specs)
-    if arrays is None:
-        feeds = generate_samples(specs, max(generated, batch))
+    if arrays is None:  # whole batches: a model exported with its batch fixed runs no other
+        feeds = generate_samples(specs, -(-max(generated, batch) // batch) * batch)
         return Samples(specs, feeds, None, None, constants)
     check_data_matches(specs, arrays, str(data))
     batched = [s for s in specs if s.batch_axis is not None]

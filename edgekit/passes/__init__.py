@@ -93,10 +93,10 @@ class PassContext:
 def same_function(before: Path, after: Path, ctx: PassContext, what: str) -> None:
     """A rewrite must compute the same function as its parent (float reassociation aside) on
     the first PARITY_SAMPLES samples; else PassFailed, and the rewritten file is removed."""
-    from edgekit.accuracy import difference, largest_finite, run_onnx
+    from edgekit.accuracy import difference, first_samples, largest_finite, run_onnx
     from edgekit.model.export import PARITY_SAMPLES
 
-    feeds = {k: v[:PARITY_SAMPLES] for k, v in ctx.feeds.items()}
+    feeds = first_samples(before, ctx.feeds, PARITY_SAMPLES)
     expected, got = run_onnx(before, feeds), run_onnx(after, feeds)
     worst = max(difference(a, b) for a, b in zip(expected, got, strict=True))
     tolerance = REWRITE_TOLERANCE * max(1.0, largest_finite(expected))
