@@ -3,6 +3,7 @@ Torch-free: runs the ONNX files with onnxruntime."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -154,6 +155,78 @@ def check_finite_reference(reference: list[np.ndarray], names: list[str], primar
     )
 
 
+# What an output is called, and the op that computes it, tell a classifier's scores from an
+# embedding (both are (samples, width)): top-1 agreement means something only for the first.
+_CLASSIFIER_NAMES = re.compile(r"logit|score|prob|class|label|pred", re.I)
+_EMBEDDING_NAMES = re.compile(r"embed|hidden|pool|feature|encod|vector|represent", re.I)
+_HEAD_OPS = {"Gemm", "MatMul", "Softmax", "LogSoftmax", "Sigmoid"}
+_PASS_OPS = {"Identity", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Cast"}
+
+
+def output_kinds(
+    reference: list[np.ndarray], names: list[str], primary: str, path: Path, labelled: bool
+) -> dict[str, dict]:
+    """{output name: {"kind": "classifier" | "embedding" | "tensor", "why": ...}}: whether each
+    output holds class scores (top-1 agreement and a top-1 budget mean something), a vector
+    (an embedding or features: judged by cosine), or another tensor. `path`: the float model's
+    ONNX file; `labelled`: --data has labels, which make the primary output a classifier's."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    producer = {out: node for node in graph.node for out in node.output}
+    kinds = {}
+    for name, out in zip(names, reference, strict=True):
+        op = producer.get(name)
+        while op is not None and op.op_type in _PASS_OPS and op.input:
+            op = producer.get(op.input[0])
+        computed_by = op.op_type if op is not None else "no operator"
+        if (
+            op is not None
+            and op.op_type == "Add"
+            and any(
+                producer.get(i) is not None and producer[i].op_type in _HEAD_OPS for i in op.input
+            )
+        ):
+            computed_by = "MatMul"  # a linear layer: MatMul, then its bias
+        if not is_classifier_output([out]):
+            kind, why = "tensor", f"its shape {list(out.shape[1:])} per sample is not (classes,)"
+        elif labelled and name == primary:
+            kind, why = "classifier", "the --data file has labels for it"
+        elif _CLASSIFIER_NAMES.search(name):
+            kind, why = "classifier", f"its name {name!r} says so"
+        elif _EMBEDDING_NAMES.search(name):
+            kind, why = "embedding", f"its name {name!r} says so"
+        elif np.allclose(np.linalg.norm(out.reshape(len(out), -1), axis=1), 1.0, atol=1e-3):
+            kind, why = "embedding", "every sample's vector has length 1 (a normalized embedding)"
+        elif computed_by in _HEAD_OPS:
+            kind, why = "classifier", f"a {computed_by} computes it (a linear or softmax head)"
+        else:
+            kind, why = (
+                "embedding",
+                (
+                    f"a {computed_by} computes it, not a linear or softmax head: read as an embedding "
+                    "or feature vector"
+                ),
+            )
+        kinds[name] = {"kind": kind, "why": why}
+    return kinds
+
+
+def kind_note(kinds: dict[str, dict], primary: str) -> str:
+    """The report note that says which output kind edgekit assumed, and what follows from it."""
+    kind = kinds[primary]
+    follows = {
+        "classifier": "top-1 agreement is measured and the default budget is top-1",
+        "embedding": "top-1 agreement (an argmax of a vector) means nothing and is not shown; "
+        "the default budget is cosine",
+        "tensor": "top-1 agreement is not shown; the default budget is cosine",
+    }[kind["kind"]]
+    return (
+        f"edgekit read the output {primary!r} as {'an' if kind['kind'] == 'embedding' else 'a'} "
+        f"{kind['kind']} ({kind['why']}): {follows}. `--max-drift` sets another budget."
+    )
+
+
 def is_classifier_output(outputs: list[np.ndarray]) -> bool:
     """One output of shape (N, classes) with classes > 1: argmax is a prediction."""
     return len(outputs) == 1 and outputs[0].ndim == 2 and outputs[0].shape[1] > 1
@@ -170,10 +243,12 @@ def drift_by_output(
     labels: np.ndarray | None,
     names: list[str],
     primary: str,
+    kinds: dict[str, dict] | None = None,
 ) -> tuple[dict, dict]:
     """Drift of each named output (`outputs: {name: {max_abs_err, mean_abs_err, cosine_min,
     top1_agreement, ...}}`), and the top-level metrics (those the budget and the recommendation
-    read) of the primary output; `primary_output` names it."""
+    read) of the primary output; `primary_output` names it. `kinds` (output_kinds): top-1
+    agreement only for classifier outputs, and `output_kind` says what the primary one is."""
     if len(outputs) != len(names) or len(reference) != len(names):
         raise EdgekitError(
             f"The model has {len(outputs)} output(s) where {len(names)} were expected ({names})."
@@ -187,6 +262,18 @@ def drift_by_output(
             key: metrics[key]
             for key in ("cosine_min", "max_abs_err", "mean_abs_err", "top1_agreement")
         } | {"nonfinite_samples": metrics["nonfinite_samples"], "shape": list(out.shape[1:])}
+    for name, kind in (kinds or {}).items():
+        if kind["kind"] == "classifier":
+            continue
+        per_output[name]["top1_agreement"] = None
+        if name == primary:
+            result["top1_agreement"] = None
+            unmeasured["accuracy.top1_agreement"] = (
+                f"the output is read as {'an' if kind['kind'] == 'embedding' else 'a'} "
+                f"{kind['kind']} ({kind['why']}), not class scores: an argmax of it means nothing"
+            )
+    if kinds:
+        result["output_kind"] = kinds[primary]["kind"]
     result["primary_output"] = primary
     result["outputs"] = per_output
     return result, unmeasured

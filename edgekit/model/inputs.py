@@ -699,6 +699,9 @@ class Samples:
     labels: np.ndarray | None
     data: Path | None  # the --data file; None when the samples are generated
     constants: list[Constant] = dataclasses.field(default_factory=list)
+    ranged: frozenset[str] = frozenset()  # inputs whose value range --input gave
+    # How each generated input was made, where it differs from its spec's range (fitted_to).
+    generated_as: dict[str, str] = dataclasses.field(default_factory=dict)
 
     @property
     def batch(self) -> int:
@@ -713,13 +716,103 @@ class Samples:
         }
 
     def to_json(self) -> dict:
-        """The report's `data` section."""
-        return {
+        """The report's `data` section; `generated_inputs` says how each input was made."""
+        out = {
             "path": str(self.data) if self.data else None,
             "samples": sample_count(self.feeds),
             "labels": self.labels is not None,
             "generated": self.data is None,
         }
+        if self.data is None:
+            out["generated_inputs"] = {
+                s.name: self.generated_as.get(s.name) or _generated_text(s) for s in self.specs
+            }
+        return out
+
+    def generated_note(self) -> list[str]:
+        """The report note that says what the generated inputs hold; [] with --data."""
+        if self.data is not None:
+            return []
+        made = "; ".join(f"{k}: {v}" for k, v in self.to_json()["generated_inputs"].items())
+        return [f"no --data: drift is measured on generated inputs ({made})"]
+
+    def fitted_to(self, path: Path) -> Samples:
+        """Generated integer inputs as the model at `path` (its ONNX graph) reads them, where
+        --input gave no range: an attention mask all ones, token type ids zeros, position ids
+        0, 1, 2, …, and token ids across the vocabulary (the rows of the embedding table a
+        Gather reads with that input); other inputs as they are."""
+        if self.data is not None:
+            return self
+        rows = gathered_rows(path)
+        count = sample_count(self.feeds)
+        rng = np.random.default_rng(1)
+        feeds, said = dict(self.feeds), dict(self.generated_as)
+        for spec in self.specs:
+            integer = spec.dtype != "bool" and np.issubdtype(np.dtype(spec.dtype), np.integer)
+            if not integer or spec.name in self.ranged or spec.value is not None:
+                continue
+            made = _integer_values(spec, rows.get(spec.name), spec.sample_shape(count), rng)
+            if made is not None:
+                feeds[spec.name] = as_samples(made[0], spec, count)
+                said[spec.name] = made[1]
+        return dataclasses.replace(self, feeds=feeds, generated_as=said)
+
+
+def _generated_text(spec: InputSpec) -> str:
+    if spec.value is not None:
+        return f"the value {_number(spec.value, spec.dtype)} in every sample"
+    if spec.dtype == "bool":
+        return "random true/false"
+    if np.issubdtype(np.dtype(spec.dtype), np.integer):
+        return f"random integers {int(spec.low)} to {int(spec.high) - 1}"
+    return f"uniform random {spec.low:g} to {spec.high:g}"
+
+
+def _integer_values(spec: InputSpec, rows: int | None, shape: tuple, rng):
+    """(values, what they are) for an integer input the name or the graph explains; else None."""
+    name = spec.name.lower()
+    if "mask" in name:
+        return np.ones(shape, spec.dtype), "all ones (an attention mask: every position attended)"
+    if name.endswith(("token_type_ids", "segment_ids")):
+        return np.zeros(shape, spec.dtype), "all zeros (token type ids: one segment)"
+    if name.endswith("position_ids") and shape:
+        positions = np.broadcast_to(np.arange(shape[-1]), shape).astype(spec.dtype)
+        return positions, "0, 1, 2, … along the last axis (position ids)"
+    if rows and rows - 1 <= np.iinfo(spec.dtype).max:
+        return rng.integers(0, rows, size=shape).astype(spec.dtype), (
+            f"token ids drawn from 0 to {rows - 1} (the embedding table a Gather reads with "
+            f"this input has {rows} rows)"
+        )
+    return None
+
+
+# Ops that pass an input's values on unchanged (as indices) on the way to a Gather.
+_PASS_THROUGH = {"Cast", "Identity", "Reshape", "Unsqueeze", "Squeeze", "Flatten", "Expand"}
+
+
+def gathered_rows(path: Path) -> dict[str, int]:
+    """{graph input: rows of the table (an initializer) a Gather reads with it as indices}."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    inputs = {i.name for i in graph.input}
+    tables = {t.name: t.dims[0] for t in graph.initializer if t.dims}
+    producer = {out: node for node in graph.node for out in node.output}
+    rows: dict[str, int] = {}
+    for node in graph.node:
+        if node.op_type != "Gather" or len(node.input) < 2 or node.input[0] not in tables:
+            continue
+        if any(a.name == "axis" and a.i != 0 for a in node.attribute):
+            continue
+        source = node.input[1]
+        while source not in inputs and source in producer:
+            before = producer[source]
+            if before.op_type not in _PASS_THROUGH or not before.input:
+                break
+            source = before.input[0]
+        if source in inputs:
+            rows[source] = max(rows.get(source, 0), int(tables[node.input[0]]))
+    return rows
 
 
 def resolve_samples(
@@ -750,7 +843,9 @@ def resolve_samples(
     batch = batch_of(specs)
     if arrays is None:  # whole batches: a model exported with its batch fixed runs no other
         feeds = generate_samples(specs, -(-max(generated, batch) // batch) * batch)
-        return Samples(specs, feeds, None, None, constants)
+        matches = [_SPEC_RE.match(text.strip()) for text in texts]
+        ranged = {m["name"] for m in matches if m and m["low"] is not None}
+        return Samples(specs, feeds, None, None, constants, frozenset(ranged))
     check_data_matches(specs, arrays, str(data))
     batched = [s for s in specs if s.batch_axis is not None]
     count = arrays[batched[0].name].shape[batched[0].batch_axis] if batched else 1

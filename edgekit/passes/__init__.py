@@ -79,6 +79,7 @@ class PassContext:
     options: object = None  # edgekit.api.OptimizeOptions: the user's settings for every pass
     loaded: object = None  # edgekit.model.load.LoadedModel: the torch module, for passes on it
     specs: list = field(default_factory=list)  # the model's InputSpecs
+    output_kinds: dict = field(default_factory=dict)  # edgekit.accuracy.output_kinds
 
     def path_for(self, name: str) -> Path:
         return self.staging / f"{name}.onnx"
