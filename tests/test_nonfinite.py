@@ -45,7 +45,7 @@ def test_the_same_infinity_in_both_runs_is_agreement():
     inf = np.full((2, 3), np.inf, np.float32)
     assert difference(inf, inf) == 0.0
     assert difference(inf, np.zeros_like(inf)) == np.inf
-    assert np.isnan(difference(inf * 0, np.zeros_like(inf)))  # NaN against a number
+    assert np.isnan(difference(np.full_like(inf, np.nan), np.zeros_like(inf)))  # NaN vs a number
 
 
 def test_a_reference_that_is_nonfinite_on_every_sample_is_exit_2(tmp_path):
