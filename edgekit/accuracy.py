@@ -67,6 +67,15 @@ def run_onnx(path: Path, feeds: dict[str, np.ndarray], chunk: int = 64) -> list[
 def first_samples(path: Path, feeds: dict[str, np.ndarray], count: int) -> dict[str, np.ndarray]:
     """The first `count` samples of `feeds`, in whole batches (at least one) where the model at
     `path` fixes its batch axis: run_onnx can run it on nothing else."""
+    fixed = fixed_batch(path, feeds)
+    if fixed:
+        count = max(fixed, count // fixed * fixed)
+    return {k: v[:count] for k, v in feeds.items()}
+
+
+def fixed_batch(path: Path, feeds: dict[str, np.ndarray]) -> int | None:
+    """The size the model at `path` fixes on an input's batch axis (the axis its feeds stack
+    samples on), or None where the batch is dynamic: such a model runs whole batches only."""
     import onnx
 
     graph = onnx.load(str(path), load_external_data=False).graph
@@ -74,10 +83,8 @@ def first_samples(path: Path, feeds: dict[str, np.ndarray], count: int) -> dict[
         axis = _batch_axis(feeds[value.name]) if value.name in feeds else None
         dims = value.type.tensor_type.shape.dim
         if axis is not None and axis < len(dims) and dims[axis].dim_value > 0:
-            fixed = dims[axis].dim_value
-            count = max(fixed, count // fixed * fixed)
-            break
-    return {k: v[:count] for k, v in feeds.items()}
+            return dims[axis].dim_value
+    return None
 
 
 def _batch_axis(array) -> int | None:

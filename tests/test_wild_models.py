@@ -357,7 +357,7 @@ def test_a_data_dependent_batch_is_exported_fixed_at_the_benchmark_batch(tmp_pat
     torch.save(namespace["SizeThroughTensor"]().state_dict(), tmp_path / "size.pt")
     report = optimize(
         tmp_path / "size.pt", "--arch", f"{tmp_path / 'size.py'}:SizeThroughTensor",
-        "--input", "x:3x4",
+        "--input", "x:3x4", "--int8", "all",  # calibration and outlier probes in whole batches
     )  # fmt: skip
     settings = export_settings(report)
     assert settings["fixed_batch"] == 3
@@ -367,3 +367,4 @@ def test_a_data_dependent_batch_is_exported_fixed_at_the_benchmark_batch(tmp_pat
     graph = onnx.load(str(tmp_path / "out" / "fp32.onnx"))
     assert graph.graph.input[0].type.tensor_type.shape.dim[0].dim_value == 3
     assert report["data"]["samples"] % 3 == 0
+    assert {"int8-static", "int8-dynamic"} <= {v["name"] for v in report["variants"]}
