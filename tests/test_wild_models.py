@@ -368,3 +368,26 @@ def test_a_data_dependent_batch_is_exported_fixed_at_the_benchmark_batch(tmp_pat
     assert graph.graph.input[0].type.tensor_type.shape.dim[0].dim_value == 3
     assert report["data"]["samples"] % 3 == 0
     assert {"int8-static", "int8-dynamic"} <= {v["name"] for v in report["variants"]}
+
+
+class Attention(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.attn = nn.MultiheadAttention(16, 4, batch_first=True)
+        self.head = nn.Linear(16, 3)
+
+    def forward(self, x):
+        y, weights = self.attn(x, x, x)
+        return self.head(y.mean(1)), weights
+
+
+def test_traced_attention_in_eval_mode_exports_its_fused_fast_path(tmp_path):
+    torch.manual_seed(0)
+    with torch.no_grad():  # the fused multi-head attention kernel, its weights averaged
+        traced = torch.jit.trace(Attention().eval(), torch.randn(2, 5, 16), check_trace=False)
+    assert "aten::_native_multi_head_attention" in str(traced.inlined_graph)
+    torch.jit.save(traced, tmp_path / "attention.pt")
+    report = optimize(tmp_path / "attention.pt", "--input", "x:1x5x16")
+    assert export_settings(report)["exporter"] == "torchscript-to-exportedprogram"
+    fp32 = next(v for v in report["variants"] if v["name"] == "fp32")
+    assert fp32["accuracy"]["outputs"]["output_1"]["shape"] == [5, 5]  # the attention weights

@@ -357,7 +357,39 @@ def _fused_decompositions() -> dict:
     fuse."""
     import torch
 
-    return {torch.ops.aten._transformer_encoder_layer_fwd.default: _encoder_layer}
+    return {
+        torch.ops.aten._transformer_encoder_layer_fwd.default: _encoder_layer,
+        torch.ops.aten._native_multi_head_attention.default: _multi_head_attention,
+    }
+
+
+def _multi_head_attention(
+    query, key, value, embed_dim, num_heads, qkv_weight, qkv_bias, proj_weight, proj_bias,
+    mask=None, need_weights=True, average_attn_weights=True, mask_type=None,
+):  # fmt: skip
+    """aten._native_multi_head_attention (nn.MultiheadAttention, batch first, no mask)."""
+    import math
+
+    import torch.nn.functional as F  # noqa: N812
+
+    if mask is not None:
+        raise NotImplementedError("the fused multi-head attention with an attention mask")
+    batch, length, _ = query.shape
+    head = embed_dim // num_heads
+    weights, biases = qkv_weight.chunk(3), qkv_bias.chunk(3)
+
+    def heads(x, i):
+        projected = F.linear(x, weights[i], biases[i])
+        return projected.view(batch, x.shape[1], num_heads, head).transpose(1, 2)
+
+    q, k, v = heads(query, 0), heads(key, 1), heads(value, 2)
+    attention = (q @ k.transpose(-2, -1) / math.sqrt(head)).softmax(-1)
+    out = (attention @ v).transpose(1, 2).reshape(batch, length, embed_dim)
+    if not need_weights:
+        attention = out.new_empty(0)
+    elif average_attn_weights:
+        attention = attention.mean(1)
+    return F.linear(out, proj_weight, proj_bias), attention
 
 
 def _encoder_layer(
