@@ -9,8 +9,9 @@ import pytest
 from conftest import save_graph
 from onnx import TensorProto, helper, numpy_helper
 
-from edgekit.accuracy import drift_by_output, output_kinds, run_onnx
-from edgekit.model.inputs import OnnxInputs, gathered_rows, resolve_samples
+from edgekit.accuracy import drift_by_output, run_onnx
+from edgekit.model.inputs import resolve_samples
+from edgekit.model.load import load_onnx
 from edgekit.report.cells import headers, rows
 
 F, I64 = TensorProto.FLOAT, TensorProto.INT64
@@ -51,8 +52,10 @@ def encoder(tmp_path_factory):
 
 
 def test_generated_integer_inputs_fit_the_graph(encoder):
+    from edgekit.model.inputs import gathered_rows
+
     assert gathered_rows(encoder) == {"input_ids": VOCAB, "token_type_ids": 2}
-    samples = resolve_samples([], OnnxInputs.read(encoder), None, generated=32)
+    samples = resolve_samples([], load_onnx(encoder).input_specs, None, generated=32)
     samples = samples.fitted_to(encoder)
     feeds = {k: np.asarray(v) for k, v in samples.feeds.items()}
     assert (feeds["attention_mask"] == 1).all()
@@ -65,14 +68,16 @@ def test_generated_integer_inputs_fit_the_graph(encoder):
 
 def test_a_range_the_user_gave_is_kept(encoder):
     texts = ["input_ids:1x6:int64:0-10", "attention_mask:1x6:int64:0-2", "token_type_ids:1x6"]
-    samples = resolve_samples(texts, OnnxInputs.read(encoder), None, 32).fitted_to(encoder)
+    samples = resolve_samples(texts, load_onnx(encoder).input_specs, None, 32).fitted_to(encoder)
     assert np.asarray(samples.feeds["input_ids"]).max() < 10
     assert set(np.unique(samples.feeds["attention_mask"])) == {0, 1}
     assert (np.asarray(samples.feeds["token_type_ids"]) == 0).all()  # no range: fitted
 
 
 def test_an_embedding_gets_no_top1_and_says_why(encoder, tmp_path):
-    samples = resolve_samples([], OnnxInputs.read(encoder), None, 16).fitted_to(encoder)
+    from edgekit.accuracy import output_kinds
+
+    samples = resolve_samples([], load_onnx(encoder).input_specs, None, 16).fitted_to(encoder)
     reference = run_onnx(encoder, samples.feeds)
     kinds = output_kinds(reference, ["output"], "output", encoder, labelled=False)
     assert kinds["output"]["kind"] == "embedding" and "Div" in kinds["output"]["why"]
@@ -92,6 +97,8 @@ def test_an_embedding_gets_no_top1_and_says_why(encoder, tmp_path):
      ("output", "Relu", "embedding"), ("pooler_output", "MatMul", "embedding")],
 )  # fmt: skip
 def test_output_kind_from_its_name_and_the_op_that_computes_it(tmp_path, name, op, kind):
+    from edgekit.accuracy import output_kinds
+
     x = helper.make_tensor_value_info("x", F, ["batch", 4])
     y = helper.make_tensor_value_info(name, F, ["batch", 3])
     w = numpy_helper.from_array(np.arange(12, dtype=np.float32).reshape(4, 3), "w")
