@@ -12,6 +12,7 @@ from conftest import save_graph
 from onnx import TensorProto, helper
 
 from edgekit import cpus
+from edgekit.accuracy import run_onnx
 from edgekit.errors import EdgekitError
 from edgekit.model.inputs import (
     generate_samples,
@@ -72,6 +73,19 @@ def test_the_users_specs_complete_unknown_axes_and_a_value_is_fed_every_run(vad,
 def test_without_input_the_unknown_axis_is_still_asked_for(vad):
     with pytest.raises(EdgekitError, match="unknown size on axis 1"):
         resolve_samples([], load_onnx(vad).input_specs, None, generated=8)
+
+
+def test_without_input_the_data_arrays_give_the_unknown_axes(vad, tmp_path):
+    rng = np.random.default_rng(0)
+    arrays = {
+        "input": rng.normal(size=(6, 512)).astype(np.float32),
+        "state": rng.normal(size=(2, 6, 128)).astype(np.float32),
+        "sr": np.array(16000, np.int64),
+    }
+    np.savez(tmp_path / "data.npz", **arrays)
+    samples = resolve_samples([], load_onnx(vad).input_specs, tmp_path / "data.npz", 8)
+    assert [s.shape for s in samples.specs] == [(1, 512), (2, 1, 128), ()]
+    assert run_onnx(vad, samples.feeds)[1].shape == (2, 6, 128)
 
 
 @pytest.mark.parametrize(

@@ -334,10 +334,11 @@ class OnnxInputs:
             )
         )
 
-    def specs(self) -> list[InputSpec]:
-        """Specs from the file alone. The first unknown axis of an input is its batch axis (size
-        1); any other unknown axis is an error that asks for `--input`. A rank-0 input, and a
-        fully fixed input of a model whose other inputs have an unknown axis, have no batch axis."""
+    def specs(self, arrays: dict[str, np.ndarray] | None = None) -> list[InputSpec]:
+        """Specs from the file (and the --data `arrays`). The first unknown axis of an input is
+        its batch axis (size 1); any other unknown axis takes its size from the input's data
+        array, else is an error that asks for `--input`. A rank-0 input, and a fully fixed input
+        of a model whose other inputs have an unknown axis, have no batch axis."""
         if not self.inputs:
             raise _no_inputs()
         any_unknown = any(d is None for i in self.inputs for d in i.dims)
@@ -353,11 +354,14 @@ class OnnxInputs:
                         "because the model was exported from an empty example input. Export it "
                         "again from an example with every axis at least 1."
                     )
+                array = (arrays or {}).get(one.name)
                 if dim is not None:
                     dims.append(dim)
                 elif batch_axis is None:
                     batch_axis = axis
                     dims.append(1)
+                elif array is not None and array.ndim == len(one.dims):
+                    dims.append(array.shape[axis])
                 else:
                     example = "x".join(
                         "B" if a == batch_axis else str(d or "N") for a, d in enumerate(one.dims)
@@ -827,7 +831,7 @@ def resolve_samples(
     arrays, labels = load_npz(data) if data else (None, None)
     constants: list[Constant] = []
     if isinstance(from_file, OnnxInputs):
-        specs = from_file.resolve(texts) if texts else from_file.specs()
+        specs = from_file.resolve(texts) if texts else from_file.specs(arrays)
     elif texts:
         specs, constants = parse_arguments(texts)
     elif from_file:
