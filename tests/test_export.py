@@ -243,3 +243,19 @@ def test_fused_kernels_with_a_padding_mask_export_exactly(tmp_path):
         check_parity(_loaded(traced, "torchscript"), tmp_path / "masked.onnx", feeds)["max_abs_err"]
         < 1e-5
     )
+
+
+def test_the_nested_tensor_fast_path_says_how_to_trace_again(tmp_path):
+    class Nested(MaskedEncoder):
+        def forward(self, ids, mask):
+            return self.encoder(self.embed(ids), src_key_padding_mask=mask == 0).mean(1)
+
+    model = Nested()
+    model.encoder.use_nested_tensor = True  # the default of nn.TransformerEncoder
+    ids, mask = torch.randint(0, 50, (2, 8)), torch.ones(2, 8, dtype=torch.int64)
+    mask[1, 5:] = 0
+    with torch.no_grad():
+        traced = torch.jit.trace(model.eval(), (ids, mask), check_trace=False)
+    specs = [InputSpec("ids", (1, 8), "int64", 0, 50), InputSpec("mask", (1, 8), "int64", 1, 2)]
+    with pytest.raises(EdgekitError, match="enable_nested_tensor=False"):
+        export_onnx(_loaded(traced, "torchscript"), specs, tmp_path / "nested.onnx")

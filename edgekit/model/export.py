@@ -658,10 +658,17 @@ def _export_error(model: LoadedModel, errors: list[tuple[str, Exception]]) -> Ed
     op = _find_op(text)
     what = f"the operator {op} is not supported by the ONNX exporter" if op else "the export failed"
     tried = " and ".join(f"the {name} exporter" for name, _ in errors)
+    nested = (
+        " The model was traced through PyTorch's nested-tensor fast path (nn.TransformerEncoder "
+        "with a padding mask, traced in eval mode without autograd): trace it again with "
+        "enable_nested_tensor=False on the encoder, and edgekit exports it."
+        if op and "nested_tensor" in op
+        else ""
+    )
     return EdgekitError(
         f"Exporting {model.path} to ONNX failed with {tried}: {what} "
-        f"({_short(errors[-1][1])}). Export the model to ONNX yourself (rewriting or replacing "
-        f"that part) and pass the .onnx file, or try a different torch version "
+        f"({_short(errors[-1][1])}).{nested} Export the model to ONNX yourself (rewriting or "
+        f"replacing that part) and pass the .onnx file, or try a different torch version "
         f"(this is torch {torch.__version__})."
     )
 
