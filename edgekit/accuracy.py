@@ -3,6 +3,7 @@ Torch-free: runs the ONNX files with onnxruntime."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -63,6 +64,29 @@ def run_onnx(path: Path, feeds: dict[str, np.ndarray], chunk: int = 64) -> list[
     ]
 
 
+def first_samples(path: Path, feeds: dict[str, np.ndarray], count: int) -> dict[str, np.ndarray]:
+    """The first `count` samples of `feeds`, in whole batches (at least one) where the model at
+    `path` fixes its batch axis: run_onnx can run it on nothing else."""
+    fixed = fixed_batch(path, feeds)
+    if fixed:
+        count = max(fixed, count // fixed * fixed)
+    return {k: v[:count] for k, v in feeds.items()}
+
+
+def fixed_batch(path: Path, feeds: dict[str, np.ndarray]) -> int | None:
+    """The size the model at `path` fixes on an input's batch axis (the axis its feeds stack
+    samples on), or None where the batch is dynamic: such a model runs whole batches only."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    for value in graph.input:
+        axis = _batch_axis(feeds[value.name]) if value.name in feeds else None
+        dims = value.type.tensor_type.shape.dim
+        if axis is not None and axis < len(dims) and dims[axis].dim_value > 0:
+            return dims[axis].dim_value
+    return None
+
+
 def _batch_axis(array) -> int | None:
     if np.ndim(array) == 0:
         return None
@@ -97,6 +121,119 @@ def _output_axes(session, parts: list[list[np.ndarray]]) -> list[int | None]:
     return axes
 
 
+def differences(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """|a - b| element by element, for two runs of one output; the same non-finite value in
+    both places (a model that returns NaN or infinity for some inputs, before and after a
+    rewrite or export) is agreement, 0, not a difference. A NaN against a number stays NaN."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    same = (a == b) | (np.isnan(a) & np.isnan(b))
+    with np.errstate(invalid="ignore"):
+        return np.where(same, 0.0, np.abs(a - b))
+
+
+def difference(a: np.ndarray, b: np.ndarray) -> float:
+    """The largest of `differences` (NaN when one is NaN); 0.0 for empty outputs."""
+    diff = differences(a, b)
+    return float(diff.max()) if diff.size else 0.0
+
+
+def largest_finite(outputs: list[np.ndarray]) -> float:
+    """The largest finite |value| over the outputs; 0.0 when there is none (all NaN or inf)."""
+    values = [np.abs(o[np.isfinite(o)]) for o in (np.asarray(o, np.float64) for o in outputs)]
+    return max((float(v.max()) for v in values if v.size), default=0.0)
+
+
+def check_finite_reference(reference: list[np.ndarray], names: list[str], primary: str, data):
+    """The float model's own outputs: when every sample of the primary output is NaN or
+    infinite there is nothing to measure drift against, and the report would be empty: exit 2
+    (EdgekitError) with what to check. Some failed samples are reported, not refused."""
+    out = np.asarray(reference[names.index(primary)])
+    if out.size == 0 or not np.issubdtype(out.dtype, np.inexact):
+        return
+    if np.isfinite(out.reshape(len(out), -1) if out.ndim else out.reshape(1, -1)).all(axis=1).any():
+        return
+    source = f"the samples in {data}" if data else "the generated random samples"
+    raise EdgekitError(
+        f"The model's output {primary!r} is NaN or infinite on every sample ({source}), before "
+        "edgekit changed anything: there is no drift to measure and no result worth timing. "
+        "Check the model on its own (weights saved as NaN? a division by an input that is 0?), "
+        "the --input values and ranges (e.g. a sample rate the model expects), or give real "
+        "samples with --data FILE.npz."
+    )
+
+
+# What an output is called, and the op that computes it, tell a classifier's scores from an
+# embedding (both are (samples, width)): top-1 agreement means something only for the first.
+_CLASSIFIER_NAMES = re.compile(r"logit|score|prob|class|label|pred", re.I)
+_EMBEDDING_NAMES = re.compile(r"embed|hidden|pool|feature|encod|vector|represent", re.I)
+_HEAD_OPS = {"Gemm", "MatMul", "Softmax", "LogSoftmax", "Sigmoid"}
+_PASS_OPS = {"Identity", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Cast"}
+
+
+def output_kinds(
+    reference: list[np.ndarray], names: list[str], primary: str, path: Path, labelled: bool
+) -> dict[str, dict]:
+    """{output name: {"kind": "classifier" | "embedding" | "tensor", "why": ...}}: whether each
+    output holds class scores (top-1 agreement and a top-1 budget mean something), a vector
+    (an embedding or features: judged by cosine), or another tensor. `path`: the float model's
+    ONNX file; `labelled`: --data has labels, which make the primary output a classifier's."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    producer = {out: node for node in graph.node for out in node.output}
+    kinds = {}
+    for name, out in zip(names, reference, strict=True):
+        op = producer.get(name)
+        while op is not None and op.op_type in _PASS_OPS and op.input:
+            op = producer.get(op.input[0])
+        computed_by = op.op_type if op is not None else "no operator"
+        if (
+            op is not None
+            and op.op_type == "Add"
+            and any(
+                producer.get(i) is not None and producer[i].op_type in _HEAD_OPS for i in op.input
+            )
+        ):
+            computed_by = "MatMul"  # a linear layer: MatMul, then its bias
+        if not is_classifier_output([out]):
+            kind, why = "tensor", f"its shape {list(out.shape[1:])} per sample is not (classes,)"
+        elif labelled and name == primary:
+            kind, why = "classifier", "the --data file has labels for it"
+        elif _CLASSIFIER_NAMES.search(name):
+            kind, why = "classifier", f"its name {name!r} says so"
+        elif _EMBEDDING_NAMES.search(name):
+            kind, why = "embedding", f"its name {name!r} says so"
+        elif np.allclose(np.linalg.norm(out.reshape(len(out), -1), axis=1), 1.0, atol=1e-3):
+            kind, why = "embedding", "every sample's vector has length 1 (a normalized embedding)"
+        elif computed_by in _HEAD_OPS:
+            kind, why = "classifier", f"a {computed_by} computes it (a linear or softmax head)"
+        else:
+            kind, why = (
+                "embedding",
+                (
+                    f"a {computed_by} computes it, not a linear or softmax head: read as an embedding "
+                    "or feature vector"
+                ),
+            )
+        kinds[name] = {"kind": kind, "why": why}
+    return kinds
+
+
+def kind_note(kinds: dict[str, dict], primary: str) -> str:
+    """The report note that says which output kind edgekit assumed, and what follows from it."""
+    kind = kinds[primary]
+    follows = {
+        "classifier": "top-1 agreement is measured and the default budget is top-1",
+        "embedding": "top-1 agreement (an argmax of a vector) means nothing and is not shown; "
+        "the default budget is cosine",
+        "tensor": "top-1 agreement is not shown; the default budget is cosine",
+    }[kind["kind"]]
+    return (
+        f"edgekit read the output {primary!r} as {'an' if kind['kind'] == 'embedding' else 'a'} "
+        f"{kind['kind']} ({kind['why']}): {follows}. `--max-drift` sets another budget."
+    )
+
+
 def is_classifier_output(outputs: list[np.ndarray]) -> bool:
     """One output of shape (N, classes) with classes > 1: argmax is a prediction."""
     return len(outputs) == 1 and outputs[0].ndim == 2 and outputs[0].shape[1] > 1
@@ -113,10 +250,12 @@ def drift_by_output(
     labels: np.ndarray | None,
     names: list[str],
     primary: str,
+    kinds: dict[str, dict] | None = None,
 ) -> tuple[dict, dict]:
     """Drift of each named output (`outputs: {name: {max_abs_err, mean_abs_err, cosine_min,
     top1_agreement, ...}}`), and the top-level metrics (those the budget and the recommendation
-    read) of the primary output; `primary_output` names it."""
+    read) of the primary output; `primary_output` names it. `kinds` (output_kinds): top-1
+    agreement only for classifier outputs, and `output_kind` says what the primary one is."""
     if len(outputs) != len(names) or len(reference) != len(names):
         raise EdgekitError(
             f"The model has {len(outputs)} output(s) where {len(names)} were expected ({names})."
@@ -130,6 +269,18 @@ def drift_by_output(
             key: metrics[key]
             for key in ("cosine_min", "max_abs_err", "mean_abs_err", "top1_agreement")
         } | {"nonfinite_samples": metrics["nonfinite_samples"], "shape": list(out.shape[1:])}
+    for name, kind in (kinds or {}).items():
+        if kind["kind"] == "classifier":
+            continue
+        per_output[name]["top1_agreement"] = None
+        if name == primary:
+            result["top1_agreement"] = None
+            unmeasured["accuracy.top1_agreement"] = (
+                f"the output is read as {'an' if kind['kind'] == 'embedding' else 'a'} "
+                f"{kind['kind']} ({kind['why']}), not class scores: an argmax of it means nothing"
+            )
+    if kinds:
+        result["output_kind"] = kinds[primary]["kind"]
     result["primary_output"] = primary
     result["outputs"] = per_output
     return result, unmeasured

@@ -22,7 +22,14 @@ from typing import TYPE_CHECKING
 import numpy as np
 import onnx
 
-from edgekit.accuracy import check_labels, drift_by_output, is_classifier_output, run_onnx
+from edgekit.accuracy import (
+    check_finite_reference,
+    check_labels,
+    drift_by_output,
+    kind_note,
+    output_kinds,
+    run_onnx,
+)
 from edgekit.benchmark import BenchOptions, BenchResult, measure
 from edgekit.benchmark.flops import files_on_disk, size_on_disk
 from edgekit.cpus import made_for, report_section
@@ -176,6 +183,8 @@ def _optimize(
     fp32 = Variant("fp32", staging / "fp32.onnx")
     if loaded.format == "onnx":
         _copy_onnx(loaded.files, fp32.path)
+        samples = samples.fitted_to(fp32.path)  # integer inputs as the graph reads them
+        feeds = samples.feeds
         fp32.passes.append({"name": "load-onnx", "settings": {}})
         fp32.notes.append("the source is ONNX: drift is measured against it")
         reference = run_onnx(fp32.path, feeds, chunk=batch)
@@ -185,6 +194,8 @@ def _optimize(
     else:
         with step("exporting to ONNX"):
             export = export_onnx(loaded, specs, fp32.path)
+            samples = samples.fitted_to(fp32.path)  # integer inputs as the graph reads them
+            feeds = samples.feeds
             parity = check_parity(loaded, fp32.path, feeds)
         fp32.passes.append({"name": "export", "settings": export})
         fp32.notes.append(
@@ -199,8 +210,11 @@ def _optimize(
     primary = _primary_output(options.primary_output, output_names)
     primary_ref = [reference[output_names.index(primary)]]
     check_labels(labels, primary_ref, options.data)
+    check_finite_reference(reference, output_names, primary, options.data)
 
-    budget = options.budget or default_budget(is_classifier_output(primary_ref), labels is not None)
+    kinds = output_kinds(reference, output_names, primary, fp32.path, labels is not None)
+    classifier = kinds[primary]["kind"] == "classifier"
+    budget = options.budget or default_budget(classifier, labels is not None)
     ctx = PassContext(
         staging=staging,
         feeds=feeds,
@@ -213,6 +227,7 @@ def _optimize(
         options=options,
         loaded=loaded,
         specs=specs,
+        output_kinds=kinds,
     )
     variants = [fp32]
     for one_pass, checked in zip(PIPELINE, settings, strict=True):
@@ -244,6 +259,8 @@ def _optimize(
         variants=variant_rows,
         budget=str(budget),
         notes=_output_notes(output_names, primary, options.primary_output)
+        + [kind_note(kinds, primary)]
+        + samples.generated_note()
         + ctx.notes
         + _dependency_note(kept),
         recommendation=recommend(variant_rows, "fp32", budget),
@@ -336,7 +353,7 @@ def _variant_row(v: Variant, ctx: PassContext, names: list[str], primary: str) -
     row.update(file=v.path.name, size_bytes=size_on_disk(v.path), sha256=sha256_file(v.path))
     try:
         accuracy, unmeasured = drift_by_output(
-            ctx.reference, ctx.outputs(v.path), ctx.labels, names, primary
+            ctx.reference, ctx.outputs(v.path), ctx.labels, names, primary, ctx.output_kinds
         )
     except Exception as exc:  # onnxruntime refuses the model: a row with the reason
         row["error"] = f"onnxruntime could not run this variant: {exc}"
@@ -428,8 +445,9 @@ def _bench_inputs(models, inputs, data) -> tuple[dict[str, Path], Samples]:
     from edgekit.model.load import load_onnx
 
     models = [Path(m) for m in models]
-    loaded = [load_onnx(m, read_inputs=i == 0 and not inputs) for i, m in enumerate(models)]
+    loaded = [load_onnx(m, read_inputs=i == 0) for i, m in enumerate(models)]
     samples = resolve_samples(inputs, loaded[0].input_specs, data, generated=1)
+    samples = samples.fitted_to(models[0])  # integer inputs as the graph reads them
     return dict(zip(_unique_names(models), models, strict=True)), samples
 
 

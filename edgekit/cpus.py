@@ -25,6 +25,9 @@ MLAS_PLATFORM = (
 )
 
 ARM64 = ("aarch64", "arm64")
+# A report.json with the timing samples of a dozen variants is a few MB; parsing JSON costs
+# about ten times its size in memory.
+MAX_CPU_FILE_BYTES = 16 * 2**20
 VNNI = ("avx512_vnni", "avx_vnni", "amx_int8")
 
 # Named CPUs for `--for-cpu`: what /proc/cpuinfo says on these boards (features: the int8 ones).
@@ -163,8 +166,21 @@ def resolve(text: str) -> dict:
             "of those names, or the report.json (or its `device` object saved as device.json) that "
             "`edgekit bench` wrote on the device."
         )
+    size = path.stat().st_size
+    if size > MAX_CPU_FILE_BYTES:
+        raise EdgekitError(
+            f"--for-cpu {path} is {size / 2**20:,.0f} MB; a device.json or report.json that "
+            f"`edgekit bench` writes is far smaller (edgekit reads at most "
+            f"{MAX_CPU_FILE_BYTES // 2**20} MB). Give that file, or only its `device` object "
+            "saved as device.json."
+        )
     try:
         data = json.loads(path.read_text())
+    except RecursionError:
+        raise EdgekitError(
+            f"--for-cpu {path}: its JSON is nested too deep to read. Give the report.json or "
+            "device.json that `edgekit bench` wrote on the device."
+        ) from None
     except (OSError, UnicodeDecodeError, ValueError) as exc:
         raise EdgekitError(
             f"--for-cpu {path}: cannot read it as JSON ({exc}). Give the report.json or device.json "

@@ -207,3 +207,55 @@ def test_hard_coded_batch_is_explained(tmp_path):
         export_onnx(_loaded(FixedBatch()), IMAGE, tmp_path / "fixed.onnx")
     assert "batch" in str(info.value)
     assert not list(tmp_path.iterdir())
+
+
+class MaskedEncoder(nn.Module):
+    """A padding mask through the fused encoder layer and the fused attention (eval, no grad)."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Embedding(50, 32)
+        layer = nn.TransformerEncoderLayer(32, 4, 64, dropout=0.0, batch_first=True)
+        self.encoder = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
+        self.attn = nn.MultiheadAttention(32, 4, batch_first=True)
+
+    def forward(self, ids, mask):
+        padding = mask == 0
+        h = self.encoder(self.embed(ids), src_key_padding_mask=padding)
+        out, weights = self.attn(h, h, h, key_padding_mask=padding)
+        return out.mean(1), weights
+
+
+def test_fused_kernels_with_a_padding_mask_export_exactly(tmp_path):
+    torch.manual_seed(0)
+    ids, mask = torch.randint(0, 50, (2, 8)), torch.ones(2, 8, dtype=torch.int64)
+    mask[1, 5:] = 0
+    with torch.no_grad():
+        traced = torch.jit.trace(MaskedEncoder().eval(), (ids, mask), check_trace=False)
+    graph = str(traced.inlined_graph)
+    assert "_transformer_encoder_layer_fwd" in graph and "_native_multi_head_attention" in graph
+    specs = [InputSpec("ids", (1, 8), "int64", 0, 50), InputSpec("mask", (1, 8), "int64", 0, 2)]
+    info = export_onnx(_loaded(traced, "torchscript"), specs, tmp_path / "masked.onnx")
+    assert info["exporter"] == "torchscript-to-exportedprogram" and info["fixed_batch"] is None
+    feeds = generate_samples(specs, 6, seed=1)
+    feeds["mask"][:, 0] = 1  # every sample attends to at least one position
+    assert (
+        check_parity(_loaded(traced, "torchscript"), tmp_path / "masked.onnx", feeds)["max_abs_err"]
+        < 1e-5
+    )
+
+
+def test_the_nested_tensor_fast_path_says_how_to_trace_again(tmp_path):
+    class Nested(MaskedEncoder):
+        def forward(self, ids, mask):
+            return self.encoder(self.embed(ids), src_key_padding_mask=mask == 0).mean(1)
+
+    model = Nested()
+    model.encoder.use_nested_tensor = True  # the default of nn.TransformerEncoder
+    ids, mask = torch.randint(0, 50, (2, 8)), torch.ones(2, 8, dtype=torch.int64)
+    mask[1, 5:] = 0
+    with torch.no_grad():
+        traced = torch.jit.trace(model.eval(), (ids, mask), check_trace=False)
+    specs = [InputSpec("ids", (1, 8), "int64", 0, 50), InputSpec("mask", (1, 8), "int64", 1, 2)]
+    with pytest.raises(EdgekitError, match="enable_nested_tensor=False"):
+        export_onnx(_loaded(traced, "torchscript"), specs, tmp_path / "nested.onnx")

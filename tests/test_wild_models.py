@@ -10,7 +10,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from conftest import run_edgekit
+from conftest import run_edgekit, save_graph
 from onnx import TensorProto, helper
 from torch import nn
 
@@ -217,7 +217,7 @@ def test_onnx_file_with_a_scalar_input(tmp_path):
     assert bound["x"]["batch_axis"] == 0
 
 
-def test_constant_for_an_onnx_model_is_refused(tmp_path):
+def test_constant_for_an_input_the_onnx_model_lacks_is_refused(tmp_path):
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])
     graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "r", [x], [y])
@@ -225,7 +225,40 @@ def test_constant_for_an_onnx_model_is_refused(tmp_path):
         helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "r.onnx"
     )
     result = run_edgekit("optimize", tmp_path / "r.onnx", "--input", "sr=16000", *FAST)
-    assert result.returncode == 2 and "constant" in result.stderr
+    assert result.returncode == 2 and "not an input of this ONNX model" in result.stderr
+
+
+@pytest.mark.parametrize("sr", ["sr:scalar:int64:16000", "sr=16000"])
+def test_onnx_with_unknown_axes_and_a_scalar_int_input(tmp_path, sr):
+    from test_input_notation import vad_graph
+
+    save_graph(vad_graph(), tmp_path / "vad.onnx")
+    report = optimize(
+        tmp_path / "vad.onnx", "--input", "input:1x512:float32", "--input", "state:2xBx128",
+        "--input", sr,
+    )  # fmt: skip
+    bound = {i["name"]: i for i in report["inputs"]}
+    assert bound["sr"]["value"] == 16000 and bound["sr"]["dtype"] == "int64"
+    assert bound["state"]["batch_axis"] == 1 and bound["input"]["shape"] == [1, 512]
+    graph = onnx.load(str(tmp_path / "out" / "fp32.onnx"))
+    assert [i.name for i in graph.graph.input] == ["input", "state", "sr"]  # still fed
+
+
+def test_a_model_whose_outputs_are_all_nan_is_a_clear_exit_2(tmp_path):
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])
+    nan = helper.make_tensor("nan", TensorProto.FLOAT, [], [float("nan")])
+    graph = helper.make_graph([helper.make_node("Mul", ["x", "nan"], ["y"])], "n", [x], [y], [nan])
+    save_graph(graph, tmp_path / "nan.onnx")
+    result = run_edgekit("optimize", tmp_path / "nan.onnx", "-o", tmp_path / "out", *FAST)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "NaN or infinite on every sample" in result.stderr
+
+
+def test_a_torch_constant_that_is_nan_is_a_clear_exit_2(tmp_path):
+    torch.jit.save(torch.jit.script(WithRate().eval()), tmp_path / "rate.pt")
+    result = run_edgekit("optimize", tmp_path / "rate.pt", "--input", "x:1x16", "--input", "sr=nan")
+    assert result.returncode == 2 and "not a finite number" in result.stderr
 
 
 @pytest.mark.parametrize(
@@ -238,3 +271,123 @@ def test_bad_input_notation_is_a_clear_error(tmp_path, text):
 
     with pytest.raises(EdgekitError):
         parse_arguments([text, "y:1x2"])
+
+
+class StreamingState(nn.Module):
+    """Keeps its recurrent state and sample rate on itself between calls, like a streaming VAD."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(8, 16)
+        self.register_buffer("h", torch.zeros(1, 16))
+        self.sr: int = 0
+
+    def remember(self, h: torch.Tensor, sr: int):
+        self.h = h
+        self.sr = sr
+
+    def forward(self, x: torch.Tensor, sr: int):
+        h = torch.tanh(self.fc(x) + self.h)
+        if sr != self.sr:
+            self.remember(h, sr)
+        return h
+
+
+class WrapsState(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.model = StreamingState()
+        self.context = torch.zeros(1, 8)
+
+    def forward(self, x: torch.Tensor, sr: int):
+        self.context = x[:, -8:]
+        return self.model(x, sr)
+
+
+def test_stateful_torchscript_is_a_clear_exit_2_naming_the_attributes(tmp_path):
+    torch.jit.save(torch.jit.script(WrapsState().eval()), tmp_path / "stateful.pt")
+    result = run_edgekit(
+        "optimize", tmp_path / "stateful.pt", "--input", "x:1x8", "--input", "sr=16000", *FAST
+    )
+    assert result.returncode == 2, result.stderr[-2000:]
+    for name in ("self.context", "self.model.h", "self.model.sr"):
+        assert name in result.stderr
+    assert "cannot hold state between calls" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_traced_encoder_in_eval_mode_exports_its_fused_fast_path(tmp_path):
+    torch.manual_seed(0)
+    ids = torch.randint(0, 50, (2, 8))
+    with torch.no_grad():  # eval and no autograd: PyTorch's fused encoder-layer kernel
+        traced = torch.jit.trace(Encoder().eval(), ids, check_trace=False)
+    assert "aten::_transformer_encoder_layer_fwd" in str(traced.inlined_graph)
+    torch.jit.save(traced, tmp_path / "fast.pt")
+    report = optimize(tmp_path / "fast.pt", "--input", "ids:1x8:int64:0-50")
+    settings = export_settings(report)
+    assert settings["exporter"] == "torchscript-to-exportedprogram"
+    assert settings["fixed_batch"] is None  # the batch stays dynamic
+    fp32 = next(v for v in report["variants"] if v["name"] == "fp32")
+    assert fp32["accuracy"]["cosine_min"] > 0.9999
+
+
+SIZE_ARCH = """
+import torch
+from torch import nn
+
+
+class SizeThroughTensor(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+
+    def forward(self, x):
+        n = int(torch.tensor(x.shape[0]).item())  # the batch as data: unbacked when dynamic
+        y = self.fc(x)
+        if n > 0:  # a branch on it: a guard the dynamic export cannot decide
+            y = y.view(n, -1) * 2
+        return y
+"""
+
+
+def test_a_data_dependent_batch_is_exported_fixed_at_the_benchmark_batch(tmp_path):
+    (tmp_path / "size.py").write_text(SIZE_ARCH)
+    namespace: dict = {}
+    exec(SIZE_ARCH, namespace)
+    torch.save(namespace["SizeThroughTensor"]().state_dict(), tmp_path / "size.pt")
+    report = optimize(
+        tmp_path / "size.pt", "--arch", f"{tmp_path / 'size.py'}:SizeThroughTensor",
+        "--input", "x:3x4", "--int8", "all",  # calibration and outlier probes in whole batches
+    )  # fmt: skip
+    settings = export_settings(report)
+    assert settings["fixed_batch"] == 3
+    assert "data-dependent" in settings["attempts"][0]["error"]
+    fp32 = next(v for v in report["variants"] if v["name"] == "fp32")
+    assert any("batch is fixed at 3" in n for n in fp32["notes"])
+    graph = onnx.load(str(tmp_path / "out" / "fp32.onnx"))
+    assert graph.graph.input[0].type.tensor_type.shape.dim[0].dim_value == 3
+    assert report["data"]["samples"] % 3 == 0
+    assert {"int8-static", "int8-dynamic"} <= {v["name"] for v in report["variants"]}
+
+
+class Attention(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.attn = nn.MultiheadAttention(16, 4, batch_first=True)
+        self.head = nn.Linear(16, 3)
+
+    def forward(self, x):
+        y, weights = self.attn(x, x, x)
+        return self.head(y.mean(1)), weights
+
+
+def test_traced_attention_in_eval_mode_exports_its_fused_fast_path(tmp_path):
+    torch.manual_seed(0)
+    with torch.no_grad():  # the fused multi-head attention kernel, its weights averaged
+        traced = torch.jit.trace(Attention().eval(), torch.randn(2, 5, 16), check_trace=False)
+    assert "aten::_native_multi_head_attention" in str(traced.inlined_graph)
+    torch.jit.save(traced, tmp_path / "attention.pt")
+    report = optimize(tmp_path / "attention.pt", "--input", "x:1x5x16")
+    assert export_settings(report)["exporter"] == "torchscript-to-exportedprogram"
+    fp32 = next(v for v in report["variants"] if v["name"] == "fp32")
+    assert fp32["accuracy"]["outputs"]["output_1"]["shape"] == [5, 5]  # the attention weights

@@ -76,10 +76,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         help="one forward() argument, in order (repeatable): image:1x3x224x224:float32, "
-        "ids:1x128:int64:0-30522 (axis 0 is the batch); state:2xBx128 (B marks the batch axis); "
-        "table:-4x8 (a leading -: no batch axis, the same tensor for every sample); gain:scalar "
-        "(rank 0); sr=16000 (a non-tensor argument: int, float or true/false, baked into the "
-        "export)",
+        "ids:1x128:int64:0-30522 (axis 0 is the batch; integers drawn from LOW to HIGH-1); "
+        "sr:scalar:int64:16000 (one number, or LOW-HIGH with LOW=HIGH: that value in every "
+        "sample); state:2xBx128 (B marks the batch axis); table:-4x8 (a leading -: no batch "
+        "axis, the same tensor for every sample); gain:scalar (rank 0); sr=16000 (a non-tensor "
+        "argument: int, float or true/false, baked into the export; for an ONNX model, the "
+        "value fed to that input on every run). For an ONNX file, --input completes or "
+        "overrides the shapes the file declares, by name, and must fit its ranks and dtypes",
     )
     data.add_argument(
         "--data",

@@ -20,9 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
-from edgekit.accuracy import run_onnx
+from edgekit.accuracy import differences, first_samples, largest_finite, run_onnx
 from edgekit.errors import EdgekitError
-from edgekit.model.inputs import InputSpec, generate_samples
+from edgekit.model.inputs import InputSpec, batch_of, generate_samples
 from edgekit.model.load import LoadedModel, one_line
 
 TORCHSCRIPT_OPSET = 17
@@ -40,15 +40,15 @@ class _BatchError(EdgekitError):
 
 
 def export_onnx(model: LoadedModel, specs: list[InputSpec], out_path: Path) -> dict:
-    """Export to `out_path` atomically. Returns {"exporter", "opset", "notes"}."""
-    import torch
-
+    """Export to `out_path` atomically. Returns {"exporter", "opset", "notes", "fixed_batch",
+    ...}: `fixed_batch` is the batch the graph is fixed at when a dynamic batch could not be
+    exported, else None."""
     if model.module is None:
         raise EdgekitError(f"{model.path} is already ONNX ({model.format}); it needs no export.")
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     feeds = generate_samples(specs, _EXPORT_BATCH, seed=0)
-    args = tuple(torch.from_numpy(np.asarray(feeds[s.name])) for s in specs)
+    args = _tensors(specs, feeds)
     names = [s.name for s in specs]
     output_names, _ = torch_named_outputs(model, feeds)
     output_names = [n if n not in names else f"{n}_out" for n in output_names]
@@ -61,45 +61,91 @@ def export_onnx(model: LoadedModel, specs: list[InputSpec], out_path: Path) -> d
     notes: list[str] = []
     try:
         attempts = _attempts(model, specs, args, names, output_names, out_axes, tmp_file, notes)
-        errors: list[tuple[str, Exception]] = []
-        for exporter, run in attempts:
-            for stale in tmp_dir.iterdir():
-                stale.unlink()
-            try:
-                with _quiet():
-                    run()
-                _verify(tmp_file, specs, out_axes)
-            except Exception as exc:
-                errors.append((exporter, exc))
-                continue
-            for failed, exc in errors:
-                notes.append(f"the {failed} exporter failed ({_short(exc)})")
-            if errors:
-                why = (
-                    "which records the path the example input takes through any data-dependent "
-                    "branches"
-                    if exporter == "torchscript"
-                    else "which exports the program torch's converter made of the TorchScript graph"
-                    if exporter == "torchscript-to-exportedprogram"
-                    else "which traces the Python code"
-                )
-                notes.append(f"used the {exporter} exporter instead, {why}")
-            result = {
-                "exporter": exporter,
-                "opset": _opset(tmp_file),
-                "notes": notes,
-                "attempts": [
-                    *({"exporter": e, "error": _short(x)} for e, x in errors),
-                    {"exporter": exporter, "error": None},
-                ],
-                "output_names": output_names,
-                "constants": {c.name: c.value for c in model.constants},
-            }
-            _move_into_place(tmp_dir, out_path)
-            return result
-        raise _export_error(model, errors)
+        exporter, errors = _first_that_works(
+            attempts, tmp_dir, lambda: _verify(tmp_file, specs, out_axes)
+        )
+        fixed = None
+        if exporter is None and any(_is_guard_error(exc) for _, exc in errors):
+            # A dynamic batch axis turned sizes into data-dependent symbols the exporter cannot
+            # reason about; with the batch fixed at the one the model is timed at, it can.
+            fixed = batch_of(specs)
+            fixed_args = _tensors(specs, generate_samples(specs, fixed, seed=0))
+            attempts = _attempts(
+                model, specs, fixed_args, names, output_names, out_axes, tmp_file, notes, False
+            )
+            exporter, more = _first_that_works(
+                attempts, tmp_dir, lambda: _verify(tmp_file, specs, out_axes, fixed)
+            )
+            errors += [(f"{name} (batch {fixed})", exc) for name, exc in more]
+        if exporter is None:
+            raise _export_error(model, errors)
+        for failed, exc in errors:
+            notes.append(f"the {failed} exporter failed ({_short(exc)})")
+        if errors:
+            why = (
+                "which records the path the example input takes through any data-dependent branches"
+                if exporter == "torchscript"
+                else "which exports the program torch's converter made of the TorchScript graph"
+                if exporter == "torchscript-to-exportedprogram"
+                else "which traces the Python code"
+            )
+            notes.append(f"used the {exporter} exporter instead, {why}")
+        if fixed is not None:
+            notes.append(
+                f"the batch is fixed at {fixed} in the exported graph: exported with a dynamic "
+                "batch, the exporter failed on a data-dependent size; the model runs, is timed "
+                f"and is served at batch {fixed} only"
+            )
+        result = {
+            "exporter": exporter,
+            "opset": _opset(tmp_file),
+            "notes": notes,
+            "attempts": [
+                *({"exporter": e, "error": _short(x)} for e, x in errors),
+                {"exporter": exporter, "error": None},
+            ],
+            "output_names": output_names,
+            "constants": {c.name: c.value for c in model.constants},
+            "fixed_batch": fixed,
+        }
+        _move_into_place(tmp_dir, out_path)
+        return result
     finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)
+
+
+def _tensors(specs: list[InputSpec], feeds: dict[str, np.ndarray]) -> tuple:
+    import torch
+
+    return tuple(torch.from_numpy(np.asarray(feeds[s.name])) for s in specs)
+
+
+def _first_that_works(attempts, tmp_dir: Path, verify) -> tuple[str | None, list]:
+    """The name of the first exporter whose file passes `verify` (None if none did), and the
+    (exporter, exception) of each one that failed before it."""
+    errors: list[tuple[str, Exception]] = []
+    for exporter, run in attempts:
+        for stale in tmp_dir.iterdir():
+            stale.unlink()
+        try:
+            with _quiet():
+                run()
+            verify()
+        except Exception as exc:
+            errors.append((exporter, exc))
+            continue
+        return exporter, errors
+    return None, errors
+
+
+# torch's words for a size it could not decide at export time (GuardOnDataDependentSymNode and
+# friends): a symbolic batch that became an unbacked symbol inside the graph.
+_GUARD_WORDS = ("data-dependent", "GuardOnDataDependentSymNode")
+
+
+def _is_guard_error(exc: BaseException) -> bool:
+    text = " ".join(f"{type(c).__name__}: {c}" for c in _causes(exc))
+    return not isinstance(exc, _BatchError) and any(w in text for w in _GUARD_WORDS)
 
 
 def torch_outputs(model: LoadedModel, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
@@ -190,7 +236,7 @@ def _output_batch_axes(model: LoadedModel, specs: list[InputSpec]) -> list[int |
 def check_parity(model: LoadedModel, onnx_path: Path, feeds: dict[str, np.ndarray]) -> dict:
     """Compare torch and onnxruntime on the first PARITY_SAMPLES of the feeds. Fails past
     max(1e-3, 1e-3 * max|ref|)."""
-    feeds = {k: v[:PARITY_SAMPLES] for k, v in feeds.items()}  # on each input's batch axis
+    feeds = first_samples(onnx_path, feeds, PARITY_SAMPLES)  # on each input's batch axis
     reference = torch_outputs(model, feeds)
     got = run_onnx(Path(onnx_path), feeds)
     if len(got) != len(reference):
@@ -198,19 +244,15 @@ def check_parity(model: LoadedModel, onnx_path: Path, feeds: dict[str, np.ndarra
             f"The ONNX model {onnx_path} has {len(got)} output(s) but the torch model has "
             f"{len(reference)}; they do not compute the same thing. Export again."
         )
-    diffs, scale = [], 0.0
+    diffs = []
     for i, (ref, out) in enumerate(zip(reference, got, strict=True)):
         if ref.shape != out.shape:
             raise EdgekitError(
                 f"Output {i} has shape {out.shape} in ONNX but {ref.shape} in torch; the export "
                 "changed the model. Export again, or give an ONNX file you made yourself."
             )
-        ref64, out64 = ref.astype(np.float64), out.astype(np.float64)
-        diff = np.abs(ref64 - out64)
-        diff[np.isnan(ref64) & np.isnan(out64)] = 0.0  # NaN in both is agreement
-        diffs.append(diff.ravel())
-        if ref64.size:
-            scale = max(scale, float(np.nanmax(np.abs(ref64))))
+        diffs.append(differences(ref, out).ravel())  # the same NaN or inf in both agrees
+    scale = largest_finite(reference)
     diff = np.concatenate(diffs)
     max_err = float(np.max(diff)) if diff.size else 0.0
     mean_err = float(np.mean(diff)) if diff.size else 0.0
@@ -229,19 +271,25 @@ def check_parity(model: LoadedModel, onnx_path: Path, feeds: dict[str, np.ndarra
 # ---------------------------------------------------------------------------- exporters
 
 
-def _attempts(model, specs, args, names, output_names, out_axes, tmp_file, notes):
-    """(exporter name, callable) pairs to try in order."""
+def _attempts(
+    model, specs, args, names, output_names, out_axes, tmp_file, notes, dynamic_batch=True
+):
+    """(exporter name, callable) pairs to try in order; with `dynamic_batch` False, every axis
+    keeps its size in `args`."""
     import torch
 
     batch = torch.export.Dim("batch")
-    dynamic = tuple(None if spec.batch_axis is None else {spec.batch_axis: batch} for spec in specs)
+    dynamic = tuple(
+        None if spec.batch_axis is None or not dynamic_batch else {spec.batch_axis: batch}
+        for spec in specs
+    )
     dynamic_axes = {
         name: {axis: "batch"}
         for name, axis in [
             *((s.name, s.batch_axis) for s in specs),
             *zip(output_names, out_axes, strict=True),
         ]
-        if axis is not None
+        if axis is not None and dynamic_batch
     }
     external = _weight_bytes(model) > _EXTERNAL_DATA_BYTES
     bound = _bound(model)
@@ -282,6 +330,7 @@ def _attempts(model, specs, args, names, output_names, out_axes, tmp_file, notes
 
         full = tuple(_with_constants(model, list(args)))
         program = TS2EPConverter(model.module, full).convert()
+        program = program.run_decompositions(_fused_decompositions())
         module = program.module()
         shapes = dynamic
         if model.constants:
@@ -293,13 +342,104 @@ def _attempts(model, specs, args, names, output_names, out_axes, tmp_file, notes
         return [("torchscript", torchscript), ("torchscript-to-exportedprogram", converted)]
     if isinstance(model.module, torch.export.ExportedProgram):
         program = model.module
-        if _program_has_dynamic_batch(program):
+        if _program_has_dynamic_batch(program) or not dynamic_batch:
             return [("dynamo", dynamo(program))]
         # Saved with a fixed batch (torch.export's default): re-trace its graph with a dynamic batch.
         notes.append("the .pt2 program had a fixed batch size; re-traced it with a dynamic batch")
         return [("dynamo", dynamo(_program_module(program)))]
     shapes = (dynamic,) if model.constants else dynamic  # the bound module takes *tensors
     return [("dynamo", dynamo(bound, shapes)), ("torchscript", torchscript)]
+
+
+def _fused_decompositions() -> dict:
+    """PyTorch's fused inference kernels, which a model traced in eval mode without autograd
+    records (the "fast path") and the ONNX exporter has no function for, as the plain ops they
+    fuse."""
+    import torch
+
+    return {
+        torch.ops.aten._transformer_encoder_layer_fwd.default: _encoder_layer,
+        torch.ops.aten._native_multi_head_attention.default: _multi_head_attention,
+    }
+
+
+def _multi_head_attention(
+    query, key, value, embed_dim, num_heads, qkv_weight, qkv_bias, proj_weight, proj_bias,
+    mask=None, need_weights=True, average_attn_weights=True, mask_type=None,
+):  # fmt: skip
+    """aten._native_multi_head_attention (nn.MultiheadAttention, batch first)."""
+    import math
+
+    import torch
+    import torch.nn.functional as F  # noqa: N812
+
+    allowed = _attention_mask(mask, mask_type)
+    batch, length, _ = query.shape
+    head = embed_dim // num_heads
+    weights, biases = qkv_weight.chunk(3), qkv_bias.chunk(3)
+
+    def heads(x, i):
+        projected = F.linear(x, weights[i], biases[i])
+        return projected.view(batch, x.shape[1], num_heads, head).transpose(1, 2)
+
+    q, k, v = heads(query, 0), heads(key, 1), heads(value, 2)
+    scores = q @ k.transpose(-2, -1) / math.sqrt(head)
+    if allowed is not None and allowed.dtype == torch.bool:
+        scores = scores.masked_fill(allowed.logical_not(), float("-inf"))
+    elif allowed is not None:
+        scores = scores + allowed
+    attention = scores.softmax(-1)
+    out = (attention @ v).transpose(1, 2).reshape(batch, length, embed_dim)
+    if not need_weights:
+        attention = out.new_empty(0)
+    elif average_attn_weights:
+        attention = attention.mean(1)
+    return F.linear(out, proj_weight, proj_bias), attention
+
+
+def _encoder_layer(
+    src, embed_dim, num_heads, qkv_weight, qkv_bias, proj_weight, proj_bias, use_gelu,
+    norm_first, eps, norm1_weight, norm1_bias, norm2_weight, norm2_bias, ffn1_weight, ffn1_bias,
+    ffn2_weight, ffn2_bias, mask=None, mask_type=None,
+):  # fmt: skip
+    """aten._transformer_encoder_layer_fwd (nn.TransformerEncoderLayer, batch first)."""
+    import torch.nn.functional as F  # noqa: N812
+
+    allowed = _attention_mask(mask, mask_type)
+
+    def attend(x):
+        batch, length, _ = x.shape
+        qkv = F.linear(x, qkv_weight, qkv_bias)
+        qkv = qkv.view(batch, length, 3, num_heads, embed_dim // num_heads)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed).transpose(1, 2)
+        return F.linear(out.reshape(batch, length, embed_dim), proj_weight, proj_bias)
+
+    def feed_forward(x):
+        hidden = F.linear(x, ffn1_weight, ffn1_bias)
+        hidden = F.gelu(hidden) if use_gelu else F.relu(hidden)
+        return F.linear(hidden, ffn2_weight, ffn2_bias)
+
+    def norm(x, weight, bias):
+        return F.layer_norm(x, (embed_dim,), weight, bias, eps)
+
+    if norm_first:
+        x = src + attend(norm(src, norm1_weight, norm1_bias))
+        return x + feed_forward(norm(x, norm2_weight, norm2_bias))
+    x = norm(src + attend(src), norm1_weight, norm1_bias)
+    return norm(x + feed_forward(x), norm2_weight, norm2_bias)
+
+
+def _attention_mask(mask, mask_type):
+    """A fused kernel's mask as scaled_dot_product_attention takes it: a bool mask there is True
+    where attention is allowed (the kernels' is True where it is not), a float mask is added.
+    mask_type 0: (length, length); 1: a key padding mask (batch, length); 2: (batch, heads, ...)."""
+    if mask is None:
+        return None
+    import torch
+
+    allowed = mask.logical_not() if mask.dtype == torch.bool else mask
+    return allowed[:, None, None, :] if mask_type == 1 else allowed
 
 
 def _bound(model: LoadedModel):
@@ -353,11 +493,17 @@ def _program_has_dynamic_batch(program) -> bool:
     return True
 
 
-def _verify(path: Path, specs: list[InputSpec], out_axes: list[int | None]) -> None:
-    """Every input with a batch axis has it symbolic; at batch 1 and 4 it runs and every output
-    that follows the batch in torch has that batch on the same axis."""
+def _verify(
+    path: Path, specs: list[InputSpec], out_axes: list[int | None], fixed: int | None = None
+) -> None:
+    """Every input with a batch axis has it symbolic; at batch 1 and 4 (`fixed`: at that batch
+    only, the graph may fix it) it runs and every output that follows the batch in torch has
+    that batch on the same axis."""
     import onnx
 
+    if fixed is not None:
+        _run_at(path, specs, out_axes, fixed)
+        return
     model = onnx.load(str(path), load_external_data=False)
     by_name = {s.name: s for s in specs}
     static = []
@@ -374,16 +520,20 @@ def _verify(path: Path, specs: list[InputSpec], out_axes: list[int | None]) -> N
         run_onnx(path, generate_samples(specs, 1))
         return
     for batch in _VERIFY_BATCHES:
-        try:
-            outputs = run_onnx(path, generate_samples(specs, batch, seed=batch))
-        except Exception as exc:
-            raise _BatchError(f"onnxruntime failed with batch {batch}: {_short(exc)}") from None
-        shapes = [out.shape for out in outputs]
-        if len(shapes) != len(out_axes) or any(
-            axis is not None and (len(shape) <= axis or shape[axis] != batch)
-            for shape, axis in zip(shapes, out_axes, strict=False)
-        ):
-            raise _BatchError(f"with batch {batch} the outputs have shapes {shapes}")
+        _run_at(path, specs, out_axes, batch)
+
+
+def _run_at(path: Path, specs: list[InputSpec], out_axes: list[int | None], batch: int) -> None:
+    try:
+        outputs = run_onnx(path, generate_samples(specs, batch, seed=batch), chunk=batch)
+    except Exception as exc:
+        raise _BatchError(f"onnxruntime failed with batch {batch}: {_short(exc)}") from None
+    shapes = [out.shape for out in outputs]
+    if len(shapes) != len(out_axes) or any(
+        axis is not None and (len(shape) <= axis or shape[axis] != batch)
+        for shape, axis in zip(shapes, out_axes, strict=False)
+    ):
+        raise _BatchError(f"with batch {batch} the outputs have shapes {shapes}")
 
 
 def _move_into_place(tmp_dir: Path, out_path: Path) -> None:
@@ -508,10 +658,17 @@ def _export_error(model: LoadedModel, errors: list[tuple[str, Exception]]) -> Ed
     op = _find_op(text)
     what = f"the operator {op} is not supported by the ONNX exporter" if op else "the export failed"
     tried = " and ".join(f"the {name} exporter" for name, _ in errors)
+    nested = (
+        " The model was traced through PyTorch's nested-tensor fast path (nn.TransformerEncoder "
+        "with a padding mask, traced in eval mode without autograd): trace it again with "
+        "enable_nested_tensor=False on the encoder, and edgekit exports it."
+        if op and "nested_tensor" in op
+        else ""
+    )
     return EdgekitError(
         f"Exporting {model.path} to ONNX failed with {tried}: {what} "
-        f"({_short(errors[-1][1])}). Export the model to ONNX yourself (rewriting or replacing "
-        f"that part) and pass the .onnx file, or try a different torch version "
+        f"({_short(errors[-1][1])}).{nested} Export the model to ONNX yourself (rewriting or "
+        f"replacing that part) and pass the .onnx file, or try a different torch version "
         f"(this is torch {torch.__version__})."
     )
 

@@ -29,7 +29,7 @@ from typing import Any
 
 from edgekit.errors import EdgekitError
 from edgekit.fsutil import sha256_file
-from edgekit.model.inputs import InputSpec, specs_from_onnx
+from edgekit.model.inputs import InputSpec, OnnxInputs
 from edgekit.textsafe import plain
 
 _ZIP_MAGIC = b"PK\x03\x04"
@@ -47,7 +47,9 @@ class LoadedModel:
     format: str  # torchscript, exported_program, pickled_module, state_dict or onnx
     sha256: str
     module: Any | None  # nn.Module / ScriptModule / ExportedProgram; None for onnx
-    input_specs: list[InputSpec] | None  # when the file carries shapes (onnx, .pt2)
+    # When the file carries shapes: a .pt2's specs; an ONNX file's declared inputs, which --input
+    # may complete (unknown axes) and is checked against.
+    input_specs: list[InputSpec] | OnnxInputs | None
     notes: list[str] = field(default_factory=list)
     files: list[Path] = field(default_factory=list)  # onnx: the model and its external data
     # Non-tensor forward() arguments bound with --input NAME=VALUE (edgekit.model.inputs.Constant):
@@ -117,7 +119,36 @@ def _load_torchscript(path: Path, sha: str) -> LoadedModel:
     except Exception as exc:  # torch raises RuntimeError for anything corrupt inside
         raise _corrupt(path, "TorchScript archive", exc) from None
     module.eval()
+    written = _state_writes(module)
+    if written:
+        shown = _preview([f"self.{plain(name)}" for name in written], 6)
+        raise EdgekitError(
+            f"{path} is a TorchScript model whose forward() keeps state between calls: it "
+            f"assigns {shown} (prim::SetAttr, in forward() or a method it calls), e.g. a "
+            "streaming model storing its recurrent state or sample-rate context on itself. An ONNX graph cannot hold state "
+            "between calls: an export would freeze that state at one value and compute "
+            "something else. Export a forward() that takes the state as inputs and returns the "
+            "new state as outputs (forward(x, h) -> (y, h_next); then give it as `--input "
+            "h:...`), or use the ONNX file the model's authors publish, if any."
+        )
     return LoadedModel(path, "torchscript", sha, module, None)
+
+
+def _state_writes(module) -> list[str]:
+    """The attributes a ScriptModule's forward() assigns, as dotted paths from the model: every
+    prim::SetAttr in its inlined graph (methods it calls and branches included)."""
+    try:
+        graph = module.inlined_graph
+    except Exception:  # a module without a scripted forward: nothing to inspect
+        return []
+    names = set()
+    for node in graph.findAllNodes("prim::SetAttr", recurse=True):
+        path, owner = [node.s("name")], node.inputsAt(0).node()
+        while owner.kind() == "prim::GetAttr":
+            path.insert(0, owner.s("name"))
+            owner = owner.inputsAt(0).node()
+        names.add(".".join(path))
+    return sorted(names)
 
 
 def _load_pt2(path: Path, sha: str, trust_pickle: bool) -> LoadedModel:
@@ -546,7 +577,7 @@ def _load_onnx(
             "uses external data, keep the data file next to it; otherwise export it again."
         ) from None
     try:
-        specs = specs_from_onnx(path) if read_inputs else None
+        specs = OnnxInputs.read(path) if read_inputs else None
     except EdgekitError:
         raise
     except Exception as exc:  # onnxruntime refuses it (unknown op, bad opset, ...)
@@ -573,6 +604,14 @@ def onnx_files(path) -> list[Path]:
             continue
         location = ExternalDataInfo(tensor).location
         target = (folder / location).resolve()  # follows symlinks: a link out is refused too
+        if location and (folder / location).is_symlink():
+            raise EdgekitError(
+                f"{path} keeps the data of tensor {plain(tensor.name)!r} in {plain(location)!r}, "
+                f"which is a symbolic link (to {plain(str(target))}). edgekit reads external "
+                "data only from regular files beside the model, because a link can point at any "
+                "file on this machine (and onnx refuses links too). Replace the link with a copy "
+                "of the file, keeping its name."
+            )
         if not location or not target.is_relative_to(folder) or target == path.resolve():
             raise EdgekitError(
                 f"{path} says the data of tensor {plain(tensor.name)!r} is in "

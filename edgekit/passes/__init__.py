@@ -79,6 +79,7 @@ class PassContext:
     options: object = None  # edgekit.api.OptimizeOptions: the user's settings for every pass
     loaded: object = None  # edgekit.model.load.LoadedModel: the torch module, for passes on it
     specs: list = field(default_factory=list)  # the model's InputSpecs
+    output_kinds: dict = field(default_factory=dict)  # edgekit.accuracy.output_kinds
 
     def path_for(self, name: str) -> Path:
         return self.staging / f"{name}.onnx"
@@ -93,29 +94,19 @@ class PassContext:
 def same_function(before: Path, after: Path, ctx: PassContext, what: str) -> None:
     """A rewrite must compute the same function as its parent (float reassociation aside) on
     the first PARITY_SAMPLES samples; else PassFailed, and the rewritten file is removed."""
-    from edgekit.accuracy import run_onnx
+    from edgekit.accuracy import difference, first_samples, largest_finite, run_onnx
     from edgekit.model.export import PARITY_SAMPLES
 
-    feeds = {k: v[:PARITY_SAMPLES] for k, v in ctx.feeds.items()}
+    feeds = first_samples(before, ctx.feeds, PARITY_SAMPLES)
     expected, got = run_onnx(before, feeds), run_onnx(after, feeds)
-    worst = max(_worst_difference(a, b) for a, b in zip(expected, got, strict=True))
-    finite = [np.abs(e[np.isfinite(e)]) for e in expected]
-    tolerance = REWRITE_TOLERANCE * max(1.0, *(float(f.max()) for f in finite if f.size))
+    worst = max(difference(a, b) for a, b in zip(expected, got, strict=True))
+    tolerance = REWRITE_TOLERANCE * max(1.0, largest_finite(expected))
     if not worst <= tolerance:  # a NaN difference too
         after.unlink(missing_ok=True)
         raise PassFailed(
             f"{what}'s outputs differ from {before.stem}'s by {worst:.3g} (tolerance "
             f"{tolerance:.3g}); the parent is kept"
         )
-
-
-def _worst_difference(a: np.ndarray, b: np.ndarray) -> float:
-    """Largest |a - b|; the same non-finite value in both places (a model that returns NaN for
-    some inputs, before and after the rewrite) is agreement, not a difference."""
-    a, b = a.astype(np.float64), b.astype(np.float64)
-    same = (a == b) | (np.isnan(a) & np.isnan(b))
-    diff = np.where(same, 0.0, np.abs(a - b))
-    return float(diff.max()) if diff.size else 0.0
 
 
 def float_parent(variants: list[Variant]) -> Variant:

@@ -49,6 +49,8 @@ def find(path: Path, feeds: dict[str, np.ndarray]) -> dict[str, dict[int, float]
     SAMPLES samples."""
     import onnxruntime as ort
 
+    from edgekit.accuracy import fixed_batch
+
     model = onnx.load(str(path))
     inputs = sorted({n.input[0] for n in weight_matmuls(model)})
     graph_inputs = {i.name for i in model.graph.input}
@@ -64,11 +66,12 @@ def find(path: Path, feeds: dict[str, np.ndarray]) -> dict[str, dict[int, float]
     )
     names = [o.name for o in session.get_outputs()]
     peaks: dict[str, np.ndarray] = {}
-    count = min(SAMPLES, len(next(iter(feeds.values()))))
-    for i in range(count):
-        outputs = session.run(None, {k: v[i : i + 1] for k, v in feeds.items()})
+    step = fixed_batch(path, feeds) or 1  # one sample a run, or the batch the graph fixes
+    count = max(step, min(SAMPLES, len(next(iter(feeds.values())))))
+    for i in range(0, count - step + 1, step):
+        outputs = session.run(None, {k: v[i : i + step] for k, v in feeds.items()})
         values = dict(zip(names, outputs, strict=True))
-        values.update({k: v[i : i + 1] for k, v in feeds.items()})
+        values.update({k: v[i : i + step] for k, v in feeds.items()})
         for name in inputs:
             x = np.abs(values[name].astype(np.float32)).reshape(-1, values[name].shape[-1])
             peak = x.max(axis=0)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import onnx
 
+from edgekit.accuracy import fixed_batch
 from edgekit.cpus import int8_settings
 from edgekit.passes import PassContext, PassFailed, Variant, attempt, outliers
 from edgekit.passes.opmix import (
@@ -323,7 +324,7 @@ def _static(parent: Variant, settings: dict, work: Path, ctx: PassContext):
         quantize_static(
             pre,
             out,
-            _CalibrationReader(ctx.feeds, samples),
+            _CalibrationReader(ctx.feeds, samples, fixed_batch(parent.path, ctx.feeds) or 1),
             quant_format=QuantFormat.QDQ,
             activation_type=QuantType[settings["activation_type"]],
             weight_type=QuantType[settings["weight_type"]],
@@ -411,11 +412,12 @@ def _make(
 
 
 class _CalibrationReader:
-    """onnxruntime's CalibrationDataReader over the first `samples` feeds, one per call: that
-    also fits models whose batch axis is fixed at 1."""
+    """onnxruntime's CalibrationDataReader over the first `samples` feeds, `step` per call: one,
+    or the batch a model fixes on its batch axis."""
 
-    def __init__(self, feeds: dict, samples: int) -> None:
-        self._batches = iter({k: v[i : i + 1] for k, v in feeds.items()} for i in range(samples))
+    def __init__(self, feeds: dict, samples: int, step: int = 1) -> None:
+        starts = range(0, max(samples, step) - step + 1, step)
+        self._batches = iter({k: v[i : i + step] for k, v in feeds.items()} for i in starts)
 
     def get_next(self) -> dict | None:
         return next(self._batches, None)

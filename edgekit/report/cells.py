@@ -15,7 +15,7 @@ COLUMNS = (
     ("peak RSS", lambda v: size((v["memory"] or {}).get("peak_rss_bytes")), True),
     ("cos min", lambda v: _num((v["accuracy"] or {}).get("cosine_min"), ".4f"), True),
     ("max |err|", lambda v: _num((v["accuracy"] or {}).get("max_abs_err"), ".2e"), False),
-    ("top-1", lambda v: _pct((v["accuracy"] or {}).get("top1_agreement")), True),
+    ("top-1", lambda v: _top1(v["accuracy"] or {}), True),
     ("task acc", lambda v: _pct((v["accuracy"] or {}).get("task_accuracy")), True),
 )
 
@@ -37,6 +37,13 @@ def _num(x, fmt):
 
 def _pct(x):
     return NOT_MEASURED if x is None else f"{100 * x:.1f}%"
+
+
+def _top1(accuracy):
+    """Top-1 agreement, for a classifier's output only: an embedding's argmax means nothing."""
+    if accuracy.get("output_kind", "classifier") != "classifier":
+        return NOT_MEASURED
+    return _pct(accuracy.get("top1_agreement"))
 
 
 def _latency(variant, key):
