@@ -35,7 +35,7 @@ from edgekit.benchmark.flops import files_on_disk, size_on_disk
 from edgekit.cpus import made_for, report_section
 from edgekit.errors import EdgekitError
 from edgekit.fsutil import output_folder, sha256_file
-from edgekit.model.inputs import Samples, resolve_samples
+from edgekit.model.samples import Samples, resolve_samples
 from edgekit.passes import PassContext, Variant
 from edgekit.recommend import Budget, default_budget, recommend
 from edgekit.report.schema import add_measurement, new_report, new_variant

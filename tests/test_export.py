@@ -13,8 +13,9 @@ from torch import nn
 
 from edgekit.errors import EdgekitError
 from edgekit.model.export import check_parity, export_onnx, torch_outputs
-from edgekit.model.inputs import InputSpec, generate_samples
+from edgekit.model.inputs import InputSpec
 from edgekit.model.load import LoadedModel, load_model
+from edgekit.model.samples import generate_samples
 
 IMAGE = [InputSpec("image", (1, 3, 8, 8))]
 TEXT = [InputSpec("features", (1, 6)), InputSpec("ids", (1, 5), "int64", 0, 20)]

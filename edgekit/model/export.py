@@ -22,8 +22,9 @@ import numpy as np
 
 from edgekit.accuracy import differences, first_samples, largest_finite, run_onnx
 from edgekit.errors import EdgekitError
-from edgekit.model.inputs import InputSpec, batch_of, generate_samples
+from edgekit.model.inputs import InputSpec, batch_of
 from edgekit.model.load import LoadedModel, one_line
+from edgekit.model.samples import generate_samples
 
 TORCHSCRIPT_OPSET = 17
 _EXTERNAL_DATA_BYTES = 1_800_000_000  # protobuf's hard limit is 2 GiB; leave headroom

@@ -20,7 +20,8 @@ from edgekit.errors import EdgekitError
 from edgekit.fsutil import sha256_file
 from edgekit.logcapture import logs_captured
 from edgekit.model.formats import is_torch_file, model_format, not_a_model, preview, read_head
-from edgekit.model.inputs import InputSpec, OnnxInputs
+from edgekit.model.inputs import InputSpec
+from edgekit.model.onnx_inputs import OnnxInputs
 from edgekit.model.pickle_scan import forced_weights_only, refuse_unsafe_pt2, unsafe_globals
 from edgekit.model.user_code import build_arch, import_code, pickle_with_fallback
 from edgekit.textsafe import plain
