@@ -39,7 +39,6 @@ class LoadedModel:
     # When the file carries shapes: a .pt2's specs; an ONNX file's declared inputs, which --input
     # may complete (unknown axes) and is checked against.
     input_specs: list[InputSpec] | OnnxInputs | None
-    notes: list[str] = field(default_factory=list)
     files: list[Path] = field(default_factory=list)  # onnx: the model and its external data
     # Non-tensor forward() arguments bound with --input NAME=VALUE (edgekit.model.inputs.Constant):
     # passed to the torch model and baked into the export.
