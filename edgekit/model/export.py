@@ -169,7 +169,7 @@ def torch_named_outputs(
     tensors = [torch.from_numpy(np.array(a, order="C", subok=False)) for a in feeds.values()]
     try:
         with torch.inference_mode():
-            outputs = module(*_with_constants(model, tensors))
+            outputs = module(*_with_constants(tensors, model.constants))
     except Exception as exc:
         shapes = ", ".join(f"{k}: {tuple(v.shape)} {v.dtype}" for k, v in feeds.items())
         shapes += "".join(f", {c.name}={c.value}" for c in model.constants)
@@ -186,18 +186,12 @@ def torch_named_outputs(
     return names, [t.detach().cpu().numpy() for _, t in tensors_out]
 
 
-def _with_constants(model: LoadedModel, tensors: list) -> list:
-    """forward()'s arguments: the tensors with the bound constants at their positions."""
-    args = list(tensors)
-    for constant in sorted(model.constants, key=lambda c: c.position):
-        args.insert(constant.position, constant.value)
-    return args
-
-
-def _with_constants_names(model: LoadedModel, names: list[str]) -> list[str]:
-    out = list(names)
-    for constant in sorted(model.constants, key=lambda c: c.position):
-        out.insert(constant.position, constant.name)
+def _with_constants(items: list, constants: list, take=lambda c: c.value) -> list:
+    """forward()'s arguments: `items` (the tensors) with the bound constants at their positions;
+    with `take=lambda c: c.name`, their names."""
+    out = list(items)
+    for constant in sorted(constants, key=lambda c: c.position):
+        out.insert(constant.position, take(constant))
     return out
 
 
@@ -314,9 +308,11 @@ def _attempts(
         # graph inputs, then turn those inputs into initializers (baked in).
         torch.onnx.export(
             model.module if scripted else bound,
-            tuple(_with_constants(model, list(args))) if scripted else args,
+            tuple(_with_constants(args, model.constants)) if scripted else args,
             str(tmp_file),
-            input_names=_with_constants_names(model, names) if scripted else names,
+            input_names=_with_constants(names, model.constants, lambda c: c.name)
+            if scripted
+            else names,
             output_names=output_names,
             dynamic_axes=dynamic_axes,
             opset_version=TORCHSCRIPT_OPSET,
@@ -330,7 +326,7 @@ def _attempts(
         re-exported with the dynamic batch axes and exported by the dynamo exporter."""
         from torch._export.converter import TS2EPConverter
 
-        full = tuple(_with_constants(model, list(args)))
+        full = tuple(_with_constants(args, model.constants))
         program = TS2EPConverter(model.module, full).convert()
         program = program.run_decompositions(fused_decompositions())
         module = program.module()
@@ -369,13 +365,10 @@ def _make_bound_class():
         def __init__(self, inner, constants):
             super().__init__()
             self.inner = inner
-            self.constants = sorted(constants, key=lambda c: c.position)
+            self.constants = constants
 
         def forward(self, *tensors):
-            args = list(tensors)
-            for constant in self.constants:
-                args.insert(constant.position, constant.value)
-            return self.inner(*args)
+            return self.inner(*_with_constants(tensors, self.constants))
 
     return Bound
 
