@@ -42,6 +42,8 @@ from edgekit.report.schema import add_measurement, new_report, new_variant
 from edgekit.report.write import write_fleet_summary, write_outputs
 
 if TYPE_CHECKING:
+    import logging
+
     from edgekit.benchmark.remote import Target
 
 GENERATED_SAMPLES = 32  # random inputs for drift when no --data is given
@@ -110,7 +112,7 @@ _DEPENDENCY_LOGGERS = ("torch", "onnx", "onnxruntime", "onnxscript", "onnx_ir", 
 
 
 @contextlib.contextmanager
-def _dependency_logs(debug: bool) -> Iterator[list]:
+def _dependency_logs(debug: bool) -> Iterator[list[logging.LogRecord]]:
     """Keep the dependencies' chatter off the terminal: onnxruntime's own logger to errors only
     (its `CleanUnusedInitializersAndNodeArgs` warnings), Python warnings held back, and the
     warning records of torch, onnx, onnxruntime and onnxscript collected into the list yielded
@@ -136,7 +138,7 @@ def _dependency_logs(debug: bool) -> Iterator[list]:
         ort.set_default_logger_severity(2)
 
 
-def _dependency_note(kept: list) -> list[str]:
+def _dependency_note(kept: list[logging.LogRecord]) -> list[str]:
     if not kept:
         return []
     lines = [f"{record.name}: {record.getMessage()}" for record in kept]
@@ -149,7 +151,9 @@ def _dependency_note(kept: list) -> list[str]:
     ]
 
 
-def _optimize(model_path: Path, options: OptimizeOptions, staging: Path, step, kept: list) -> dict:
+def _optimize(
+    model_path: Path, options: OptimizeOptions, staging: Path, step, kept: list[logging.LogRecord]
+) -> dict:
     """The pipeline, writing every output into `staging`."""
     from edgekit.model.export import check_parity, export_onnx, torch_outputs
     from edgekit.model.load import load_model
