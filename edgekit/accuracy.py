@@ -27,7 +27,7 @@ def run_onnx(path: Path, feeds: dict[str, np.ndarray], chunk: int = 64) -> list[
             f"The ONNX model {path} needs inputs {missing}, but only {list(feeds)} were given. "
             "Name the inputs with --input (or the arrays in --data) after the model's inputs."
         )
-    # Each input's samples lie on its batch axis (edgekit.model.inputs.SampleArray; a plain
+    # Each input's samples lie on its batch axis (edgekit.model.samples.SampleArray; a plain
     # array: axis 0); an input without one is the same for every sample and is never sliced.
     axes = {n: _batch_axis(feeds[n]) for n in names}
     batched = [n for n in names if axes[n] is not None]

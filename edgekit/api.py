@@ -35,13 +35,15 @@ from edgekit.benchmark.flops import files_on_disk, size_on_disk
 from edgekit.cpus import made_for, report_section
 from edgekit.errors import EdgekitError
 from edgekit.fsutil import output_folder, sha256_file
-from edgekit.model.inputs import Samples, resolve_samples
+from edgekit.model.samples import Samples, resolve_samples
 from edgekit.passes import PassContext, Variant
 from edgekit.recommend import Budget, default_budget, recommend
 from edgekit.report.schema import add_measurement, new_report, new_variant
 from edgekit.report.write import write_fleet_summary, write_outputs
 
 if TYPE_CHECKING:
+    import logging
+
     from edgekit.benchmark.remote import Target
 
 GENERATED_SAMPLES = 32  # random inputs for drift when no --data is given
@@ -92,7 +94,7 @@ def optimize(model_path: Path, options: OptimizeOptions, step=no_progress) -> di
     Bad input raises EdgekitError before anything is written; a failing pass or benchmark
     becomes an error row. Earlier outputs in the folder are replaced only at the very end, all
     at once (edgekit.fsutil.output_folder)."""
-    from edgekit.model.load import check_model_file
+    from edgekit.model.formats import check_model_file
 
     model_path = Path(model_path)
     check_model_file(model_path)  # before an output folder is made beside it
@@ -110,49 +112,37 @@ _DEPENDENCY_LOGGERS = ("torch", "onnx", "onnxruntime", "onnxscript", "onnx_ir", 
 
 
 @contextlib.contextmanager
-def _dependency_logs(debug: bool) -> Iterator[list[str]]:
+def _dependency_logs(debug: bool) -> Iterator[list[logging.LogRecord]]:
     """Keep the dependencies' chatter off the terminal: onnxruntime's own logger to errors only
-    (its `CleanUnusedInitializersAndNodeArgs` warnings), Python warnings and the log records of
-    torch, onnx, onnxruntime and onnxscript collected into the list yielded (the report's notes
-    summarise them). With `debug`, all of it goes to the terminal as the libraries print it."""
+    (its `CleanUnusedInitializersAndNodeArgs` warnings), Python warnings held back, and the
+    warning records of torch, onnx, onnxruntime and onnxscript collected into the list yielded
+    (the report's notes summarise them). With `debug`, all of it goes to the terminal as the
+    libraries print it."""
     import logging
     import warnings
 
     import onnxruntime as ort
 
-    kept: list[str] = []
+    from edgekit.logcapture import logs_captured
+
     if debug:
-        yield kept
+        yield []
         return
-
-    class Keep(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            if record.levelno >= logging.WARNING:
-                kept.append(f"{record.name}: {record.getMessage()}")
-
-    handler = Keep()
     loggers = [logging.getLogger(name) for name in _DEPENDENCY_LOGGERS]
-    saved = [(lg, lg.handlers, lg.propagate) for lg in loggers]
     ort.set_default_logger_severity(3)
     try:
-        for logger in loggers:
-            logger.handlers, logger.propagate = [handler], False
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            try:
-                yield kept
-            finally:
-                kept.extend(f"{w.category.__name__}: {w.message}" for w in caught)
+        with logs_captured(loggers, logging.WARNING) as kept, warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield kept
     finally:
         ort.set_default_logger_severity(2)
-        for logger, handlers, propagate in saved:
-            logger.handlers, logger.propagate = handlers, propagate
 
 
-def _dependency_note(kept: list[str]) -> list[str]:
+def _dependency_note(kept: list[logging.LogRecord]) -> list[str]:
     if not kept:
         return []
-    distinct = list(dict.fromkeys(one.splitlines()[0][:200] for one in kept if one.strip()))
+    lines = [f"{record.name}: {record.getMessage()}" for record in kept]
+    distinct = list(dict.fromkeys(one.splitlines()[0][:200] for one in lines if one.strip()))
     shown = "; ".join(distinct[:3])
     more = f" (and {len(distinct) - 3} more kinds)" if len(distinct) > 3 else ""
     return [
@@ -162,7 +152,7 @@ def _dependency_note(kept: list[str]) -> list[str]:
 
 
 def _optimize(
-    model_path: Path, options: OptimizeOptions, staging: Path, step, kept: list[str]
+    model_path: Path, options: OptimizeOptions, staging: Path, step, kept: list[logging.LogRecord]
 ) -> dict:
     """The pipeline, writing every output into `staging`."""
     from edgekit.model.export import check_parity, export_onnx, torch_outputs

@@ -13,8 +13,9 @@ from torch import nn
 
 from edgekit.errors import EdgekitError
 from edgekit.model.export import check_parity, export_onnx, torch_outputs
-from edgekit.model.inputs import InputSpec, generate_samples
+from edgekit.model.inputs import Constant, InputSpec
 from edgekit.model.load import LoadedModel, load_model
+from edgekit.model.samples import generate_samples
 
 IMAGE = [InputSpec("image", (1, 3, 8, 8))]
 TEXT = [InputSpec("features", (1, 6)), InputSpec("ids", (1, 5), "int64", 0, 20)]
@@ -259,3 +260,23 @@ def test_the_nested_tensor_fast_path_says_how_to_trace_again(tmp_path):
     specs = [InputSpec("ids", (1, 8), "int64", 0, 50), InputSpec("mask", (1, 8), "int64", 1, 2)]
     with pytest.raises(EdgekitError, match="enable_nested_tensor=False"):
         export_onnx(_loaded(traced, "torchscript"), specs, tmp_path / "nested.onnx")
+
+
+class Scaled(nn.Module):
+    """forward(x, gain, y): a float argument between two tensors, bound with --input gain=VALUE."""
+
+    def forward(self, x, gain, y):
+        return x * gain + y
+
+
+def test_nn_module_with_a_bound_constant_exports_it_baked_in(tmp_path):
+    model = _loaded(Scaled())
+    model.constants = [Constant("gain", 2.5, 1)]
+    specs = [InputSpec("x", (1, 4)), InputSpec("y", (1, 4))]
+    path = tmp_path / "scaled.onnx"
+    info = _export_and_check(model, specs, path)
+    assert (info["exporter"], info["constants"]) == ("dynamo", {"gain": 2.5})
+    assert [i.name for i in onnx.load(str(path)).graph.input] == ["x", "y"]
+    feeds = generate_samples(specs, 3, seed=1)
+    (out,) = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, feeds)
+    np.testing.assert_allclose(out, feeds["x"] * 2.5 + feeds["y"], rtol=1e-6)

@@ -10,8 +10,8 @@ from conftest import save_graph
 from onnx import TensorProto, helper, numpy_helper
 
 from edgekit.accuracy import drift_by_output, run_onnx
-from edgekit.model.inputs import resolve_samples
 from edgekit.model.load import load_onnx
+from edgekit.model.samples import resolve_samples
 from edgekit.report.cells import headers, rows
 
 F, I64 = TensorProto.FLOAT, TensorProto.INT64
@@ -52,7 +52,7 @@ def encoder(tmp_path_factory):
 
 
 def test_generated_integer_inputs_fit_the_graph(encoder):
-    from edgekit.model.inputs import gathered_rows
+    from edgekit.model.samples import gathered_rows
 
     assert gathered_rows(encoder) == {"input_ids": VOCAB, "token_type_ids": 2}
     samples = resolve_samples([], load_onnx(encoder).input_specs, None, generated=32)

@@ -14,14 +14,9 @@ from onnx import TensorProto, helper
 from edgekit import cpus
 from edgekit.accuracy import run_onnx
 from edgekit.errors import EdgekitError
-from edgekit.model.inputs import (
-    generate_samples,
-    load_npz,
-    parse_arguments,
-    parse_input_spec,
-    resolve_samples,
-)
+from edgekit.model.inputs import parse_arguments, parse_input_spec
 from edgekit.model.load import load_model, load_onnx
+from edgekit.model.samples import generate_samples, load_npz, resolve_samples
 
 F = TensorProto.FLOAT
 
@@ -101,7 +96,7 @@ def test_without_input_the_data_arrays_give_the_unknown_axes(vad, tmp_path):
     ],
 )
 def test_specs_that_do_not_fit_the_file_are_refused_clearly(vad, texts, words):
-    from edgekit.model.inputs import OnnxInputs
+    from edgekit.model.onnx_inputs import OnnxInputs
 
     with pytest.raises(EdgekitError, match=words):
         OnnxInputs.read(vad).resolve(texts)

@@ -14,8 +14,9 @@ from edgekit.accuracy import run_onnx, task_accuracy
 from edgekit.api import no_progress
 from edgekit.errors import EdgekitError
 from edgekit.model.export import export_onnx, torch_outputs
-from edgekit.model.inputs import InputSpec, generate_samples
+from edgekit.model.inputs import InputSpec
 from edgekit.model.load import LoadedModel
+from edgekit.model.samples import generate_samples
 from edgekit.passes import PassContext, Variant
 from edgekit.passes.prune import _prune_structured, plan_pruning, pruned_variants
 from edgekit.passes.quantize import int8_variants

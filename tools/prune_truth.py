@@ -25,8 +25,9 @@ from reference_models import ResNet18  # noqa: E402
 from edgekit.api import no_progress  # noqa: E402
 from edgekit.benchmark import BenchOptions, measure  # noqa: E402
 from edgekit.model.export import export_onnx, torch_outputs  # noqa: E402
-from edgekit.model.inputs import InputSpec, generate_samples  # noqa: E402
+from edgekit.model.inputs import InputSpec  # noqa: E402
 from edgekit.model.load import LoadedModel  # noqa: E402
+from edgekit.model.samples import generate_samples  # noqa: E402
 from edgekit.passes import PassContext, Variant  # noqa: E402
 from edgekit.passes.prune import PruneSpec, prune_variant  # noqa: E402
 

@@ -22,8 +22,10 @@ import numpy as np
 
 from edgekit.accuracy import differences, first_samples, largest_finite, run_onnx
 from edgekit.errors import EdgekitError
-from edgekit.model.inputs import InputSpec, batch_of, generate_samples
+from edgekit.model.fused_kernels import fused_decompositions
+from edgekit.model.inputs import InputSpec, batch_of
 from edgekit.model.load import LoadedModel, one_line
+from edgekit.model.samples import generate_samples
 
 TORCHSCRIPT_OPSET = 17
 _EXTERNAL_DATA_BYTES = 1_800_000_000  # protobuf's hard limit is 2 GiB; leave headroom
@@ -167,7 +169,7 @@ def torch_named_outputs(
     tensors = [torch.from_numpy(np.array(a, order="C", subok=False)) for a in feeds.values()]
     try:
         with torch.inference_mode():
-            outputs = module(*_with_constants(model, tensors))
+            outputs = module(*_with_constants(tensors, model.constants))
     except Exception as exc:
         shapes = ", ".join(f"{k}: {tuple(v.shape)} {v.dtype}" for k, v in feeds.items())
         shapes += "".join(f", {c.name}={c.value}" for c in model.constants)
@@ -184,18 +186,12 @@ def torch_named_outputs(
     return names, [t.detach().cpu().numpy() for _, t in tensors_out]
 
 
-def _with_constants(model: LoadedModel, tensors: list) -> list:
-    """forward()'s arguments: the tensors with the bound constants at their positions."""
-    args = list(tensors)
-    for constant in sorted(model.constants, key=lambda c: c.position):
-        args.insert(constant.position, constant.value)
-    return args
-
-
-def _with_constants_names(model: LoadedModel, names: list[str]) -> list[str]:
-    out = list(names)
-    for constant in sorted(model.constants, key=lambda c: c.position):
-        out.insert(constant.position, constant.name)
+def _with_constants(items: list, constants: list, take=lambda c: c.value) -> list:
+    """forward()'s arguments: `items` (the tensors) with the bound constants at their positions;
+    with `take=lambda c: c.name`, their names."""
+    out = list(items)
+    for constant in sorted(constants, key=lambda c: c.position):
+        out.insert(constant.position, take(constant))
     return out
 
 
@@ -312,9 +308,11 @@ def _attempts(
         # graph inputs, then turn those inputs into initializers (baked in).
         torch.onnx.export(
             model.module if scripted else bound,
-            tuple(_with_constants(model, list(args))) if scripted else args,
+            tuple(_with_constants(args, model.constants)) if scripted else args,
             str(tmp_file),
-            input_names=_with_constants_names(model, names) if scripted else names,
+            input_names=_with_constants(names, model.constants, lambda c: c.name)
+            if scripted
+            else names,
             output_names=output_names,
             dynamic_axes=dynamic_axes,
             opset_version=TORCHSCRIPT_OPSET,
@@ -328,9 +326,9 @@ def _attempts(
         re-exported with the dynamic batch axes and exported by the dynamo exporter."""
         from torch._export.converter import TS2EPConverter
 
-        full = tuple(_with_constants(model, list(args)))
+        full = tuple(_with_constants(args, model.constants))
         program = TS2EPConverter(model.module, full).convert()
-        program = program.run_decompositions(_fused_decompositions())
+        program = program.run_decompositions(fused_decompositions())
         module = program.module()
         shapes = dynamic
         if model.constants:
@@ -351,97 +349,6 @@ def _attempts(
     return [("dynamo", dynamo(bound, shapes)), ("torchscript", torchscript)]
 
 
-def _fused_decompositions() -> dict:
-    """PyTorch's fused inference kernels, which a model traced in eval mode without autograd
-    records (the "fast path") and the ONNX exporter has no function for, as the plain ops they
-    fuse."""
-    import torch
-
-    return {
-        torch.ops.aten._transformer_encoder_layer_fwd.default: _encoder_layer,
-        torch.ops.aten._native_multi_head_attention.default: _multi_head_attention,
-    }
-
-
-def _multi_head_attention(
-    query, key, value, embed_dim, num_heads, qkv_weight, qkv_bias, proj_weight, proj_bias,
-    mask=None, need_weights=True, average_attn_weights=True, mask_type=None,
-):  # fmt: skip
-    """aten._native_multi_head_attention (nn.MultiheadAttention, batch first)."""
-    import math
-
-    import torch
-    import torch.nn.functional as F  # noqa: N812
-
-    allowed = _attention_mask(mask, mask_type)
-    batch, length, _ = query.shape
-    head = embed_dim // num_heads
-    weights, biases = qkv_weight.chunk(3), qkv_bias.chunk(3)
-
-    def heads(x, i):
-        projected = F.linear(x, weights[i], biases[i])
-        return projected.view(batch, x.shape[1], num_heads, head).transpose(1, 2)
-
-    q, k, v = heads(query, 0), heads(key, 1), heads(value, 2)
-    scores = q @ k.transpose(-2, -1) / math.sqrt(head)
-    if allowed is not None and allowed.dtype == torch.bool:
-        scores = scores.masked_fill(allowed.logical_not(), float("-inf"))
-    elif allowed is not None:
-        scores = scores + allowed
-    attention = scores.softmax(-1)
-    out = (attention @ v).transpose(1, 2).reshape(batch, length, embed_dim)
-    if not need_weights:
-        attention = out.new_empty(0)
-    elif average_attn_weights:
-        attention = attention.mean(1)
-    return F.linear(out, proj_weight, proj_bias), attention
-
-
-def _encoder_layer(
-    src, embed_dim, num_heads, qkv_weight, qkv_bias, proj_weight, proj_bias, use_gelu,
-    norm_first, eps, norm1_weight, norm1_bias, norm2_weight, norm2_bias, ffn1_weight, ffn1_bias,
-    ffn2_weight, ffn2_bias, mask=None, mask_type=None,
-):  # fmt: skip
-    """aten._transformer_encoder_layer_fwd (nn.TransformerEncoderLayer, batch first)."""
-    import torch.nn.functional as F  # noqa: N812
-
-    allowed = _attention_mask(mask, mask_type)
-
-    def attend(x):
-        batch, length, _ = x.shape
-        qkv = F.linear(x, qkv_weight, qkv_bias)
-        qkv = qkv.view(batch, length, 3, num_heads, embed_dim // num_heads)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed).transpose(1, 2)
-        return F.linear(out.reshape(batch, length, embed_dim), proj_weight, proj_bias)
-
-    def feed_forward(x):
-        hidden = F.linear(x, ffn1_weight, ffn1_bias)
-        hidden = F.gelu(hidden) if use_gelu else F.relu(hidden)
-        return F.linear(hidden, ffn2_weight, ffn2_bias)
-
-    def norm(x, weight, bias):
-        return F.layer_norm(x, (embed_dim,), weight, bias, eps)
-
-    if norm_first:
-        x = src + attend(norm(src, norm1_weight, norm1_bias))
-        return x + feed_forward(norm(x, norm2_weight, norm2_bias))
-    x = norm(src + attend(src), norm1_weight, norm1_bias)
-    return norm(x + feed_forward(x), norm2_weight, norm2_bias)
-
-
-def _attention_mask(mask, mask_type):
-    """A fused kernel's mask as scaled_dot_product_attention takes it: a bool mask there is True
-    where attention is allowed (the kernels' is True where it is not), a float mask is added.
-    mask_type 0: (length, length); 1: a key padding mask (batch, length); 2: (batch, heads, ...)."""
-    if mask is None:
-        return None
-    import torch
-
-    allowed = mask.logical_not() if mask.dtype == torch.bool else mask
-    return allowed[:, None, None, :] if mask_type == 1 else allowed
-
-
 def _bound(model: LoadedModel):
     """The module to export: the model itself, or with its constants bound."""
     if not model.constants:
@@ -458,13 +365,10 @@ def _make_bound_class():
         def __init__(self, inner, constants):
             super().__init__()
             self.inner = inner
-            self.constants = sorted(constants, key=lambda c: c.position)
+            self.constants = constants
 
         def forward(self, *tensors):
-            args = list(tensors)
-            for constant in self.constants:
-                args.insert(constant.position, constant.value)
-            return self.inner(*args)
+            return self.inner(*_with_constants(tensors, self.constants))
 
     return Bound
 

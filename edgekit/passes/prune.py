@@ -22,7 +22,8 @@ import numpy as np
 
 from edgekit.accuracy import is_classifier_output, task_accuracy
 from edgekit.errors import EdgekitError
-from edgekit.model.inputs import InputSpec, check_data_matches, generate_samples, load_npz
+from edgekit.model.inputs import InputSpec
+from edgekit.model.samples import check_data_matches, generate_samples, load_npz
 from edgekit.passes import PassContext, PassFailed, Variant
 
 KINDS = ("unstructured", "structured")

@@ -150,12 +150,12 @@ def _workdir(ctx: PassContext):
 def _drift(variant: Variant, ctx: PassContext) -> tuple[bool, str, float]:
     """(within budget, the measured value as text, how close: higher is closer)."""
     from edgekit.accuracy import drift
-    from edgekit.passes.sensitivity import _value
+    from edgekit.passes.sensitivity import metric_value
 
     baseline = drift(ctx.reference, ctx.reference, ctx.labels)[0]
     accuracy = drift(ctx.reference, ctx.outputs(variant.path), ctx.labels)[0]
     ok, text = ctx.budget.check(accuracy, baseline)
-    value = _value(accuracy, baseline, ctx.budget)
+    value = metric_value(accuracy, baseline, ctx.budget)
     if value is None:
         return ok, text, -math.inf
     return ok, text, -value if ctx.budget.metric == "accuracy-drop" else value

@@ -172,8 +172,8 @@ def fix_drift(
         "groups_kept_in_float": kept_groups,
         "quantized_nodes": len(candidates),
         "metric": budget.metric,
-        "drift_before": _value(accuracy_before, baseline, budget),
-        "drift_after": _value(accuracy, baseline, budget),
+        "drift_before": metric_value(accuracy_before, baseline, budget),
+        "drift_after": metric_value(accuracy, baseline, budget),
         "budget": str(budget),
         "within_budget": ok,
         "trials": len(groups),
@@ -235,7 +235,7 @@ def _error(path: Path, feeds: dict, reference: list[np.ndarray], ctx: PassContex
     )
 
 
-def _value(accuracy: dict | None, baseline: dict, budget) -> float | None:
+def metric_value(accuracy: dict | None, baseline: dict, budget) -> float | None:
     """The budget's metric as a number (the accuracy drop for accuracy-drop)."""
     value = (accuracy or {}).get(METRICS[budget.metric][0])
     if budget.metric == "accuracy-drop" and value is not None:
