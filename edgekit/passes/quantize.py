@@ -87,6 +87,10 @@ def int8_variants(
     prefix = "" if parent.name in ("fp32", "simplified") else f"{parent.name}+"
     mix = op_mix(onnx.load(str(parent.path), load_external_data=False))
     ctx.notes.append(f"int8 op mix of {parent.name}: {describe(mix)} (--int8 {mode})")
+    # Quantization is judged against the float model it quantizes. A pruned parent's own drift
+    # from fp32 is pruning's: no node kept in float can take it back, so it must not send the
+    # sensitivity search after it. (The report still gives every variant's drift against fp32.)
+    reference = ctx.reference if not prefix else ctx.outputs(parent.path)
     with contextlib.ExitStack() as stack:
         made = []  # (decision, variant, quantizer, nodes the recipe keeps in float)
         for decision in plan(mix, mode):
@@ -96,17 +100,19 @@ def int8_variants(
                 work = Path(stack.enter_context(_workdir(ctx)))
                 settings = _settings(decision.recipe, types, calibration, ctx)
                 made += _recipe_variant(decision, name, parent, settings, work, ctx)
-        drifts = {v.name: _drift(v, ctx) for _, v, _, _ in made if not v.error}
-        fixed = _fix_closest(made, drifts, ctx)
+        drifts = {v.name: _drift(v, ctx, reference) for _, v, _, _ in made if not v.error}
+        fixed = _fix_closest(made, drifts, ctx, reference, parent.name if prefix else "fp32")
     variants = []
     for _, variant, _, _ in made:
         variants += [variant, *fixed.get(variant.name, [])]
     if drifts:
-        ctx.notes.append(_outcome(drifts, ctx))
+        ctx.notes.append(_outcome(drifts, ctx, parent.name if prefix else None))
     return variants
 
 
-def _fix_closest(made: list[tuple], drifts: dict, ctx: PassContext) -> dict[str, list[Variant]]:
+def _fix_closest(
+    made: list[tuple], drifts: dict, ctx: PassContext, reference: list, against: str
+) -> dict[str, list[Variant]]:
     """While no recipe is within budget, the sensitivity search on the over-budget ones, the
     closest first, until one comes back within budget; at most MAX_SEARCHES of them (each costs
     a minute or so on 2 cores for a 6-layer encoder)."""
@@ -134,10 +140,10 @@ def _fix_closest(made: list[tuple], drifts: dict, ctx: PassContext) -> dict[str,
             )
             continue
         searches += 1
-        excl = fix_drift(variant, quantizer, ctx, keep)
+        excl = fix_drift(variant, quantizer, ctx, keep, reference, against)
         if excl is not None:
             fixed[variant.name] = [excl]
-            drifts[excl.name] = _drift(excl, ctx)
+            drifts[excl.name] = _drift(excl, ctx, reference)
     return fixed
 
 
@@ -145,13 +151,14 @@ def _workdir(ctx: PassContext):
     return tempfile.TemporaryDirectory(dir=ctx.staging, prefix=".int8-")
 
 
-def _drift(variant: Variant, ctx: PassContext) -> tuple[bool, str, float]:
-    """(within budget, the measured value as text, how close: higher is closer)."""
+def _drift(variant: Variant, ctx: PassContext, reference: list) -> tuple[bool, str, float]:
+    """(within budget, the measured value as text, how close: higher is closer), against
+    `reference`: the outputs of the float model the variant quantizes."""
     from edgekit.accuracy import drift
     from edgekit.passes.sensitivity import _value
 
-    baseline = drift(ctx.reference, ctx.reference, ctx.labels)[0]
-    accuracy = drift(ctx.reference, ctx.outputs(variant.path), ctx.labels)[0]
+    baseline = drift(reference, reference, ctx.labels)[0]
+    accuracy = drift(reference, ctx.outputs(variant.path), ctx.labels)[0]
     ok, text = ctx.budget.check(accuracy, baseline)
     value = _value(accuracy, baseline, ctx.budget)
     if value is None:
@@ -159,14 +166,20 @@ def _drift(variant: Variant, ctx: PassContext) -> tuple[bool, str, float]:
     return ok, text, -value if ctx.budget.metric == "accuracy-drop" else value
 
 
-def _outcome(drifts: dict[str, tuple], ctx: PassContext) -> str:
+def _outcome(drifts: dict[str, tuple], ctx: PassContext, pruned: str | None) -> str:
     """Every int8 variant's drift against the budget, in one note: nothing hidden."""
     each = "; ".join(f"{n} {text}{'' if ok else ' (over)'}" for n, (ok, text, _) in drifts.items())
+    against = (
+        f" (quantization alone: drift against {pruned}, the pruned float model; the variants' "
+        "drift against fp32 is in the table)"
+        if pruned
+        else ""
+    )
     if any(ok for ok, _, _ in drifts.values()):
-        return f"int8 drift against the budget {ctx.budget}: {each}"
+        return f"int8 drift against the budget {ctx.budget}{against}: {each}"
     return (
-        f"no int8 recipe reached the budget {ctx.budget}: {each}; the float model stays the "
-        "recommendation unless another variant is within budget and faster"
+        f"no int8 recipe reached the budget {ctx.budget}{against}: {each}; the float model "
+        "stays the recommendation unless another variant is within budget and faster"
     )
 
 
