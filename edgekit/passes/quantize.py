@@ -20,6 +20,10 @@ from edgekit.passes import PassContext, PassFailed, Variant, attempt, outliers
 from edgekit.passes.opmix import (
     CALIBRATION_METHODS,
     DEFAULT_CALIBRATION,
+    DYNAMIC,
+    DYNAMIC_PC,
+    OUTLIERS,
+    SMOOTH,
     Decision,
     Recipe,
     describe,
@@ -93,14 +97,23 @@ def int8_variants(
     reference = ctx.reference if not prefix else ctx.outputs(parent.path)
     with contextlib.ExitStack() as stack:
         made = []  # (decision, variant, quantizer, nodes the recipe keeps in float)
+        drifts: dict[str, tuple] = {}
         for decision in plan(mix, mode):
             name = prefix + decision.recipe.name
+            beaten = _cannot_win(decision.recipe, made, drifts) if mode == "auto" else None
+            if decision.tried and beaten:
+                ctx.notes.append(f"{name}: skipped — cannot win: {beaten}")
+                continue
             ctx.notes.append(decision.note(name))
-            if decision.tried:
+            if not decision.tried:
+                continue
+            with ctx.step(f"quantizing: {name}"):
                 work = Path(stack.enter_context(_workdir(ctx)))
                 settings = _settings(decision.recipe, types, calibration, ctx)
-                made += _recipe_variant(decision, name, parent, settings, work, ctx)
-        drifts = {v.name: _drift(v, ctx, reference) for _, v, _, _ in made if not v.error}
+                for one in _recipe_variant(decision, name, parent, settings, work, ctx):
+                    made.append(one)
+                    if not one[1].error:  # now: whether the next recipes can still win
+                        drifts[one[1].name] = _drift(one[1], ctx, reference)
         fixed = _fix_closest(made, drifts, ctx, reference, parent.name if prefix else "fp32")
     variants = []
     for _, variant, _, _ in made:
@@ -108,6 +121,41 @@ def int8_variants(
     if drifts:
         ctx.notes.append(_outcome(drifts, ctx, parent.name if prefix else None))
     return variants
+
+
+# A recipe that does the work of an earlier one, and more, cannot be faster than it; its only
+# purpose is less drift. Once the earlier one is within budget it cannot win (the recommendation
+# is the fastest variant within budget), so it is not made. recipe → (earlier recipe, why).
+_NO_FASTER_THAN = {
+    DYNAMIC_PC.name: [
+        (DYNAMIC.name, "the same int8 ops on the same shapes, only its weight scales differ"),
+    ],
+    SMOOTH.name: [
+        (DYNAMIC.name, "that recipe's int8 MatMuls per channel, plus a Mul per outlier input "
+         "where the scale cannot go into a LayerNorm"),
+        (DYNAMIC_PC.name, "the same int8 MatMuls, plus a Mul per outlier input where the scale "
+         "cannot go into a LayerNorm"),
+    ],
+    OUTLIERS.name: [
+        (DYNAMIC.name, "that recipe's int8 MatMuls per channel, plus a float MatMul and an Add "
+         "beside each"),
+        (DYNAMIC_PC.name, "the same int8 MatMuls, plus a float MatMul and an Add beside each"),
+        (SMOOTH.name, "the same int8 MatMuls and at least its Muls, plus a float MatMul and an "
+         "Add beside each"),
+    ],
+}  # fmt: skip
+
+
+def _cannot_win(recipe: Recipe, made: list[tuple], drifts: dict) -> str | None:
+    """Why `recipe` cannot be the recommendation, given the recipes already made; else None."""
+    within = {d.recipe.name: v.name for d, v, _, _ in made if drifts.get(v.name, (False,))[0]}
+    for earlier, what in _NO_FASTER_THAN.get(recipe.name, []):
+        if earlier in within:
+            return (
+                f"{within[earlier]} is within the drift budget, and this recipe runs {what}: "
+                f"it cannot be faster than {within[earlier]}"
+            )
+    return None
 
 
 def _fix_closest(
@@ -191,20 +239,19 @@ def _recipe_variant(
     pass_name = {"weight-only": "quantize-weight-only"}.get(
         decision.recipe.method, f"quantize-{decision.recipe.method}"
     )
-    with ctx.step(f"quantizing: {name}"):
-        quantizer, keep, notes = _prepare(decision.recipe, parent, settings, work, ctx)
-        if quantizer is None and decision.recipe.outliers:
-            ctx.notes.append(f"{name}: {notes[0]}")
-            return []
-        if keep:
-            settings = {**settings, "nodes_to_exclude": list(keep)}
-        variant = attempt(
-            parent,
-            name,
-            pass_name,
-            settings,
-            lambda: _make(parent, name, pass_name, settings, quantizer, [], ctx),
-        )
+    quantizer, keep, notes = _prepare(decision.recipe, parent, settings, work, ctx)
+    if quantizer is None and decision.recipe.outliers:
+        ctx.notes.append(f"{name}: {notes[0]}")
+        return []
+    if keep:
+        settings = {**settings, "nodes_to_exclude": list(keep)}
+    variant = attempt(
+        parent,
+        name,
+        pass_name,
+        settings,
+        lambda: _make(parent, name, pass_name, settings, quantizer, [], ctx),
+    )
     variant.notes += notes
     return [(decision, variant, quantizer, keep)]
 
