@@ -146,3 +146,12 @@ def test_too_few_cycles_are_not_assessed():
     shift = stats.machine_shift({"a": _rounds([1, 1, 2, 2], rng)})
     assert not shift["assessed"] and not shift["shifted"] and "cycles" in shift["reason"]
     assert stats.machine_shift({})["assessed"] is False
+
+
+def test_rounds_are_sized_to_the_model():
+    from edgekit.benchmark.runner import round_seconds
+
+    assert round_seconds(0.07, 2.0, 10.0) == 0.1  # a fast model: 0.1 s rounds, ~1,400 runs each
+    assert round_seconds(26.0, 2.0, 10.0) == pytest.approx(0.26)  # a slow one: 10 runs a round
+    assert round_seconds(400.0, 2.0, 10.0) == 0.5  # yet at least 20 rounds within --max-time
+    assert round_seconds(None, 0.05, 0.2) == 0.01  # nothing known: as short as the budget asks
