@@ -148,15 +148,6 @@ def test_too_few_cycles_are_not_assessed():
     assert stats.machine_shift({})["assessed"] is False
 
 
-def test_rounds_are_sized_to_the_model():
-    from edgekit.benchmark.runner import round_seconds
-
-    assert round_seconds(0.07, 2.0, 10.0) == 0.1  # a fast model: 0.1 s rounds, ~1,400 runs each
-    assert round_seconds(26.0, 2.0, 10.0) == pytest.approx(0.26)  # a slow one: 10 runs a round
-    assert round_seconds(400.0, 2.0, 10.0) == 0.5  # yet at least 20 rounds within --max-time
-    assert round_seconds(None, 0.05, 0.2) == 0.01  # nothing known: as short as the budget asks
-
-
 def test_bootstrap_medians_are_exactly_those_of_the_pooled_resampled_rounds():
     rng = np.random.default_rng(3)
     rounds = [np.round(rng.lognormal(0, 0.2, rng.integers(1, 40)), 2) for _ in range(30)]  # ties

@@ -137,24 +137,6 @@ class Job:
     profile: dict | None = None
     error: str | None = None
     time_s: float = 0.0  # wall time spent in this job's rounds
-    round_s: float = 0.0  # how long each of its rounds times runs (round_seconds)
-
-
-# A round is ROUND_S of timed runs (0.1 s: consecutive round medians of one model, taken a cycle
-# apart, were about uncorrelated on a shared 2-core VM; 10 ms rounds were not, lag-1 0.5-0.8), and
-# at least ROUND_RUNS runs of a slow model: each round also makes one untimed run, which at 0.1 s
-# was half the round for a 100 ms model (one untimed run, one timed). Never longer than
-# max_time / MIN_ROUNDS, so a slow model still gets enough rounds for an interval and a shift test.
-ROUND_S = 0.1
-ROUND_RUNS = 10
-MIN_ROUNDS = 20
-
-
-def round_seconds(warm_run_ms: float | None, min_time: float, max_time: float) -> float:
-    """Seconds of timed runs per round for a model whose warm run takes `warm_run_ms`."""
-    base = min(ROUND_S, max(min_time / 10, 0.01))
-    runs = ROUND_RUNS * (warm_run_ms or 0.0) / 1e3
-    return max(base, min(runs, max_time / MIN_ROUNDS))
 
 
 # Whether the medians are known well enough is checked once min_time is spent, then each time
@@ -193,6 +175,7 @@ def run(
     here); the models and feeds must already be there."""
     place = place or Local()
     say = progress or (lambda _msg: None)
+    round_s = min(0.1, max(min_time / 10, 0.01))
     workers: dict[str, Worker] = {}
     log: list[str] = []
     try:
@@ -223,7 +206,6 @@ def run(
                     opt_level=opt_level,
                     warmup_max_s=max(0.5, 0.25 * max_time),
                 )
-                job.round_s = round_seconds(job.load.get("warm_run_ms"), min_time, max_time)
             except WorkerError as exc:
                 job.error = f"could not load and run the model: {exc}"
 
@@ -236,7 +218,7 @@ def run(
             for job in live:  # one cycle: a round of every job, always in the same order
                 t0 = time.perf_counter()
                 try:
-                    reply = workers[job.name].ask("round", seconds=job.round_s)
+                    reply = workers[job.name].ask("round", seconds=round_s)
                 except WorkerError as exc:
                     job.error = f"the model failed while timing: {exc}"
                     job.rounds = []

@@ -9,7 +9,7 @@ answers every request line on stdin with exactly one line on stdout:
   {"cmd": "load", "model": PATH, "feeds": NPZ, "threads": 2, "spinning": true,
    "stop_spinning": true, "arena": true, "opt_level": "ORT_ENABLE_ALL", "warmup_max_s": 2.0}
       -> baseline_rss_bytes, session_create_ms, first_run_ms, warmup_runs, warmup_settled,
-         warm_run_ms (the median run at the end of warm-up), session_config (the ORT settings as the session options hold them), affinity
+         session_config (the ORT settings as the session options hold them), affinity
   {"cmd": "round", "seconds": 0.1}   -> samples_ns: timed runs for about that long
   {"cmd": "memory"}                  -> peak_rss_bytes, baseline_rss_bytes
   {"cmd": "profile", "seconds": 1.0} -> ops: top operators by time (a separate profiling session)
@@ -153,9 +153,8 @@ class Worker:
             raise ValueError(f"the feeds have no array for the model input(s) {missing}")
         self.feeds = {n: arrays[n] for n in names}
         first_ns = self.timed_run(self.session)
-        runs, settled, warm_ns = self.warm_up(first_ns, float(req.get("warmup_max_s", 2.0)))
+        runs, settled = self.warm_up(first_ns, float(req.get("warmup_max_s", 2.0)))
         return {
-            "warm_run_ms": warm_ns / 1e6,
             "session_config": self.applied(opts),
             "affinity": affinity(),
             "baseline_rss_bytes": self.baseline,
@@ -174,10 +173,10 @@ class Worker:
             runs += per_block
             medians.append(float(np.median(block)))
             if len(medians) >= MIN_BLOCKS and medians[-1] >= medians[-2] * (1 - SETTLE_TOL):
-                return runs, True, medians[-1]
+                return runs, True
             # first blocks include the cold ones: re-size from what a warm run costs now
             per_block = max(3, min(1000, math.ceil(WARMUP_BLOCK_S * 1e9 / max(medians[-1], 1))))
-        return runs, False, medians[-1] if medians else first_ns
+        return runs, False
 
     def cmd_round(self, req):
         session = self.session
