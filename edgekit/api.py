@@ -89,6 +89,23 @@ def default_out_dir(model_path: Path) -> Path:
     return model_path.with_name(model_path.name.split(".")[0] + ".edgekit")
 
 
+def timed_steps(step, timings: list[dict]):
+    """`step`, recording each step's wall time in `timings` as {"step", "seconds"}: the report's
+    `timings` (where the time of a run goes)."""
+    import time
+
+    @contextlib.contextmanager
+    def timed(message: str):
+        start = time.perf_counter()
+        try:
+            with step(message) as update:
+                yield update
+        finally:
+            timings.append({"step": message, "seconds": round(time.perf_counter() - start, 3)})
+
+    return timed
+
+
 def optimize(model_path: Path, options: OptimizeOptions, step=no_progress) -> dict:
     """Run the whole pipeline; returns the report (also written to the output folder).
     Bad input raises EdgekitError before anything is written; a failing pass or benchmark
@@ -155,9 +172,15 @@ def _optimize(
     model_path: Path, options: OptimizeOptions, staging: Path, step, kept: list[logging.LogRecord]
 ) -> dict:
     """The pipeline, writing every output into `staging`."""
+    import time
+
     from edgekit.model.export import check_parity, export_onnx, torch_outputs
     from edgekit.model.load import load_model
     from edgekit.passes.pipeline import PIPELINE
+
+    started = time.perf_counter()
+    steps: list[dict] = []
+    step = timed_steps(step, steps)
 
     with step("loading the model"):
         loaded = load_model(
@@ -256,10 +279,20 @@ def _optimize(
         recommendation=recommend(variant_rows, "fp32", budget),
         warnings=list(bench_result.warnings) + made_for_warnings,
         made_for=made_for_section,
+        timings=_timings(steps, time.perf_counter() - started),
     )
     _keep_only(staging, [f for v in measured for f in files_on_disk(v.path)])
     write_outputs(report, staging)
     return report
+
+
+def _timings(steps: list[dict], total: float) -> dict:
+    """Where the run's wall time went: each step, and the rest (reading the data, checks)."""
+    return {
+        "total_s": round(total, 3),
+        "steps": steps,
+        "other_s": round(max(0.0, total - sum(s["seconds"] for s in steps)), 3),
+    }
 
 
 def _inputs_json(samples: Samples, variants: list[Variant]) -> list[dict]:

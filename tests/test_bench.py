@@ -164,6 +164,27 @@ def test_rounds_interleave_and_a_failing_model_becomes_an_error_row(models):
     assert result.variants["a"]["relative"] is None  # the baseline
 
 
+def test_wide_intervals_are_one_warning_naming_every_model_and_one_line_says_what_to_do(models):
+    two = {k: models[k] for k in ("a", "b")}
+    # a target no run meets: both medians are known less well than it
+    opts = BenchOptions(threads=[1], min_time=0.05, max_time=0.2, target_ci=1e-9)
+    result = measure(two, feeds(), opts)
+    targets = [w for w in result.warnings if "% target" in w]
+    assert len(targets) == 1, result.warnings
+    wide = targets[0]
+    assert wide.startswith("The medians are known to ±") and "a ±" in wide and ", b ±" in wide
+    assert result.warnings[-1].startswith("What to do: ")
+    assert sum(w.startswith("What to do: ") for w in result.warnings) == 1
+
+
+def test_load_before_and_after_is_one_warning():
+    from edgekit.benchmark import device
+
+    busy = {"cores": 2, "logical_cpus": 2, "load_avg_before": [3.4], "load_avg_after": [2.8]}
+    (warning,) = device.condition_warnings(busy, [2])
+    assert "load average was 3.4 before and 2.8 after the benchmark, on 2 logical CPUs" in warning
+
+
 def test_thread_sweep_keys_and_order(models):
     two = {k: models[k] for k in ("a", "b")}
     result = measure(two, feeds(), BenchOptions(threads=[1, 2], min_time=0.05, max_time=0.1))

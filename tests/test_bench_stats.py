@@ -146,3 +146,11 @@ def test_too_few_cycles_are_not_assessed():
     shift = stats.machine_shift({"a": _rounds([1, 1, 2, 2], rng)})
     assert not shift["assessed"] and not shift["shifted"] and "cycles" in shift["reason"]
     assert stats.machine_shift({})["assessed"] is False
+
+
+def test_bootstrap_medians_are_exactly_those_of_the_pooled_resampled_rounds():
+    rng = np.random.default_rng(3)
+    rounds = [np.round(rng.lognormal(0, 0.2, rng.integers(1, 40)), 2) for _ in range(30)]  # ties
+    picks = stats._boot_indices(len(rounds), 200, stats.SEED)
+    by_definition = [np.median(np.concatenate([rounds[i] for i in row])) for row in picks]
+    assert np.array_equal(stats._pooled_medians(rounds, picks), by_definition)

@@ -66,6 +66,13 @@ def test_report_contract(demo):
             assert v["accuracy"][key] is not None, (v["name"], key)
         # labelled data: task accuracy for every variant, and the model is really good
         assert v["accuracy"]["task_accuracy"] > 0.9, v["name"]
+    # the default set: no offline ORT_ENABLE_EXTENDED copy (sessions apply ORT_ENABLE_ALL anyway)
+    assert set(by_name) == {"fp32", "simplified", "int8-dynamic", "int8-static"}
+    timings = report["timings"]  # where the time went, step by step
+    steps = [s["step"] for s in timings["steps"]]
+    assert steps[:2] == ["loading the model", "exporting to ONNX"]
+    assert "quantizing: int8-static" in steps and steps[-1].startswith("benchmarking fp32, ")
+    assert sum(s["seconds"] for s in timings["steps"]) <= timings["total_s"]
     assert by_name["int8-dynamic"]["size_bytes"] <= 0.30 * by_name["fp32"]["size_bytes"]
     assert report["recommendation"]["variant"] in by_name
     assert read_report(out / "report.json")["variants"]  # our own reader accepts it
@@ -75,6 +82,10 @@ def test_terminal_table_and_markdown(demo):
     out, result = demo
     assert "int8-dynamic" in result.stdout and "task acc" in result.stdout
     assert "recommended:" in result.stdout
+    # a warning that applies to several variants is one line; what to do is said at most once
+    terminal = " ".join(result.stdout.split())
+    assert terminal.count("95% interval") <= 1 and terminal.count("what to do:") <= 1
+    assert "(" not in result.stderr.split("✓ loading the model")[1].splitlines()[0]  # no -v
     assert f"report written to {out}" in " ".join(result.stderr.split())
     md = (out / "report.md").read_text()
     assert "| variant |" in md and "int8-dynamic" in md
@@ -112,6 +123,20 @@ def test_onnx_source_skips_export_and_generates_inputs(demo, tmp_path):
     assert fp32["accuracy"]["task_accuracy"] is None
     assert "labels" in fp32["unmeasured"]["accuracy.task_accuracy"]
     assert (tmp_path / "digits.edgekit" / "report.json").is_file()  # default: beside the model
+
+
+def test_verbose_shows_where_the_time_went(demo, tmp_path):
+    out, _ = demo
+    onnx_file = tmp_path / "digits.onnx"
+    shutil.copy(out / "fp32.onnx", onnx_file)
+    result = run_edgekit("optimize", onnx_file, "-v", "--int8", "none", *QUICK)
+    assert result.returncode == 0, result.stderr
+    assert "✓ simplifying with onnxsim (" in result.stderr  # each step with its seconds
+    report = json.loads((tmp_path / "digits.edgekit" / "report.json").read_text())
+    total = report["timings"]["total_s"]
+    assert f"time: {total:.1f} s in total, by step:" in result.stdout
+    for one in report["timings"]["steps"]:
+        assert f"{one['seconds']:6.1f} s  {one['step']}" in result.stdout
 
 
 def test_a_model_without_input_shapes_asks_for_input(tmp_path):

@@ -214,3 +214,34 @@ def test_outlier_channels_are_found_and_both_rewrites_compute_the_same_function(
     by_output = {o: n for n in split.graph.node for o in n.output}
     assert by_output["h"].name == "fc1" and by_output["hb"].name == "fc1/outliers/add"
     np.testing.assert_allclose(run_onnx(tmp_path / "split.onnx", feeds)[0], expected, atol=1e-4)
+
+
+def test_recipes_that_cannot_win_are_skipped_and_the_report_says_why(tmp_path):
+    path = layernorm_matmul(tmp_path / "simplified.onnx", gamma_outliers=(3, 1.0))  # no outliers
+    feeds = {"x": np.random.default_rng(1).normal(size=(16, 4, 16)).astype(np.float32)}
+
+    def ctx():
+        return PassContext(
+            staging=tmp_path,
+            feeds=feeds,
+            labels=None,
+            reference=run_onnx(path, feeds),
+            data_is_real=False,
+            budget=parse_budget("cosine>=0.99"),
+            step=no_progress,
+        )
+
+    auto = ctx()
+    made = [v.name for v in int8_variants(Variant("simplified", path), auto, cpu=AVX2_ONLY)]
+    # int8-dynamic is within budget: the per-channel and outlier recipes do its work and more
+    assert made == ["int8-dynamic", "int8-static"]
+    for name in ("int8-dynamic-pc", "int8-dynamic-smooth", "int8-dynamic-outliers"):
+        (note,) = [n for n in auto.notes if n.startswith(f"{name}: ")]
+        assert note.startswith(f"{name}: skipped — cannot win: int8-dynamic is within the drift")
+    # "the same int8 ops on the same shapes": what the skipped per-channel recipe would have made
+    asked = {v.name: v for v in int8_variants(Variant("simplified", path), ctx(), "dynamic")}
+    ops = {
+        name: [(n.op_type, n.domain) for n in onnx.load(str(v.path)).graph.node]
+        for name, v in asked.items()
+    }
+    assert ops["int8-dynamic"] == ops["int8-dynamic-pc"]

@@ -46,7 +46,7 @@ def test_readme_python_example_runs(tmp_path):
     )
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
-    assert lines[0].split(" - ")[0] in {"fp32", "int8-static", "simplified", "ort-extended"}
+    assert lines[0].split(" - ")[0] in {"fp32", "int8-static", "simplified"}
     assert len([ln for ln in lines if ln.endswith(" ms")]) == 2
     assert lines[-1] in ("drift gate passed", "drift gate tripped")
     assert (tmp_path / "digits.edgekit" / "report.json").is_file()

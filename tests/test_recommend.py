@@ -43,10 +43,10 @@ def test_measurably_faster_beats_smaller():
     rows = [
         _row("fp32"),
         _row("int8-static", 1.0, [0.95, 1.05], size=250),
-        _row("ort-extended", 1.1, [1.05, 1.15], size=1000),
+        _row("simplified", 1.1, [1.05, 1.15], size=1000),
     ]
     rec = recommend(rows, "fp32", COSINE)
-    assert rec["variant"] == "ort-extended" and "1.10x faster than fp32" in rec["reason"]
+    assert rec["variant"] == "simplified" and "1.10x faster than fp32" in rec["reason"]
 
 
 def test_over_budget_and_slower_variants_are_named_when_fp32_is_kept():

@@ -8,7 +8,7 @@ import numpy as np
 from conftest import save_graph
 from onnx import TensorProto, helper, numpy_helper
 
-from edgekit.accuracy import run_onnx
+from edgekit.accuracy import drift, run_onnx
 from edgekit.api import OptimizeOptions, no_progress, optimize
 from edgekit.passes import PassContext, Variant
 from edgekit.passes.quantize import int8_variants
@@ -116,3 +116,53 @@ def test_many_nodes_are_ranked_by_role_then_in_runs_of_consecutive_nodes():
     ]
     alone = [(f"n{i}", roles[0]) for i in range(5)]  # one role: no role group, each node alone
     assert _groups(alone, MAX_TRIALS) == [(f"n{i}", [f"n{i}"]) for i in range(5)]
+
+
+def two_layer(path, w1, w2):
+    """x (N, 32) → MatMul w1 → Relu → MatMul w2 → (N, 16)."""
+    inits = [numpy_helper.from_array(w.astype(np.float32), n) for n, w in (("w1", w1), ("w2", w2))]
+    nodes = [
+        helper.make_node("MatMul", ["x", "w1"], ["h"], name="fc1"),
+        helper.make_node("Relu", ["h"], ["a"], name="relu"),
+        helper.make_node("MatMul", ["a", "w2"], ["y"], name="fc2"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "two_layer",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 32])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 16])],
+        inits,
+    )
+    return save_graph(graph, path)
+
+
+def test_a_pruned_parents_own_drift_sends_no_sensitivity_search(tmp_path):
+    """Pruning moved the model far from fp32; int8 of the pruned model moves it hardly at all
+    from its float parent: no node kept in float could help, so no -excl variant is made."""
+    rng = np.random.default_rng(0)
+    w1, w2 = rng.normal(0, 0.3, (32, 64)), rng.normal(0, 0.3, (64, 16))
+    fp32 = two_layer(tmp_path / "fp32.onnx", w1, w2)
+    pruned_w1 = w1.copy()
+    pruned_w1[:, ::2] = 0.0  # half the hidden channels gone
+    pruned = two_layer(tmp_path / "structured-0.5.onnx", pruned_w1, w2)
+    feeds = {"x": rng.normal(size=(32, 32)).astype(np.float32)}
+    ctx = PassContext(
+        staging=tmp_path,
+        feeds=feeds,
+        labels=None,
+        reference=run_onnx(fp32, feeds),
+        data_is_real=False,
+        budget=parse_budget("cosine>=0.99"),
+        step=no_progress,
+    )
+    vs_fp32 = drift(ctx.reference, run_onnx(pruned, feeds), None)[0]["cosine_min"]
+    assert vs_fp32 < 0.9  # pruning alone is far over the budget against fp32
+    parent = Variant("structured-0.5", pruned, parent="fp32")
+    variants = int8_variants(parent, ctx, mode="dynamic", cpu=VNNI_CPU)
+    assert [v.name for v in variants] == [
+        "structured-0.5+int8-dynamic",
+        "structured-0.5+int8-dynamic-pc",
+    ]
+    assert not any("sensitivity" in n for n in ctx.notes)
+    (outcome,) = [n for n in ctx.notes if n.startswith("int8 drift against the budget")]
+    assert "drift against structured-0.5, the pruned float model" in outcome

@@ -135,18 +135,21 @@ def measure(
     shift = stats.machine_shift({j.name: j.rounds for j in jobs if j.error is None})
     dev["stability"] = shift
     warnings = device.condition_warnings(dev, threads)
+    busy = bool(warnings) and warnings[0].startswith("Other work competed")
     if shift["shifted"]:
         warnings.append(shift_warning(shift))
+    wide = {}
     for key, v in variants.items():
         latency = v["latency_ms"]
         if latency and latency["median_ci95"]:
             width = stats.relative_half_width(latency["median_ci95"], latency["p50"])
             if width > options.target_ci:
-                warnings.append(
-                    f"{key}: the median's 95% interval is ±{100 * width:.1f}%, wider than the "
-                    f"±{100 * options.target_ci:g}% target within the time budget: conditions were "
-                    "unstable or the budget is short (raise --max-time)."
-                )
+                wide[key] = width
+    timed = [j.time_s for j in jobs if j.error is None]
+    if wide:
+        warnings.append(interval_warning(wide, options.target_ci, min(timed)))
+    if wide or shift["shifted"] or busy:
+        warnings.append(what_to_do(busy or shift["shifted"], bool(wide), options))
     settings = {
         "intra_op_threads": threads[0] if not sweep else threads,
         "inter_op_threads": 1,
@@ -189,7 +192,8 @@ def _ort_settings(jobs: list[runner.Job], options: BenchOptions) -> dict:
 
 
 def shift_warning(shift: dict) -> str:
-    """The warning for a whole-machine change of speed during the run."""
+    """The warning for a whole-machine change of speed during the run (what to do about it is
+    said once, by what_to_do)."""
     pct = 100 * abs(shift["shift"] - 1)
     way = "rose" if shift["shift"] > 1 else "fell"
     return (
@@ -197,10 +201,47 @@ def shift_warning(shift: dict) -> str:
         f"{shift['cycles']} the models' latency {way} by about {pct:.0f}% "
         f"(x{shift['shift']:.2f}; {shift['jobs_alike']} of {len(shift['jobs'])} models alike; "
         f"permutation p = {shift['p_value']:.3f}). Each latency and its interval describe a "
-        "moving target and will not repeat in another run; the ratios between the models, "
-        "measured side by side, are affected less. Compare runs with `edgekit compare "
-        "--normalize`, or re-run on a quiet machine."
+        "moving target; the ratios between the models, measured side by side, are affected less."
     )
+
+
+def interval_warning(wide: dict[str, float], target: float, seconds: float) -> str:
+    """One line for every model whose median is known less well than the target."""
+    each = ", ".join(f"{k} ±{100 * w:.1f}%" for k, w in wide.items())
+    seconds = f"{seconds:.1f}" if seconds < 10 else f"{seconds:.0f}"
+    if len(wide) == 1:
+        ((name, width),) = wide.items()
+        return (
+            f"The median of {name} is known to ±{100 * width:.1f}% only (95% interval), not the "
+            f"±{100 * target:g}% target, after {seconds} s of timing."
+        )
+    low, high = (f"{100 * w:.1f}" for w in (min(wide.values()), max(wide.values())))
+    span = f"±{low}%" if low == high else f"±{low}–{high}%"
+    return (
+        f"The medians are known to {span} only, not the ±{100 * target:g}% target, after "
+        f"{seconds} s of timing each (95% intervals: {each})."
+    )
+
+
+def what_to_do(busy: bool, wide: bool, options: BenchOptions) -> str:
+    """The one thing to do about the warnings on the timings, said once."""
+    if busy:
+        return (
+            "What to do: choose between the variants by the speed column (ratios timed side by "
+            "side in this run, with their intervals), not by the milliseconds, which will not "
+            "repeat on a machine this busy. For milliseconds that hold, re-run when nothing else "
+            f"is running{', with a longer --max-time' if wide else ''}; `edgekit compare "
+            "--normalize` sets two runs side by side."
+        )
+    return (
+        f"What to do: for tighter intervals, raise --max-time (now {options.max_time:g} s per "
+        "model); the speed column (ratios timed side by side, with their intervals) already "
+        "holds what to choose by."
+    )
+
+
+def _names(names: list[str]) -> str:
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
 
 
 def _batch(feeds: dict[str, np.ndarray]) -> int | None:
@@ -297,4 +338,12 @@ def _list(ci):
     return list(ci) if ci else None
 
 
-__all__ = ["BenchOptions", "BenchResult", "measure", "shift_warning", "variant_key"]
+__all__ = [
+    "BenchOptions",
+    "BenchResult",
+    "interval_warning",
+    "measure",
+    "shift_warning",
+    "variant_key",
+    "what_to_do",
+]

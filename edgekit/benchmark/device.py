@@ -362,15 +362,18 @@ def condition_warnings(device: dict, threads: list[int]) -> list[str]:
     """Warnings about the machine itself; the runner adds the ones about the measurements."""
     warnings = []
     cores, logical = device.get("cores") or 1, device.get("logical_cpus") or 1
+    busy = []
     for when in ("before", "after"):
         load = device.get(f"load_avg_{when}")
         # "after" includes the benchmark's own threads, so only a load beyond the CPUs counts.
         limit = 0.5 * logical if when == "before" else logical + 0.5
         if load and load[0] > limit:
-            warnings.append(
-                f"The 1-minute load average was {load[0]} {when} the benchmark on {logical} logical "
-                "CPUs: other work competed for the CPU, so timings are noisier and slower than usual."
-            )
+            busy.append(f"{load[0]} {when}")
+    if busy:
+        warnings.append(
+            f"Other work competed for the CPU: the 1-minute load average was {' and '.join(busy)} "
+            f"the benchmark, on {logical} logical CPUs. Timings are noisier and slower than usual."
+        )
     too_many = [t for t in threads if t and t > cores]
     if too_many:
         warnings.append(

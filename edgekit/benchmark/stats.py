@@ -82,16 +82,39 @@ def _boot_indices(n_rounds: int, n_boot: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, n_rounds, size=(n_boot, n_rounds))
 
 
+def _pooled_medians(rounds: list[np.ndarray], picks: np.ndarray) -> np.ndarray:
+    """For each row of `picks` (round indices drawn with replacement), exactly
+    np.median(np.concatenate([rounds[i] for i in row])), without building the concatenations
+    (1,000 of them of 100,000 runs took seconds): each order statistic is found by bisection
+    over the pooled sorted samples, counting a resample's samples below a value as the sum over
+    rounds of (times drawn) x (the round's samples below it), for every resample at once."""
+    rounds = [np.sort(r) for r in rounds]
+    pooled = np.sort(np.concatenate(rounds))
+    drawn = np.stack([np.bincount(row, minlength=len(rounds)) for row in picks])
+    total = drawn @ np.array([len(r) for r in rounds])
+
+    def order_statistic(k: np.ndarray) -> np.ndarray:  # the k-th smallest (1-based) of each
+        low, high = np.zeros(len(picks), dtype=np.int64), np.full(len(picks), len(pooled) - 1)
+        while np.any(low < high):
+            mid = (low + high) // 2
+            at_most = sum(
+                drawn[:, i] * np.searchsorted(r, pooled[mid], side="right")
+                for i, r in enumerate(rounds)
+            )
+            enough = at_most >= k
+            low, high = np.where(enough, low, mid + 1), np.where(enough, mid, high)
+        return pooled[low]
+
+    return (order_statistic((total + 1) // 2) + order_statistic(total // 2 + 1)) / 2
+
+
 def bootstrap_median_ci(rounds, n_boot: int = N_BOOT, seed: int = SEED, confidence=0.95):
     """Interval of the pooled median when whole rounds are resampled (captures drift between
     rounds). None with fewer than 3 rounds."""
     rounds = [np.asarray(r, dtype=float) for r in rounds if len(r)]
     if len(rounds) < 3:
         return None
-    medians = [
-        np.median(np.concatenate([rounds[i] for i in pick]))
-        for pick in _boot_indices(len(rounds), n_boot, seed)
-    ]
+    medians = _pooled_medians(rounds, _boot_indices(len(rounds), n_boot, seed))
     tail = (1 - confidence) / 2 * 100
     lo, hi = np.percentile(medians, [tail, 100 - tail])
     return float(lo), float(hi)
@@ -118,12 +141,8 @@ def paired_ratio(a_rounds, b_rounds, n_boot: int = N_BOOT, seed: int = SEED) -> 
     if n < 3:
         return {"ratio": ratio, "ci95": None, "significant": None}
     a, b = a[:n], b[:n]
-    boot = []
-    for pick in _boot_indices(n, n_boot, seed):
-        boot.append(
-            np.median(np.concatenate([b[i] for i in pick]))
-            / np.median(np.concatenate([a[i] for i in pick]))
-        )
+    picks = _boot_indices(n, n_boot, seed)
+    boot = _pooled_medians(b, picks) / _pooled_medians(a, picks)
     lo, hi = (float(v) for v in np.percentile(boot, [2.5, 97.5]))
     return {"ratio": ratio, "ci95": [lo, hi], "significant": bool(lo > 1 or hi < 1)}
 

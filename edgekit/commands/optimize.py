@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import sys
+import time
 from pathlib import Path
 
 from edgekit.commands.bench import (
@@ -174,6 +175,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_target_arguments(parser, fleet=False)  # variants are made here, timed on the device
     out = parser.add_argument_group("output")
     out.add_argument("-q", "--quiet", action="store_true", help="no progress and no table")
+    out.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="show how long each step took (also in report.json `timings`)",
+    )
     out.add_argument("--json", action="store_true", help="print only report.json to stdout")
 
 
@@ -224,15 +231,19 @@ def run(args: argparse.Namespace) -> int:
         if quiet:
             yield lambda text: None
             return
+        start = time.perf_counter()
         with console.status(message) as status:
             yield lambda text: status.update(f"{message}: {text}")
-        console.print(f"[green]✓[/green] {rich(message)}", highlight=False)
+        took = f" [dim]({time.perf_counter() - start:.1f} s)[/dim]" if args.verbose else ""
+        console.print(f"[green]✓[/green] {rich(message)}{took}", highlight=False)
 
     report = optimize(args.model, options, step)
     if args.json:
         sys.stdout.write(to_json(report))
     elif not args.quiet:
         terminal.show_report(report)
+        if args.verbose:
+            terminal.show_timings(report)
         out_dir = args.output or default_out_dir(args.model)
         console.print(f"[dim]report written to {rich(out_dir)}/[/dim]")
     return 0

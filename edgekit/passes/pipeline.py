@@ -4,6 +4,6 @@ Adding a pass is a module with `check` and `run`, a line here, and its options (
 OptimizeOptions and a flag of `edgekit optimize`).
 """
 
-from edgekit.passes import ort_optimize, prune, quantize, simplify
+from edgekit.passes import prune, quantize, simplify
 
-PIPELINE = (simplify, ort_optimize, quantize, prune)
+PIPELINE = (simplify, quantize, prune)

@@ -22,6 +22,10 @@ from edgekit.passes import PassContext, PassFailed, Variant, attempt, outliers
 from edgekit.passes.opmix import (
     CALIBRATION_METHODS,
     DEFAULT_CALIBRATION,
+    DYNAMIC,
+    DYNAMIC_PC,
+    OUTLIERS,
+    SMOOTH,
     Decision,
     Recipe,
     describe,
@@ -89,26 +93,76 @@ def int8_variants(
     prefix = "" if parent.name in ("fp32", "simplified") else f"{parent.name}+"
     mix = op_mix(onnx.load(str(parent.path), load_external_data=False))
     ctx.notes.append(f"int8 op mix of {parent.name}: {describe(mix)} (--int8 {mode})")
+    # Quantization is judged against the float model it quantizes. A pruned parent's own drift
+    # from fp32 is pruning's: no node kept in float can take it back, so it must not send the
+    # sensitivity search after it. (The report still gives every variant's drift against fp32.)
+    reference = ctx.reference if not prefix else ctx.outputs(parent.path)
     with contextlib.ExitStack() as stack:
         made = []  # (decision, variant, quantizer, nodes the recipe keeps in float)
+        drifts: dict[str, tuple] = {}
         for decision in plan(mix, mode):
             name = prefix + decision.recipe.name
+            beaten = _cannot_win(decision.recipe, made, drifts) if mode == "auto" else None
+            if decision.tried and beaten:
+                ctx.notes.append(f"{name}: skipped — cannot win: {beaten}")
+                continue
             ctx.notes.append(decision.note(name))
-            if decision.tried:
+            if not decision.tried:
+                continue
+            with ctx.step(f"quantizing: {name}"):
                 work = Path(stack.enter_context(_workdir(ctx)))
                 settings = _settings(decision.recipe, types, calibration, ctx)
-                made += _recipe_variant(decision, name, parent, settings, work, ctx)
-        drifts = {v.name: _drift(v, ctx) for _, v, _, _ in made if not v.error}
-        fixed = _fix_closest(made, drifts, ctx)
+                for one in _recipe_variant(decision, name, parent, settings, work, ctx):
+                    made.append(one)
+                    if not one[1].error:  # now: whether the next recipes can still win
+                        drifts[one[1].name] = _drift(one[1], ctx, reference)
+        fixed = _fix_closest(made, drifts, ctx, reference, parent.name if prefix else "fp32")
     variants = []
     for _, variant, _, _ in made:
         variants += [variant, *fixed.get(variant.name, [])]
     if drifts:
-        ctx.notes.append(_outcome(drifts, ctx))
+        ctx.notes.append(_outcome(drifts, ctx, parent.name if prefix else None))
     return variants
 
 
-def _fix_closest(made: list[tuple], drifts: dict, ctx: PassContext) -> dict[str, list[Variant]]:
+# A recipe that does the work of an earlier one, and more, cannot be faster than it; its only
+# purpose is less drift. Once the earlier one is within budget it cannot win (the recommendation
+# is the fastest variant within budget), so it is not made. recipe → (earlier recipe, why).
+_NO_FASTER_THAN = {
+    DYNAMIC_PC.name: [
+        (DYNAMIC.name, "the same int8 ops on the same shapes, only its weight scales differ"),
+    ],
+    SMOOTH.name: [
+        (DYNAMIC.name, "that recipe's int8 MatMuls per channel, plus a Mul per outlier input "
+         "where the scale cannot go into a LayerNorm"),
+        (DYNAMIC_PC.name, "the same int8 MatMuls, plus a Mul per outlier input where the scale "
+         "cannot go into a LayerNorm"),
+    ],
+    OUTLIERS.name: [
+        (DYNAMIC.name, "that recipe's int8 MatMuls per channel, plus a float MatMul and an Add "
+         "beside each"),
+        (DYNAMIC_PC.name, "the same int8 MatMuls, plus a float MatMul and an Add beside each"),
+        (SMOOTH.name, "the same int8 MatMuls and at least its Muls, plus a float MatMul and an "
+         "Add beside each"),
+    ],
+}  # fmt: skip
+
+
+def _cannot_win(recipe: Recipe, made: list[tuple], drifts: dict) -> str | None:
+    """Why `recipe` cannot be the recommendation, given the recipes already made; else None."""
+    within = {d.recipe.name: v.name for d, v, _, _ in made if drifts.get(v.name, (False,))[0]}
+    for earlier, what in _NO_FASTER_THAN.get(recipe.name, []):
+        if earlier in within:
+            return (
+                f"{within[earlier]} is within the drift budget, and this recipe runs {what}: "
+                f"it cannot be faster than {within[earlier]}"
+            )
+    return None
+
+
+def _fix_closest(
+    made: list[tuple], drifts: dict, ctx: PassContext, reference: list, against: str
+) -> dict[str, list[Variant]]:
     """While no recipe is within budget, the sensitivity search on the over-budget ones, the
     closest first, until one comes back within budget; at most MAX_SEARCHES of them (each costs
     a minute or so on 2 cores for a 6-layer encoder)."""
@@ -136,10 +190,10 @@ def _fix_closest(made: list[tuple], drifts: dict, ctx: PassContext) -> dict[str,
             )
             continue
         searches += 1
-        excl = fix_drift(variant, quantizer, ctx, keep)
+        excl = fix_drift(variant, quantizer, ctx, keep, reference, against)
         if excl is not None:
             fixed[variant.name] = [excl]
-            drifts[excl.name] = _drift(excl, ctx)
+            drifts[excl.name] = _drift(excl, ctx, reference)
     return fixed
 
 
@@ -147,13 +201,14 @@ def _workdir(ctx: PassContext):
     return tempfile.TemporaryDirectory(dir=ctx.staging, prefix=".int8-")
 
 
-def _drift(variant: Variant, ctx: PassContext) -> tuple[bool, str, float]:
-    """(within budget, the measured value as text, how close: higher is closer)."""
+def _drift(variant: Variant, ctx: PassContext, reference: list) -> tuple[bool, str, float]:
+    """(within budget, the measured value as text, how close: higher is closer), against
+    `reference`: the outputs of the float model the variant quantizes."""
     from edgekit.accuracy import drift
     from edgekit.passes.sensitivity import metric_value
 
-    baseline = drift(ctx.reference, ctx.reference, ctx.labels)[0]
-    accuracy = drift(ctx.reference, ctx.outputs(variant.path), ctx.labels)[0]
+    baseline = drift(reference, reference, ctx.labels)[0]
+    accuracy = drift(reference, ctx.outputs(variant.path), ctx.labels)[0]
     ok, text = ctx.budget.check(accuracy, baseline)
     value = metric_value(accuracy, baseline, ctx.budget)
     if value is None:
@@ -161,14 +216,20 @@ def _drift(variant: Variant, ctx: PassContext) -> tuple[bool, str, float]:
     return ok, text, -value if ctx.budget.metric == "accuracy-drop" else value
 
 
-def _outcome(drifts: dict[str, tuple], ctx: PassContext) -> str:
+def _outcome(drifts: dict[str, tuple], ctx: PassContext, pruned: str | None) -> str:
     """Every int8 variant's drift against the budget, in one note: nothing hidden."""
     each = "; ".join(f"{n} {text}{'' if ok else ' (over)'}" for n, (ok, text, _) in drifts.items())
+    against = (
+        f" (quantization alone: drift against {pruned}, the pruned float model; the variants' "
+        "drift against fp32 is in the table)"
+        if pruned
+        else ""
+    )
     if any(ok for ok, _, _ in drifts.values()):
-        return f"int8 drift against the budget {ctx.budget}: {each}"
+        return f"int8 drift against the budget {ctx.budget}{against}: {each}"
     return (
-        f"no int8 recipe reached the budget {ctx.budget}: {each}; the float model stays the "
-        "recommendation unless another variant is within budget and faster"
+        f"no int8 recipe reached the budget {ctx.budget}{against}: {each}; the float model "
+        "stays the recommendation unless another variant is within budget and faster"
     )
 
 
@@ -180,20 +241,19 @@ def _recipe_variant(
     pass_name = {"weight-only": "quantize-weight-only"}.get(
         decision.recipe.method, f"quantize-{decision.recipe.method}"
     )
-    with ctx.step(f"quantizing: {name}"):
-        quantizer, keep, notes = _prepare(decision.recipe, parent, settings, work, ctx)
-        if quantizer is None and decision.recipe.outliers:
-            ctx.notes.append(f"{name}: {notes[0]}")
-            return []
-        if keep:
-            settings = {**settings, "nodes_to_exclude": list(keep)}
-        variant = attempt(
-            parent,
-            name,
-            pass_name,
-            settings,
-            lambda: _make(parent, name, pass_name, settings, quantizer, [], ctx),
-        )
+    quantizer, keep, notes = _prepare(decision.recipe, parent, settings, work, ctx)
+    if quantizer is None and decision.recipe.outliers:
+        ctx.notes.append(f"{name}: {notes[0]}")
+        return []
+    if keep:
+        settings = {**settings, "nodes_to_exclude": list(keep)}
+    variant = attempt(
+        parent,
+        name,
+        pass_name,
+        settings,
+        lambda: _make(parent, name, pass_name, settings, quantizer, [], ctx),
+    )
     variant.notes += notes
     return [(decision, variant, quantizer, keep)]
 

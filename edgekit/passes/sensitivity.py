@@ -90,15 +90,23 @@ def _role(node, producers) -> str:
 
 
 def fix_drift(
-    variant: Variant, quantizer, ctx: PassContext, keep_float: tuple[str, ...] = ()
+    variant: Variant,
+    quantizer,
+    ctx: PassContext,
+    keep_float: tuple[str, ...] = (),
+    reference: list[np.ndarray] | None = None,
+    against: str = "fp32",
 ) -> Variant | None:
     """`variant` re-made with its worst nodes kept in float, named `<variant>-excl`, with
     `extra["sensitivity"]`; None when the variant is already within budget or nothing helps.
     `quantizer(path, nodes_to_exclude)` writes the recipe's model; `keep_float` are nodes the
-    recipe itself keeps in float (not candidates)."""
+    recipe itself keeps in float (not candidates). Drift is measured against `reference`, the
+    outputs of the float model that was quantized, named `against` (default: fp32's): only
+    the drift that quantization caused is the search's to remove."""
     budget = ctx.budget
-    baseline = drift(ctx.reference, ctx.reference, ctx.labels)[0]
-    accuracy_before = _accuracy(variant.path, ctx)
+    reference = ctx.reference if reference is None else reference
+    baseline = drift(reference, reference, ctx.labels)[0]
+    accuracy_before = _accuracy(variant.path, ctx, reference)
     ok, before = budget.check(accuracy_before, baseline)
     if ok:
         return None
@@ -108,19 +116,19 @@ def fix_drift(
     groups = _groups(touched, MAX_TRIALS)
     limit = max(1, math.floor(MAX_EXCLUDED_FRACTION * len(candidates)))
     few = {k: v[:RANK_SAMPLES] for k, v in ctx.feeds.items()}
-    reference = [r[:RANK_SAMPLES] for r in ctx.reference]
+    few_reference = [r[:RANK_SAMPLES] for r in reference]
 
     with (
         tempfile.TemporaryDirectory(dir=ctx.staging) as tmp,
         ctx.step(f"sensitivity of {variant.name} ({before}, budget {budget})") as update,
     ):
         trial = Path(tmp) / "trial.onnx"
-        error = _error(variant.path, few, reference, ctx)
+        error = _error(variant.path, few, few_reference, ctx)
         recovery = []
         for i, (label, group) in enumerate(groups):
             update(f"ranking {i + 1}/{len(groups)}: {label}")
             quantizer(trial, [*keep_float, *group])
-            gain = (error - _error(trial, few, reference, ctx)) / len(group)
+            gain = (error - _error(trial, few, few_reference, ctx)) / len(group)
             recovery.append((gain, label, group))
         ranked = [
             (label, g) for gain, label, g in sorted(recovery, key=lambda x: -x[0]) if gain > 0
@@ -137,7 +145,7 @@ def fix_drift(
             kept_groups.append(label)
             update(f"keeping {len(excluded)} node(s) in float")
             quantizer(trial, [*keep_float, *excluded])
-            accuracy = _accuracy(trial, ctx)
+            accuracy = _accuracy(trial, ctx, reference)
             ok, after = budget.check(accuracy, baseline)
             if ok:
                 break
@@ -174,6 +182,7 @@ def fix_drift(
         "metric": budget.metric,
         "drift_before": metric_value(accuracy_before, baseline, budget),
         "drift_after": metric_value(accuracy, baseline, budget),
+        "drift_against": against,
         "budget": str(budget),
         "within_budget": ok,
         "trials": len(groups),
@@ -191,7 +200,10 @@ def fix_drift(
         f"({'; '.join(kept_groups)}: {_names(excluded)}): {before} → {after}, {outcome}"
     )
     fixed.notes.append(summary)
-    ctx.notes.append(f"{name}: {variant.name} was over budget ({before}); sensitivity {summary}")
+    ctx.notes.append(
+        f"{name}: {variant.name} was over budget ({before} against {against}); sensitivity "
+        f"{summary}"
+    )
     return fixed
 
 
@@ -220,8 +232,8 @@ def _groups(touched: list[tuple[str, str]], most: int) -> list[tuple[str, list[s
     return roles + [(r[0] if len(r) == 1 else f"{r[0]}…{r[-1]}", r) for r in runs]
 
 
-def _accuracy(path: Path, ctx: PassContext) -> dict:
-    return drift(ctx.reference, ctx.outputs(path), ctx.labels)[0]
+def _accuracy(path: Path, ctx: PassContext, reference: list[np.ndarray]) -> dict:
+    return drift(reference, ctx.outputs(path), ctx.labels)[0]
 
 
 def _error(path: Path, feeds: dict, reference: list[np.ndarray], ctx: PassContext) -> float:

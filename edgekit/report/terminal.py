@@ -14,6 +14,8 @@ from rich.text import Text
 from edgekit import textsafe
 from edgekit.report import cells
 
+ADVICE = "What to do: "  # edgekit.benchmark.what_to_do: the advice among the warnings
+
 
 def stdout_console() -> Console:
     """Piped output has no width: 120 columns (unless COLUMNS says) keeps tables whole in logs."""
@@ -45,13 +47,30 @@ def show_report(report: dict, console: Console | None = None) -> None:
                 f"[red]{safe(v['name'])}: FAILED:[/red] {safe(v['error'])}", highlight=False
             )
     for warning in report.get("warnings") or []:
-        console.print(f"[yellow]warning:[/yellow] {safe(warning)}", highlight=False)
+        advice = warning.removeprefix(ADVICE)
+        if advice != warning:  # the one line that says what to do about the warnings
+            console.print(f"[bold]what to do:[/bold] {safe(advice)}", highlight=False)
+        else:
+            console.print(f"[yellow]warning:[/yellow] {safe(warning)}", highlight=False)
     rec = report.get("recommendation")
     if rec:
         console.print(
             f"[bold]recommended:[/bold] {safe(rec.get('variant'))} — {safe(rec.get('reason'))}",
             highlight=False,
         )
+
+
+def show_timings(report: dict, console: Console | None = None) -> None:
+    """Where the run's time went (`optimize -v`): the longest steps first."""
+    console = console or stdout_console()
+    timings = report.get("timings")
+    if not timings:
+        return
+    console.print(f"time: {timings['total_s']:.1f} s in total, by step:", highlight=False)
+    for s in sorted(timings["steps"], key=lambda s: -s["seconds"]):
+        line = f"  {s['seconds']:6.1f} s  {s['step']}"
+        console.print(textsafe.plain(line), highlight=False, markup=False)
+    console.print(f"  {timings['other_s']:6.1f} s  between steps", highlight=False)
 
 
 def show_bench(report: dict, console: Console | None = None) -> None:
