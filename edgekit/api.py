@@ -176,7 +176,7 @@ def _optimize(
 
     from edgekit.model.export import check_parity, export_onnx, torch_outputs
     from edgekit.model.load import load_model
-    from edgekit.passes.pipeline import PIPELINE
+    from edgekit.passes import pipeline
 
     started = time.perf_counter()
     steps: list[dict] = []
@@ -190,7 +190,7 @@ def _optimize(
     specs, feeds, labels = samples.specs, samples.feeds, samples.labels
     loaded.constants = samples.constants
     options = dataclasses.replace(options, for_cpu=made_for(options))  # once, before the passes
-    settings = [p.check(options, specs, feeds) for p in PIPELINE]  # bad options fail here
+    passes = [p.check(options, specs, feeds) for p in pipeline.PIPELINE]  # bad options fail here
 
     batch = samples.batch  # drift is measured at the batch the model is timed at
     fp32 = Variant("fp32", staging / "fp32.onnx")
@@ -237,14 +237,12 @@ def _optimize(
         budget=budget,
         step=step,
         batch=batch,
-        options=options,
         loaded=loaded,
         specs=specs,
         output_kinds=kinds,
+        cpu=options.for_cpu,
     )
-    variants = [fp32]
-    for one_pass, checked in zip(PIPELINE, settings, strict=True):
-        variants += one_pass.run(variants, ctx, checked)
+    variants = pipeline.run(passes, fp32, ctx)
 
     with step("measuring accuracy"):
         rows = {v.name: _variant_row(v, ctx, output_names, primary) for v in variants}

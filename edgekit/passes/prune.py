@@ -14,9 +14,10 @@ from __future__ import annotations
 import copy
 import dataclasses
 import gzip
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 
@@ -44,35 +45,34 @@ class PruneSpec:
         return f"{self.kind}-{self.amount:g}"
 
 
-@dataclass
+@dataclass(frozen=True)
 class PrunePlan:
-    """What to prune and what to fine-tune on, checked before any work starts."""
+    """The pruning pass's settings: what to prune and what to fine-tune on, checked before any
+    work starts."""
 
-    specs: list[PruneSpec]
+    specs: tuple[PruneSpec, ...] = ()
     finetune_epochs: int = 0
     train_path: Path | None = None
     train_inputs: dict[str, np.ndarray] | None = None  # in the model's input order
     train_labels: np.ndarray | None = None
-    notes: list[str] = field(default_factory=list)  # go into the report's notes
+    notes: tuple[str, ...] = ()  # go into the report's notes
 
 
-def check(options, specs: list[InputSpec], feeds: dict[str, np.ndarray]) -> PrunePlan:
-    return plan_pruning(options.prune, options.finetune_epochs, options.train_data, specs, feeds)
+@dataclass(frozen=True)
+class Prune:
+    """Each --prune spec from the export's torch model (the pipeline adds their int8)."""
 
+    name: ClassVar[str] = "prune"
+    settings: PrunePlan = PrunePlan()
 
-def run(variants: list[Variant], ctx: PassContext, plan: PrunePlan) -> list[Variant]:
-    """Each --prune spec from the export's torch model, then int8 of each as the user asked."""
-    from edgekit.passes import quantize
+    @classmethod
+    def check(cls, options, specs: list[InputSpec], feeds: dict[str, np.ndarray]) -> Prune:
+        return cls(
+            plan_pruning(options.prune, options.finetune_epochs, options.train_data, specs, feeds)
+        )
 
-    int8 = quantize.check(ctx.options, ctx.specs, ctx.feeds)
-    return pruned_variants(
-        plan,
-        ctx.loaded,
-        ctx.specs,
-        variants[0],
-        ctx,
-        int8=lambda parent: quantize.int8_variants(parent, ctx, *int8),
-    )
+    def run(self, variants: list[Variant], ctx: PassContext) -> list[Variant]:
+        return pruned_variants(self.settings, ctx.loaded, ctx.specs, variants[0], ctx)
 
 
 def parse_prune_spec(text: str) -> PruneSpec:
@@ -97,7 +97,7 @@ def plan_pruning(
     eval_feeds: dict[str, np.ndarray],
 ) -> PrunePlan:
     """Parse --prune and load --train-data; bad input raises EdgekitError."""
-    prune_specs = list(dict.fromkeys(parse_prune_spec(t) for t in prune))
+    prune_specs = tuple(dict.fromkeys(parse_prune_spec(t) for t in prune))
     if finetune_epochs < 0:
         raise EdgekitError("--finetune-epochs must be 0 or more.")
     if (finetune_epochs or train_data) and not prune_specs:
@@ -110,9 +110,8 @@ def plan_pruning(
             "samples kept apart from --data, so the reported accuracy is measured on data the "
             "model was not tuned on)."
         )
-    plan = PrunePlan(prune_specs, finetune_epochs)
     if not train_data:
-        return plan
+        return PrunePlan(prune_specs, finetune_epochs)
     arrays, labels = load_npz(train_data)
     if labels is None or not np.issubdtype(labels.dtype, np.integer):
         raise EdgekitError(
@@ -120,16 +119,20 @@ def plan_pruning(
             "to fine-tune with cross-entropy."
         )
     check_data_matches(specs, arrays, str(train_data))
-    plan.train_path = Path(train_data)
-    plan.train_inputs = {s.name: arrays[s.name] for s in specs}
-    plan.train_labels = labels.reshape(-1)
-    overlap = _shared_samples(plan.train_inputs, eval_feeds)
-    if overlap:
-        plan.notes.append(
-            f"{overlap} of the {len(next(iter(eval_feeds.values())))} evaluation samples also "
-            f"appear in --train-data {train_data}: accuracy after fine-tuning is optimistic"
-        )
-    return plan
+    train_inputs = {s.name: arrays[s.name] for s in specs}
+    overlap = _shared_samples(train_inputs, eval_feeds)
+    notes = (
+        f"{overlap} of the {len(next(iter(eval_feeds.values())))} evaluation samples also "
+        f"appear in --train-data {train_data}: accuracy after fine-tuning is optimistic",
+    )
+    return PrunePlan(
+        prune_specs,
+        finetune_epochs,
+        Path(train_data),
+        train_inputs,
+        labels.reshape(-1),
+        notes if overlap else (),
+    )
 
 
 def _shared_samples(train: dict[str, np.ndarray], evaluation: dict[str, np.ndarray]) -> int:
@@ -151,11 +154,9 @@ def pruned_variants(
     specs: list[InputSpec],
     parent: Variant,
     ctx: PassContext,
-    int8: Callable[[Variant], list[Variant]],
 ) -> list[Variant]:
     """One variant per --prune spec (exported from the pruned torch model, `parent` being the
-    unpruned export), each followed by `int8(pruned)`: the quantization recipes as the caller
-    configured them. Failures become error rows."""
+    unpruned export). Failures become error rows."""
     if not plan.specs:
         return []
     ctx.notes += plan.notes
@@ -184,7 +185,6 @@ def pruned_variants(
             variants.append(failed)
             continue
         variants.append(variant)
-        variants += int8(variant)
     return variants
 
 
