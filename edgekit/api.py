@@ -200,7 +200,7 @@ def _optimize(
         feeds = samples.feeds
         fp32.passes.append({"name": "load-onnx", "settings": {}})
         fp32.notes.append("the source is ONNX: drift is measured against it")
-        reference = run_onnx(fp32.path, feeds, chunk=batch)
+        reference = run_onnx(fp32.path, feeds, chunk=batch, specs=specs)
         output_names = [
             o.name for o in onnx.load(str(fp32.path), load_external_data=False).graph.output
         ]
@@ -209,7 +209,7 @@ def _optimize(
             export = export_onnx(loaded, specs, fp32.path)
             samples = samples.fitted_to(fp32.path)  # integer inputs as the graph reads them
             feeds = samples.feeds
-            parity = check_parity(loaded, fp32.path, feeds)
+            parity = check_parity(loaded, fp32.path, feeds, specs)
         fp32.passes.append({"name": "export", "settings": export})
         fp32.notes.append(
             f"export parity vs torch: max |err| {parity['max_abs_err']:.2e}, "
@@ -218,7 +218,7 @@ def _optimize(
         )
         fp32.notes += export.get("notes", [])
         with step("running the torch model for reference outputs"):
-            reference = torch_outputs(loaded, feeds)
+            reference = torch_outputs(loaded, feeds, specs)
         output_names = export["output_names"]
     primary = _primary_output(options.primary_output, output_names)
     primary_ref = [reference[output_names.index(primary)]]
@@ -254,6 +254,7 @@ def _optimize(
             options.bench_options(),
             progress=update,
             target=options.target,
+            batch=samples.batch,
         )
     for name, measured_row in bench_result.variants.items():
         add_measurement(rows[name], measured_row)
@@ -402,7 +403,14 @@ def bench(
     options = options or BenchOptions()
     with _bench_output(out_dir, models) as staging:
         paths, samples = _bench_inputs(models, inputs, data)
-        result = measure(paths, samples.first_batch(), options, progress=progress, target=target)
+        result = measure(
+            paths,
+            samples.first_batch(),
+            options,
+            progress=progress,
+            target=target,
+            batch=samples.batch,
+        )
         report = _bench_report(result, paths, options, samples, out_dir)
         if staging:
             write_outputs(report, staging)
@@ -430,7 +438,9 @@ def bench_fleet(
         paths, samples = _bench_inputs(models, inputs, data)
 
         def bench_one(target) -> dict:
-            result = measure(paths, samples.first_batch(), options, target=target)
+            result = measure(
+                paths, samples.first_batch(), options, target=target, batch=samples.batch
+            )
             report = _bench_report(result, paths, options, samples, Path(out_dir) / target.name)
             write_outputs(report, staging / target.name)
             return report

@@ -60,8 +60,9 @@ def test_the_users_specs_complete_unknown_axes_and_a_value_is_fed_every_run(vad,
     assert list(specs) == ["input", "state", "sr"]  # the file's order
     assert specs["state"].batch_axis == 1 and specs["state"].shape == (2, 1, 128)
     assert specs["sr"].dtype == "int64" and specs["sr"].value == 16000
-    assert np.asarray(samples.feeds["sr"]).tolist() == 16000
-    assert samples.feeds["input"].shape == (8, 512)
+    fed = samples.first_batch()  # as the model takes one batch
+    assert fed["sr"].tolist() == 16000 and fed["state"].shape == (2, 1, 128)
+    assert samples.feeds["input"].shape == (8, 512) and samples.feeds["state"].shape == (8, 2, 128)
     assert specs["sr"].to_json()["value"] == 16000
 
 
@@ -80,7 +81,7 @@ def test_without_input_the_data_arrays_give_the_unknown_axes(vad, tmp_path):
     np.savez(tmp_path / "data.npz", **arrays)
     samples = resolve_samples([], load_onnx(vad).input_specs, tmp_path / "data.npz", 8)
     assert [s.shape for s in samples.specs] == [(1, 512), (2, 1, 128), ()]
-    assert run_onnx(vad, samples.feeds)[1].shape == (2, 6, 128)
+    assert run_onnx(vad, samples.feeds, specs=samples.specs)[1].shape == (2, 6, 128)
 
 
 @pytest.mark.parametrize(

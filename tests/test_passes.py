@@ -154,3 +154,31 @@ def test_the_pipeline_makes_the_int8_of_every_float_variant_a_later_pass_makes(t
     ctx = context_for(fp32.path, feeds, tmp_path)
     names = [v.name for v in pipeline.run([Copy(), Int8(Int8Settings("dynamic"))], fp32, ctx)]
     assert names == ["fp32", "copy", "int8-dynamic", "int8-dynamic-pc"]
+
+
+def test_samples_are_batch_first_and_fed_in_the_model_layout():
+    from edgekit.model.samples import batch_first, model_feeds
+
+    specs = [
+        InputSpec("state", (2, 1, 3), batch_axis=1),
+        InputSpec("scale", (4,), batch_axis=None),
+        InputSpec("x", (1, 3)),
+    ]
+    feeds = generate_samples(specs, 5)
+    assert {n: a.shape for n, a in feeds.items()} == {
+        "state": (5, 2, 3),
+        "scale": (5, 4),
+        "x": (5, 3),
+    }
+    assert all(len(a) == 5 for a in feeds.values())
+    taken = {n: a[1:3] for n, a in feeds.items()}  # samples 1 and 2 of every input
+    fed = model_feeds(taken, specs)
+    assert {n: a.shape for n, a in fed.items()} == {"state": (2, 2, 3), "scale": (4,), "x": (2, 3)}
+    np.testing.assert_array_equal(fed["state"][:, 0], feeds["state"][1])  # sample 1, on axis 1
+    np.testing.assert_array_equal(fed["scale"], feeds["scale"][0])  # one value, every sample
+    assert all(a.flags.c_contiguous and a.flags.writeable for a in fed.values())
+    # --data holds the model's layout: batch_first then model_feeds gives it back
+    state = np.arange(2 * 5 * 3, dtype=np.float32).reshape(2, 5, 3)
+    back = model_feeds({"state": batch_first(state, specs[0], 5)}, specs)["state"]
+    np.testing.assert_array_equal(back, state)
+    assert model_feeds({"y": np.ones((2, 3))})["y"].shape == (2, 3)  # no spec: batch axis 0

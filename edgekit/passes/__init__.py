@@ -89,7 +89,8 @@ def _this_machine() -> dict:
 
 @dataclass
 class PassContext:
-    """What passes may use. `feeds` are the samples drift is measured on (batch axis first);
+    """What passes may use. `feeds` are the samples drift is measured on (batch-first; fed
+    in the model's layout by edgekit.model.samples.model_feeds, with `specs`);
     `reference` the float model's outputs on them."""
 
     staging: Path  # write variant files here, named <variant name>.onnx
@@ -117,7 +118,8 @@ class PassContext:
         """The model's outputs on `feeds` (default: all samples), run at the deployment batch."""
         from edgekit.accuracy import run_onnx
 
-        return run_onnx(path, self.feeds if feeds is None else feeds, chunk=self.batch)
+        feeds = self.feeds if feeds is None else feeds
+        return run_onnx(path, feeds, chunk=self.batch, specs=self.specs)
 
 
 def same_function(before: Path, after: Path, ctx: PassContext, what: str) -> None:
@@ -126,8 +128,11 @@ def same_function(before: Path, after: Path, ctx: PassContext, what: str) -> Non
     from edgekit.accuracy import difference, first_samples, largest_finite, run_onnx
     from edgekit.model.export import PARITY_SAMPLES
 
-    feeds = first_samples(before, ctx.feeds, PARITY_SAMPLES)
-    expected, got = run_onnx(before, feeds), run_onnx(after, feeds)
+    feeds = first_samples(before, ctx.feeds, PARITY_SAMPLES, ctx.specs)
+    expected, got = (
+        run_onnx(before, feeds, specs=ctx.specs),
+        run_onnx(after, feeds, specs=ctx.specs),
+    )
     worst = max(difference(a, b) for a, b in zip(expected, got, strict=True))
     tolerance = REWRITE_TOLERANCE * max(1.0, largest_finite(expected))
     if not worst <= tolerance:  # a NaN difference too

@@ -24,7 +24,13 @@ import numpy as np
 from edgekit.accuracy import is_classifier_output, task_accuracy
 from edgekit.errors import EdgekitError
 from edgekit.model.inputs import InputSpec
-from edgekit.model.samples import check_data_matches, generate_samples, load_npz
+from edgekit.model.samples import (
+    batch_first,
+    check_data_matches,
+    generate_samples,
+    load_npz,
+    model_feeds,
+)
 from edgekit.passes import PassContext, PassFailed, Variant
 
 KINDS = ("unstructured", "structured")
@@ -53,7 +59,7 @@ class PrunePlan:
     specs: tuple[PruneSpec, ...] = ()
     finetune_epochs: int = 0
     train_path: Path | None = None
-    train_inputs: dict[str, np.ndarray] | None = None  # in the model's input order
+    train_inputs: dict[str, np.ndarray] | None = None  # batch-first, in the model's input order
     train_labels: np.ndarray | None = None
     notes: tuple[str, ...] = ()  # go into the report's notes
 
@@ -119,7 +125,8 @@ def plan_pruning(
             "to fine-tune with cross-entropy."
         )
     check_data_matches(specs, arrays, str(train_data))
-    train_inputs = {s.name: arrays[s.name] for s in specs}
+    count = len(labels.reshape(-1))
+    train_inputs = {s.name: batch_first(arrays[s.name], s, count) for s in specs}
     overlap = _shared_samples(train_inputs, eval_feeds)
     notes = (
         f"{overlap} of the {len(next(iter(eval_feeds.values())))} evaluation samples also "
@@ -232,7 +239,9 @@ def prune_variant(
     from edgekit.model.export import check_parity, export_onnx
 
     name = spec.name + ("-ft" if finetune_on else "")
-    example = tuple(torch.from_numpy(a) for a in generate_samples(specs, 1).values())
+    example = tuple(
+        torch.from_numpy(a) for a in model_feeds(generate_samples(specs, 1), specs).values()
+    )
     passes = [{"name": f"prune-{spec.kind}", "settings": _settings(spec)}]
     notes = []
     try:
@@ -276,7 +285,7 @@ def prune_variant(
     pruned_model = dataclasses.replace(loaded, module=module)
     try:
         export = export_onnx(pruned_model, specs, out_path)
-        parity = check_parity(pruned_model, out_path, ctx.feeds)
+        parity = check_parity(pruned_model, out_path, ctx.feeds, specs)
     except EdgekitError as exc:
         raise PassFailed(f"the pruned model could not be exported: {exc}") from None
     passes.append(
@@ -398,7 +407,6 @@ def _finetune(module, plan: PrunePlan, ctx: PassContext) -> dict:
     before = _accuracy(module, ctx)
     torch.manual_seed(FINETUNE["seed"])
     order = torch.Generator().manual_seed(FINETUNE["seed"])
-    inputs = [torch.from_numpy(a) for a in plan.train_inputs.values()]
     labels = torch.from_numpy(plan.train_labels).long()
     optimizer = torch.optim.Adam(module.parameters(), lr=FINETUNE["lr"])
     batch = FINETUNE["batch_size"]
@@ -407,10 +415,11 @@ def _finetune(module, plan: PrunePlan, ctx: PassContext) -> dict:
     for _ in range(plan.finetune_epochs):
         perm = torch.randperm(len(labels), generator=order)
         for start in range(0, len(labels), batch):
-            idx = perm[start : start + batch]
+            idx = perm[start : start + batch].numpy()
             if len(idx) < 2:  # batch norm cannot train on a single sample
                 continue
-            outputs = module(*(t[idx] for t in inputs))
+            taken = {n: a[idx] for n, a in plan.train_inputs.items()}
+            outputs = module(*_tensors(taken, ctx))
             loss = torch.nn.functional.cross_entropy(outputs, labels[idx])
             optimizer.zero_grad()
             loss.backward()
@@ -445,10 +454,20 @@ def _accuracy(module, ctx: PassContext) -> float | None:
 
     if ctx.labels is None:
         return None
-    inputs = [torch.from_numpy(a) for a in ctx.feeds.values()]
+    count = len(ctx.labels)
     with torch.no_grad():
-        logits = [module(*(t[i : i + 64] for t in inputs)) for i in range(0, len(inputs[0]), 64)]
+        logits = [
+            module(*_tensors({n: a[i : i + 64] for n, a in ctx.feeds.items()}, ctx))
+            for i in range(0, count, 64)
+        ]
     return task_accuracy(torch.cat(logits).numpy(), ctx.labels)
+
+
+def _tensors(feeds: dict[str, np.ndarray], ctx: PassContext) -> list:
+    """Batch-first samples as the torch module takes them (its layout, by model_feeds)."""
+    import torch
+
+    return [torch.from_numpy(a) for a in model_feeds(feeds, ctx.specs).values()]
 
 
 def _weight_sparsity(path: Path) -> float | None:

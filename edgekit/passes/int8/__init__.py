@@ -22,6 +22,7 @@ import onnx
 
 from edgekit.accuracy import fixed_batch
 from edgekit.cpus import int8_settings
+from edgekit.model.samples import model_feeds
 from edgekit.passes import PassContext, PassFailed, Variant, attempt
 from edgekit.passes.int8 import outliers
 from edgekit.passes.int8.opmix import (
@@ -328,7 +329,7 @@ def _dynamic(recipe: Recipe, parent: Variant, settings: dict, work: Path, ctx: P
 
     source, keep, notes = parent.path, (), []
     if recipe.outliers:
-        found = outliers.find(parent.path, ctx.feeds)
+        found = outliers.find(parent.path, ctx.feeds, ctx.specs)
         if not found:
             why = (
                 f"no MatMul input has channels above {OUTLIER_RATIO:g}x the median channel's "
@@ -396,7 +397,7 @@ def _static(parent: Variant, settings: dict, work: Path, ctx: PassContext):
         quantize_static(
             pre,
             out,
-            _CalibrationReader(ctx.feeds, samples, fixed_batch(parent.path, ctx.feeds) or 1),
+            _CalibrationReader(ctx, samples, fixed_batch(parent.path, ctx.feeds, ctx.specs) or 1),
             quant_format=QuantFormat.QDQ,
             activation_type=QuantType[settings["activation_type"]],
             weight_type=QuantType[settings["weight_type"]],
@@ -484,12 +485,15 @@ def _make(
 
 
 class _CalibrationReader:
-    """onnxruntime's CalibrationDataReader over the first `samples` feeds, `step` per call: one,
-    or the batch a model fixes on its batch axis."""
+    """onnxruntime's CalibrationDataReader over the first `samples` of ctx.feeds, `step` per
+    call (one, or the batch a model fixes on its batch axis), in the model's layout."""
 
-    def __init__(self, feeds: dict, samples: int, step: int = 1) -> None:
+    def __init__(self, ctx: PassContext, samples: int, step: int = 1) -> None:
         starts = range(0, max(samples, step) - step + 1, step)
-        self._batches = iter({k: v[i : i + step] for k, v in feeds.items()} for i in starts)
+        self._batches = iter(
+            model_feeds({k: v[i : i + step] for k, v in ctx.feeds.items()}, ctx.specs)
+            for i in starts
+        )
 
     def get_next(self) -> dict | None:
         return next(self._batches, None)
