@@ -84,6 +84,20 @@ def test_without_input_the_data_arrays_give_the_unknown_axes(vad, tmp_path):
     assert run_onnx(vad, samples.feeds, specs=samples.specs)[1].shape == (2, 6, 128)
 
 
+@pytest.mark.slow  # starts a benchmark worker
+def test_the_bench_records_the_batch_of_a_model_batched_on_axis_1(tmp_path):
+    from edgekit.api import bench
+    from edgekit.benchmark import BenchOptions
+
+    state = helper.make_tensor_value_info("state", F, [2, "n", 4])
+    out = helper.make_tensor_value_info("out", F, [2, "n", 4])
+    graph = helper.make_graph([helper.make_node("Relu", ["state"], ["out"])], "g", [state], [out])
+    path = save_graph(graph, tmp_path / "state.onnx")
+    report = bench([path], BenchOptions(min_time=0.05, max_time=0.5), inputs=["state:2xB3x4"])
+    # batches of 3 samples: the state input's axis 0 (2) is not its batch axis
+    assert report["settings"]["batch"] == 3
+
+
 @pytest.mark.parametrize(
     ("texts", "words"),
     [
