@@ -4,18 +4,28 @@ Torch-free: runs the ONNX files with onnxruntime."""
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from edgekit.errors import EdgekitError
 
+if TYPE_CHECKING:
+    from edgekit.model.inputs import InputSpec
 
-def run_onnx(path: Path, feeds: dict[str, np.ndarray], chunk: int = 64) -> list[np.ndarray]:
-    """All outputs for all samples, `chunk` samples per call, or the model's own batch size
+
+def run_onnx(
+    path: Path, feeds: dict[str, np.ndarray], chunk: int = 64, specs: Sequence[InputSpec] = ()
+) -> list[np.ndarray]:
+    """All outputs for all samples (`feeds` batch-first, fed in the layout `specs` give: see
+    edgekit.model.samples.model_feeds), `chunk` samples per call, or the model's own batch size
     where its batch axis is fixed (an ONNX file from elsewhere may have batch 1 baked in).
     The one place edgekit runs a model outside the benchmark."""
     import onnxruntime as ort
+
+    from edgekit.model.samples import model_feeds
 
     options = ort.SessionOptions()
     options.log_severity_level = 4  # fatal only: failures come back as exceptions
@@ -27,11 +37,10 @@ def run_onnx(path: Path, feeds: dict[str, np.ndarray], chunk: int = 64) -> list[
             f"The ONNX model {path} needs inputs {missing}, but only {list(feeds)} were given. "
             "Name the inputs with --input (or the arrays in --data) after the model's inputs."
         )
-    # Each input's samples lie on its batch axis (edgekit.model.samples.SampleArray; a plain
-    # array: axis 0); an input without one is the same for every sample and is never sliced.
-    axes = {n: _batch_axis(feeds[n]) for n in names}
+    # An input without a batch axis is the same for every sample: it does not count them.
+    axes = _model_axes(feeds, specs)
     batched = [n for n in names if axes[n] is not None]
-    total = min(feeds[n].shape[axes[n]] for n in batched) if batched else 1
+    total = min(len(feeds[n]) for n in batched) if batched else 1
     fixed = {
         dim
         for i in session.get_inputs()
@@ -53,7 +62,11 @@ def run_onnx(path: Path, feeds: dict[str, np.ndarray], chunk: int = 64) -> list[
     run_options.log_severity_level = 4
     parts: list[list[np.ndarray]] = []
     for start in range(0, total, chunk):
-        batch = {n: _take(feeds[n], axes[n], start, start + chunk) for n in names}
+        taken = {
+            n: feeds[n] if np.ndim(feeds[n]) == 0 else feeds[n][start : start + chunk]
+            for n in names
+        }
+        batch = model_feeds(taken, specs)
         parts.append(session.run(None, batch, run_options))
     if len(parts) == 1:
         return parts[0]
@@ -64,42 +77,38 @@ def run_onnx(path: Path, feeds: dict[str, np.ndarray], chunk: int = 64) -> list[
     ]
 
 
-def first_samples(path: Path, feeds: dict[str, np.ndarray], count: int) -> dict[str, np.ndarray]:
+def first_samples(
+    path: Path, feeds: dict[str, np.ndarray], count: int, specs: Sequence[InputSpec] = ()
+) -> dict[str, np.ndarray]:
     """The first `count` samples of `feeds`, in whole batches (at least one) where the model at
     `path` fixes its batch axis: run_onnx can run it on nothing else."""
-    fixed = fixed_batch(path, feeds)
+    fixed = fixed_batch(path, feeds, specs)
     if fixed:
         count = max(fixed, count // fixed * fixed)
     return {k: v[:count] for k, v in feeds.items()}
 
 
-def fixed_batch(path: Path, feeds: dict[str, np.ndarray]) -> int | None:
-    """The size the model at `path` fixes on an input's batch axis (the axis its feeds stack
-    samples on), or None where the batch is dynamic: such a model runs whole batches only."""
+def fixed_batch(
+    path: Path, feeds: dict[str, np.ndarray], specs: Sequence[InputSpec] = ()
+) -> int | None:
+    """The size the model at `path` fixes on an input's batch axis (given by `specs`, else 0),
+    or None where the batch is dynamic: such a model runs whole batches only."""
     import onnx
 
     graph = onnx.load(str(path), load_external_data=False).graph
+    axes = _model_axes(feeds, specs)
     for value in graph.input:
-        axis = _batch_axis(feeds[value.name]) if value.name in feeds else None
+        axis = axes.get(value.name)
         dims = value.type.tensor_type.shape.dim
         if axis is not None and axis < len(dims) and dims[axis].dim_value > 0:
             return dims[axis].dim_value
     return None
 
 
-def _batch_axis(array) -> int | None:
-    if np.ndim(array) == 0:
-        return None
-    return getattr(array, "batch_axis", 0)
-
-
-def _take(array, axis: int | None, start: int, stop: int) -> np.ndarray:
-    plain = np.asarray(array)
-    if axis is None:
-        return plain
-    index = [slice(None)] * plain.ndim
-    index[axis] = slice(start, stop)
-    return np.array(plain[tuple(index)], order="C")
+def _model_axes(feeds: dict[str, np.ndarray], specs: Sequence[InputSpec]) -> dict:
+    """Each fed input's batch axis in the model: its spec's, else 0 (None for a 0-d array)."""
+    axes = {s.name: s.batch_axis for s in specs}
+    return {n: None if np.ndim(a) == 0 else axes.get(n, 0) for n, a in feeds.items()}
 
 
 def _output_axes(session, parts: list[list[np.ndarray]]) -> list[int | None]:

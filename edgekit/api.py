@@ -176,7 +176,7 @@ def _optimize(
 
     from edgekit.model.export import check_parity, export_onnx, torch_outputs
     from edgekit.model.load import load_model
-    from edgekit.passes.pipeline import PIPELINE
+    from edgekit.passes import pipeline
 
     started = time.perf_counter()
     steps: list[dict] = []
@@ -190,7 +190,7 @@ def _optimize(
     specs, feeds, labels = samples.specs, samples.feeds, samples.labels
     loaded.constants = samples.constants
     options = dataclasses.replace(options, for_cpu=made_for(options))  # once, before the passes
-    settings = [p.check(options, specs, feeds) for p in PIPELINE]  # bad options fail here
+    passes = [p.check(options, specs, feeds) for p in pipeline.PIPELINE]  # bad options fail here
 
     batch = samples.batch  # drift is measured at the batch the model is timed at
     fp32 = Variant("fp32", staging / "fp32.onnx")
@@ -200,7 +200,7 @@ def _optimize(
         feeds = samples.feeds
         fp32.passes.append({"name": "load-onnx", "settings": {}})
         fp32.notes.append("the source is ONNX: drift is measured against it")
-        reference = run_onnx(fp32.path, feeds, chunk=batch)
+        reference = run_onnx(fp32.path, feeds, chunk=batch, specs=specs)
         output_names = [
             o.name for o in onnx.load(str(fp32.path), load_external_data=False).graph.output
         ]
@@ -209,7 +209,7 @@ def _optimize(
             export = export_onnx(loaded, specs, fp32.path)
             samples = samples.fitted_to(fp32.path)  # integer inputs as the graph reads them
             feeds = samples.feeds
-            parity = check_parity(loaded, fp32.path, feeds)
+            parity = check_parity(loaded, fp32.path, feeds, specs)
         fp32.passes.append({"name": "export", "settings": export})
         fp32.notes.append(
             f"export parity vs torch: max |err| {parity['max_abs_err']:.2e}, "
@@ -218,7 +218,7 @@ def _optimize(
         )
         fp32.notes += export.get("notes", [])
         with step("running the torch model for reference outputs"):
-            reference = torch_outputs(loaded, feeds)
+            reference = torch_outputs(loaded, feeds, specs)
         output_names = export["output_names"]
     primary = _primary_output(options.primary_output, output_names)
     primary_ref = [reference[output_names.index(primary)]]
@@ -237,14 +237,12 @@ def _optimize(
         budget=budget,
         step=step,
         batch=batch,
-        options=options,
         loaded=loaded,
         specs=specs,
         output_kinds=kinds,
+        cpu=options.for_cpu,
     )
-    variants = [fp32]
-    for one_pass, checked in zip(PIPELINE, settings, strict=True):
-        variants += one_pass.run(variants, ctx, checked)
+    variants = pipeline.run(passes, fp32, ctx)
 
     with step("measuring accuracy"):
         rows = {v.name: _variant_row(v, ctx, output_names, primary) for v in variants}
@@ -256,6 +254,7 @@ def _optimize(
             options.bench_options(),
             progress=update,
             target=options.target,
+            batch=samples.batch,
         )
     for name, measured_row in bench_result.variants.items():
         add_measurement(rows[name], measured_row)
@@ -404,7 +403,14 @@ def bench(
     options = options or BenchOptions()
     with _bench_output(out_dir, models) as staging:
         paths, samples = _bench_inputs(models, inputs, data)
-        result = measure(paths, samples.first_batch(), options, progress=progress, target=target)
+        result = measure(
+            paths,
+            samples.first_batch(),
+            options,
+            progress=progress,
+            target=target,
+            batch=samples.batch,
+        )
         report = _bench_report(result, paths, options, samples, out_dir)
         if staging:
             write_outputs(report, staging)
@@ -432,7 +438,9 @@ def bench_fleet(
         paths, samples = _bench_inputs(models, inputs, data)
 
         def bench_one(target) -> dict:
-            result = measure(paths, samples.first_batch(), options, target=target)
+            result = measure(
+                paths, samples.first_batch(), options, target=target, batch=samples.batch
+            )
             report = _bench_report(result, paths, options, samples, Path(out_dir) / target.name)
             write_outputs(report, staging / target.name)
             return report

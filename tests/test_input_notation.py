@@ -60,8 +60,9 @@ def test_the_users_specs_complete_unknown_axes_and_a_value_is_fed_every_run(vad,
     assert list(specs) == ["input", "state", "sr"]  # the file's order
     assert specs["state"].batch_axis == 1 and specs["state"].shape == (2, 1, 128)
     assert specs["sr"].dtype == "int64" and specs["sr"].value == 16000
-    assert np.asarray(samples.feeds["sr"]).tolist() == 16000
-    assert samples.feeds["input"].shape == (8, 512)
+    fed = samples.first_batch()  # as the model takes one batch
+    assert fed["sr"].tolist() == 16000 and fed["state"].shape == (2, 1, 128)
+    assert samples.feeds["input"].shape == (8, 512) and samples.feeds["state"].shape == (8, 2, 128)
     assert specs["sr"].to_json()["value"] == 16000
 
 
@@ -80,7 +81,21 @@ def test_without_input_the_data_arrays_give_the_unknown_axes(vad, tmp_path):
     np.savez(tmp_path / "data.npz", **arrays)
     samples = resolve_samples([], load_onnx(vad).input_specs, tmp_path / "data.npz", 8)
     assert [s.shape for s in samples.specs] == [(1, 512), (2, 1, 128), ()]
-    assert run_onnx(vad, samples.feeds)[1].shape == (2, 6, 128)
+    assert run_onnx(vad, samples.feeds, specs=samples.specs)[1].shape == (2, 6, 128)
+
+
+@pytest.mark.slow  # starts a benchmark worker
+def test_the_bench_records_the_batch_of_a_model_batched_on_axis_1(tmp_path):
+    from edgekit.api import bench
+    from edgekit.benchmark import BenchOptions
+
+    state = helper.make_tensor_value_info("state", F, [2, "n", 4])
+    out = helper.make_tensor_value_info("out", F, [2, "n", 4])
+    graph = helper.make_graph([helper.make_node("Relu", ["state"], ["out"])], "g", [state], [out])
+    path = save_graph(graph, tmp_path / "state.onnx")
+    report = bench([path], BenchOptions(min_time=0.05, max_time=0.5), inputs=["state:2xB3x4"])
+    # batches of 3 samples: the state input's axis 0 (2) is not its batch axis
+    assert report["settings"]["batch"] == 3
 
 
 @pytest.mark.parametrize(

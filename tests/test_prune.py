@@ -17,9 +17,9 @@ from edgekit.model.export import export_onnx, torch_outputs
 from edgekit.model.inputs import InputSpec
 from edgekit.model.load import LoadedModel
 from edgekit.model.samples import generate_samples
-from edgekit.passes import PassContext, Variant
-from edgekit.passes.prune import _prune_structured, plan_pruning, pruned_variants
-from edgekit.passes.quantize import int8_variants
+from edgekit.passes import PassContext, Variant, pipeline
+from edgekit.passes.int8 import Int8
+from edgekit.passes.prune import Prune, _prune_structured, plan_pruning, pruned_variants
 from edgekit.recommend import Budget
 
 SPECS = [InputSpec("image", (1, 3, 16, 16))]
@@ -70,15 +70,11 @@ def _setup(tmp_path, module, labels=None, fmt="state_dict"):
 
 def _run(tmp_path, module, prune, with_int8=False, **plan_args):
     loaded, fp32, ctx = _setup(tmp_path, module, plan_args.pop("labels", None))
+    ctx.loaded, ctx.specs = loaded, SPECS
     plan = plan_pruning(prune, specs=SPECS, eval_feeds=ctx.feeds, **plan_args)
-    variants = pruned_variants(
-        plan,
-        loaded,
-        SPECS,
-        fp32,
-        ctx,
-        int8=lambda parent: int8_variants(parent, ctx) if with_int8 else [],
-    )
+    # the pipeline adds the int8 of every pruned variant when int8 runs before pruning
+    passes = [Int8(), Prune(plan)] if with_int8 else [Prune(plan)]
+    variants = pipeline.run(passes, fp32, ctx)[1:]
     return {v.name: v for v in variants}, ctx
 
 
@@ -210,7 +206,7 @@ def test_a_torchscript_source_gets_error_rows_not_a_crash(tmp_path):
     scripted = torch.jit.script(ResidualNet().eval())
     loaded, fp32, ctx = _setup(tmp_path, scripted, fmt="torchscript")
     plan = plan_pruning(["structured:0.3", "unstructured:0.5"], 0, None, SPECS, ctx.feeds)
-    variants = pruned_variants(plan, loaded, SPECS, fp32, ctx, int8=lambda parent: [])
+    variants = pruned_variants(plan, loaded, SPECS, fp32, ctx)
     assert [v.name for v in variants] == ["structured-0.3", "unstructured-0.5"]
     assert all("pruning needs the model's nn.Module" in v.error for v in variants)
 

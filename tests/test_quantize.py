@@ -11,11 +11,11 @@ from onnx import TensorProto, helper, numpy_helper
 from edgekit.accuracy import run_onnx
 from edgekit.api import no_progress
 from edgekit.passes import PassContext, Variant
-from edgekit.passes.opmix import op_mix, plan
-from edgekit.passes.quantize import int8_settings, int8_variants
+from edgekit.passes.int8 import int8_settings, int8_variants
+from edgekit.passes.int8.opmix import op_mix, plan
 from edgekit.recommend import parse_budget
 
-AVX2_ONLY = ("x86_64", ["avx2", "fma"])
+AVX2_ONLY = {"arch": "x86_64", "features": ["avx2", "fma"]}
 
 
 @pytest.mark.parametrize(
@@ -113,6 +113,7 @@ def small_cnn(path):
 def context(tmp_path, path, budget="top1>=0.9"):
     feeds = {"x": np.random.default_rng(1).uniform(size=(16, 3, 16, 16)).astype(np.float32)}
     return PassContext(
+        cpu=AVX2_ONLY,
         staging=tmp_path,
         feeds=feeds,
         labels=None,
@@ -127,7 +128,7 @@ def test_a_small_cnn_gets_calibrated_static_int8_with_its_settings_recorded(tmp_
     path = small_cnn(tmp_path / "simplified.onnx")
     assert op_mix(onnx.load(str(path)))["conv"] == 2
     ctx = context(tmp_path, path)
-    variants = {v.name: v for v in int8_variants(Variant("simplified", path), ctx, cpu=AVX2_ONLY)}
+    variants = {v.name: v for v in int8_variants(Variant("simplified", path), ctx)}
     assert set(variants) == {"int8-dynamic", "int8-static"}
     static = variants["int8-static"]
     assert static.error is None and static.parent == "simplified"
@@ -149,7 +150,7 @@ def test_a_pruned_parent_names_its_int8_children_after_itself(tmp_path):
     path = small_cnn(tmp_path / "structured-0.5.onnx")
     ctx = context(tmp_path, path)
     parent = Variant("structured-0.5", path)
-    variants = int8_variants(parent, ctx, mode="static", calibration="percentile", cpu=AVX2_ONLY)
+    variants = int8_variants(parent, ctx, mode="static", calibration="percentile")
     assert [v.name for v in variants] == ["structured-0.5+int8-static"]
     assert variants[0].parent == "structured-0.5" and variants[0].error is None
     assert variants[0].passes[-1]["settings"]["calibration"] == "Percentile"
@@ -189,7 +190,7 @@ def layernorm_matmul(path, gamma_outliers=(3, 40.0)):
 
 
 def test_outlier_channels_are_found_and_both_rewrites_compute_the_same_function(tmp_path):
-    from edgekit.passes import outliers
+    from edgekit.passes.int8 import outliers
 
     path = layernorm_matmul(tmp_path / "ln.onnx")
     feeds = {"x": np.random.default_rng(1).normal(size=(8, 4, 16)).astype(np.float32)}
@@ -220,8 +221,9 @@ def test_recipes_that_cannot_win_are_skipped_and_the_report_says_why(tmp_path):
     path = layernorm_matmul(tmp_path / "simplified.onnx", gamma_outliers=(3, 1.0))  # no outliers
     feeds = {"x": np.random.default_rng(1).normal(size=(16, 4, 16)).astype(np.float32)}
 
-    def ctx():
+    def ctx(**cpu):
         return PassContext(
+            **cpu,
             staging=tmp_path,
             feeds=feeds,
             labels=None,
@@ -231,8 +233,8 @@ def test_recipes_that_cannot_win_are_skipped_and_the_report_says_why(tmp_path):
             step=no_progress,
         )
 
-    auto = ctx()
-    made = [v.name for v in int8_variants(Variant("simplified", path), auto, cpu=AVX2_ONLY)]
+    auto = ctx(cpu=AVX2_ONLY)
+    made = [v.name for v in int8_variants(Variant("simplified", path), auto)]
     # int8-dynamic is within budget: the per-channel and outlier recipes do its work and more
     assert made == ["int8-dynamic", "int8-static"]
     for name in ("int8-dynamic-pc", "int8-dynamic-smooth", "int8-dynamic-outliers"):

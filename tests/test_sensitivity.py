@@ -11,11 +11,11 @@ from onnx import TensorProto, helper, numpy_helper
 from edgekit.accuracy import drift, run_onnx
 from edgekit.api import OptimizeOptions, no_progress, optimize
 from edgekit.passes import PassContext, Variant
-from edgekit.passes.quantize import int8_variants
-from edgekit.passes.sensitivity import MAX_TRIALS, _groups
+from edgekit.passes.int8 import int8_variants
+from edgekit.passes.int8.sensitivity import MAX_TRIALS, _groups
 from edgekit.recommend import parse_budget
 
-VNNI_CPU = ("x86_64", ["avx2", "avx512_vnni"])
+VNNI_CPU = {"arch": "x86_64", "features": ["avx2", "avx512_vnni"]}
 
 
 def outlier_model(path):
@@ -62,6 +62,7 @@ def test_sensitivity_keeps_the_outlier_layer_in_float(tmp_path):
     path = outlier_model(tmp_path / "fp32.onnx")
     feeds = {"x": np.random.default_rng(1).normal(size=(32, 32)).astype(np.float32)}
     ctx = PassContext(
+        cpu=VNNI_CPU,
         staging=tmp_path,
         feeds=feeds,
         labels=None,
@@ -70,7 +71,7 @@ def test_sensitivity_keeps_the_outlier_layer_in_float(tmp_path):
         budget=parse_budget("cosine>=0.99"),
         step=no_progress,
     )
-    variants = int8_variants(Variant("fp32", path), ctx, mode="dynamic", cpu=VNNI_CPU)
+    variants = int8_variants(Variant("fp32", path), ctx, mode="dynamic")
     # The closest over-budget recipe is searched first; once it is within budget, no other is.
     (fixed,) = [v for v in variants if v.name.endswith("-excl")]
     report = fixed.extra["sensitivity"]
@@ -147,6 +148,7 @@ def test_a_pruned_parents_own_drift_sends_no_sensitivity_search(tmp_path):
     pruned = two_layer(tmp_path / "structured-0.5.onnx", pruned_w1, w2)
     feeds = {"x": rng.normal(size=(32, 32)).astype(np.float32)}
     ctx = PassContext(
+        cpu=VNNI_CPU,
         staging=tmp_path,
         feeds=feeds,
         labels=None,
@@ -158,7 +160,7 @@ def test_a_pruned_parents_own_drift_sends_no_sensitivity_search(tmp_path):
     vs_fp32 = drift(ctx.reference, run_onnx(pruned, feeds), None)[0]["cosine_min"]
     assert vs_fp32 < 0.9  # pruning alone is far over the budget against fp32
     parent = Variant("structured-0.5", pruned, parent="fp32")
-    variants = int8_variants(parent, ctx, mode="dynamic", cpu=VNNI_CPU)
+    variants = int8_variants(parent, ctx, mode="dynamic")
     assert [v.name for v in variants] == [
         "structured-0.5+int8-dynamic",
         "structured-0.5+int8-dynamic-pc",

@@ -15,8 +15,8 @@ from conftest import REPO
 from edgekit.accuracy import run_onnx
 from edgekit.api import OptimizeOptions, no_progress, optimize
 from edgekit.passes import PassContext, Variant
-from edgekit.passes.quantize import int8_variants
-from edgekit.passes.sensitivity import quantized_nodes
+from edgekit.passes.int8 import int8_variants
+from edgekit.passes.int8.sensitivity import quantized_nodes
 from edgekit.recommend import parse_budget
 
 sys.path.insert(0, str(REPO / "tools"))

@@ -89,8 +89,11 @@ def measure(
     options: BenchOptions | None = None,
     progress: Callable[[str], None] | None = None,
     target: remote.Target | None = None,
+    batch: int | None = None,
 ) -> BenchResult:
-    """Time every model on `feeds` (one batch, as the model takes it). A model that fails to load
+    """Time every model on `feeds` (one batch, as the model takes it: edgekit.model.samples
+    model_feeds) of `batch` samples (default: their first axis, as for an input without specs).
+    A model that fails to load
     or run becomes an entry with `error` set and null numbers; the others still finish.
     With `target`, the models run on that device over SSH (edgekit.benchmark.remote); an unreachable
     or unusable device raises EdgekitError."""
@@ -155,7 +158,7 @@ def measure(
         "inter_op_threads": 1,
         **_ort_settings(jobs, options),
         "execution_provider": "CPUExecutionProvider",
-        "batch": _batch(feeds),
+        "batch": batch if batch is not None else _batch(feeds),
         "interleaved": True,
         "min_time_s": options.min_time,
         "max_time_s": options.max_time,
@@ -245,6 +248,7 @@ def _names(names: list[str]) -> str:
 
 
 def _batch(feeds: dict[str, np.ndarray]) -> int | None:
+    """The samples in plain feeds: model_feeds' rule for an input without specs (axis 0)."""
     first = next(iter(feeds.values()), None)
     return int(first.shape[0]) if first is not None and first.ndim else None
 

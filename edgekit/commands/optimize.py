@@ -28,7 +28,7 @@ from edgekit.commands.bench import (
     seconds,
     thread_count,
 )
-from edgekit.passes.opmix import CALIBRATION_METHODS, DEFAULT_CALIBRATION, MODES
+from edgekit.passes.int8.opmix import CALIBRATION_METHODS, DEFAULT_CALIBRATION, MODES
 
 HELP = "make, measure and recommend deployable variants of a PyTorch model"
 MAX_EPOCHS = 10_000

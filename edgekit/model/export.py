@@ -16,6 +16,7 @@ import shutil
 import sys
 import tempfile
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +26,7 @@ from edgekit.errors import EdgekitError
 from edgekit.model.fused_kernels import fused_decompositions
 from edgekit.model.inputs import InputSpec, batch_of
 from edgekit.model.load import LoadedModel, one_line
-from edgekit.model.samples import generate_samples
+from edgekit.model.samples import generate_samples, model_feeds
 
 TORCHSCRIPT_OPSET = 17
 _EXTERNAL_DATA_BYTES = 1_800_000_000  # protobuf's hard limit is 2 GiB; leave headroom
@@ -52,7 +53,7 @@ def export_onnx(model: LoadedModel, specs: list[InputSpec], out_path: Path) -> d
     feeds = generate_samples(specs, _EXPORT_BATCH, seed=0)
     args = _tensors(specs, feeds)
     names = [s.name for s in specs]
-    output_names, _ = torch_named_outputs(model, feeds)
+    output_names, _ = torch_named_outputs(model, feeds, specs)
     output_names = [n if n not in names else f"{n}_out" for n in output_names]
     out_axes = _output_batch_axes(model, specs)
 
@@ -119,7 +120,8 @@ def export_onnx(model: LoadedModel, specs: list[InputSpec], out_path: Path) -> d
 def _tensors(specs: list[InputSpec], feeds: dict[str, np.ndarray]) -> tuple:
     import torch
 
-    return tuple(torch.from_numpy(np.asarray(feeds[s.name])) for s in specs)
+    fed = model_feeds(feeds, specs)
+    return tuple(torch.from_numpy(fed[s.name]) for s in specs)
 
 
 def _first_that_works(attempts, tmp_dir: Path, verify) -> tuple[str | None, list]:
@@ -150,13 +152,16 @@ def _is_guard_error(exc: BaseException) -> bool:
     return not isinstance(exc, _BatchError) and any(w in text for w in _GUARD_WORDS)
 
 
-def torch_outputs(model: LoadedModel, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-    """Run the torch model on `feeds` (in their order; constants bound); flattened outputs."""
-    return torch_named_outputs(model, feeds)[1]
+def torch_outputs(
+    model: LoadedModel, feeds: dict[str, np.ndarray], specs: Sequence[InputSpec] = ()
+) -> list[np.ndarray]:
+    """Run the torch model on `feeds` (batch-first, in their order, fed in the layout `specs`
+    give; constants bound); flattened outputs."""
+    return torch_named_outputs(model, feeds, specs)[1]
 
 
 def torch_named_outputs(
-    model: LoadedModel, feeds: dict[str, np.ndarray]
+    model: LoadedModel, feeds: dict[str, np.ndarray], specs: Sequence[InputSpec] = ()
 ) -> tuple[list[str], list[np.ndarray]]:
     """The torch model's outputs on `feeds`, flattened (tuples, lists, dicts), with their names:
     `output` for a single tensor, dict keys for a dict, `output_<i>` for a sequence."""
@@ -166,12 +171,13 @@ def torch_named_outputs(
     if model.module is None:
         raise EdgekitError(f"{model.path} is an ONNX file; there is no torch model to run.")
     module = _callable(model)
-    tensors = [torch.from_numpy(np.array(a, order="C", subok=False)) for a in feeds.values()]
+    fed = model_feeds(feeds, specs)
+    tensors = [torch.from_numpy(a) for a in fed.values()]
     try:
         with torch.inference_mode():
             outputs = module(*_with_constants(tensors, model.constants))
     except Exception as exc:
-        shapes = ", ".join(f"{k}: {tuple(v.shape)} {v.dtype}" for k, v in feeds.items())
+        shapes = ", ".join(f"{k}: {tuple(v.shape)} {v.dtype}" for k, v in fed.items())
         shapes += "".join(f", {c.name}={c.value}" for c in model.constants)
         raise EdgekitError(
             f"Running the model on inputs [{shapes}] failed ({_raised(exc)}). Check the input "
@@ -219,9 +225,9 @@ def _output_batch_axes(model: LoadedModel, specs: list[InputSpec]) -> list[int |
     """Each output's batch axis: the axis whose size follows the batch (2 and 3 samples);
     None for an output that does not depend on it."""
     if not any(s.batch_axis is not None for s in specs):
-        return [None] * len(torch_outputs(model, generate_samples(specs, 1)))
-    two = torch_outputs(model, generate_samples(specs, _EXPORT_BATCH, seed=2))
-    three = torch_outputs(model, generate_samples(specs, _EXPORT_BATCH + 1, seed=3))
+        return [None] * len(torch_outputs(model, generate_samples(specs, 1), specs))
+    two = torch_outputs(model, generate_samples(specs, _EXPORT_BATCH, seed=2), specs)
+    three = torch_outputs(model, generate_samples(specs, _EXPORT_BATCH + 1, seed=3), specs)
     axes = []
     for a, b in zip(two, three, strict=True):
         changed = [i for i, (x, y) in enumerate(zip(a.shape, b.shape, strict=False)) if x != y]
@@ -229,12 +235,17 @@ def _output_batch_axes(model: LoadedModel, specs: list[InputSpec]) -> list[int |
     return axes
 
 
-def check_parity(model: LoadedModel, onnx_path: Path, feeds: dict[str, np.ndarray]) -> dict:
-    """Compare torch and onnxruntime on the first PARITY_SAMPLES of the feeds. Fails past
-    max(1e-3, 1e-3 * max|ref|)."""
-    feeds = first_samples(onnx_path, feeds, PARITY_SAMPLES)  # on each input's batch axis
-    reference = torch_outputs(model, feeds)
-    got = run_onnx(Path(onnx_path), feeds)
+def check_parity(
+    model: LoadedModel,
+    onnx_path: Path,
+    feeds: dict[str, np.ndarray],
+    specs: Sequence[InputSpec] = (),
+) -> dict:
+    """Compare torch and onnxruntime on the first PARITY_SAMPLES of the (batch-first) feeds.
+    Fails past max(1e-3, 1e-3 * max|ref|)."""
+    feeds = first_samples(onnx_path, feeds, PARITY_SAMPLES, specs)
+    reference = torch_outputs(model, feeds, specs)
+    got = run_onnx(Path(onnx_path), feeds, specs=specs)
     if len(got) != len(reference):
         raise EdgekitError(
             f"The ONNX model {onnx_path} has {len(got)} output(s) but the torch model has "
@@ -421,7 +432,7 @@ def _verify(
     if static:
         raise _BatchError(f"the inputs {static} have a fixed batch axis in the exported graph")
     if not any(s.batch_axis is not None for s in specs):
-        run_onnx(path, generate_samples(specs, 1))
+        run_onnx(path, generate_samples(specs, 1), specs=specs)
         return
     for batch in _VERIFY_BATCHES:
         _run_at(path, specs, out_axes, batch)
@@ -429,7 +440,9 @@ def _verify(
 
 def _run_at(path: Path, specs: list[InputSpec], out_axes: list[int | None], batch: int) -> None:
     try:
-        outputs = run_onnx(path, generate_samples(specs, batch, seed=batch), chunk=batch)
+        outputs = run_onnx(
+            path, generate_samples(specs, batch, seed=batch), chunk=batch, specs=specs
+        )
     except Exception as exc:
         raise _BatchError(f"onnxruntime failed with batch {batch}: {_short(exc)}") from None
     shapes = [out.shape for out in outputs]

@@ -29,8 +29,8 @@ from edgekit.model.onnx_inputs import OnnxInputs
 
 
 def generate_samples(specs: list[InputSpec], count: int, seed: int = 0) -> dict[str, np.ndarray]:
-    """`count` random samples per input, stacked on its batch axis (an input without one gets
-    one value, the same for every sample), as SampleArrays."""
+    """`count` random samples per input, batch-first (an input without a batch axis gets one
+    value, the same for every sample)."""
     rng = np.random.default_rng(seed)
     feeds = {}
     for spec in specs:
@@ -53,54 +53,45 @@ def generate_samples(specs: list[InputSpec], count: int, seed: int = 0) -> dict[
             )
         else:
             feeds[spec.name] = rng.uniform(spec.low, spec.high, size=shape).astype(spec.dtype)
-    return {spec.name: as_samples(feeds[spec.name], spec, count) for spec in specs}
+    return {spec.name: batch_first(feeds[spec.name], spec, count) for spec in specs}
 
 
-class SampleArray(np.ndarray):
-    """The samples of one input, which know their batch axis: `a[i:j]` takes samples i to j on
-    that axis and `len(a)` counts samples, so code written for batch-first arrays (the passes'
-    calibration and parity slices) stays right for an input batched on another axis; an input
-    without a batch axis is the same for every sample and is never sliced (`a[i:j]` is `a`).
-    Other indexing is numpy's. np.asarray(a) gives the plain array."""
-
-    batch_axis: int | None = 0
-    _count: int = 0
-
-    def __array_finalize__(self, obj) -> None:
-        self.batch_axis = getattr(obj, "batch_axis", 0)
-        self._count = getattr(obj, "_count", 0)
-
-    def __getitem__(self, key):
-        if isinstance(key, slice) and self.batch_axis != 0:
-            if self.batch_axis is None:
-                out = self.view(SampleArray)
-                out._count = len(range(*key.indices(self._count)))
-                return out
-            index = [slice(None)] * self.ndim
-            index[self.batch_axis] = key
-            return super().__getitem__(tuple(index))
-        return super().__getitem__(key)
-
-    def __len__(self) -> int:
-        if self.batch_axis is None:
-            return self._count
-        return self.shape[self.batch_axis]
-
-    def __reduce__(self):  # pickled (multiprocessing) as a plain array
-        return np.asarray(self).__reduce__()
+# Samples are batch-first everywhere edgekit holds them (`a[i:j]` takes samples i to j, `len(a)`
+# counts them); the model's own layout (its batch on another axis, or no batch axis) exists only
+# where they are fed: these two functions go between the two.
 
 
-def as_samples(array: np.ndarray, spec: InputSpec, count: int) -> SampleArray:
-    out = np.asarray(array).view(SampleArray)
-    out.batch_axis = spec.batch_axis
-    out._count = count
+def batch_first(array: np.ndarray, spec: InputSpec, count: int) -> np.ndarray:
+    """`count` samples of `spec` in the model's layout (as --data holds them), batch-first. An
+    input without a batch axis is the same for every sample: its value repeated (a view)."""
+    array = np.asarray(array)
+    if spec.batch_axis is None:
+        return np.broadcast_to(array, (count, *array.shape))
+    return np.moveaxis(array, spec.batch_axis, 0)
+
+
+def model_feeds(feeds: dict[str, np.ndarray], specs: Sequence[InputSpec] = ()) -> dict:
+    """Batch-first samples as the model takes them: moved to each input's batch axis, and an
+    input without one as its one value. An input `specs` does not name is batched on axis 0 (a
+    0-d array: one value for every sample). Plain C-ordered copies, as onnxruntime and torch
+    take them (a model may write into its inputs): the one place samples are fed (run_onnx, the torch runs, the benchmark's batch,
+    calibration, pruning)."""
+    axes = {s.name: s.batch_axis for s in specs}
+    out = {}
+    for name, array in feeds.items():
+        axis = axes.get(name, 0)
+        if np.ndim(array) == 0:
+            out[name] = np.array(array)
+        elif axis is None:
+            out[name] = np.array(array[0], order="C")
+        else:
+            out[name] = np.array(np.moveaxis(array, 0, axis), order="C")
     return out
 
 
 def sample_count(feeds: dict[str, np.ndarray]) -> int:
-    """How many samples the feeds hold (inputs without a batch axis count as every sample)."""
-    counts = [len(a) for a in feeds.values() if getattr(a, "batch_axis", 0) is not None]
-    return min(counts) if counts else len(next(iter(feeds.values())))
+    """How many samples the (batch-first) feeds hold."""
+    return min(len(a) for a in feeds.values())
 
 
 def load_npz(path: Path) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
@@ -242,7 +233,7 @@ class Samples:
     calibration and the benchmark use."""
 
     specs: list[InputSpec]
-    feeds: dict[str, np.ndarray]  # every sample, in the input's dtype (SampleArrays)
+    feeds: dict[str, np.ndarray]  # every sample, batch-first, in the input's dtype
     labels: np.ndarray | None
     data: Path | None  # the --data file; None when the samples are generated
     constants: list[Constant] = dataclasses.field(default_factory=list)
@@ -256,11 +247,10 @@ class Samples:
         return batch_of(self.specs)
 
     def first_batch(self) -> dict[str, np.ndarray]:
-        """One batch, as the benchmark feeds it (plain arrays)."""
-        return {
-            s.name: np.array(self.feeds[s.name][: self.batch], order="C", subok=False)
-            for s in self.specs
-        }
+        """One batch, as the benchmark feeds it (the model's layout)."""
+        return model_feeds(
+            {s.name: self.feeds[s.name][: self.batch] for s in self.specs}, self.specs
+        )
 
     def to_json(self) -> dict:
         """The report's `data` section; `generated_inputs` says how each input was made."""
@@ -300,7 +290,7 @@ class Samples:
                 continue
             made = _integer_values(spec, rows.get(spec.name), spec.sample_shape(count), rng)
             if made is not None:
-                feeds[spec.name] = as_samples(made[0], spec, count)
+                feeds[spec.name] = batch_first(made[0], spec, count)
                 said[spec.name] = made[1]
         return dataclasses.replace(self, feeds=feeds, generated_as=said)
 
@@ -405,6 +395,6 @@ def resolve_samples(
             f"({batch}, the batch axis of --input). Give more samples or a smaller batch."
         )
     feeds = {
-        s.name: as_samples(arrays[s.name].astype(s.dtype, copy=False), s, count) for s in specs
+        s.name: batch_first(arrays[s.name].astype(s.dtype, copy=False), s, count) for s in specs
     }
     return Samples(specs, feeds, labels, Path(data), constants)

@@ -1,11 +1,8 @@
 """Passes: each takes variants and writes new ONNX files. Passes never benchmark.
 
-Every pass module has the same two functions, and `edgekit.passes.pipeline.PIPELINE` lists them
-in the order optimize() runs them:
-  check(options, specs, feeds) -> settings   bad options raise EdgekitError before any work
-  run(variants, ctx, settings) -> [Variant]  the new variants, each recording its pass and
-                                             settings in `passes`
-A pass that cannot produce its variant returns it with `error` set (or raises PassFailed inside
+A pass is an object (the `Pass` protocol) made from the user's options, and
+`edgekit.passes.pipeline.PIPELINE` lists the passes in the order optimize() runs them. A pass
+that cannot produce its variant returns it with `error` set (or raises PassFailed inside
 `attempt`): the report gets an error row and the run goes on.
 """
 
@@ -14,8 +11,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from edgekit.api import OptimizeOptions
+    from edgekit.model.inputs import InputSpec
+    from edgekit.model.load import LoadedModel
+    from edgekit.recommend import Budget
 
 REWRITE_TOLERANCE = 1e-4  # relative to the largest output: only float reassociation may differ
 
@@ -60,9 +64,33 @@ def attempt(parent: Variant, name: str, pass_name: str, settings: dict, make: Ca
         return parent.failed_child(name, pass_name, settings, str(exc))
 
 
+class Pass(Protocol):
+    """One step of optimize(). `check` reads the user's options into the pass's `settings` (a
+    frozen dataclass) and raises EdgekitError on bad ones, before any work starts; `run` makes
+    the pass's new variants from those so far, each recording its pass and settings in
+    `passes`. The pipeline, not the pass, makes the int8 variants of the float ones it returns."""
+
+    name: ClassVar[str]
+    settings: Any  # the pass's frozen settings dataclass
+
+    @classmethod
+    def check(
+        cls, options: OptimizeOptions, specs: list[InputSpec], feeds: dict[str, np.ndarray]
+    ) -> Pass: ...
+
+    def run(self, variants: list[Variant], ctx: PassContext) -> list[Variant]: ...
+
+
+def _this_machine() -> dict:
+    from edgekit.cpus import this_machine
+
+    return this_machine()
+
+
 @dataclass
 class PassContext:
-    """What passes may use. `feeds` are the samples drift is measured on (batch axis first);
+    """What passes may use. `feeds` are the samples drift is measured on (batch-first; fed
+    in the model's layout by edgekit.model.samples.model_feeds, with `specs`);
     `reference` the float model's outputs on them."""
 
     staging: Path  # write variant files here, named <variant name>.onnx
@@ -70,16 +98,18 @@ class PassContext:
     labels: np.ndarray | None
     reference: list[np.ndarray]
     data_is_real: bool  # feeds came from --data, not generated
-    budget: object  # edgekit.recommend.Budget
+    budget: Budget
     step: Callable  # progress: `with ctx.step("what") as update:`
     notes: list[str] = field(default_factory=list)  # report-level: what was tried/skipped and why
     # Drift is measured at the batch the model is timed and deployed at: dynamic int8 computes
     # activation scales over the whole batch, so its outputs depend on the batch size.
     batch: int = 1
-    options: object = None  # edgekit.api.OptimizeOptions: the user's settings for every pass
-    loaded: object = None  # edgekit.model.load.LoadedModel: the torch module, for passes on it
-    specs: list = field(default_factory=list)  # the model's InputSpecs
+    loaded: LoadedModel | None = None  # the torch module, for passes on it
+    specs: list[InputSpec] = field(default_factory=list)
     output_kinds: dict = field(default_factory=dict)  # edgekit.accuracy.output_kinds
+    # The CPU the int8 variants are made for (edgekit.cpus.made_for: --for-cpu, the --target
+    # device, or this machine), worked out once by optimize().
+    cpu: dict = field(default_factory=_this_machine)
 
     def path_for(self, name: str) -> Path:
         return self.staging / f"{name}.onnx"
@@ -88,7 +118,8 @@ class PassContext:
         """The model's outputs on `feeds` (default: all samples), run at the deployment batch."""
         from edgekit.accuracy import run_onnx
 
-        return run_onnx(path, self.feeds if feeds is None else feeds, chunk=self.batch)
+        feeds = self.feeds if feeds is None else feeds
+        return run_onnx(path, feeds, chunk=self.batch, specs=self.specs)
 
 
 def same_function(before: Path, after: Path, ctx: PassContext, what: str) -> None:
@@ -97,8 +128,11 @@ def same_function(before: Path, after: Path, ctx: PassContext, what: str) -> Non
     from edgekit.accuracy import difference, first_samples, largest_finite, run_onnx
     from edgekit.model.export import PARITY_SAMPLES
 
-    feeds = first_samples(before, ctx.feeds, PARITY_SAMPLES)
-    expected, got = run_onnx(before, feeds), run_onnx(after, feeds)
+    feeds = first_samples(before, ctx.feeds, PARITY_SAMPLES, ctx.specs)
+    expected, got = (
+        run_onnx(before, feeds, specs=ctx.specs),
+        run_onnx(after, feeds, specs=ctx.specs),
+    )
     worst = max(difference(a, b) for a, b in zip(expected, got, strict=True))
     tolerance = REWRITE_TOLERANCE * max(1.0, largest_finite(expected))
     if not worst <= tolerance:  # a NaN difference too

@@ -14,16 +14,23 @@ from __future__ import annotations
 import copy
 import dataclasses
 import gzip
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 
 from edgekit.accuracy import is_classifier_output, task_accuracy
 from edgekit.errors import EdgekitError
 from edgekit.model.inputs import InputSpec
-from edgekit.model.samples import check_data_matches, generate_samples, load_npz
+from edgekit.model.samples import (
+    batch_first,
+    check_data_matches,
+    generate_samples,
+    load_npz,
+    model_feeds,
+)
 from edgekit.passes import PassContext, PassFailed, Variant
 
 KINDS = ("unstructured", "structured")
@@ -44,35 +51,34 @@ class PruneSpec:
         return f"{self.kind}-{self.amount:g}"
 
 
-@dataclass
+@dataclass(frozen=True)
 class PrunePlan:
-    """What to prune and what to fine-tune on, checked before any work starts."""
+    """The pruning pass's settings: what to prune and what to fine-tune on, checked before any
+    work starts."""
 
-    specs: list[PruneSpec]
+    specs: tuple[PruneSpec, ...] = ()
     finetune_epochs: int = 0
     train_path: Path | None = None
-    train_inputs: dict[str, np.ndarray] | None = None  # in the model's input order
+    train_inputs: dict[str, np.ndarray] | None = None  # batch-first, in the model's input order
     train_labels: np.ndarray | None = None
-    notes: list[str] = field(default_factory=list)  # go into the report's notes
+    notes: tuple[str, ...] = ()  # go into the report's notes
 
 
-def check(options, specs: list[InputSpec], feeds: dict[str, np.ndarray]) -> PrunePlan:
-    return plan_pruning(options.prune, options.finetune_epochs, options.train_data, specs, feeds)
+@dataclass(frozen=True)
+class Prune:
+    """Each --prune spec from the export's torch model (the pipeline adds their int8)."""
 
+    name: ClassVar[str] = "prune"
+    settings: PrunePlan = PrunePlan()
 
-def run(variants: list[Variant], ctx: PassContext, plan: PrunePlan) -> list[Variant]:
-    """Each --prune spec from the export's torch model, then int8 of each as the user asked."""
-    from edgekit.passes import quantize
+    @classmethod
+    def check(cls, options, specs: list[InputSpec], feeds: dict[str, np.ndarray]) -> Prune:
+        return cls(
+            plan_pruning(options.prune, options.finetune_epochs, options.train_data, specs, feeds)
+        )
 
-    int8 = quantize.check(ctx.options, ctx.specs, ctx.feeds)
-    return pruned_variants(
-        plan,
-        ctx.loaded,
-        ctx.specs,
-        variants[0],
-        ctx,
-        int8=lambda parent: quantize.int8_variants(parent, ctx, *int8),
-    )
+    def run(self, variants: list[Variant], ctx: PassContext) -> list[Variant]:
+        return pruned_variants(self.settings, ctx.loaded, ctx.specs, variants[0], ctx)
 
 
 def parse_prune_spec(text: str) -> PruneSpec:
@@ -97,7 +103,7 @@ def plan_pruning(
     eval_feeds: dict[str, np.ndarray],
 ) -> PrunePlan:
     """Parse --prune and load --train-data; bad input raises EdgekitError."""
-    prune_specs = list(dict.fromkeys(parse_prune_spec(t) for t in prune))
+    prune_specs = tuple(dict.fromkeys(parse_prune_spec(t) for t in prune))
     if finetune_epochs < 0:
         raise EdgekitError("--finetune-epochs must be 0 or more.")
     if (finetune_epochs or train_data) and not prune_specs:
@@ -110,9 +116,8 @@ def plan_pruning(
             "samples kept apart from --data, so the reported accuracy is measured on data the "
             "model was not tuned on)."
         )
-    plan = PrunePlan(prune_specs, finetune_epochs)
     if not train_data:
-        return plan
+        return PrunePlan(prune_specs, finetune_epochs)
     arrays, labels = load_npz(train_data)
     if labels is None or not np.issubdtype(labels.dtype, np.integer):
         raise EdgekitError(
@@ -120,16 +125,21 @@ def plan_pruning(
             "to fine-tune with cross-entropy."
         )
     check_data_matches(specs, arrays, str(train_data))
-    plan.train_path = Path(train_data)
-    plan.train_inputs = {s.name: arrays[s.name] for s in specs}
-    plan.train_labels = labels.reshape(-1)
-    overlap = _shared_samples(plan.train_inputs, eval_feeds)
-    if overlap:
-        plan.notes.append(
-            f"{overlap} of the {len(next(iter(eval_feeds.values())))} evaluation samples also "
-            f"appear in --train-data {train_data}: accuracy after fine-tuning is optimistic"
-        )
-    return plan
+    count = len(labels.reshape(-1))
+    train_inputs = {s.name: batch_first(arrays[s.name], s, count) for s in specs}
+    overlap = _shared_samples(train_inputs, eval_feeds)
+    notes = (
+        f"{overlap} of the {len(next(iter(eval_feeds.values())))} evaluation samples also "
+        f"appear in --train-data {train_data}: accuracy after fine-tuning is optimistic",
+    )
+    return PrunePlan(
+        prune_specs,
+        finetune_epochs,
+        Path(train_data),
+        train_inputs,
+        labels.reshape(-1),
+        notes if overlap else (),
+    )
 
 
 def _shared_samples(train: dict[str, np.ndarray], evaluation: dict[str, np.ndarray]) -> int:
@@ -151,11 +161,9 @@ def pruned_variants(
     specs: list[InputSpec],
     parent: Variant,
     ctx: PassContext,
-    int8: Callable[[Variant], list[Variant]],
 ) -> list[Variant]:
     """One variant per --prune spec (exported from the pruned torch model, `parent` being the
-    unpruned export), each followed by `int8(pruned)`: the quantization recipes as the caller
-    configured them. Failures become error rows."""
+    unpruned export). Failures become error rows."""
     if not plan.specs:
         return []
     ctx.notes += plan.notes
@@ -184,7 +192,6 @@ def pruned_variants(
             variants.append(failed)
             continue
         variants.append(variant)
-        variants += int8(variant)
     return variants
 
 
@@ -232,7 +239,9 @@ def prune_variant(
     from edgekit.model.export import check_parity, export_onnx
 
     name = spec.name + ("-ft" if finetune_on else "")
-    example = tuple(torch.from_numpy(a) for a in generate_samples(specs, 1).values())
+    example = tuple(
+        torch.from_numpy(a) for a in model_feeds(generate_samples(specs, 1), specs).values()
+    )
     passes = [{"name": f"prune-{spec.kind}", "settings": _settings(spec)}]
     notes = []
     try:
@@ -276,7 +285,7 @@ def prune_variant(
     pruned_model = dataclasses.replace(loaded, module=module)
     try:
         export = export_onnx(pruned_model, specs, out_path)
-        parity = check_parity(pruned_model, out_path, ctx.feeds)
+        parity = check_parity(pruned_model, out_path, ctx.feeds, specs)
     except EdgekitError as exc:
         raise PassFailed(f"the pruned model could not be exported: {exc}") from None
     passes.append(
@@ -398,7 +407,6 @@ def _finetune(module, plan: PrunePlan, ctx: PassContext) -> dict:
     before = _accuracy(module, ctx)
     torch.manual_seed(FINETUNE["seed"])
     order = torch.Generator().manual_seed(FINETUNE["seed"])
-    inputs = [torch.from_numpy(a) for a in plan.train_inputs.values()]
     labels = torch.from_numpy(plan.train_labels).long()
     optimizer = torch.optim.Adam(module.parameters(), lr=FINETUNE["lr"])
     batch = FINETUNE["batch_size"]
@@ -407,10 +415,11 @@ def _finetune(module, plan: PrunePlan, ctx: PassContext) -> dict:
     for _ in range(plan.finetune_epochs):
         perm = torch.randperm(len(labels), generator=order)
         for start in range(0, len(labels), batch):
-            idx = perm[start : start + batch]
+            idx = perm[start : start + batch].numpy()
             if len(idx) < 2:  # batch norm cannot train on a single sample
                 continue
-            outputs = module(*(t[idx] for t in inputs))
+            taken = {n: a[idx] for n, a in plan.train_inputs.items()}
+            outputs = module(*_tensors(taken, ctx))
             loss = torch.nn.functional.cross_entropy(outputs, labels[idx])
             optimizer.zero_grad()
             loss.backward()
@@ -445,10 +454,20 @@ def _accuracy(module, ctx: PassContext) -> float | None:
 
     if ctx.labels is None:
         return None
-    inputs = [torch.from_numpy(a) for a in ctx.feeds.values()]
+    count = len(ctx.labels)
     with torch.no_grad():
-        logits = [module(*(t[i : i + 64] for t in inputs)) for i in range(0, len(inputs[0]), 64)]
+        logits = [
+            module(*_tensors({n: a[i : i + 64] for n, a in ctx.feeds.items()}, ctx))
+            for i in range(0, count, 64)
+        ]
     return task_accuracy(torch.cat(logits).numpy(), ctx.labels)
+
+
+def _tensors(feeds: dict[str, np.ndarray], ctx: PassContext) -> list:
+    """Batch-first samples as the torch module takes them (its layout, by model_feeds)."""
+    import torch
+
+    return [torch.from_numpy(a) for a in model_feeds(feeds, ctx.specs).values()]
 
 
 def _weight_sparsity(path: Path) -> float | None:

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import io
+from dataclasses import dataclass
+from typing import ClassVar
 
 import onnx
 
@@ -24,13 +26,23 @@ GEMM_FUSIONS = [
 ]
 
 
-def check(options, specs, feeds) -> None:
-    return None
+@dataclass(frozen=True)
+class SimplifySettings:
+    """Nothing to choose: onnxsim always runs on the export."""
 
 
-def run(variants: list[Variant], ctx: PassContext, settings: None) -> list[Variant]:
-    with ctx.step("simplifying with onnxsim"):
-        return [simplify(variants[0], ctx)]
+@dataclass(frozen=True)
+class Simplify:
+    name: ClassVar[str] = "simplify"
+    settings: SimplifySettings = SimplifySettings()
+
+    @classmethod
+    def check(cls, options, specs, feeds) -> Simplify:
+        return cls()
+
+    def run(self, variants: list[Variant], ctx: PassContext) -> list[Variant]:
+        with ctx.step("simplifying with onnxsim"):
+            return [simplify(variants[0], ctx)]
 
 
 def simplify(parent: Variant, ctx: PassContext) -> Variant:

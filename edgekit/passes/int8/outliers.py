@@ -22,11 +22,16 @@ named `<node>/outliers` so the quantizer can be told to leave them alone.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
+
+if TYPE_CHECKING:
+    from edgekit.model.inputs import InputSpec
 
 OUTLIER_RATIO = 6.0  # LLM.int8() draws the line at |x| >= 6 for unit-scale activations
 MAX_OUTLIERS = 8  # beyond this many channels in one input it is not a few outliers
@@ -44,12 +49,15 @@ def weight_matmuls(model: onnx.ModelProto) -> list[onnx.NodeProto]:
     ]
 
 
-def find(path: Path, feeds: dict[str, np.ndarray]) -> dict[str, dict[int, float]]:
+def find(
+    path: Path, feeds: dict[str, np.ndarray], specs: Sequence[InputSpec] = ()
+) -> dict[str, dict[int, float]]:
     """{MatMul input tensor: {outlier channel: its peak over the median channel's}} on the first
-    SAMPLES samples."""
+    SAMPLES samples (batch-first, fed in the layout `specs` give)."""
     import onnxruntime as ort
 
     from edgekit.accuracy import fixed_batch
+    from edgekit.model.samples import model_feeds
 
     model = onnx.load(str(path))
     inputs = sorted({n.input[0] for n in weight_matmuls(model)})
@@ -66,12 +74,13 @@ def find(path: Path, feeds: dict[str, np.ndarray]) -> dict[str, dict[int, float]
     )
     names = [o.name for o in session.get_outputs()]
     peaks: dict[str, np.ndarray] = {}
-    step = fixed_batch(path, feeds) or 1  # one sample a run, or the batch the graph fixes
+    step = fixed_batch(path, feeds, specs) or 1  # one sample a run, or the batch the graph fixes
     count = max(step, min(SAMPLES, len(next(iter(feeds.values())))))
     for i in range(0, count - step + 1, step):
-        outputs = session.run(None, {k: v[i : i + step] for k, v in feeds.items()})
+        fed = model_feeds({k: v[i : i + step] for k, v in feeds.items()}, specs)
+        outputs = session.run(None, fed)
         values = dict(zip(names, outputs, strict=True))
-        values.update({k: v[i : i + step] for k, v in feeds.items()})
+        values.update(fed)
         for name in inputs:
             x = np.abs(values[name].astype(np.float32)).reshape(-1, values[name].shape[-1])
             peak = x.max(axis=0)

@@ -1,6 +1,8 @@
 """int8 quantization with onnxruntime's tools: the recipes the op mix calls for, with types chosen
 for the CPU that will run the model (edgekit.cpus: --for-cpu, the --target device, or this
-machine), and per-node sensitivity exclusion when a recipe breaks the budget."""
+machine), and per-node sensitivity exclusion when a recipe breaks the budget. The pass is here;
+its helpers beside it: opmix (which recipes the op mix calls for), outliers (the outlier-channel
+rewrites), sensitivity (the nodes to keep in float)."""
 
 from __future__ import annotations
 
@@ -12,14 +14,18 @@ import os
 import tempfile
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import onnx
 
 from edgekit.accuracy import fixed_batch
 from edgekit.cpus import int8_settings
-from edgekit.passes import PassContext, PassFailed, Variant, attempt, outliers
-from edgekit.passes.opmix import (
+from edgekit.model.samples import model_feeds
+from edgekit.passes import PassContext, PassFailed, Variant, attempt
+from edgekit.passes.int8 import outliers
+from edgekit.passes.int8.opmix import (
     CALIBRATION_METHODS,
     DEFAULT_CALIBRATION,
     DYNAMIC,
@@ -32,8 +38,8 @@ from edgekit.passes.opmix import (
     op_mix,
     plan,
 )
-from edgekit.passes.outliers import OUTLIER_RATIO
-from edgekit.passes.sensitivity import fix_drift
+from edgekit.passes.int8.outliers import OUTLIER_RATIO
+from edgekit.passes.int8.sensitivity import fix_drift
 
 CALIBRATION_SAMPLES = 64
 
@@ -45,35 +51,43 @@ NBITS_ACCURACY_LEVEL = 4  # int8 compute inside MatMulNBits (activations quantiz
 Quantizer = Callable[[Path, list[str]], None]
 
 
-def check(options, specs, feeds) -> tuple[str, str, tuple[str, list[str]]]:
-    """(--int8 mode, --calibration method, the (arch, features) of the CPU the variants are for)."""
-    from edgekit import cpus
-    from edgekit.errors import EdgekitError
-    from edgekit.passes.opmix import MODES
+@dataclass(frozen=True)
+class Int8Settings:
+    mode: str = "auto"  # --int8: one of opmix.MODES
+    calibration: str = DEFAULT_CALIBRATION  # --calibration: one of CALIBRATION_METHODS
 
-    if options.int8 not in MODES or options.calibration not in CALIBRATION_METHODS:
-        raise EdgekitError(
-            f"--int8 takes one of {', '.join(MODES)} and --calibration one of "
-            f"{', '.join(CALIBRATION_METHODS)}."
+
+@dataclass(frozen=True)
+class Int8:
+    """The int8 variants of the float model the passes before it built (float_parent); the
+    pipeline also calls `variants_of` on every float variant a later pass makes."""
+
+    name: ClassVar[str] = "int8"
+    settings: Int8Settings = Int8Settings()
+
+    @classmethod
+    def check(cls, options, specs, feeds) -> Int8:
+        from edgekit.errors import EdgekitError
+        from edgekit.passes.int8.opmix import MODES
+
+        if options.int8 not in MODES or options.calibration not in CALIBRATION_METHODS:
+            raise EdgekitError(
+                f"--int8 takes one of {', '.join(MODES)} and --calibration one of "
+                f"{', '.join(CALIBRATION_METHODS)}."
+            )
+        return cls(Int8Settings(options.int8, options.calibration))
+
+    def run(self, variants: list[Variant], ctx: PassContext) -> list[Variant]:
+        from edgekit import cpus
+        from edgekit.passes import float_parent
+
+        ctx.notes.append(
+            f"int8 variants made for {cpus.describe(ctx.cpu)} ({ctx.cpu.get('source')})"
         )
-    made_for = cpus.made_for(options)
-    return options.int8, options.calibration, (made_for["arch"], list(made_for["features"]))
+        return self.variants_of(float_parent(variants), ctx)
 
-
-def run(variants: list[Variant], ctx: PassContext, settings) -> list[Variant]:
-    from edgekit import cpus
-    from edgekit.passes import float_parent
-
-    made_for = cpus.made_for(ctx.options)
-    ctx.notes.append(f"int8 variants made for {cpus.describe(made_for)} ({made_for.get('source')})")
-    return int8_variants(float_parent(variants), ctx, *settings)
-
-
-def _this_cpu() -> tuple[str, list[str]]:
-    from edgekit import cpus
-
-    here = cpus.this_machine()
-    return here["arch"], here["features"]
+    def variants_of(self, parent: Variant, ctx: PassContext) -> list[Variant]:
+        return int8_variants(parent, ctx, self.settings.mode, self.settings.calibration)
 
 
 def int8_variants(
@@ -81,13 +95,12 @@ def int8_variants(
     ctx: PassContext,
     mode: str = "auto",
     calibration: str = DEFAULT_CALIBRATION,
-    cpu: tuple[str, list[str]] | None = None,
 ) -> list[Variant]:
     """The int8 recipes worth trying for this model, each its own variant; when none is within
     the drift budget, `-excl` variants that keep the most sensitive nodes in float (the closest
-    recipe first, until one is within budget: edgekit.passes.sensitivity). The report's notes
-    say what each recipe reached against the budget."""
-    arch, features = cpu or _this_cpu()
+    recipe first, until one is within budget: edgekit.passes.int8.sensitivity), made for the
+    CPU in ctx.cpu. The report's notes say what each recipe reached against the budget."""
+    arch, features = ctx.cpu["arch"], ctx.cpu["features"]
     types = {**int8_settings(arch, features), "cpu_arch": arch, "cpu_features": list(features)}
     # A pruned parent's children say what they were made from: structured-0.5+int8-static.
     prefix = "" if parent.name in ("fp32", "simplified") else f"{parent.name}+"
@@ -205,7 +218,7 @@ def _drift(variant: Variant, ctx: PassContext, reference: list) -> tuple[bool, s
     """(within budget, the measured value as text, how close: higher is closer), against
     `reference`: the outputs of the float model the variant quantizes."""
     from edgekit.accuracy import drift
-    from edgekit.passes.sensitivity import metric_value
+    from edgekit.passes.int8.sensitivity import metric_value
 
     baseline = drift(reference, reference, ctx.labels)[0]
     accuracy = drift(reference, ctx.outputs(variant.path), ctx.labels)[0]
@@ -316,7 +329,7 @@ def _dynamic(recipe: Recipe, parent: Variant, settings: dict, work: Path, ctx: P
 
     source, keep, notes = parent.path, (), []
     if recipe.outliers:
-        found = outliers.find(parent.path, ctx.feeds)
+        found = outliers.find(parent.path, ctx.feeds, ctx.specs)
         if not found:
             why = (
                 f"no MatMul input has channels above {OUTLIER_RATIO:g}x the median channel's "
@@ -384,7 +397,7 @@ def _static(parent: Variant, settings: dict, work: Path, ctx: PassContext):
         quantize_static(
             pre,
             out,
-            _CalibrationReader(ctx.feeds, samples, fixed_batch(parent.path, ctx.feeds) or 1),
+            _CalibrationReader(ctx, samples, fixed_batch(parent.path, ctx.feeds, ctx.specs) or 1),
             quant_format=QuantFormat.QDQ,
             activation_type=QuantType[settings["activation_type"]],
             weight_type=QuantType[settings["weight_type"]],
@@ -472,12 +485,15 @@ def _make(
 
 
 class _CalibrationReader:
-    """onnxruntime's CalibrationDataReader over the first `samples` feeds, `step` per call: one,
-    or the batch a model fixes on its batch axis."""
+    """onnxruntime's CalibrationDataReader over the first `samples` of ctx.feeds, `step` per
+    call (one, or the batch a model fixes on its batch axis), in the model's layout."""
 
-    def __init__(self, feeds: dict, samples: int, step: int = 1) -> None:
+    def __init__(self, ctx: PassContext, samples: int, step: int = 1) -> None:
         starts = range(0, max(samples, step) - step + 1, step)
-        self._batches = iter({k: v[i : i + step] for k, v in feeds.items()} for i in starts)
+        self._batches = iter(
+            model_feeds({k: v[i : i + step] for k, v in ctx.feeds.items()}, ctx.specs)
+            for i in starts
+        )
 
     def get_next(self) -> dict | None:
         return next(self._batches, None)

@@ -33,7 +33,7 @@ class Recipe:
     name: str  # the variant name (a pruned parent's name is prefixed)
     method: str  # "dynamic", "static" or "weight-only" (MatMulNBits)
     per_channel: bool
-    outliers: str | None = None  # "smooth" or "split": edgekit.passes.outliers
+    outliers: str | None = None  # "smooth" or "split": edgekit.passes.int8.outliers
     bits: int = 8
 
 
