@@ -101,6 +101,9 @@ def write_atomically(out: Path, write) -> Path:
     os.close(fd)
     try:
         write(Path(tmp))
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # as an ordinary new file, not mkstemp's 0600
         os.replace(tmp, out)
     finally:
         with contextlib.suppress(FileNotFoundError):

@@ -1,7 +1,7 @@
 """ExecuTorch (XNNPACK delegate): runs the .pte that torch.export + XNNPACK lowering makes.
 
 Its Python runtime links libtorch and takes torch tensors: running a .pte from Python imports
-torch (~200 MB of the worker's peak memory is torch, not the model). On a device without torch
+torch (the worker's peak memory includes torch's libraries). On a device without torch
 ExecuTorch runs through a C++ runner built against the wheel's torch-free libraries instead.
 The pybinding is imported directly (`executorch.extension.pybindings._C`): the usual
 `executorch.runtime` import pulls in the whole compiler stack (~13 s, +130 MB)."""
@@ -18,8 +18,8 @@ NAME = "executorch"
 SUFFIX = ".pte"
 PIP = "python3 -m pip install executorch  (its Python runtime needs torch too)"
 TORCH_NOTE = (
-    "the ExecuTorch Python runtime imports torch: its peak memory includes torch's libraries "
-    "(~200 MB); a C++ runner on the device would not"
+    "the ExecuTorch Python runtime imports torch: the peak memory includes torch's libraries "
+    "(loaded before the model: they are in the baseline); a C++ runner on the device needs no torch"
 )
 # c10::ScalarType codes the method metadata gives -> numpy dtype names
 SCALAR_TYPES = {0: "uint8", 1: "int8", 2: "int16", 3: "int32", 4: "int64", 5: "float16",

@@ -109,7 +109,9 @@ class OvSession(Session):
         read = {}
         for key in SETTINGS:
             try:
-                read[key] = str(self.compiled.get_property(key)).split(".")[-1]
+                value = self.compiled.get_property(key)
+                name = getattr(value, "get_type_name", None)  # an element type: "f32", "bf16"
+                read[key] = name() if name else str(value).split(".")[-1]
             except Exception as exc:  # property names differ between versions
                 read[key] = f"unreadable: {type(exc).__name__}"
         threads = read.get("INFERENCE_NUM_THREADS")
@@ -129,15 +131,10 @@ def load(path, threads: int, precision: str | None = None) -> OvSession:
 
 
 def default_low_precision() -> str | None:
-    """The low precision the CPU plugin runs by default here (bf16, f16), None when it is f32:
-    then there is no low-precision variant to make on this CPU."""
-    core = _core()
-    capabilities = [c.lower() for c in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")]
-    hint = str(core.get_property("CPU", "INFERENCE_PRECISION_HINT")).lower()
-    for low in LOW_PRECISIONS:
-        if low in hint and low.replace("f16", "fp16") in capabilities + [low]:
-            return low
-    return None
+    """The low precision the CPU plugin runs in by default here ("bf16" or "f16"), None when its
+    default is f32: then there is no low-precision variant to make on this CPU."""
+    hint = _core().get_property("CPU", "INFERENCE_PRECISION_HINT")
+    return hint.get_type_name() if hint.get_type_name() in LOW_PRECISIONS else None
 
 
 def convert(
@@ -195,7 +192,7 @@ def _save(ov, model, out: Path) -> None:
         ov.save_model(model, str(tmp_xml), compress_to_fp16=False)
         bin_tmp = tmp_xml.with_suffix(".bin")
         write_atomically(out.with_suffix(".bin"), lambda p: Path(bin_tmp).replace(p))
-        # the .xml refers to its .bin by the same stem: rewrite it with the final name
+        # the .xml finds its .bin by the same stem
         text = tmp_xml.read_text()
         write_atomically(out, lambda p: p.write_text(text))
     finally:

@@ -38,15 +38,19 @@ def available() -> tuple[bool, str]:
         return True, "ai-edge-litert"
 
 
-def _ordered(details: list[dict], names: list[str] | None) -> list[dict]:
-    """Tensor details in the signature's order (the forward() argument order) when it has one."""
-    if not names:
-        return details
-    by_name = {d["name"]: d for d in details}
-    wanted = [n for n in (f"serving_default_{n}:0" for n in names) if n in by_name]
-    if len(wanted) != len(details):
-        return details
-    return [by_name[n] for n in wanted]
+def _details(interpreter) -> tuple[list[dict], list[dict]]:
+    """Input and output details in the signature's order (forward()'s argument order) and under
+    its names (args_0, output_0), when the model has a signature; else the interpreter's."""
+    signatures = interpreter.get_signature_list()
+    if len(signatures) != 1:
+        return interpreter.get_input_details(), interpreter.get_output_details()
+    ((key, names),) = signatures.items()
+    runner = interpreter.get_signature_runner(key)
+    ins, outs = runner.get_input_details(), runner.get_output_details()
+    return (
+        [{**ins[n], "name": n} for n in names["inputs"]],
+        [{**outs[n], "name": n} for n in names["outputs"]],
+    )
 
 
 class LiteRtSession(Session):
@@ -60,9 +64,7 @@ class LiteRtSession(Session):
         # num_threads left out means 1 (the wrapper passes `num_threads or 1`): always give it
         self.interpreter = Interpreter(model_path=str(path), num_threads=int(threads or 1))
         self.interpreter.allocate_tensors()
-        signature = self.interpreter.get_signature_list().get("serving_default", {})
-        self.in_details = _ordered(self.interpreter.get_input_details(), signature.get("inputs"))
-        self.out_details = self.interpreter.get_output_details()
+        self.in_details, self.out_details = _details(self.interpreter)
         self.inputs = [self._info(d) for d in self.in_details]
         self.outputs = [self._info(d) for d in self.out_details]
         self.quantized_io = any(self._scale(d) for d in self.in_details + self.out_details)
