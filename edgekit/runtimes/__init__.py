@@ -43,17 +43,15 @@ def module(name: str):
 
 
 def runtime_for(path, name: str | None = None) -> str:
-    """The runtime that runs the artifact: `name` when given, else by the file's suffix."""
+    """The runtime that runs the artifact: `name` when given, else by the file's suffix (.xml
+    OpenVINO, .tflite LiteRT, .pte ExecuTorch); any other file is ONNX, for onnxruntime."""
     if name:
         return module(name).NAME
     suffix = Path(path).suffix.lower()
     for runtime in MODULES:
         if suffix == module(runtime).SUFFIX:
             return runtime
-    suffixes = ", ".join(f"{module(r).SUFFIX} ({r})" for r in MODULES)
-    raise ValueError(
-        f"{Path(path).name}: no runtime runs {suffix or 'a file without suffix'} files ({suffixes})"
-    )
+    return "onnxruntime"
 
 
 def availability() -> dict[str, tuple[bool, str]]:
@@ -64,3 +62,9 @@ def availability() -> dict[str, tuple[bool, str]]:
 def load(path, threads: int, runtime: str | None = None, **options) -> Session:
     """A session for the artifact, on the runtime its suffix (or `runtime`) names."""
     return module(runtime_for(path, runtime)).load(Path(path), threads, **options)
+
+
+def describe(path, runtime: str | None = None) -> tuple[list[TensorInfo], list[TensorInfo]]:
+    """The artifact's inputs and outputs, as its runtime loads it (one thread)."""
+    session = load(path, 1, runtime)
+    return session.inputs, session.outputs
