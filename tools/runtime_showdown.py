@@ -10,7 +10,7 @@ batch 1) and printed as its time relative to ORT fp32 (lower is faster) with the
 and its cosine against PyTorch eager fp32. A runtime that is not installed, or that cannot convert
 or run the model, is a failed row with the reason.
 
-    python tools/runtime_showdown.py [--min-time 1] [--max-time 3] [--only resnet]
+    python tools/runtime_showdown.py [--min-time 1] [--max-time 3] [--only resnet] [--out FILE]
 """
 
 from __future__ import annotations
@@ -59,13 +59,14 @@ def main() -> int:
     parser.add_argument("--max-time", type=float, default=3.0, help="seconds per variant, at most")
     parser.add_argument("--keep", type=Path, help="keep the models in this folder")
     parser.add_argument("--only", help="run only the models whose title contains this")
+    parser.add_argument("--out", type=Path, help="also write the summary to this file")
     args = parser.parse_args()
     work = args.keep or Path(tempfile.mkdtemp(prefix="runtime-showdown-"))
     work.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(THREADS)
-    print("runtimes here:")
+    lines = ["runtimes here:"]
     for name, (ok, why) in runtimes.availability().items():
-        print(f"  {name:12} {'yes' if ok else 'NO'}: {why}")
+        lines.append(f"  {name:12} {'yes' if ok else 'NO'}: {why}")
     blocks = []
     for title, (factory, samples, transformer) in MODELS.items():
         if args.only and args.only.lower() not in title.lower():
@@ -73,21 +74,24 @@ def main() -> int:
         started = time.perf_counter()
         rows, notes = showdown(title, factory, samples, transformer, work, args)
         blocks.append((title, rows, notes, time.perf_counter() - started))
-    print()
     for title, rows, notes, seconds in blocks:
-        print(f"== {title}: batch 1, {THREADS} threads, interleaved in one run ({seconds:.0f} s)")
-        print(
-            f"{'variant':30}{'time vs ORT fp32':>18}  {'95% interval':>13}  {'cosine_min':>10}  threads"
+        lines.append(
+            f"\n== {title}: batch 1, {THREADS} threads, interleaved in one run ({seconds:.0f} s)"
+        )
+        lines.append(
+            f"{'variant':36}{'time vs ORT fp32':>17}  {'95% interval':>12}  {'cosine_min':>10}  threads"
         )
         for label, ratio, ci, cos, threads, error in rows:
             if error:
-                print(f"{label:30}{'failed':>18}  {error}")
+                lines.append(f"{label:36}{'failed':>17}  {error}")
                 continue
-            span = f"{ci[0]:.2f}–{ci[1]:.2f}" if ci else "—"
-            print(f"{label:30}{ratio:>18.2f}  {span:>13}  {cos:>10.5f}  {threads}")
-        for note in notes:
-            print(f"  note: {note}")
-        print()
+            span = f"{ci[0]:.2f}–{ci[1]:.2f}" if ci else "(baseline)"
+            lines.append(f"{label:36}{ratio:>17.2f}  {span:>12}  {cos:>10.5f}  {threads}")
+        lines += [f"  note: {note}" for note in notes]
+    text = "\n".join(lines) + "\n"
+    print("\n" + text)
+    if args.out:
+        args.out.write_text(text)
     return 0
 
 
@@ -203,8 +207,9 @@ def edgekit_variants(factory, folder: Path, args) -> dict[str, Path]:
     report = json.loads((out / "report.json").read_text())
     files = {"ORT fp32": out / "fp32.onnx"}
     recommended = (report.get("recommendation") or {}).get("variant")
-    for v in report["variants"]:
-        if v["name"] != "fp32" and not v.get("error") and v.get("file"):
+    for v in report["variants"]:  # the int8 ones, static and dynamic, and the pick
+        int8 = v["name"].startswith(("int8-static", "int8-dynamic"))
+        if (int8 or v["name"] == recommended) and v["name"] != "fp32" and not v.get("error"):
             tag = " (edgekit's pick)" if v["name"] == recommended else ""
             files[f"ORT {v['name']}{tag}"] = out / v["file"]
     return files

@@ -74,7 +74,7 @@ def fit_feeds(
     feeds = {}
     for info, array in zip(session.inputs, chosen, strict=True):
         want = np.dtype(info.dtype)
-        if array.dtype != want and array.dtype.kind in "iub" and want.kind in "iub":
+        if array.dtype != want and array.dtype.kind in "iu" and want.kind in "iu":
             if array.size and (
                 array.min() < np.iinfo(want).min or array.max() > np.iinfo(want).max
             ):
