@@ -79,14 +79,14 @@ def main() -> int:
             f"\n== {title}: batch 1, {THREADS} threads, interleaved in one run ({seconds:.0f} s)"
         )
         lines.append(
-            f"{'variant':36}{'time vs ORT fp32':>17}  {'95% interval':>12}  {'cosine_min':>10}  threads"
+            f"{'variant':40}{'time vs ORT fp32':>17}  {'95% interval':>12}  {'cosine_min':>10}  threads"
         )
         for label, ratio, ci, cos, threads, error in rows:
             if error:
-                lines.append(f"{label:36}{'failed':>17}  {error}")
+                lines.append(f"{label:40}{'failed':>17}  {error}")
                 continue
             span = f"{ci[0]:.2f}–{ci[1]:.2f}" if ci else "(baseline)"
-            lines.append(f"{label:36}{ratio:>17.2f}  {span:>12}  {cos:>10.5f}  {threads}")
+            lines.append(f"{label:40}{ratio:>17.2f}  {span:>12}  {cos:>10.5f}  {threads}")
         lines += [f"  note: {note}" for note in notes]
     text = "\n".join(lines) + "\n"
     print("\n" + text)
