@@ -298,7 +298,7 @@ def test_a_runtime_that_cannot_run_here_is_a_failed_row_and_the_others_go_on(art
     done = run_edgekit(
         "bench", artifact("onnxruntime", "cnn", "fp32"), artifact("executorch", "cnn", "fp32"),
         "--threads", "1", "--min-time", "0.1", "--max-time", "0.2", "--json",
-        env=torch_blocked_env(tmp_path),
+        "-o", tmp_path / "out", env=torch_blocked_env(tmp_path),
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     onnx_row, pte_row = json.loads(done.stdout)["variants"]
