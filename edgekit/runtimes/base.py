@@ -30,9 +30,6 @@ class TensorInfo:
     dtype: str  # numpy dtype name
     shape: tuple  # ints, None for a dynamic axis
 
-    def to_json(self) -> dict:
-        return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
-
 
 @dataclass
 class Session:
