@@ -473,12 +473,23 @@ def _bench_output(out_dir: Path | None, models: Sequence[Path]) -> Iterator[Path
 def _bench_inputs(models, inputs, data) -> tuple[dict[str, Path], Samples]:
     """Checked ONNX files by variant name, and one batch of samples from --input / --data / the
     first model's own shapes."""
-    from edgekit.model.load import load_onnx
+    from edgekit import runtimes
+    from edgekit.model.inputs import InputSpec
+    from edgekit.model.load import check_model_file, load_onnx
 
     models = [Path(m) for m in models]
-    loaded = [load_onnx(m, read_inputs=i == 0) for i, m in enumerate(models)]
-    samples = resolve_samples(inputs, loaded[0].input_specs, data, generated=1)
-    samples = samples.fitted_to(models[0])  # integer inputs as the graph reads them
+    onnx = [runtimes.runtime_for(m) == "onnxruntime" for m in models]
+    if onnx[0]:
+        specs = load_onnx(models[0]).input_specs
+    else:  # another runtime's artifact (.xml, .tflite, .pte): that runtime says what it takes
+        check_model_file(models[0])
+        taken = runtimes.describe(models[0])[0]
+        specs = [InputSpec(t.name, tuple(d or 1 for d in t.shape), t.dtype) for t in taken]
+    for model, is_onnx in zip(models[1:], onnx[1:], strict=True):
+        load_onnx(model, read_inputs=False) if is_onnx else check_model_file(model)
+    samples = resolve_samples(inputs, specs, data, generated=1)
+    if onnx[0]:
+        samples = samples.fitted_to(models[0])  # integer inputs as the graph reads them
     return dict(zip(_unique_names(models), models, strict=True)), samples
 
 

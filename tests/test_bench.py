@@ -98,7 +98,7 @@ def test_size_on_disk_includes_external_data(tmp_path):
 # ---------------------------------------------------------------- the worker
 
 
-def test_worker_imports_only_stdlib_onnxruntime_numpy():
+def test_worker_imports_only_stdlib_numpy_and_its_runtimes():
     source = (Path(__file__).parents[1] / "edgekit/benchmark/worker.py").read_text()
     imported = set()
     for node in ast.walk(ast.parse(source)):
@@ -106,12 +106,16 @@ def test_worker_imports_only_stdlib_onnxruntime_numpy():
             imported |= {a.name.split(".")[0] for a in node.names}
         elif isinstance(node, ast.ImportFrom):
             imported.add((node.module or "").split(".")[0])
-    assert imported - set(sys.stdlib_module_names) == {"numpy", "onnxruntime"}
+    # edgekit.runtimes here, the copied runtimes/ folder on a device
+    assert imported - set(sys.stdlib_module_names) == {"numpy", "edgekit", "runtimes"}
 
 
-def test_worker_runs_as_a_copied_single_file(tmp_path):
-    """As on a Pi: the file alone, in a folder without edgekit, speaking its JSON-lines protocol."""
-    worker = shutil.copy(Path(__file__).parents[1] / "edgekit/benchmark/worker.py", tmp_path)
+def test_worker_runs_as_copied_to_a_device(tmp_path):
+    """As on a Pi: worker.py and the runtimes folder, in a folder without edgekit, speaking its
+    JSON-lines protocol."""
+    root = Path(__file__).parents[1] / "edgekit"
+    worker = shutil.copy(root / "benchmark/worker.py", tmp_path)
+    shutil.copytree(root / "runtimes", tmp_path / "runtimes")
     model = flops_model(tmp_path / "m.onnx")
     np.savez(tmp_path / "feeds.npz", **feeds())
     requests = [

@@ -25,7 +25,8 @@ def _imports(nodes) -> set[str]:
 @pytest.mark.parametrize(
     "file, at_import, inside_functions",
     [
-        ("worker.py", {"numpy", "onnxruntime"}, set()),
+        # worker.py: edgekit.runtimes, or on a device the runtimes/ folder copied beside it
+        ("worker.py", {"numpy"}, {"edgekit", "runtimes"}),
         # device.py: the standard library when imported; the versions of what the worker needs
         # when collecting, and psutil where installed (guarded by ImportError)
         ("device.py", set(), {"numpy", "onnxruntime", "psutil"}),

@@ -166,6 +166,8 @@ def measure(
         "threads_sweep": threads if sweep else None,
         "baseline": jobs[0].name,
         "timer": "time.perf_counter_ns around session.run",
+        # each variant's runtime and its settings as the runtime reported them (threads read back)
+        "runtimes": {j.name: j.load["runtime_settings"] for j in jobs if j.load},
     }
     return BenchResult(dev, settings, warnings, variants, log)
 
@@ -173,7 +175,9 @@ def measure(
 def _ort_settings(jobs: list[runner.Job], options: BenchOptions) -> dict:
     """The ORT settings as the workers' session options held them (read back from the first
     worker that loaded), and where the threads were allowed to run."""
-    applied = next((j.load["session_config"] for j in jobs if j.load), None)
+    applied = next(
+        (j.load["session_config"] for j in jobs if j.load and "session_config" in j.load), None
+    )
     placed = [j.load["affinity"] for j in jobs if j.load and j.load.get("affinity")]
     if applied is None:  # nothing loaded: what was asked for
         applied = {
@@ -301,6 +305,7 @@ def _variant(job: runner.Job, count, baseline: runner.Job) -> dict:
         )
 
     load = job.load
+    v["notes"] += load.get("notes") or []  # from the runtime: e.g. that it imports torch
     v["cold_start"] = {
         "session_create_ms": load["session_create_ms"],
         "first_run_ms": load["first_run_ms"],

@@ -1,7 +1,7 @@
 """Benchmark on the device itself, over SSH (edgekit.ssh), and on fleets of devices. For each
 device:
 
-  mktemp -d  →  copy worker.py, device.py, the feeds and the models there (one tar stream over ssh)
+  mktemp -d  →  copy worker.py (and its runtimes/), device.py, the feeds and the models there (one tar stream over ssh)
   →  probe: python3 with numpy and onnxruntime? device.collect() there  →  one `ssh … python3
   worker.py` per job, speaking the same JSON-lines protocol as a local worker  →  rm -rf the folder
 
@@ -28,6 +28,7 @@ from edgekit.errors import EdgekitError
 from edgekit.ssh import QUICK_S, RemoteCommandFailed, Target, ssh_run
 
 DEVICE_PY = Path(__file__).with_name("device.py")  # stdlib-only: collects device info there
+RUNTIMES = Path(__file__).parents[1] / "runtimes"  # the worker's runtimes, imported beside it
 FIX = "python3 -m pip install onnxruntime numpy"
 
 # Runs on the device with its python3: which modules are missing, else the device description
@@ -128,6 +129,9 @@ def _pack(models: dict[str, Path], feeds_npz: Path, tar_path: Path) -> dict[str,
     names = {str(feeds_npz.resolve()): "feeds.npz"}
     with tarfile.open(tar_path, "w") as tar:
         tar.add(WORKER, "worker.py")
+        tar.add(
+            RUNTIMES, "runtimes", filter=lambda info: None if "__pycache__" in info.name else info
+        )
         tar.add(DEVICE_PY, "device.py")
         tar.add(feeds_npz, "feeds.npz")
         for i, path in enumerate(models.values()):

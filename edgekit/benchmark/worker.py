@@ -1,21 +1,25 @@
-"""edgekit timing worker: one long-lived process that times one ONNX model.
+"""edgekit timing worker: one long-lived process that times one model on one runtime.
 
-Self-contained on purpose: only the standard library, onnxruntime and numpy, so this single file can
-be copied to a device (a Raspberry Pi) and run there as `python3 worker.py`.
+Self-contained on purpose: the standard library, numpy and edgekit.runtimes (which imports a
+runtime only when asked for), so this file and the runtimes folder can be copied to a device (a
+Raspberry Pi) and run there as `python3 worker.py`. The runtime is picked by the artifact's suffix
+(.onnx onnxruntime, .xml OpenVINO, .tflite LiteRT, .pte ExecuTorch) or the request's "runtime".
 
 Protocol: one JSON object per line. The worker first writes {"ok": true, "ready": true, ...}; then it
 answers every request line on stdin with exactly one line on stdout:
 
-  {"cmd": "load", "model": PATH, "feeds": NPZ, "threads": 2, "spinning": true,
+  {"cmd": "load", "model": PATH, "feeds": NPZ, "threads": 2, "runtime": null, "spinning": true,
    "stop_spinning": true, "arena": true, "opt_level": "ORT_ENABLE_ALL", "warmup_max_s": 2.0}
       -> baseline_rss_bytes, session_create_ms, first_run_ms, warmup_runs, warmup_settled,
-         session_config (the ORT settings as the session options hold them), affinity
+         runtime, runtime_settings (as the runtime reports them: threads, precision, ...),
+         notes, affinity; for onnxruntime also session_config (the session options' settings)
   {"cmd": "round", "seconds": 0.1}   -> samples_ns: timed runs for about that long
   {"cmd": "memory"}                  -> peak_rss_bytes, baseline_rss_bytes
-  {"cmd": "profile", "seconds": 1.0} -> ops: top operators by time (a separate profiling session)
+  {"cmd": "profile", "seconds": 1.0} -> ops: top operators by time (onnxruntime only: a separate
+                                        profiling session)
   {"cmd": "quit"}
 A failed request answers {"ok": false, "error": "..."}. A worker that loads nothing still answers
-"memory": that is the baseline memory of the runtime itself.
+"memory": that is the baseline memory of Python and numpy (a runtime is imported by "load").
 """
 
 import contextlib
@@ -24,11 +28,16 @@ import json
 import math
 import os
 import sys
-import tempfile
 import time
 
 import numpy as np
-import onnxruntime as ort
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+if os.path.isdir(os.path.join(HERE, "runtimes")):  # on a device: copied beside this file
+    sys.path.insert(0, HERE)
+    import runtimes
+else:
+    from edgekit import runtimes
 
 # Warm-up: timings are grouped in blocks of about this long; warm-up ends when a block's median is
 # no longer faster than the previous one by more than SETTLE_TOL (the caches, allocator and thread
@@ -39,7 +48,9 @@ MIN_BLOCKS = 3
 
 
 def peak_rss_bytes():
-    """Peak resident memory of this process, from the kernel (VmHWM), else getrusage."""
+    """Peak resident memory of this process, from the kernel (VmHWM), else getrusage. getrusage's
+    ru_maxrss survives fork+exec: a worker started by a parent holding torch would report the
+    parent's peak."""
     try:
         with open("/proc/self/status") as handle:
             for line in handle:
@@ -51,13 +62,6 @@ def peak_rss_bytes():
 
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak if sys.platform == "darwin" else peak * 1024  # macOS gives bytes, Linux KiB
-
-
-CONFIG_KEYS = (
-    "session.intra_op.allow_spinning",
-    "session.inter_op.allow_spinning",
-    "session.force_spinning_stop",
-)
 
 
 def affinity():
@@ -86,76 +90,40 @@ class Worker:
         self.request = None
         self.baseline = peak_rss_bytes()
 
-    def session_options(self, profile=False):
-        req = self.request
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = int(req.get("threads") or 0)
-        opts.inter_op_num_threads = 1
-        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        opts.graph_optimization_level = getattr(
-            ort.GraphOptimizationLevel, req.get("opt_level", "ORT_ENABLE_ALL")
-        )
-        opts.enable_cpu_mem_arena = bool(req.get("arena", True))
-        spinning = "1" if req.get("spinning", True) else "0"
-        opts.add_session_config_entry("session.intra_op.allow_spinning", spinning)
-        opts.add_session_config_entry("session.inter_op.allow_spinning", spinning)
-        # Threads spin only while run() is busy; when it returns they sleep. Without this an idle
-        # worker's threads keep spinning after its round and take the cores from the next worker.
-        stop = "1" if req.get("stop_spinning", True) else "0"
-        opts.add_session_config_entry("session.force_spinning_stop", stop)
-        opts.log_severity_level = 3
-        if profile:
-            opts.enable_profiling = True
-            opts.profile_file_prefix = os.path.join(tempfile.mkdtemp(prefix="edgekit-prof-"), "p")
-        return opts
-
-    @staticmethod
-    def applied(opts):
-        """The settings as the session options hold them (not as they were asked for)."""
-        config = {key: opts.get_session_config_entry(key) for key in CONFIG_KEYS}
-        return {
-            **config,
-            "intra_op_num_threads": opts.intra_op_num_threads,
-            "inter_op_num_threads": opts.inter_op_num_threads,
-            "graph_optimization_level": str(opts.graph_optimization_level).split(".")[-1],
-            "execution_mode": str(opts.execution_mode).split(".")[-1],
-            "enable_cpu_mem_arena": opts.enable_cpu_mem_arena,
-        }
-
-    def new_session(self, profile=False):
-        return ort.InferenceSession(
-            self.request["model"],
-            sess_options=self.session_options(profile),
-            providers=["CPUExecutionProvider"],
-        )
-
     def timed_run(self, session):
         feeds = self.feeds
         start = time.perf_counter_ns()
-        session.run(None, feeds)
+        session.run(feeds)
         return time.perf_counter_ns() - start
 
     def cmd_load(self, req):
         self.request = req
         with np.load(req["feeds"], allow_pickle=False) as archive:
             arrays = {k: np.ascontiguousarray(archive[k]) for k in archive.files}
+        runtime = runtimes.runtime_for(req["model"], req.get("runtime"))
+        options = {}
+        if runtime == "onnxruntime":
+            options = {
+                "spinning": req.get("spinning", True),
+                "stop_spinning": req.get("stop_spinning", True),
+                "arena": req.get("arena", True),
+                "opt_level": req.get("opt_level", "ORT_ENABLE_ALL"),
+            }
+        ok, why = runtimes.module(runtime).available()  # imports the runtime, before the baseline
+        if not ok:
+            raise RuntimeError(why)
         # The model's share of memory is measured against this point: runtime and feeds loaded.
         self.baseline = peak_rss_bytes()
         start = time.perf_counter_ns()
-        opts = self.session_options()
-        self.session = ort.InferenceSession(
-            req["model"], sess_options=opts, providers=["CPUExecutionProvider"]
-        )
+        self.session = runtimes.load(req["model"], req.get("threads") or 0, runtime, **options)
         create_ns = time.perf_counter_ns() - start
-        names = [i.name for i in self.session.get_inputs()]
-        missing = [n for n in names if n not in arrays]
-        if missing:
-            raise ValueError(f"the feeds have no array for the model input(s) {missing}")
-        self.feeds = {n: arrays[n] for n in names}
+        self.feeds, notes = runtimes.fit_feeds(self.session, arrays)
         first_ns = self.timed_run(self.session)
         runs, settled = self.warm_up(first_ns, float(req.get("warmup_max_s", 2.0)))
-        return {
-            "session_config": self.applied(opts),
+        reply = {
+            "runtime": runtime,
+            "runtime_settings": self.session.settings(),
+            "notes": self.session.notes + notes,
             "affinity": affinity(),
             "baseline_rss_bytes": self.baseline,
             "session_create_ms": create_ns / 1e6,
@@ -163,6 +131,9 @@ class Worker:
             "warmup_runs": runs,
             "warmup_settled": settled,
         }
+        if runtime == "onnxruntime":
+            reply["session_config"] = runtimes.module(runtime).applied(self.session.opts)
+        return reply
 
     def warm_up(self, first_ns, max_s):
         deadline = time.perf_counter() + max_s
@@ -184,7 +155,7 @@ class Worker:
             raise RuntimeError("no model loaded")
         # One untimed run: waking this worker's threads (asleep since its last round, with
         # force_spinning_stop) and the process switch cost land here, not in the samples.
-        session.run(None, self.feeds)
+        session.run(self.feeds)
         budget_ns = int(float(req.get("seconds", 0.1)) * 1e9)
         samples = []
         gc.disable()  # a collection inside a timed run is Python's cost, not the model's
@@ -203,8 +174,10 @@ class Worker:
 
     def cmd_profile(self, req):
         """Top operators by time, from a separate profiling session (profiling slows runs down,
-        so it never touches the timed session)."""
-        session = self.new_session(profile=True)
+        so it never touches the timed session). onnxruntime only."""
+        if not hasattr(self.session, "profiling_session"):
+            raise RuntimeError(f"no operator profile on {self.session.runtime}")
+        session = self.session.profiling_session()
         deadline = time.perf_counter() + float(req.get("seconds", 1.0))
         runs = 0
         while runs < 3 or (time.perf_counter() < deadline and runs < 1000):

@@ -1,0 +1,117 @@
+"""What every runtime module shares: the session interface, tensor descriptions, errors."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+try:  # on a device this package runs beside the worker, without the rest of edgekit
+    from edgekit.errors import EdgekitError as _Error
+except ImportError:  # pragma: no cover - exercised on devices
+    _Error = Exception
+
+
+class ConversionError(_Error):
+    """Making a runtime's artifact failed: the caller turns it into a failed variant row."""
+
+
+class RuntimeUnavailable(_Error):
+    """The runtime is not installed (or cannot import) here; the message says what to install."""
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    name: str
+    dtype: str  # numpy dtype name
+    shape: tuple  # ints, None for a dynamic axis
+
+
+@dataclass
+class Session:
+    """A loaded artifact, ready to run. Runtime modules subclass it and fill these in."""
+
+    runtime: str
+    path: Path
+    threads: int
+    inputs: list[TensorInfo] = field(default_factory=list)
+    outputs: list[TensorInfo] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        raise NotImplementedError
+
+    def settings(self) -> dict:
+        """The settings as the runtime reports them (not as they were asked for)."""
+        raise NotImplementedError
+
+
+def fit_feeds(
+    session: Session, arrays: dict[str, np.ndarray]
+) -> tuple[dict[str, np.ndarray], list[str]]:
+    """The arrays as the session's inputs: by name when the names match, else by position (an
+    ONNX input `x` is a .tflite's `args_0`), integer arrays cast to the input's integer type
+    (int64 token ids to an int32 input). Returns (feeds, notes); ValueError when they cannot fit."""
+    names = [t.name for t in session.inputs]
+    notes = []
+    if all(n in arrays for n in names):
+        chosen = [arrays[n] for n in names]
+    elif len(arrays) == len(names):
+        chosen = list(arrays.values())
+        notes.append(
+            f"inputs fed by position: the feeds {list(arrays)} to the model's inputs {names}"
+        )
+    else:
+        missing = [n for n in names if n not in arrays]
+        raise ValueError(f"the feeds have no array for the model input(s) {missing}")
+    feeds = {}
+    for info, array in zip(session.inputs, chosen, strict=True):
+        want = np.dtype(info.dtype)
+        if array.dtype != want and array.dtype.kind in "iu" and want.kind in "iu":
+            if array.size and (
+                array.min() < np.iinfo(want).min or array.max() > np.iinfo(want).max
+            ):
+                raise ValueError(f"input {info.name}: values do not fit {want}")
+            array = array.astype(want)
+        feeds[info.name] = np.ascontiguousarray(array)
+    return feeds, notes
+
+
+def os_threads() -> int | None:
+    """This process's OS thread count (a runtime's pool shows up here), None where unreadable."""
+    try:
+        return len(os.listdir("/proc/self/task"))
+    except OSError:
+        return None
+
+
+def write_atomically(out: Path, write) -> Path:
+    """Call write(tmp_path) for a temporary file beside `out`, then rename it to `out`: a failed
+    conversion never leaves a half-written artifact, nor destroys an earlier one."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.stem}.", suffix=out.suffix, dir=out.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # as an ordinary new file, not mkstemp's 0600
+        os.replace(tmp, out)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp)
+    return out
+
+
+def conversion_failed(runtime: str, precision: str, exc: BaseException) -> ConversionError:
+    text = str(exc).strip().splitlines()
+    reason = text[0][:400] if text else ""
+    return ConversionError(
+        f"{runtime} {precision} conversion failed: {type(exc).__name__}: {reason}. This runtime "
+        "cannot take this model as it is; the other runtimes' variants are unaffected."
+    )
