@@ -70,6 +70,7 @@ class OptimizeOptions:
     train_data: Path | None = None  # labelled .npz kept apart from `data`
     for_cpu: str | dict | None = None  # make int8 for: rpi4|rpi5|x86-avx2|x86-vnni|device.json
     primary_output: str | None = None  # the output the budget and top-1 use (default: the first)
+    runtimes: str | None = None  # --runtime ort,openvino,litert,executorch (None: all installed)
     debug: bool = False  # let torch's, onnx's and onnxruntime's own logs through to the terminal
 
     def __post_init__(self) -> None:
@@ -370,6 +371,7 @@ def _output_notes(names: list[str], primary: str, chosen: str | None) -> list[st
 def _variant_row(v: Variant, ctx: PassContext, names: list[str], primary: str) -> dict:
     row = new_variant(v.name, parent=v.parent, passes=v.passes, notes=list(v.notes), error=v.error)
     row.update(v.extra)
+    row["runtime"] = v.runtime  # the runtime that runs the variant's file
     if v.error:
         return row
     row.update(file=v.path.name, size_bytes=size_on_disk(v.path), sha256=sha256_file(v.path))
@@ -378,7 +380,7 @@ def _variant_row(v: Variant, ctx: PassContext, names: list[str], primary: str) -
             ctx.reference, ctx.outputs(v.path), ctx.labels, names, primary, ctx.output_kinds
         )
     except Exception as exc:  # onnxruntime refuses the model: a row with the reason
-        row["error"] = f"onnxruntime could not run this variant: {exc}"
+        row["error"] = f"{v.runtime} could not run this variant: {exc}"
         return row
     row["accuracy"] = accuracy
     row["unmeasured"].update(unmeasured)
