@@ -84,6 +84,26 @@ def test_drift_runs_an_openvino_variant_like_an_onnx_one(tmp_path):
     np.testing.assert_allclose(got[0], expected[0], rtol=1e-4, atol=1e-4)
 
 
+def test_a_failed_conversion_is_an_error_row_and_onnx_input_needs_the_torch_model(tmp_path):
+    need("openvino")
+    from edgekit.passes import PassContext, Variant
+    from edgekit.passes.runtimes import _from_torch, _make
+    from edgekit.runtimes import ov
+
+    parent = Variant("simplified", _conv_onnx(tmp_path / "simplified.onnx"))
+    # int8 without calibration samples: OpenVINO's converter refuses, the row says why
+    failed = _make(parent, "openvino", "int8", {}, lambda out: ov.convert(parent.path, out, "int8"))
+    assert failed.path is None and failed.runtime == "openvino"
+    assert "int8 needs calibration samples" in failed.error
+    assert failed.parent == "simplified" and failed.passes[-1]["name"] == "convert-openvino"
+    made = _make(parent, "openvino", "fp32", {}, lambda out: ov.convert(parent.path, out))
+    assert made.error is None and made.path.name == "openvino-fp32.xml"
+
+    ctx = PassContext(tmp_path, {}, None, [], False, None, step=None)  # no torch module loaded
+    assert _from_torch("litert", parent, ctx) == []
+    assert "needs the PyTorch model" in ctx.notes[0]
+
+
 def test_export_repository_writes_the_openvino_backend_and_refuses_litert(tmp_path):
     need("openvino")
     from edgekit.runtimes import ov
