@@ -14,6 +14,9 @@ A conversion that fails is an error row with the reason; the others go on.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -107,12 +110,30 @@ def _make(parent: Variant, runtime: str, precision: str, settings: dict, convert
     out = parent.path.parent / f"{name}{runtimes.module(runtime).SUFFIX}"
     settings = {"runtime": runtime, "precision": precision, **settings}
     try:
-        convert(out)
+        with _quiet_stdout():
+            convert(out)
         variant = parent.child(name, out, f"convert-{runtime}", settings)
     except ConversionError as exc:
         variant = parent.failed_child(name, f"convert-{runtime}", settings, str(exc))
     variant.runtime = runtime
     return variant
+
+
+@contextlib.contextmanager
+def _quiet_stdout():
+    """Nothing on stdout (it carries `--json` reports): the converters print progress there,
+    from Python (NNCF's bars, litert-torch's steps) and from C++."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    with open(os.devnull, "w") as devnull:
+        os.dup2(devnull.fileno(), 1)
+        try:
+            with contextlib.redirect_stdout(devnull):
+                yield
+        finally:
+            sys.stdout.flush()
+            os.dup2(saved, 1)
+            os.close(saved)
 
 
 def _openvino(parent: Variant, ctx: PassContext) -> list[Variant]:

@@ -177,19 +177,12 @@ def convert(
 def _quantize(model, calibration, transformer: bool):
     if not calibration:
         raise ValueError("int8 needs calibration samples")
-    import contextlib
-    import io
-
     import nncf
 
     kwargs = {"model_type": nncf.ModelType.TRANSFORMER} if transformer else {}
     if not transformer:
         kwargs["preset"] = nncf.QuantizationPreset.PERFORMANCE
-    # NNCF draws progress bars on stdout, which carries `--json` reports
-    with contextlib.redirect_stdout(io.StringIO()):
-        return nncf.quantize(
-            model, nncf.Dataset(calibration), subset_size=len(calibration), **kwargs
-        )
+    return nncf.quantize(model, nncf.Dataset(calibration), subset_size=len(calibration), **kwargs)
 
 
 def _save(ov, model, out: Path) -> None:
