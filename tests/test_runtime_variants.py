@@ -137,6 +137,7 @@ def test_export_repository_writes_the_openvino_backend_and_refuses_litert(tmp_pa
 # ------------------------------------------------------------------ slow: processes
 
 
+@pytest.mark.slow  # starts a server process
 def test_serve_an_openvino_variant_to_tritons_client(tmp_path):
     need("openvino")
     tritonclient_http = pytest.importorskip("tritonclient.http")
