@@ -47,12 +47,11 @@ def _module(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-def _imports(tree: ast.Module, name: str, is_package: bool, top_level: bool) -> set[str]:
-    """The edgekit modules `name` imports: all of them, or (`top_level`) those imported when it
-    loads (not inside functions, not under `if TYPE_CHECKING:`)."""
-    nodes = tree.body if top_level else list(ast.walk(tree))
+def _imports(tree: ast.Module, name: str, is_package: bool) -> set[str]:
+    """The edgekit modules `name` imports, those inside functions too (a cycle that closes only
+    when a function runs is a cycle all the same)."""
     found = set()
-    for node in nodes:
+    for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             found |= {a.name for a in node.names}
         elif isinstance(node, ast.ImportFrom):
@@ -68,12 +67,12 @@ def _imports(tree: ast.Module, name: str, is_package: bool, top_level: bool) -> 
     return {m for m in found if m.startswith("edgekit.")}
 
 
-def _graph(top_level: bool) -> dict[str, set[str]]:
+def _graph() -> dict[str, set[str]]:
     files = {_module(p): p for p in PACKAGE.rglob("*.py")}
     graph = {}
     for name, path in files.items():
         tree = ast.parse(path.read_text())
-        wanted = _imports(tree, name, path.name == "__init__.py", top_level)
+        wanted = _imports(tree, name, path.name == "__init__.py")
         edges = set()
         for module in wanted:
             while module not in files and "." in module:  # `from pkg import name`: the package
@@ -91,14 +90,14 @@ def _graph(top_level: bool) -> dict[str, set[str]]:
 def test_report_imports_nothing_from_the_benchmark_package():
     upward = {
         name: sorted(m for m in edges if m.startswith("edgekit.benchmark"))
-        for name, edges in _graph(top_level=False).items()
+        for name, edges in _graph().items()
         if name.startswith("edgekit.report")
     }
     assert not any(upward.values()), upward
 
 
 def test_no_import_cycle():
-    graph = _graph(top_level=True)
+    graph = _graph()
     state: dict[str, int] = {}  # 1 on the path, 2 done
     cycles = []
 
