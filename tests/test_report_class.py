@@ -64,6 +64,11 @@ def test_from_json_refuses_a_broken_report_with_one_paragraph():
         Report.from_json(broken, where="given.json")
     with pytest.raises(EdgekitError, match="not an edgekit report"):
         Report.from_json([1, 2])
+    # a warning that is not text: the terminal would have failed on it with a traceback
+    odd = make_report(n=5)
+    odd["warnings"][0] = {"x": 1}
+    with pytest.raises(EdgekitError, match=r"warnings\[0\] should be a string"):
+        Report.from_json(odd)
 
 
 def test_build_report_fills_each_row_with_its_measurement():

@@ -165,8 +165,8 @@ class Report:
     extra: dict = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
     kind: str = REPORT_KIND
-    edgekit_version: str = __version__
-    created_utc: str = field(default_factory=_now)
+    edgekit_version: str | None = __version__  # None: a report that did not say
+    created_utc: str | None = field(default_factory=_now)
 
     def to_json(self) -> dict:
         """The dict report.json holds (docs/report-schema.md), keys in the contract's order."""
@@ -194,6 +194,8 @@ class Report:
                 "The file may have been edited by hand or written by a broken edgekit build; "
                 "re-run the benchmark to get a fresh report."
             ) from None
+        data.setdefault("edgekit_version", None)  # not said: not made up either
+        data.setdefault("created_utc", None)
         names = {f.name for f in dataclasses.fields(cls)} - {"extra", "variants"}
         return cls(
             **{k: v for k, v in data.items() if k in names},
@@ -235,6 +237,9 @@ def _check(report: dict) -> None:
     for key in ("warnings", "inputs", "notes"):
         report.setdefault(key, [])
         _expect(report[key], list, key)
+    for key in ("warnings", "notes"):  # the renderers show each as a line of text
+        for i, line in enumerate(report[key]):
+            _expect(line, str, f"{key}[{i}]")
     _expect(report.setdefault("command", None), (str, type(None)), "command")
     _expect(report["settings"].get("baseline"), (str, type(None)), "settings.baseline")
     source = report.setdefault("source", None)
