@@ -13,7 +13,8 @@ import pytest
 from conftest import save_graph
 from onnx import TensorProto, helper, numpy_helper
 
-from edgekit.benchmark import BenchOptions, measure, runner, shift_warning, stats, what_to_do
+from edgekit import stats
+from edgekit.benchmark import BenchOptions, measure, runner, shift_warning, what_to_do
 
 
 def matmul_model(path: Path) -> Path:

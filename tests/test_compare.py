@@ -8,8 +8,8 @@ import pytest
 from conftest import run_edgekit, torch_blocked_env
 from fixtures.sample_reports import FIXTURES, PI, make_report, write
 
-from edgekit.benchmark.stats import sample_ratio
 from edgekit.report.compare import compare
+from edgekit.stats import sample_ratio
 
 
 @pytest.fixture

@@ -32,7 +32,7 @@ def test_dynamic_int8_drift_is_measured_at_the_deployment_batch(tmp_path):
         inputs=["x:1x32"], data=data, int8="dynamic", min_time=0.05, max_time=0.2,
         out_dir=tmp_path / "out",
     )  # fmt: skip
-    report = optimize(model, options)
+    report = optimize(model, options).to_json()
     assert report["data"]["drift_batch"] == 1
     row = next(v for v in report["variants"] if v["name"] == "int8-dynamic")
     int8 = tmp_path / "out" / row["file"]

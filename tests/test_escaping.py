@@ -13,7 +13,9 @@ from rich.console import Console
 from edgekit import ssh
 from edgekit.benchmark import remote
 from edgekit.report import compare, html, markdown, terminal
+from edgekit.report.fleet import fleet_summary
 from edgekit.report.read import read_report
+from edgekit.report.schema import Report
 
 # clear the screen, set the window title (OSC 0 … BEL), and a bidi override
 ESC = "\x1b[2J\x1b]0;pwned\x07\u202e"
@@ -106,8 +108,8 @@ def test_compare_cli_shows_hostile_strings_as_text(tmp_path):
 
 
 def test_compare_renderers_in_process(tmp_path):
-    a = read_report(write(_hostile(1), tmp_path / "a.json"))
-    b = read_report(write(_hostile(2, fail="yes"), tmp_path / "b.json"))
+    a = read_report(write(_hostile(1), tmp_path / "a.json")).to_json()
+    b = read_report(write(_hostile(2, fail="yes"), tmp_path / "b.json")).to_json()
     result = compare.compare(a, b, labels=(f"A{EVIL}", f"B{EVIL}"), fail_if_drift=0.999)
     console = _console()
     terminal.show_comparison(result, console)
@@ -116,7 +118,7 @@ def test_compare_renderers_in_process(tmp_path):
 
 
 def test_report_renderers_show_hostile_strings_as_text(tmp_path):
-    report = read_report(write(_hostile(1, fail="yes"), tmp_path / "r.json"))
+    report = read_report(write(_hostile(1, fail="yes"), tmp_path / "r.json")).to_json()
     console = _console()
     terminal.show_report(report, console)
     text = console.export_text()
@@ -132,9 +134,12 @@ def test_report_renderers_show_hostile_strings_as_text(tmp_path):
 
 
 def test_fleet_summary_shows_hostile_device_strings_as_text(tmp_path):
-    good = remote.Outcome(ssh.parse_target("pi4"), _hostile(1), None)
-    bad = remote.Outcome(ssh.parse_target("pi5"), _hostile(2), f"unreachable {EVIL}")
-    result = remote.summary([good, bad, remote.Outcome(ssh.parse_target("x"), _hostile(3), None)])
+    good = remote.Outcome(ssh.parse_target("pi4"), Report.from_json(_hostile(1)), None)
+    bad = remote.Outcome(
+        ssh.parse_target("pi5"), Report.from_json(_hostile(2)), f"unreachable {EVIL}"
+    )
+    third = remote.Outcome(ssh.parse_target("x"), Report.from_json(_hostile(3)), None)
+    result = fleet_summary([good, bad, third])
     _assert_inert_markdown(markdown.fleet(result))
     console = _console()
     terminal.show_fleet(result, console)

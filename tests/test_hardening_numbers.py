@@ -16,7 +16,7 @@ from onnx import TensorProto, helper, numpy_helper
 from edgekit.accuracy import check_labels, drift, run_onnx
 from edgekit.errors import EdgekitError
 from edgekit.recommend import Budget, recommend
-from edgekit.report.schema import new_variant
+from edgekit.report.schema import Variant
 
 FAST = ["--min-time", "0.2", "--max-time", "0.5"]
 CLASSES = 3
@@ -120,13 +120,13 @@ def test_a_nan_reference_is_said_plainly(tmp_path):
 
 
 def _row(name, speedup, ci, accuracy, size=100):
-    return new_variant(
+    return Variant(
         name,
         size_bytes=size,
         latency_ms={"p50": 1.0 / speedup},
         relative=None if name == "fp32" else {"baseline": "fp32", "speedup": speedup, "ci95": ci},
         accuracy=accuracy,
-    )
+    ).to_json()
 
 
 def test_a_variant_with_nan_samples_is_never_recommended(tmp_path):

@@ -87,7 +87,7 @@ def test_page_without_matplotlib(tmp_path):
     )
     code = (
         "from edgekit.report.html import render\nfrom edgekit.report.read import read_report\n"
-        f"print(render(read_report({str(FIXTURES / 'good_small.json')!r})))\n"
+        f"print(render(read_report({str(FIXTURES / 'good_small.json')!r}).to_json()))\n"
     )
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(blocker), str(REPO)])}
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
@@ -151,7 +151,7 @@ def chart_pixels(pixels) -> int:
 @pytest.mark.slow
 def test_chromium_screenshot_shows_page_and_chart(tmp_path):
     chromium = _chromium()
-    page = html.render(read_report(FIXTURES / "good_small.json"))
+    page = html.render(read_report(FIXTURES / "good_small.json").to_json())
     assert CHART_IMG.search(page)
     full = screenshot(chromium, page, tmp_path, "full")
     no_chart = screenshot(chromium, CHART_IMG.sub("", page), tmp_path, "no-chart")

@@ -22,7 +22,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from edgekit.errors import EdgekitError
 from edgekit.fsutil import MANIFEST, output_folder, sha256_file
-from edgekit.report.schema import new_report, new_variant
+from edgekit.report.schema import Report, Variant
 from edgekit.report.write import write_outputs
 
 QUICK = ("--min-time", "0.2", "--max-time", "0.4", "--int8", "none")
@@ -148,9 +148,9 @@ def _old_report_folder(out: Path) -> None:
     """A folder as edgekit wrote it before manifests: the report names its variants' files."""
     out.mkdir()
     matmul_model(out / "fp32.onnx")
-    row = new_variant("fp32", file="fp32.onnx", sha256=sha256_file(out / "fp32.onnx"))
-    row["size_bytes"] = (out / "fp32.onnx").stat().st_size
-    write_outputs(new_report("optimize", variants=[row]), out)
+    row = Variant("fp32", file="fp32.onnx", sha256=sha256_file(out / "fp32.onnx"))
+    row.size_bytes = (out / "fp32.onnx").stat().st_size
+    write_outputs(Report("optimize", [row]), out)
 
 
 def test_a_folder_from_before_manifests_is_judged_by_its_report(tmp_path):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from edgekit.recommend import Budget, recommend
-from edgekit.report.schema import new_variant
+from edgekit.report.schema import Variant
 
 COSINE = Budget("cosine", 0.99)
 
@@ -11,9 +11,9 @@ COSINE = Budget("cosine", 0.99)
 def _row(name, speedup=None, ci=None, size=1000, cosine=1.0):
     relative = None if name == "fp32" else {"baseline": "fp32", "speedup": speedup, "ci95": ci}
     accuracy = {"cosine_min": cosine, "nonfinite_samples": 0, "reference_nonfinite_samples": 0}
-    return new_variant(
+    return Variant(
         name, size_bytes=size, latency_ms={"p50": 1.0}, relative=relative, accuracy=accuracy
-    )
+    ).to_json()
 
 
 def test_a_variant_that_is_not_measurably_faster_and_barely_smaller_is_not_shipped():

@@ -122,7 +122,7 @@ def _text(report: dict) -> str:
 def _exercise(path, good: dict, i: int) -> None:
     """Everything a user can make edgekit do with a report file; the slow renderers (rich
     tables, matplotlib) on a share of the cases, so that more cases fit the time budget."""
-    report = read_report(path)
+    report = read_report(path).to_json()
     markdown.report_page(report)
     console = Console(file=io.StringIO(), force_terminal=True, width=160)
     if i % 4 == 0:
@@ -146,7 +146,7 @@ def test_mutated_reports_give_a_result_or_one_clear_error(tmp_path, monkeypatch)
     monkeypatch.setattr(compare, "sample_ratio", functools.partial(compare.sample_ratio, n_boot=64))
     rng = random.Random(SEED)
     seeds = _seeds()
-    good = read_report(FIXTURES / "good_small.json")
+    good = read_report(FIXTURES / "good_small.json").to_json()
     path = tmp_path / "report.json"
     outcomes = {"ok": 0, "error": 0}
     start, i = time.monotonic(), 0

@@ -17,12 +17,12 @@ from edgekit.report.schema import VARIANT_KEYS
 
 
 def test_good_report_loads_with_every_variant_key(tmp_path):
-    report = read_report(FIXTURES / "good_small.json")
+    report = read_report(FIXTURES / "good_small.json").to_json()
     assert [v["name"] for v in report["variants"]][:2] == ["fp32", "simplified"]
     assert all(set(VARIANT_KEYS) <= set(v) for v in report["variants"])
     # a folder holding report.json works too
     write(make_report(n=20), tmp_path / "report.json")
-    assert read_report(tmp_path)["kind"] == "edgekit-report"
+    assert read_report(tmp_path).to_json()["kind"] == "edgekit-report"
 
 
 @pytest.mark.parametrize(
@@ -75,7 +75,7 @@ def test_duplicate_names_and_nan(tmp_path):
     # NaN is not JSON; a writer that let one slip meant "not measured", so it reads as null
     text = json.dumps(make_report(n=20)).replace('"cosine_min": 1.0', '"cosine_min": NaN', 1)
     (tmp_path / "nan.json").write_text(text)
-    assert read_report(tmp_path / "nan.json")["variants"][0]["accuracy"]["cosine_min"] is None
+    assert read_report(tmp_path / "nan.json").variants[0].accuracy["cosine_min"] is None
 
 
 def test_cli_reports_unusable_input_with_exit_2():

@@ -87,7 +87,7 @@ def test_the_report_names_the_excluded_node_and_recommends_within_budget(tmp_pat
     """The whole pipeline on an ONNX source: drift, bench and recommendation are the real ones."""
     path = outlier_model(tmp_path / "outlier.onnx")
     options = OptimizeOptions(out_dir=tmp_path / "out", min_time=0.05, max_time=0.3, int8="dynamic")
-    report = optimize(path, options)
+    report = optimize(path, options).to_json()
     assert report["budget"] == "cosine>=0.99"  # the default for a non-classifier output
     rows = {v["name"]: v for v in report["variants"]}
     (excl,) = [n for n in rows if n.endswith("-excl")]

@@ -43,7 +43,7 @@ def encoder_run(tmp_path_factory):
         max_time=2.0,
         budget=BUDGET,
     )
-    return optimize(tmp / "encoder.pt", options), tmp / "out"
+    return optimize(tmp / "encoder.pt", options).to_json(), tmp / "out"
 
 
 def test_an_int8_variant_reaches_the_budget(encoder_run):

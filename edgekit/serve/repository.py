@@ -20,9 +20,9 @@ import os
 from pathlib import Path
 
 from edgekit import textsafe
-from edgekit.benchmark import flops
 from edgekit.errors import EdgekitError
 from edgekit.fsutil import atomic_write_bytes, atomic_write_text, check_output_dir
+from edgekit.onnxfile import files_on_disk
 from edgekit.serve.model import Tensor, batch_obstacle, describe
 
 
@@ -122,6 +122,6 @@ def _targets(choice, folder: Path) -> dict:
     data under its own name beside it, and config.pbtxt."""
     files = {
         file: folder / "1" / ("model.onnx" if file == choice.path else file.name)
-        for file in flops.files_on_disk(choice.path)
+        for file in files_on_disk(choice.path)
     }
     return {**files, None: folder / "config.pbtxt"}
