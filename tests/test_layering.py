@@ -49,9 +49,18 @@ def _module(path: Path) -> str:
 
 def _imports(tree: ast.Module, name: str, is_package: bool) -> set[str]:
     """The edgekit modules `name` imports, those inside functions too (a cycle that closes only
-    when a function runs is a cycle all the same)."""
+    when a function runs is a cycle all the same). Imports under `if TYPE_CHECKING:` only name
+    types for the reader and load nothing: not an edge."""
+    typing_only = {
+        id(inner)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.If) and ast.unparse(node.test).endswith("TYPE_CHECKING")
+        for inner in ast.walk(node)
+    }
     found = set()
     for node in ast.walk(tree):
+        if id(node) in typing_only:
+            continue
         if isinstance(node, ast.Import):
             found |= {a.name for a in node.names}
         elif isinstance(node, ast.ImportFrom):
