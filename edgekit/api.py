@@ -461,8 +461,9 @@ def _bench_inputs(models, inputs, data) -> tuple[dict[str, Path], Samples]:
     """Checked ONNX files by variant name, and one batch of samples from --input / --data / the
     first model's own shapes."""
     from edgekit import runtimes
+    from edgekit.model.formats import check_model_file
     from edgekit.model.inputs import InputSpec
-    from edgekit.model.load import check_model_file, load_onnx
+    from edgekit.model.load import load_onnx
 
     models = [Path(m) for m in models]
     onnx = [runtimes.runtime_for(m) == "onnxruntime" for m in models]
