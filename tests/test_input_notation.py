@@ -95,7 +95,7 @@ def test_the_bench_records_the_batch_of_a_model_batched_on_axis_1(tmp_path):
     path = save_graph(graph, tmp_path / "state.onnx")
     report = bench([path], BenchOptions(min_time=0.05, max_time=0.5), inputs=["state:2xB3x4"])
     # batches of 3 samples: the state input's axis 0 (2) is not its batch axis
-    assert report["settings"]["batch"] == 3
+    assert report.settings["batch"] == 3
 
 
 @pytest.mark.parametrize(
