@@ -42,46 +42,6 @@ def run_edgekit(*args, env: dict | None = None, cwd=None, timeout=600):
     )
 
 
-# `pytest -m "not slow"` runs the unit tests in seconds; CI runs all. Slow are the tests that start
-# processes (the real CLI, benchmark workers, servers, sshd, Chromium) and the modules whose every
-# test does that or exports with torch.
-STARTS_PROCESSES = {"run_edgekit", "subprocess", "measure", "Worker", "optimize"}
-SLOW_MODULES = {
-    "test_bench",
-    "test_bench_stability",
-    "test_hardening_load",
-    "test_cpu_target",
-    "test_deploy",
-    "test_drift_batch",
-    "test_export",
-    "test_load",
-    "test_model_repository",
-    "test_optimize",
-    "test_prune",
-    "test_quantize",
-    "test_readme",
-    "test_remote",
-    "test_report_fuzz",
-    "test_sensitivity",
-    "test_serve",
-    "test_transformer_int8",
-    "test_wild_models",
-}
-
-
-def _names(code) -> set[str]:
-    """The global names a function uses, comprehensions and nested functions included."""
-    nested = [c for c in code.co_consts if hasattr(c, "co_names")]
-    return set(code.co_names).union(*(_names(c) for c in nested))
-
-
-def pytest_collection_modifyitems(items):
-    for item in items:
-        code = getattr(item.function, "__code__", None)
-        if item.module.__name__ in SLOW_MODULES or (code and _names(code) & STARTS_PROCESSES):
-            item.add_marker(pytest.mark.slow)
-
-
 def torch_blocked_env(tmp_path: Path) -> dict:
     """An environment in which `import torch` (and onnxsim, torch_pruning) fails, as on a Pi
     with only the core install."""

@@ -18,6 +18,8 @@ from onnx import TensorProto, helper, numpy_helper
 from edgekit import onnxfile
 from edgekit.benchmark import BenchOptions, flops, measure
 
+pytestmark = pytest.mark.slow  # every test here starts a process or exports with torch
+
 TINY = ["--min-time", "0.05", "--max-time", "0.2"]
 
 

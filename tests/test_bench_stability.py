@@ -16,6 +16,8 @@ from onnx import TensorProto, helper, numpy_helper
 from edgekit import stats
 from edgekit.benchmark import BenchOptions, measure, runner, shift_warning, what_to_do
 
+pytestmark = pytest.mark.slow  # every test here starts a process or exports with torch
+
 
 def matmul_model(path: Path) -> Path:
     """x[1,256] @ W[256,256] eight times: enough work for a 2-thread pool to wake up."""

@@ -17,6 +17,8 @@ from test_remote import tiny_model
 from edgekit import cpus
 from edgekit.errors import EdgekitError
 
+pytestmark = pytest.mark.slow  # every test here starts a process or exports with torch
+
 BOARDS = Path(__file__).parent / "fixtures" / "boards"
 TINY = ["--min-time", "0.2", "--max-time", "0.5", "--int8", "static"]
 

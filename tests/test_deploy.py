@@ -20,10 +20,13 @@ from conftest import REPO, SSHD, free_port, run_edgekit, start_sshd
 from serve_helpers import Server, http, output_folder
 
 tritonclient_http = pytest.importorskip("tritonclient.http")
-pytestmark = pytest.mark.skipif(
-    not Path(SSHD).exists() and not os.environ.get("CI"),
-    reason="needs the OpenSSH server (sshd): apt-get install openssh-server (.ci/prepare.sh does)",
-)
+pytestmark = [
+    pytest.mark.slow,  # every test here talks to a real sshd
+    pytest.mark.skipif(
+        not Path(SSHD).exists() and not os.environ.get("CI"),
+        reason="needs the OpenSSH server (sshd): apt-get install openssh-server (.ci/prepare.sh does)",
+    ),
+]
 
 
 @pytest.fixture(scope="module")

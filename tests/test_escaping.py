@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import re
 
+import pytest
 from conftest import run_edgekit
 from fixtures.sample_reports import make_report, write
 from rich.console import Console
@@ -90,6 +91,7 @@ def _console():
     return Console(file=io.StringIO(), force_terminal=True, width=400, record=True)
 
 
+@pytest.mark.slow
 def test_compare_cli_shows_hostile_strings_as_text(tmp_path):
     a = write(_hostile(1), tmp_path / "a.json")
     b = write(_hostile(2, fail="yes"), tmp_path / "b.json")
@@ -160,6 +162,7 @@ def _tiny_model(path):
     return path
 
 
+@pytest.mark.slow
 def test_bench_of_hostile_file_names(tmp_path):
     """A model file named `[blink red]x[bold].onnx` (or with an ESC in it) is a name, not markup."""
     a = _tiny_model(tmp_path / f"{MARKUP}.onnx")

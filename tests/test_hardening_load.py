@@ -16,6 +16,8 @@ from conftest import run_edgekit
 from edgekit.errors import EdgekitError
 from edgekit.model.load import load_model
 
+pytestmark = pytest.mark.slow  # every test here starts a process or exports with torch
+
 
 class _Evil:
     """Unpickling this creates the marker file: stands in for any code a pickle can run."""

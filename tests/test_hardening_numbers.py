@@ -141,6 +141,7 @@ def test_a_variant_with_nan_samples_is_never_recommended(tmp_path):
     assert "int8: over budget (10 of 64 samples gave NaN or infinity" in rec["reason"]
 
 
+@pytest.mark.slow
 def test_optimize_says_when_the_float_reference_gives_nan(tmp_path):
     model = sqrt_classifier(tmp_path / "nan.onnx")
     data = tmp_path / "data.npz"
@@ -192,6 +193,7 @@ def test_good_labels_pass():
     check_labels(np.array([7, 9]), [np.zeros((2, 5, 5))], "d.npz")  # not a classifier
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["out-of-range", "strings", "one-hot"])
 def test_optimize_refuses_labels_that_cannot_match(kind, tmp_path):
     model = sqrt_classifier(tmp_path / "m.onnx", safe=True)
@@ -214,6 +216,7 @@ def test_optimize_refuses_labels_that_cannot_match(kind, tmp_path):
 # ---------------------------------------------------------------- 3. option limits
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "args, message",
     [
@@ -243,6 +246,7 @@ def test_numbers_are_checked_at_the_edge(command, args, message, tmp_path):
     assert time.monotonic() - start < 30 and not out.exists()
 
 
+@pytest.mark.slow
 def test_bench_and_optimize_share_one_definition_per_option(tmp_path):
     model = relu_model(tmp_path / "m.onnx")
     for args in (["--threads", "100000"], ["--max-time", "nan"], ["--min-time", "3", "--max-time", "2"]):  # fmt: skip
@@ -256,6 +260,7 @@ def test_bench_and_optimize_share_one_definition_per_option(tmp_path):
         assert errors[0] == errors[1]
 
 
+@pytest.mark.slow
 def test_finetune_epochs_must_not_be_negative(tmp_path):
     model = relu_model(tmp_path / "m.onnx")
     proc = run_edgekit("optimize", model, "--finetune-epochs", "-1", "-o", tmp_path / "o")
@@ -308,6 +313,7 @@ def test_recommend_copes_without_a_speedup():
 # ---------------------------------------------------------------- 5. every model failed
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("extra", [[], ["--json"], ["-q"]])
 def test_bench_exits_1_when_every_model_failed(extra, tmp_path):
     a, b = failing_model(tmp_path / "a.onnx"), failing_model(tmp_path / "b.onnx")
@@ -331,6 +337,7 @@ def state_dict_file(tmp_path) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_optimize_without_torch_says_which_extra_to_install(state_dict_file, tmp_path):
     out = tmp_path / "out"
     proc = run_edgekit("optimize", state_dict_file, "-o", out, env=torch_blocked_env(tmp_path))
@@ -372,6 +379,7 @@ def test_every_optional_module_names_its_extra(module, extra, tmp_path, monkeypa
 # ---------------------------------------------------------------- 7. unusable -o
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("where", ["/dev/null", "file", "/proc/nope"])
 def test_bench_refuses_an_output_it_cannot_write_before_the_work(where, tmp_path):
     model = relu_model(tmp_path / "m.onnx")

@@ -74,6 +74,7 @@ def test_null_numbers_and_failed_variants_do_not_break_charts():
     assert "no chart" in page and "could not be drawn" not in page
 
 
+@pytest.mark.slow
 def test_page_without_matplotlib(tmp_path):
     blocker = tmp_path / "block"
     blocker.mkdir()

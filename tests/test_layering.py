@@ -9,12 +9,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from conftest import REPO
 from fixtures.sample_reports import FIXTURES
 
 PACKAGE = REPO / "edgekit"
 
 
+@pytest.mark.slow
 def test_compare_loads_neither_ssh_code_nor_onnxruntime(tmp_path):
     loaded = tmp_path / "modules.json"
     code = (

@@ -15,6 +15,8 @@ from conftest import run_edgekit
 from edgekit.errors import EdgekitError
 from edgekit.model.load import load_model
 
+pytestmark = pytest.mark.slow  # every test here starts a process or exports with torch
+
 MODELS_PY = """
 import torch.nn as nn
 

@@ -14,6 +14,8 @@ from edgekit import textsafe
 from edgekit.report.read import read_report
 from edgekit.report.schema import SCHEMA_VERSION, VARIANT_KEYS
 
+pytestmark = pytest.mark.slow  # every test here starts a process or exports with torch
+
 MODEL = REPO / "models" / "digits_cnn.pt"
 ARCH = f"{REPO / 'models' / 'digits_cnn.py'}:DigitsCNN"
 DATA = REPO / "models" / "digits_test.npz"

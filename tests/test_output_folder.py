@@ -222,6 +222,7 @@ def test_a_long_folder_name(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == [out.name]
 
 
+@pytest.mark.slow
 def test_two_spellings_of_one_folder_take_one_lock(tmp_path):
     out = tmp_path / "out"
     (tmp_path / "link").symlink_to(out)
@@ -260,6 +261,7 @@ def _copy(earlier: Path, tmp_path: Path) -> tuple[Path, Path]:
     return tmp_path / "tiny.onnx", tmp_path / "out"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", ["optimize", "bench"])
 def test_the_cli_refuses_a_folder_with_the_users_models_before_the_work(earlier, tmp_path, command):
     model, out = _copy(earlier, tmp_path)
@@ -277,6 +279,7 @@ def test_the_cli_refuses_a_folder_with_the_users_models_before_the_work(earlier,
     assert tree(tmp_path) == before
 
 
+@pytest.mark.slow
 def test_the_cli_writes_through_a_dangling_link(earlier, tmp_path):
     model = earlier / "tiny.onnx"
     (tmp_path / "out").symlink_to(tmp_path / "results")
@@ -355,6 +358,7 @@ def incomplete_shapes_model(path: Path) -> Path:
     return save_graph(graph, path)
 
 
+@pytest.mark.slow
 def test_static_int8_leaves_nothing_in_a_read_only_working_directory(tmp_path):
     """From a read-only CWD (a read-only bind mount: root ignores permissions) nothing can be
     written there; the note shows onnxruntime's symbolic shape inference got as far as saving its

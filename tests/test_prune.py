@@ -22,6 +22,8 @@ from edgekit.passes.int8 import Int8
 from edgekit.passes.prune import Prune, _prune_structured, plan_pruning, pruned_variants
 from edgekit.recommend import Budget
 
+pytestmark = pytest.mark.slow  # every test here starts a process or exports with torch
+
 SPECS = [InputSpec("image", (1, 3, 16, 16))]
 
 

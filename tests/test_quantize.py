@@ -15,6 +15,8 @@ from edgekit.passes.int8 import int8_settings, int8_variants
 from edgekit.passes.int8.opmix import op_mix, plan
 from edgekit.recommend import parse_budget
 
+pytestmark = pytest.mark.slow  # every test here starts a process or exports with torch
+
 AVX2_ONLY = {"arch": "x86_64", "features": ["avx2", "fma"]}
 
 

@@ -5,7 +5,10 @@ import re
 import subprocess
 import sys
 
+import pytest
 from conftest import REPO
+
+pytestmark = pytest.mark.slow  # every test here starts a process or exports with torch
 
 
 def _code_lines(text: str) -> list[str]:

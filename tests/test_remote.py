@@ -22,10 +22,13 @@ from edgekit import ssh
 from edgekit.benchmark import BenchOptions, measure, remote
 from edgekit.errors import EdgekitError
 
-pytestmark = pytest.mark.skipif(
-    not Path(SSHD).exists() and not os.environ.get("CI"),
-    reason="needs the OpenSSH server (sshd): apt-get install openssh-server (.ci/prepare.sh does)",
-)
+pytestmark = [
+    pytest.mark.slow,  # every test here talks to a real sshd
+    pytest.mark.skipif(
+        not Path(SSHD).exists() and not os.environ.get("CI"),
+        reason="needs the OpenSSH server (sshd): apt-get install openssh-server (.ci/prepare.sh does)",
+    ),
+]
 TINY = ["--min-time", "0.2", "--max-time", "0.5"]
 HOSTILE = 'it\'s a "model" $(touch pwned) `touch pwned`; touch pwned.onnx'
 

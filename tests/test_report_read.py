@@ -78,6 +78,7 @@ def test_duplicate_names_and_nan(tmp_path):
     assert read_report(tmp_path / "nan.json").variants[0].accuracy["cosine_min"] is None
 
 
+@pytest.mark.slow
 def test_cli_reports_unusable_input_with_exit_2():
     result = run_edgekit("compare", FIXTURES / "truncated.json")
     assert result.returncode == 2, result.stderr
@@ -85,6 +86,7 @@ def test_cli_reports_unusable_input_with_exit_2():
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_reading_is_torch_free(tmp_path):
     code = (
         "import sys\n"
@@ -156,6 +158,7 @@ def _limits_cases():
     ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "text, code, words", [c[1:] for c in _limits_cases()], ids=[c[0] for c in _limits_cases()]
 )
@@ -176,6 +179,7 @@ def test_reading_limits_exit_2_with_a_message(tmp_path, text, code, words):
                 assert word in result.stderr, result.stderr
 
 
+@pytest.mark.slow
 def test_targets_file_that_is_binary_exits_2(tmp_path):
     import onnx
     from onnx import TensorProto, helper

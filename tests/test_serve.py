@@ -26,6 +26,8 @@ from serve_helpers import (
 
 from edgekit.fsutil import sha256_file
 
+pytestmark = pytest.mark.slow  # every test here starts a process or exports with torch
+
 tritonclient_http = pytest.importorskip("tritonclient.http")
 
 

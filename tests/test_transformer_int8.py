@@ -19,6 +19,8 @@ from edgekit.passes.int8 import int8_variants
 from edgekit.passes.int8.sensitivity import quantized_nodes
 from edgekit.recommend import parse_budget
 
+pytestmark = pytest.mark.slow  # every test here starts a process or exports with torch
+
 sys.path.insert(0, str(REPO / "tools"))
 from reference_models import SentenceEncoder4, sentence_batch  # noqa: E402
 

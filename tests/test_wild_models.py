@@ -14,6 +14,8 @@ from conftest import run_edgekit, save_graph
 from onnx import TensorProto, helper
 from torch import nn
 
+pytestmark = pytest.mark.slow  # every test here starts a process or exports with torch
+
 FAST = ("--int8", "none", "--min-time", "0.1", "--max-time", "0.3", "--json")
 
 
