@@ -42,21 +42,39 @@ def run_edgekit(*args, env: dict | None = None, cwd=None, timeout=600):
     )
 
 
-def torch_blocked_env(tmp_path: Path) -> dict:
-    """An environment in which `import torch` (and onnxsim, torch_pruning) fails, as on a Pi
-    with only the core install."""
-    blocker = tmp_path / "block_torch"
-    blocker.mkdir(exist_ok=True)
-    (blocker / "sitecustomize.py").write_text(
+TORCH = ("torch", "onnxsim", "torch_pruning", "onnxscript")  # what the core install lacks
+
+
+def import_blocker(folder: Path, modules: tuple[str, ...]) -> str:
+    """A PYTHONPATH (this checkout first importable) under which importing any of `modules`
+    fails, as where they are not installed: a sitecustomize.py in `folder` does it."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "sitecustomize.py").write_text(
         "import sys\n"
         "class _Block:\n"
         "    def find_spec(self, name, path=None, target=None):\n"
-        "        if name.split('.')[0] in ('torch', 'onnxsim', 'torch_pruning', 'onnxscript'):\n"
+        f"        if name.split('.')[0] in {tuple(modules)!r}:\n"
         "            raise ImportError(f'{name} is blocked in this test')\n"
         "        return None\n"
         "sys.meta_path.insert(0, _Block())\n"
     )
-    return {"PYTHONPATH": os.pathsep.join([str(blocker), str(REPO)])}
+    return os.pathsep.join([str(folder), str(REPO)])
+
+
+@pytest.fixture
+def block_imports(tmp_path):
+    """block_imports("matplotlib") -> an env in which `import matplotlib` fails; by default
+    torch and its companions, as on a Pi with only the core install."""
+
+    def env(*modules: str) -> dict:
+        return {"PYTHONPATH": import_blocker(tmp_path / "blocked", modules or TORCH)}
+
+    return env
+
+
+def torch_blocked_env(tmp_path: Path) -> dict:
+    """For module-scoped fixtures, which cannot use `block_imports`."""
+    return {"PYTHONPATH": import_blocker(tmp_path / "blocked", TORCH)}
 
 
 # ---- real OpenSSH servers on 127.0.0.1 for the device tests (test_remote, test_deploy) --------

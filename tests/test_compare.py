@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import run_edgekit, torch_blocked_env
+from conftest import run_edgekit
 from fixtures.sample_reports import FIXTURES, PI, make_report, write
 
 from edgekit.report.compare import compare
@@ -39,11 +39,11 @@ def test_ratio_ci_covers_truth_and_is_repeatable():
 
 
 @pytest.mark.slow
-def test_two_runs_table_and_gates_pass(two_runs, tmp_path):
+def test_two_runs_table_and_gates_pass(two_runs, tmp_path, block_imports):
     a, b = two_runs
     result = run_edgekit(
         "compare", a, b, "--fail-if-slower", 5, "--fail-if-drift", 0.95, "--fail-if-larger", 10,
-        env={**torch_blocked_env(tmp_path), "COLUMNS": "220"},
+        env={**block_imports(), "COLUMNS": "220"},
     )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
     out = result.stdout
@@ -67,11 +67,11 @@ def test_markdown_format(two_runs):
 
 
 @pytest.mark.slow
-def test_slower_gate_trips(two_runs, slow_int8, tmp_path):
+def test_slower_gate_trips(two_runs, slow_int8, tmp_path, block_imports):
     a, _ = two_runs
     result = run_edgekit(
         "compare", a, slow_int8, "--fail-if-slower", 10, "--format", "md",
-        env=torch_blocked_env(tmp_path),
+        env=block_imports(),
     )  # fmt: skip
     assert result.returncode == 1, result.stdout + result.stderr
     assert "gate tripped: --fail-if-slower 10%: int8-static" in result.stderr
@@ -131,8 +131,8 @@ def test_unusable_input_exit_2(tmp_path, two_runs):
 
 
 @pytest.mark.slow
-def test_help_without_torch(tmp_path):
-    result = run_edgekit("compare", "--help", env=torch_blocked_env(tmp_path))
+def test_help_without_torch(block_imports):
+    result = run_edgekit("compare", "--help", env=block_imports())
     assert result.returncode == 0, result.stderr
     assert "--fail-if-slower" in result.stdout and "cosine_min" in result.stdout
 

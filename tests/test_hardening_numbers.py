@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import run_edgekit, save_graph, torch_blocked_env
+from conftest import run_edgekit, save_graph
 from onnx import TensorProto, helper, numpy_helper
 
 from edgekit.accuracy import check_labels, drift, run_onnx
@@ -338,9 +338,11 @@ def state_dict_file(tmp_path) -> Path:
 
 
 @pytest.mark.slow
-def test_optimize_without_torch_says_which_extra_to_install(state_dict_file, tmp_path):
+def test_optimize_without_torch_says_which_extra_to_install(
+    state_dict_file, tmp_path, block_imports
+):
     out = tmp_path / "out"
-    proc = run_edgekit("optimize", state_dict_file, "-o", out, env=torch_blocked_env(tmp_path))
+    proc = run_edgekit("optimize", state_dict_file, "-o", out, env=block_imports())
     assert proc.returncode == 2, proc.stderr
     assert "internal error" not in proc.stderr and "bug in edgekit" not in proc.stderr
     assert proc.stderr.startswith("edgekit: error: `edgekit optimize` needs torch")

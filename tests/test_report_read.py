@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import run_edgekit, torch_blocked_env
+from conftest import run_edgekit
 from fixtures.sample_reports import FIXTURES, make_report, write
 
 from edgekit.errors import EdgekitError
@@ -87,7 +87,7 @@ def test_cli_reports_unusable_input_with_exit_2():
 
 
 @pytest.mark.slow
-def test_reading_is_torch_free(tmp_path):
+def test_reading_is_torch_free(tmp_path, block_imports):
     code = (
         "import sys\n"
         "from edgekit.report.read import read_report\n"
@@ -96,7 +96,7 @@ def test_reading_is_torch_free(tmp_path):
         "assert 'torch' not in sys.modules\n"
         "print('ok')\n"
     )
-    env = {**os.environ, **torch_blocked_env(tmp_path)}
+    env = {**os.environ, **block_imports()}
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "ok"
