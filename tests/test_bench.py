@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import run_edgekit, save_graph
+from helpers import run_edgekit, save_graph
 from onnx import TensorProto, helper, numpy_helper
 
 from edgekit import onnxfile

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import run_edgekit
 from fixtures.sample_reports import FIXTURES, PI, make_report, write
+from helpers import run_edgekit
 
 from edgekit.report.compare import compare
 from edgekit.stats import sample_ratio

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import onnx
 import pytest
-from conftest import run_edgekit
+from helpers import run_edgekit
 from test_remote import tiny_model
 
 from edgekit import cpus

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import REPO, SSHD, free_port, import_blocker, run_edgekit, start_sshd
+from helpers import REPO, SSHD, free_port, import_blocker, run_edgekit, start_sshd
 from serve_helpers import Server, http, output_folder
 
 tritonclient_http = pytest.importorskip("tritonclient.http")

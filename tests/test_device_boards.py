@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import run_edgekit
+from helpers import run_edgekit
 from test_remote import tiny_model
 
 from edgekit.benchmark import device

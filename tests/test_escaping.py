@@ -7,8 +7,8 @@ import io
 import re
 
 import pytest
-from conftest import run_edgekit
 from fixtures.sample_reports import make_report, write
+from helpers import run_edgekit
 from rich.console import Console
 
 from edgekit import ssh

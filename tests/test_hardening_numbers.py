@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import run_edgekit, save_graph
+from helpers import run_edgekit, save_graph
 from onnx import TensorProto, helper, numpy_helper
 
 from edgekit.accuracy import check_labels, drift, run_onnx

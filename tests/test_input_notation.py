@@ -8,7 +8,7 @@ import os
 
 import numpy as np
 import pytest
-from conftest import save_graph
+from helpers import save_graph
 from onnx import TensorProto, helper
 
 from edgekit import cpus

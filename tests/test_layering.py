@@ -10,8 +10,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO
 from fixtures.sample_reports import FIXTURES
+from helpers import REPO
 
 PACKAGE = REPO / "edgekit"
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import run_edgekit
+from helpers import run_edgekit
 
 from edgekit.errors import EdgekitError
 from edgekit.model.load import load_model

@@ -8,7 +8,7 @@ from html import escape as html_escape
 
 import numpy as np
 import pytest
-from conftest import REPO, run_edgekit
+from helpers import REPO, run_edgekit
 
 from edgekit import textsafe
 from edgekit.report.read import read_report

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from conftest import run_edgekit
+from helpers import run_edgekit
 from onnx import TensorProto, helper, numpy_helper
 
 from edgekit.errors import EdgekitError

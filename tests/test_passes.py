@@ -8,7 +8,7 @@ import shutil
 
 import numpy as np
 import pytest
-from conftest import save_graph
+from helpers import save_graph
 from onnx import TensorProto, helper, numpy_helper
 
 from edgekit.accuracy import run_onnx

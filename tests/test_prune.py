@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, run_edgekit
+from helpers import REPO, run_edgekit
 from torch import nn
 
 from edgekit.accuracy import run_onnx, task_accuracy

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import SSHD, free_port, run_edgekit, save_graph, start_sshd
+from helpers import SSHD, free_port, run_edgekit, save_graph, start_sshd
 from onnx import TensorProto, helper, numpy_helper
 
 from edgekit import ssh

@@ -14,8 +14,8 @@ import random
 import time
 
 import pytest
-from conftest import run_edgekit
 from fixtures.sample_reports import FIXTURES, load, make_report
+from helpers import run_edgekit
 from rich.console import Console
 
 from edgekit.errors import EdgekitError

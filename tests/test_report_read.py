@@ -8,8 +8,8 @@ import subprocess
 import sys
 
 import pytest
-from conftest import run_edgekit
 from fixtures.sample_reports import FIXTURES, make_report, write
+from helpers import run_edgekit
 
 from edgekit.errors import EdgekitError
 from edgekit.report.read import read_report

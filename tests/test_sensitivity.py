@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import save_graph
+from helpers import save_graph
 from onnx import TensorProto, helper, numpy_helper
 
 from edgekit.accuracy import drift, run_onnx

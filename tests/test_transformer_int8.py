@@ -10,7 +10,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from conftest import REPO
+from helpers import REPO
 
 from edgekit.accuracy import run_onnx
 from edgekit.api import OptimizeOptions, no_progress, optimize

@@ -10,7 +10,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from conftest import run_edgekit, save_graph
+from helpers import run_edgekit, save_graph
 from onnx import TensorProto, helper
 from torch import nn
 
