@@ -10,6 +10,7 @@ from helpers import run_edgekit
 
 from edgekit.report.compare import compare
 from edgekit.stats import sample_ratio
+from models import relu_model
 
 
 @pytest.fixture
@@ -212,8 +213,8 @@ def test_normalize_cancels_machine_drift_but_not_a_real_slowdown(tmp_path):
 def test_report_keeps_a_bounded_sample_and_compare_still_has_an_interval(tmp_path):
     """A 2 µs model timed for up to a second runs ~10^5 times: report.json keeps at most 2000
     timings per variant, in run order, and per-round medians; compare still gives an interval."""
-    a = _tiny_relu(tmp_path / "a.onnx")
-    b = _tiny_relu(tmp_path / "b.onnx")
+    a = relu_model(tmp_path / "a.onnx")
+    b = relu_model(tmp_path / "b.onnx")
     out = tmp_path / "out"
     result = run_edgekit("bench", a, b, "-o", out, "--min-time", "0.2", "--max-time", "1", "-q")
     assert result.returncode == 0, result.stderr
@@ -231,13 +232,3 @@ def test_report_keeps_a_bounded_sample_and_compare_still_has_an_interval(tmp_pat
     for row in rows:
         lo, hi = row["latency"]["ci95"]
         assert lo <= row["latency"]["ratio"] <= hi and row["b"]["n_samples"] == 2000
-
-
-def _tiny_relu(path):
-    import onnx
-    from onnx import TensorProto, helper
-
-    x, y = (helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, 4]) for n in "xy")
-    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "relu", [x], [y])
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
-    return path

@@ -17,6 +17,7 @@ from edgekit.accuracy import check_labels, drift, run_onnx
 from edgekit.errors import EdgekitError
 from edgekit.recommend import Budget, recommend
 from edgekit.report.schema import Variant
+from models import relu_model
 
 FAST = ["--min-time", "0.2", "--max-time", "0.5"]
 CLASSES = 3
@@ -57,13 +58,6 @@ def failing_model(path: Path) -> Path:
     nodes = [helper.make_node("Reshape", ["x", "shape"], ["y"])]
     inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 4])]
     return _save(path, nodes, inputs, [shape])
-
-
-def relu_model(path: Path) -> Path:
-    nodes = [helper.make_node("Relu", ["x"], ["y"])]
-    return _save(
-        path, nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])], (), [1, 4]
-    )
 
 
 # ---------------------------------------------------------------- 1. NaN is a failed sample

@@ -24,6 +24,7 @@ from edgekit.errors import EdgekitError
 from edgekit.fsutil import MANIFEST, output_folder, sha256_file
 from edgekit.report.schema import Report, Variant
 from edgekit.report.write import write_outputs
+from models import matmul_model
 
 QUICK = ("--min-time", "0.2", "--max-time", "0.4", "--int8", "none")
 
@@ -57,18 +58,6 @@ def refused(out: Path, *names: str) -> str:
     for name in names:
         assert name in message, message
     return message
-
-
-def matmul_model(path: Path) -> Path:
-    weight = np.random.default_rng(0).normal(size=(64, 32)).astype(np.float32)
-    graph = helper.make_graph(
-        [helper.make_node("MatMul", ["x", "w"], ["y"])],
-        "tiny",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 64])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 32])],
-        [numpy_helper.from_array(weight, "w")],
-    )
-    return save_graph(graph, path)
 
 
 # ---- what edgekit knows it wrote ---------------------------------------------------------------

@@ -14,6 +14,7 @@ from helpers import run_edgekit
 from edgekit.errors import EdgekitError
 from edgekit.report.read import read_report
 from edgekit.report.schema import VARIANT_KEYS
+from models import relu_model
 
 
 def test_good_report_loads_with_every_variant_key(tmp_path):
@@ -181,13 +182,7 @@ def test_reading_limits_exit_2_with_a_message(tmp_path, text, code, words):
 
 @pytest.mark.slow
 def test_targets_file_that_is_binary_exits_2(tmp_path):
-    import onnx
-    from onnx import TensorProto, helper
-
-    x, y = (helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, 4]) for n in "xy")
-    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g", [x], [y])
-    model = tmp_path / "m.onnx"
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), model)
+    model = relu_model(tmp_path / "m.onnx")
     for content in (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\xff\xfe", b"pi4\x00\x00\x01garbage\n"):
         targets = tmp_path / "fleet.bin"
         targets.write_bytes(content)

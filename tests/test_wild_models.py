@@ -14,6 +14,8 @@ from helpers import run_edgekit, save_graph
 from onnx import TensorProto, helper
 from torch import nn
 
+from models import relu_model
+
 pytestmark = pytest.mark.slow  # every test here starts a process or exports with torch
 
 FAST = ("--int8", "none", "--min-time", "0.1", "--max-time", "0.3", "--json")
@@ -220,12 +222,7 @@ def test_onnx_file_with_a_scalar_input(tmp_path):
 
 
 def test_constant_for_an_input_the_onnx_model_lacks_is_refused(tmp_path):
-    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])
-    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])
-    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "r", [x], [y])
-    onnx.save(
-        helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "r.onnx"
-    )
+    relu_model(tmp_path / "r.onnx", ("batch", 4))
     result = run_edgekit("optimize", tmp_path / "r.onnx", "--input", "sr=16000", *FAST)
     assert result.returncode == 2 and "not an input of this ONNX model" in result.stderr
 

@@ -1,0 +1,31 @@
+"""Small ONNX models the tests build: each factory writes one to `path` (as the exporters write
+them: opset 17, IR 8) and returns the path. A model only one test needs stays in that test."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from helpers import save_graph
+from onnx import TensorProto, helper, numpy_helper
+
+
+def relu_model(path: Path, shape=(1, 4)) -> Path:
+    """x -> Relu -> y, both of `shape` (a string is a named, free axis)."""
+    x, y = (helper.make_tensor_value_info(n, TensorProto.FLOAT, list(shape)) for n in "xy")
+    return save_graph(
+        helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "relu", [x], [y]), path
+    )
+
+
+def matmul_model(path: Path, inputs: int = 64, outputs: int = 32, axis: str = "batch") -> Path:
+    """x[axis, inputs] @ w -> y[axis, outputs]: one MatMul node named "fc", seeded weights."""
+    weight = np.random.default_rng(0).normal(size=(inputs, outputs)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"], name="fc")],
+        "matmul",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [axis, inputs])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [axis, outputs])],
+        [numpy_helper.from_array(weight, "w")],
+    )
+    return save_graph(graph, path)
