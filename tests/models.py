@@ -29,3 +29,26 @@ def matmul_model(path: Path, inputs: int = 64, outputs: int = 32, axis: str = "b
         [numpy_helper.from_array(weight, "w")],
     )
     return save_graph(graph, path)
+
+
+CLASSES = 3  # sqrt_classifier's
+
+
+def sqrt_classifier(path: Path, safe: bool = False) -> Path:
+    """x[N,4] -> Sqrt (of |x| when safe) -> MatMul 4x3 -> logits[N,3]: NaN for a negative input."""
+    w = numpy_helper.from_array(np.arange(12, dtype=np.float32).reshape(4, CLASSES) / 10 - 0.5, "w")
+    nodes = [helper.make_node("Abs", ["x"], ["a"])] if safe else []
+    nodes += [
+        helper.make_node("Sqrt", ["a" if safe else "x"], ["s"]),
+        helper.make_node("MatMul", ["s", "w"], ["y"]),
+    ]
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", CLASSES])
+    return save_graph(helper.make_graph(nodes, "sqrt", [x], [y], [w]), path)
+
+
+def sqrt_samples(n: int = 64, negative: int = 10) -> np.ndarray:
+    """Inputs for sqrt_classifier: the first `negative` samples make its Sqrt return NaN."""
+    x = np.random.default_rng(0).uniform(0.1, 2.0, size=(n, 4)).astype(np.float32)
+    x[:negative, 0] *= -1
+    return x
