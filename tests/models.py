@@ -52,3 +52,26 @@ def sqrt_samples(n: int = 64, negative: int = 10) -> np.ndarray:
     x = np.random.default_rng(0).uniform(0.1, 2.0, size=(n, 4)).astype(np.float32)
     x[:negative, 0] *= -1
     return x
+
+
+def vad_model(path: Path) -> Path:
+    """A streaming-VAD-shaped graph: audio with unknown axes, a state batched on axis 1 and a
+    rank-0 int64 sample rate."""
+    inputs = [
+        helper.make_tensor_value_info("input", TensorProto.FLOAT, [None, None]),
+        helper.make_tensor_value_info("state", TensorProto.FLOAT, [2, None, 128]),
+        helper.make_tensor_value_info("sr", TensorProto.INT64, []),
+    ]
+    outputs = [
+        helper.make_tensor_value_info("output", TensorProto.FLOAT, [None, 1]),
+        helper.make_tensor_value_info("stateN", TensorProto.FLOAT, [2, None, 128]),
+    ]
+    nodes = [
+        helper.make_node("Cast", ["sr"], ["sr_f"], to=TensorProto.FLOAT),
+        helper.make_node("Div", ["sr_f", "rate"], ["scale"]),
+        helper.make_node("ReduceMean", ["input"], ["m"], axes=[1], keepdims=1),
+        helper.make_node("Mul", ["m", "scale"], ["output"]),
+        helper.make_node("Mul", ["state", "scale"], ["stateN"]),
+    ]
+    rate = helper.make_tensor("rate", TensorProto.FLOAT, [], [16000.0])
+    return save_graph(helper.make_graph(nodes, "vad", inputs, outputs, [rate]), path)

@@ -140,3 +140,11 @@ def test_optimize_says_when_the_float_reference_gives_nan(tmp_path):
         in (report["recommendation"]["reason"])
     )
     assert "reference itself gave NaN" in (out / "report.md").read_text()
+
+
+@pytest.mark.slow
+def test_a_model_whose_outputs_are_all_nan_is_a_clear_exit_2(tmp_path):
+    model = scaled(tmp_path / "nan.onnx", float("nan"))
+    result = run_edgekit("optimize", model, "-o", tmp_path / "out", "--int8", "none", *FAST)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "NaN or infinite on every sample" in result.stderr
