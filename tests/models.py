@@ -75,3 +75,16 @@ def vad_model(path: Path) -> Path:
     ]
     rate = helper.make_tensor("rate", TensorProto.FLOAT, [], [16000.0])
     return save_graph(helper.make_graph(nodes, "vad", inputs, outputs, [rate]), path)
+
+
+def tiny_model(path: Path) -> Path:
+    """x[N,16] -> MatMul 16x8 -> Relu."""
+    w = numpy_helper.from_array(np.full((16, 8), 0.1, np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("Relu", ["h"], ["y"])],
+        "tiny",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 8])],
+        [w],
+    )
+    return save_graph(graph, path)

@@ -11,10 +11,10 @@ from pathlib import Path
 import onnx
 import pytest
 from helpers import run_edgekit
-from test_remote import tiny_model
 
 from edgekit import cpus
 from edgekit.errors import EdgekitError
+from models import tiny_model
 
 pytestmark = pytest.mark.slow  # every test here starts a process or exports with torch
 

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 from helpers import run_edgekit
-from test_remote import tiny_model
 
 from edgekit.benchmark import device
+from models import tiny_model
 
 BOARDS = Path(__file__).parent / "fixtures" / "boards"
 
