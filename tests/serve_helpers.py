@@ -17,7 +17,7 @@ import urllib.request
 from pathlib import Path
 
 import numpy as np
-from conftest import save_graph
+from helpers import save_graph
 from onnx import TensorProto, helper, numpy_helper
 
 from edgekit.fsutil import sha256_file

@@ -12,11 +12,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import run_edgekit, save_graph, torch_blocked_env
+from helpers import run_edgekit, save_graph
 from onnx import TensorProto, helper, numpy_helper
 
 from edgekit import onnxfile
 from edgekit.benchmark import BenchOptions, flops, measure
+
+pytestmark = pytest.mark.slow  # every test here starts a process or exports with torch
 
 TINY = ["--min-time", "0.05", "--max-time", "0.2"]
 
@@ -245,8 +247,8 @@ def test_cli_report_fields(models, tmp_path):
     assert (out / "report.md").is_file()
 
 
-def test_cli_works_with_torch_unimportable(models, tmp_path):
-    env = torch_blocked_env(tmp_path)
+def test_cli_works_with_torch_unimportable(models, tmp_path, block_imports):
+    env = block_imports()
     probe = subprocess.run(
         [sys.executable, "-c",
          "import sys, edgekit.benchmark, edgekit.commands.bench\n"

@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
+import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from edgekit.accuracy import drift, run_onnx
 from edgekit.api import OptimizeOptions, optimize
+
+pytestmark = pytest.mark.slow  # every test here starts a process or exports with torch
 
 
 def test_dynamic_int8_drift_is_measured_at_the_deployment_batch(tmp_path):

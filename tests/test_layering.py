@@ -9,12 +9,14 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import REPO
+import pytest
 from fixtures.sample_reports import FIXTURES
+from helpers import REPO
 
 PACKAGE = REPO / "edgekit"
 
 
+@pytest.mark.slow
 def test_compare_loads_neither_ssh_code_nor_onnxruntime(tmp_path):
     loaded = tmp_path / "modules.json"
     code = (

@@ -8,11 +8,13 @@ from html import escape as html_escape
 
 import numpy as np
 import pytest
-from conftest import REPO, run_edgekit
+from helpers import REPO, run_edgekit
 
 from edgekit import textsafe
 from edgekit.report.read import read_report
 from edgekit.report.schema import SCHEMA_VERSION, VARIANT_KEYS
+
+pytestmark = pytest.mark.slow  # every test here starts a process or exports with torch
 
 MODEL = REPO / "models" / "digits_cnn.pt"
 ARCH = f"{REPO / 'models' / 'digits_cnn.py'}:DigitsCNN"

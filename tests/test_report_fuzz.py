@@ -13,13 +13,16 @@ import os
 import random
 import time
 
-from conftest import run_edgekit
+import pytest
 from fixtures.sample_reports import FIXTURES, load, make_report
+from helpers import run_edgekit
 from rich.console import Console
 
 from edgekit.errors import EdgekitError
 from edgekit.report import compare, html, markdown, terminal
 from edgekit.report.read import read_report
+
+pytestmark = pytest.mark.slow  # every test here starts a process or exports with torch
 
 # A longer hunt: EDGEKIT_FUZZ_S=600 EDGEKIT_FUZZ_SEED=7 pytest tests/test_report_fuzz.py
 SEED = int(os.environ.get("EDGEKIT_FUZZ_SEED", 20261130))

@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 
 import numpy as np
-from conftest import save_graph
+import pytest
+from helpers import save_graph
 from onnx import TensorProto, helper, numpy_helper
 
 from edgekit.accuracy import drift, run_onnx
@@ -14,6 +15,8 @@ from edgekit.passes import PassContext, Variant
 from edgekit.passes.int8 import int8_variants
 from edgekit.passes.int8.sensitivity import MAX_TRIALS, _groups
 from edgekit.recommend import parse_budget
+
+pytestmark = pytest.mark.slow  # every test here starts a process or exports with torch
 
 VNNI_CPU = {"arch": "x86_64", "features": ["avx2", "avx512_vnni"]}
 
