@@ -9,14 +9,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from helpers import (  # run_edgekit, torch_blocked_env: test_runtimes imports them from here
-    SSHD,
-    TORCH,
-    import_blocker,
-    run_edgekit,  # noqa: F401
-    start_sshd,
-    torch_blocked_env,  # noqa: F401
-)
+from helpers import SSHD, TORCH, import_blocker, start_sshd
 
 
 @pytest.fixture
