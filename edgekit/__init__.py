@@ -5,8 +5,9 @@
     result = edgekit.bench(["fp32.onnx", "int8.onnx"])      # torch-free
     diff = edgekit.compare("laptop/report.json", "pi/report.json")
 
-Each returns the dict that its report.json (or `edgekit compare --json`) holds. The names load on
-first use, so `import edgekit` stays light and torch-free on a device.
+optimize, bench and read_report return a `Report` (`.to_json()`: the dict report.json holds);
+compare the dict `edgekit compare --json` prints. The names load on first use, so
+`import edgekit` stays light and torch-free on a device.
 """
 
 import importlib
@@ -18,8 +19,9 @@ _HOMES = {
     "OptimizeOptions": "edgekit.api",
     "bench": "edgekit.api",
     "BenchOptions": "edgekit.benchmark",
-    "compare": "edgekit.api",
+    "compare": "edgekit.report.compare:compare_reports",
     "read_report": "edgekit.report.read",
+    "Report": "edgekit.report.schema",
     "EdgekitError": "edgekit.errors",
 }
 __all__ = [*_HOMES, "__version__"]
@@ -28,7 +30,8 @@ __all__ = [*_HOMES, "__version__"]
 def __getattr__(name: str):
     if name not in _HOMES:
         raise AttributeError(f"module 'edgekit' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_HOMES[name]), name)
+    module, _, attribute = _HOMES[name].partition(":")
+    value = getattr(importlib.import_module(module), attribute or name)
     globals()[name] = value  # later look-ups skip this function
     return value
 

@@ -1,6 +1,7 @@
-"""What the CLI and Python users call: `optimize()`, `bench()`, `bench_fleet()`, `compare()`.
-Each returns the dict its report.json (or `compare --json`) holds; the commands only parse
-arguments, call these, and print.
+"""What the CLI and Python users call: `optimize()`, `bench()`, `bench_fleet()` (and
+`edgekit.report.compare.compare_reports`, torch- and benchmark-free). optimize and bench return the
+`Report` written as report.json (`.to_json()` is its dict); bench_fleet the dict summary.json
+holds. The commands only parse arguments, call these, and print.
 
 optimize: model file ─load─▶ LoadedModel + Samples ─export─▶ fp32 ─passes (PIPELINE)─▶ variants
   ─accuracy vs the float model─▶ drift ─bench (worker processes, interleaved)─▶ latency, memory
@@ -22,6 +23,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import onnx
 
+from edgekit import runtimes
 from edgekit.accuracy import (
     check_finite_reference,
     check_labels,
@@ -31,14 +33,15 @@ from edgekit.accuracy import (
     run_onnx,
 )
 from edgekit.benchmark import BenchOptions, BenchResult, measure
-from edgekit.benchmark.flops import files_on_disk, size_on_disk
 from edgekit.cpus import made_for, report_section
 from edgekit.errors import EdgekitError
 from edgekit.fsutil import output_folder, sha256_file
 from edgekit.model.samples import Samples, resolve_samples
+from edgekit.onnxfile import copy_onnx, files_on_disk, size_on_disk
 from edgekit.passes import PassContext, Variant
 from edgekit.recommend import Budget, default_budget, recommend
-from edgekit.report.schema import add_measurement, new_report, new_variant
+from edgekit.report.schema import Report, build_report
+from edgekit.report.schema import Variant as Row
 from edgekit.report.write import write_fleet_summary, write_outputs
 
 if TYPE_CHECKING:
@@ -47,7 +50,6 @@ if TYPE_CHECKING:
     from edgekit.benchmark.remote import Target
 
 GENERATED_SAMPLES = 32  # random inputs for drift when no --data is given
-EXTERNAL_DATA_BYTES = 1_800_000_000  # protobuf's limit is 2 GiB: larger models keep a .data file
 
 
 @dataclass
@@ -107,7 +109,7 @@ def timed_steps(step, timings: list[dict]):
     return timed
 
 
-def optimize(model_path: Path, options: OptimizeOptions, step=no_progress) -> dict:
+def optimize(model_path: Path, options: OptimizeOptions, step=no_progress) -> Report:
     """Run the whole pipeline; returns the report (also written to the output folder).
     Bad input raises EdgekitError before anything is written; a failing pass or benchmark
     becomes an error row. Earlier outputs in the folder are replaced only at the very end, all
@@ -171,7 +173,7 @@ def _dependency_note(kept: list[logging.LogRecord]) -> list[str]:
 
 def _optimize(
     model_path: Path, options: OptimizeOptions, staging: Path, step, kept: list[logging.LogRecord]
-) -> dict:
+) -> Report:
     """The pipeline, writing every output into `staging`."""
     import time
 
@@ -196,7 +198,7 @@ def _optimize(
     batch = samples.batch  # drift is measured at the batch the model is timed at
     fp32 = Variant("fp32", staging / "fp32.onnx")
     if loaded.format == "onnx":
-        _copy_onnx(loaded.files, fp32.path)
+        copy_onnx(loaded.files, fp32.path)
         samples = samples.fitted_to(fp32.path)  # integer inputs as the graph reads them
         feeds = samples.feeds
         fp32.passes.append({"name": "load-onnx", "settings": {}})
@@ -246,7 +248,7 @@ def _optimize(
     variants = pipeline.run(passes, fp32, ctx)
 
     with step("measuring accuracy"):
-        rows = {v.name: _variant_row(v, ctx, output_names, primary) for v in variants}
+        rows = [_variant_row(v, ctx, output_names, primary) for v in variants]
     measured = [v for v in variants if v.error is None]
     with step("benchmarking " + ", ".join(v.name for v in measured)) as update:
         bench_result = measure(
@@ -257,30 +259,25 @@ def _optimize(
             target=options.target,
             batch=samples.batch,
         )
-    for name, measured_row in bench_result.variants.items():
-        add_measurement(rows[name], measured_row)
-
-    variant_rows = list(rows.values())
     made_for_section, made_for_warnings = report_section(options.for_cpu, bench_result.device)
-    report = new_report(
+    report = build_report(
         "optimize",
+        rows,
+        bench_result,
         source={"path": str(model_path), "format": loaded.format, "sha256": loaded.sha256},
         inputs=_inputs_json(samples, variants),
         data={**samples.to_json(), "drift_batch": batch},
-        device=bench_result.device,
-        settings=bench_result.settings,
-        variants=variant_rows,
         budget=str(budget),
         notes=_output_notes(output_names, primary, options.primary_output)
         + [kind_note(kinds, primary)]
         + samples.generated_note()
         + ctx.notes
         + _dependency_note(kept),
-        recommendation=recommend(variant_rows, "fp32", budget),
-        warnings=list(bench_result.warnings) + made_for_warnings,
-        made_for=made_for_section,
-        timings=_timings(steps, time.perf_counter() - started),
+        warnings=made_for_warnings,
+        extra={"made_for": made_for_section},
     )
+    report.recommendation = recommend([v.to_json() for v in report.variants], "fp32", budget)
+    report.extra["timings"] = _timings(steps, time.perf_counter() - started)
     _keep_only(staging, [f for v in measured for f in files_on_disk(v.path)])
     write_outputs(report, staging)
     return report
@@ -325,17 +322,6 @@ def _input_files(model_path: Path, options: OptimizeOptions) -> list[Path]:
     return [Path(f) for f in files if f]
 
 
-def _copy_onnx(files: list[Path], dest: Path) -> None:
-    """The source model (`files`: the .onnx, then its external data, checked by the loader) as
-    `dest`, with its external data, if any, as `dest`.data."""
-    if len(files) == 1:
-        shutil.copyfile(files[0], dest)
-        return
-    model = onnx.load(str(files[0]))  # with the external data
-    big = sum(f.stat().st_size for f in files) > EXTERNAL_DATA_BYTES
-    onnx.save_model(model, str(dest), save_as_external_data=big, location=f"{dest.name}.data")
-
-
 def _keep_only(folder: Path, files: list[Path]) -> None:
     """Leave in `folder` only the files of the report (a failed pass may have left others)."""
     keep = {f.resolve() for f in files}
@@ -368,22 +354,23 @@ def _output_notes(names: list[str], primary: str, chosen: str | None) -> list[st
     ]
 
 
-def _variant_row(v: Variant, ctx: PassContext, names: list[str], primary: str) -> dict:
-    row = new_variant(v.name, parent=v.parent, passes=v.passes, notes=list(v.notes), error=v.error)
-    row.update(v.extra)
-    row["runtime"] = v.runtime  # the runtime that runs the variant's file
+def _variant_row(v: Variant, ctx: PassContext, names: list[str], primary: str) -> Row:
+    row = Row(
+        v.name, parent=v.parent, passes=v.passes, notes=list(v.notes), error=v.error, **v.extra
+    )
+    row.runtime = v.runtime
     if v.error:
         return row
-    row.update(file=v.path.name, size_bytes=size_on_disk(v.path), sha256=sha256_file(v.path))
+    row.file, row.size_bytes, row.sha256 = v.path.name, size_on_disk(v.path), sha256_file(v.path)
     try:
         accuracy, unmeasured = drift_by_output(
             ctx.reference, ctx.outputs(v.path), ctx.labels, names, primary, ctx.output_kinds
         )
     except Exception as exc:  # onnxruntime refuses the model: a row with the reason
-        row["error"] = f"{v.runtime} could not run this variant: {exc}"
+        row.error = f"{v.runtime} could not run this variant: {exc}"
         return row
-    row["accuracy"] = accuracy
-    row["unmeasured"].update(unmeasured)
+    row.accuracy = accuracy
+    row.unmeasured.update(unmeasured)
     return row
 
 
@@ -399,7 +386,7 @@ def bench(
     out_dir: Path | None = None,
     target: Target | None = None,
     progress: Callable[[str], None] | None = None,
-) -> dict:
+) -> Report:
     """Time ONNX models on this CPU (or on `target` over SSH); the first is the baseline.
     Returns the report, also written to `out_dir` when given (published whole). Torch-free."""
     options = options or BenchOptions()
@@ -432,6 +419,7 @@ def bench_fleet(
     (returned, and written as OUT/summary.json and summary.md) comparing them. A device that
     fails gets an error report; `summary["failed"]` counts them."""
     from edgekit.benchmark import remote
+    from edgekit.report.fleet import fleet_summary
 
     if not targets:
         raise EdgekitError("The fleet lists no device: give --target or a --targets file.")
@@ -439,7 +427,7 @@ def bench_fleet(
     with output_folder(out_dir, inputs=models) as staging:
         paths, samples = _bench_inputs(models, inputs, data)
 
-        def bench_one(target) -> dict:
+        def bench_one(target) -> Report:
             result = measure(
                 paths, samples.first_batch(), options, target=target, batch=samples.batch
             )
@@ -447,18 +435,18 @@ def bench_fleet(
             write_outputs(report, staging / target.name)
             return report
 
-        def fail_report(target, message: str) -> dict:
-            report = new_report(
+        def fail_report(target, message: str) -> Report:
+            report = build_report(
                 "bench",
+                [Row(name, error=message) for name in paths],
                 inputs=[s.to_json() for s in samples.specs],
                 data=samples.to_json(),
                 device={"target": target.spec},
-                variants=[new_variant(name, error=message) for name in paths],
             )
             write_outputs(report, staging / target.name)
             return report
 
-        summary = remote.summary(remote.run_fleet(list(targets), bench_one, fail_report))
+        summary = fleet_summary(remote.run_fleet(list(targets), bench_one, fail_report))
         write_fleet_summary(summary, staging)
     return summary
 
@@ -475,7 +463,6 @@ def _bench_output(out_dir: Path | None, models: Sequence[Path]) -> Iterator[Path
 def _bench_inputs(models, inputs, data) -> tuple[dict[str, Path], Samples]:
     """Checked ONNX files by variant name, and one batch of samples from --input / --data / the
     first model's own shapes."""
-    from edgekit import runtimes
     from edgekit.model.formats import check_model_file
     from edgekit.model.inputs import InputSpec
     from edgekit.model.load import load_onnx
@@ -509,27 +496,26 @@ def _unique_names(paths: list[Path]) -> list[str]:
 
 def _bench_report(
     result: BenchResult, paths: dict[str, Path], options: BenchOptions, samples: Samples, out_dir
-) -> dict:
+) -> Report:
     sweep = len(options.threads or []) > 1
     rows = []
-    for key, measured in result.variants.items():
+    for key in result.variants:
         model = paths[key.rsplit("@", 1)[0] if sweep else key]
-        row = new_variant(
-            key,
-            file=_relative_to(model, out_dir),
-            size_bytes=measured["size_bytes"],
-            sha256=sha256_file(model),
-            unmeasured={"accuracy": "edgekit bench has no reference outputs"},
+        rows.append(
+            Row(
+                key,
+                runtime=runtimes.runtime_for(model),
+                file=_relative_to(model, out_dir),
+                sha256=sha256_file(model),
+                unmeasured={"accuracy": "edgekit bench has no reference outputs"},
+            )
         )
-        rows.append(add_measurement(row, measured))
-    return new_report(
+    return build_report(
         "bench",
+        rows,
+        result,
         inputs=[s.to_json() for s in samples.specs],
         data=samples.to_json(),
-        device=result.device,
-        settings=result.settings,
-        variants=rows,
-        warnings=result.warnings,
     )
 
 
@@ -541,34 +527,3 @@ def _relative_to(path: Path, folder: Path | None) -> str:
         return os.path.relpath(path.resolve(), Path(folder).resolve())
     except ValueError:  # another drive on Windows
         return str(path.resolve())
-
-
-# ---------------------------------------------------------------------------- compare
-
-
-def compare(
-    a: Path | dict,
-    b: Path | dict | None = None,
-    *,
-    normalize: bool = False,
-    fail_if_slower: float | None = None,
-    fail_if_drift: float | None = None,
-    fail_if_larger: float | None = None,
-) -> dict:
-    """Two reports side by side (paths, folders or report dicts), or with one report each variant
-    against its float root. `result["exit_code"]` is 1 when a gate tripped. Torch-free."""
-    from edgekit.report import compare as comparison
-    from edgekit.report.read import read_report
-
-    given = [r for r in (a, b) if r is not None]
-    reports = [r if isinstance(r, dict) else read_report(r) for r in given]
-    labels = tuple("report" if isinstance(r, dict) else str(r) for r in given) + ("",)
-    return comparison.compare(
-        reports[0],
-        reports[1] if len(reports) == 2 else None,
-        labels=labels,
-        fail_if_slower=fail_if_slower,
-        fail_if_drift=fail_if_drift,
-        fail_if_larger=fail_if_larger,
-        normalize=normalize,
-    )

@@ -1,111 +1,29 @@
-"""Shared test helpers. Tests run the real thing: real torch export, real onnxruntime, real files."""
+"""Shared fixtures; the plain helper functions are in helpers.py."""
 
 from __future__ import annotations
 
 import getpass
-import os
 import shlex
 import shutil
-import socket
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
-
-REPO = Path(__file__).resolve().parents[1]
-SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
+from helpers import SSHD, TORCH, import_blocker, start_sshd
 
 
-def save_graph(graph, path: Path, **save_options) -> Path:
-    """A test model as the exporters write them (opset 17, IR 8); save_options go to onnx.save."""
-    import onnx
-    from onnx import helper
+@pytest.fixture
+def block_imports(tmp_path):
+    """block_imports("matplotlib") -> an env in which `import matplotlib` fails; by default
+    torch and its companions, as on a Pi with only the core install."""
 
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.save(model, str(path), **save_options)
-    return Path(path)
+    def env(*modules: str) -> dict:
+        return {"PYTHONPATH": import_blocker(tmp_path / "blocked", modules or TORCH)}
 
-
-def run_edgekit(*args, env: dict | None = None, cwd=None, timeout=600):
-    """Run the real `edgekit` CLI in a fresh process; returns the CompletedProcess."""
-    full_env = {**os.environ, **(env or {})}
-    return subprocess.run(
-        [sys.executable, "-m", "edgekit.cli", *map(str, args)],
-        capture_output=True,
-        text=True,
-        env=full_env,
-        cwd=cwd,
-        timeout=timeout,
-    )
-
-
-# `pytest -m "not slow"` runs the unit tests in seconds; CI runs all. Slow are the tests that start
-# processes (the real CLI, benchmark workers, servers, sshd, Chromium) and the modules whose every
-# test does that or exports with torch.
-STARTS_PROCESSES = {"run_edgekit", "subprocess", "measure", "Worker", "optimize"}
-SLOW_MODULES = {
-    "test_bench",
-    "test_bench_stability",
-    "test_hardening_load",
-    "test_cpu_target",
-    "test_deploy",
-    "test_drift_batch",
-    "test_export",
-    "test_load",
-    "test_model_repository",
-    "test_optimize",
-    "test_prune",
-    "test_quantize",
-    "test_readme",
-    "test_remote",
-    "test_report_fuzz",
-    "test_sensitivity",
-    "test_serve",
-    "test_transformer_int8",
-    "test_wild_models",
-}
-
-
-def _names(code) -> set[str]:
-    """The global names a function uses, comprehensions and nested functions included."""
-    nested = [c for c in code.co_consts if hasattr(c, "co_names")]
-    return set(code.co_names).union(*(_names(c) for c in nested))
-
-
-def pytest_collection_modifyitems(items):
-    for item in items:
-        code = getattr(item.function, "__code__", None)
-        if item.module.__name__ in SLOW_MODULES or (code and _names(code) & STARTS_PROCESSES):
-            item.add_marker(pytest.mark.slow)
-
-
-def torch_blocked_env(tmp_path: Path) -> dict:
-    """An environment in which `import torch` (and onnxsim, torch_pruning) fails, as on a Pi
-    with only the core install."""
-    blocker = tmp_path / "block_torch"
-    blocker.mkdir(exist_ok=True)
-    (blocker / "sitecustomize.py").write_text(
-        "import sys\n"
-        "class _Block:\n"
-        "    def find_spec(self, name, path=None, target=None):\n"
-        "        if name.split('.')[0] in ('torch', 'onnxsim', 'torch_pruning', 'onnxscript'):\n"
-        "            raise ImportError(f'{name} is blocked in this test')\n"
-        "        return None\n"
-        "sys.meta_path.insert(0, _Block())\n"
-    )
-    return {"PYTHONPATH": os.pathsep.join([str(blocker), str(REPO)])}
+    return env
 
 
 # ---- real OpenSSH servers on 127.0.0.1 for the device tests (test_remote, test_deploy) --------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -131,38 +49,6 @@ def ssh_env(keys):
         "-o", f"UserKnownHostsFile={keys / 'known_hosts'}",
     ]  # fmt: skip
     return {"EDGEKIT_SSH_OPTIONS": shlex.join(options)}
-
-
-def start_sshd(keys: Path, run_dir: Path) -> tuple[subprocess.Popen, int]:
-    port = free_port()
-    run_dir.mkdir()
-    config = run_dir / "sshd_config"
-    config.write_text(
-        f"Port {port}\nListenAddress 127.0.0.1\nHostKey {keys / 'host_key'}\n"
-        f"PidFile {run_dir / 'sshd.pid'}\nAuthorizedKeysFile {keys / 'authorized_keys'}\n"
-        "PermitRootLogin prohibit-password\nPasswordAuthentication no\n"
-        "KbdInteractiveAuthentication no\nStrictModes no\nUsePAM no\n"
-    )
-    if os.geteuid() == 0:
-        Path("/run/sshd").mkdir(exist_ok=True)  # sshd's privilege separation directory
-    log = open(run_dir / "sshd.log", "w")  # noqa: SIM115 (the server writes to it until stopped)
-    proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(config)], stderr=log)
-    deadline = time.monotonic() + 15
-    while True:  # ready once it greets: "SSH-2.0-OpenSSH_..."
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=2) as s:
-                if s.recv(64).startswith(b"SSH-"):
-                    break
-        except OSError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            raise RuntimeError(f"sshd did not start: {(run_dir / 'sshd.log').read_text()}")
-        time.sleep(0.1)
-    host_pub = (keys / "host_key.pub").read_text().split()[:2]
-    with open(keys / "known_hosts", "a") as handle:
-        handle.write(f"[127.0.0.1]:{port} {' '.join(host_pub)}\n")
-    return proc, port
 
 
 @pytest.fixture(scope="module")

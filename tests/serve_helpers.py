@@ -17,11 +17,11 @@ import urllib.request
 from pathlib import Path
 
 import numpy as np
-from conftest import save_graph
+from helpers import save_graph
 from onnx import TensorProto, helper, numpy_helper
 
 from edgekit.fsutil import sha256_file
-from edgekit.report.schema import new_report, new_variant
+from edgekit.report.schema import Report, Variant
 from edgekit.report.write import write_outputs
 
 REPO = Path(__file__).resolve().parents[1]
@@ -91,13 +91,13 @@ def output_folder(folder: Path, calibration: bool = True) -> Path:
     entry = {"name": "x", "shape": [1, 16], "dtype": "float32"}
     if calibration:
         entry["calibration"] = {"min": -1.0, "max": 1.0, "samples": 64, "source": "generated"}
-    report = new_report(
+    report = Report(
         "optimize",
         inputs=[entry],
         variants=[
-            new_variant("fp32", file="fp32.onnx", sha256=sha256_file(folder / "fp32.onnx")),
-            new_variant("int8-static", parent="fp32", file="int8-static.onnx"),
-            new_variant("fragile", parent="fp32", file="fragile.onnx"),
+            Variant("fp32", file="fp32.onnx", sha256=sha256_file(folder / "fp32.onnx")),
+            Variant("int8-static", parent="fp32", file="int8-static.onnx"),
+            Variant("fragile", parent="fp32", file="fragile.onnx"),
         ],
         budget="cosine>=0.99",
         recommendation={"variant": "int8-static", "reason": "test"},

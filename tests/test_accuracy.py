@@ -4,7 +4,7 @@ import pytest
 from edgekit.accuracy import drift, task_accuracy
 from edgekit.errors import EdgekitError
 from edgekit.recommend import Budget, default_budget, parse_budget, recommend
-from edgekit.report.schema import new_variant
+from edgekit.report.schema import Variant
 
 
 def test_drift_of_identical_outputs_is_zero_with_perfect_agreement():
@@ -67,13 +67,13 @@ def test_default_budget_by_output_kind():
 
 
 def _row(name, speedup, ci, cosine, size=100, task=None):
-    return new_variant(
+    return Variant(
         name,
         size_bytes=size,
         latency_ms={"p50": 1.0 / speedup},
         relative=None if name == "fp32" else {"baseline": "fp32", "speedup": speedup, "ci95": ci},
         accuracy={"cosine_min": cosine, "task_accuracy": task},
-    )
+    ).to_json()
 
 
 def test_recommends_fastest_within_budget():

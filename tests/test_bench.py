@@ -12,10 +12,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import run_edgekit, save_graph, torch_blocked_env
+from helpers import run_edgekit, save_graph
 from onnx import TensorProto, helper, numpy_helper
 
+from edgekit import onnxfile
 from edgekit.benchmark import BenchOptions, flops, measure
+
+pytestmark = pytest.mark.slow  # every test here starts a process or exports with torch
 
 TINY = ["--min-time", "0.05", "--max-time", "0.2"]
 
@@ -91,8 +94,8 @@ def test_size_on_disk_includes_external_data(tmp_path):
     path = flops_model(tmp_path / "ext.onnx", external=True)
     data = tmp_path / "ext.onnx.data"
     assert data.is_file()
-    assert flops.files_on_disk(path) == [path, data]
-    assert flops.size_on_disk(path) == path.stat().st_size + data.stat().st_size
+    assert onnxfile.files_on_disk(path) == [path, data]
+    assert onnxfile.size_on_disk(path) == path.stat().st_size + data.stat().st_size
 
 
 # ---------------------------------------------------------------- the worker
@@ -157,15 +160,15 @@ def test_rounds_interleave_and_a_failing_model_becomes_an_error_row(models):
     log = result.round_log
     assert len(log) >= 4 and log == ["a", "b"] * (len(log) // 2)
     good, bad = result.variants["b"], result.variants["bad"]
-    assert bad["error"] and "Reshape" in bad["error"]
-    assert bad["latency_ms"] is None and bad["memory"] is None and bad["relative"] is None
-    assert "latency_ms" in bad["unmeasured"]
-    assert good["error"] is None
-    assert len(good["latency_ms"]["samples"]) == min(good["latency_ms"]["n"], 2000)
-    assert sum(good["latency_ms"]["round_sizes"]) == good["latency_ms"]["n"]
-    assert good["relative"]["baseline"] == "a" and len(good["relative"]["ci95"]) == 2
-    assert good["memory"]["peak_rss_bytes"] > good["memory"]["model_rss_bytes"] >= 0
-    assert result.variants["a"]["relative"] is None  # the baseline
+    assert bad.error and "Reshape" in bad.error
+    assert bad.latency_ms is None and bad.memory is None and bad.relative is None
+    assert "latency_ms" in bad.unmeasured
+    assert good.error is None
+    assert len(good.latency_ms["samples"]) == min(good.latency_ms["n"], 2000)
+    assert sum(good.latency_ms["round_sizes"]) == good.latency_ms["n"]
+    assert good.relative["baseline"] == "a" and len(good.relative["ci95"]) == 2
+    assert good.memory["peak_rss_bytes"] > good.memory["model_rss_bytes"] >= 0
+    assert result.variants["a"].relative is None  # the baseline
 
 
 def test_wide_intervals_are_one_warning_naming_every_model_and_one_line_says_what_to_do(models):
@@ -195,8 +198,8 @@ def test_thread_sweep_keys_and_order(models):
     names = ["a@1t", "b@1t", "a@2t", "b@2t"]
     assert list(result.variants) == names
     assert result.round_log[:8] == names * 2
-    assert result.variants["b@2t"]["threads"] == 2
-    assert result.variants["b@2t"]["relative"]["baseline"] == "a@1t"
+    assert result.variants["b@2t"].threads == 2
+    assert result.variants["b@2t"].relative["baseline"] == "a@1t"
     assert result.settings["threads_sweep"] == [1, 2]
 
 
@@ -244,8 +247,8 @@ def test_cli_report_fields(models, tmp_path):
     assert (out / "report.md").is_file()
 
 
-def test_cli_works_with_torch_unimportable(models, tmp_path):
-    env = torch_blocked_env(tmp_path)
+def test_cli_works_with_torch_unimportable(models, tmp_path, block_imports):
+    env = block_imports()
     probe = subprocess.run(
         [sys.executable, "-c",
          "import sys, edgekit.benchmark, edgekit.commands.bench\n"

@@ -10,10 +10,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import save_graph
+from helpers import save_graph
 from onnx import TensorProto, helper, numpy_helper
 
-from edgekit.benchmark import BenchOptions, measure, runner, shift_warning, stats, what_to_do
+from edgekit import stats
+from edgekit.benchmark import BenchOptions, measure, runner, shift_warning, what_to_do
+
+pytestmark = pytest.mark.slow  # every test here starts a process or exports with torch
 
 
 def matmul_model(path: Path) -> Path:

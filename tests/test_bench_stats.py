@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from edgekit.benchmark import stats
+from edgekit import stats
 
 
 def test_summary_of_one_to_ten():

@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import run_edgekit, torch_blocked_env
 from fixtures.sample_reports import FIXTURES, PI, make_report, write
+from helpers import run_edgekit
 
-from edgekit.benchmark.stats import sample_ratio
 from edgekit.report.compare import compare
+from edgekit.stats import sample_ratio
+from models import relu_model
 
 
 @pytest.fixture
@@ -38,11 +39,12 @@ def test_ratio_ci_covers_truth_and_is_repeatable():
     assert sample_ratio(a[:5], b[:5])[1] is None  # too few samples: no interval
 
 
-def test_two_runs_table_and_gates_pass(two_runs, tmp_path):
+@pytest.mark.slow
+def test_two_runs_table_and_gates_pass(two_runs, tmp_path, block_imports):
     a, b = two_runs
     result = run_edgekit(
         "compare", a, b, "--fail-if-slower", 5, "--fail-if-drift", 0.95, "--fail-if-larger", 10,
-        env={**torch_blocked_env(tmp_path), "COLUMNS": "220"},
+        env={**block_imports(), "COLUMNS": "220"},
     )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
     out = result.stdout
@@ -52,6 +54,7 @@ def test_two_runs_table_and_gates_pass(two_runs, tmp_path):
     assert "AMD EPYC 7B13" in out
 
 
+@pytest.mark.slow
 def test_markdown_format(two_runs):
     result = run_edgekit("compare", *two_runs, "--format", "md")
     assert result.returncode == 0, result.stderr
@@ -64,11 +67,12 @@ def test_markdown_format(two_runs):
     assert len(widths) == 1
 
 
-def test_slower_gate_trips(two_runs, slow_int8, tmp_path):
+@pytest.mark.slow
+def test_slower_gate_trips(two_runs, slow_int8, tmp_path, block_imports):
     a, _ = two_runs
     result = run_edgekit(
         "compare", a, slow_int8, "--fail-if-slower", 10, "--format", "md",
-        env=torch_blocked_env(tmp_path),
+        env=block_imports(),
     )  # fmt: skip
     assert result.returncode == 1, result.stdout + result.stderr
     assert "gate tripped: --fail-if-slower 10%: int8-static" in result.stderr
@@ -78,6 +82,7 @@ def test_slower_gate_trips(two_runs, slow_int8, tmp_path):
     assert run_edgekit("compare", a, slow_int8, "--fail-if-slower", 40).returncode == 0
 
 
+@pytest.mark.slow
 def test_drift_and_size_gates(two_runs):
     a, b = two_runs
     drift = run_edgekit("compare", a, b, "--fail-if-drift", 0.99, "--json")
@@ -89,6 +94,7 @@ def test_drift_and_size_gates(two_runs):
     assert run_edgekit("compare", a, "--fail-if-larger", 0).returncode == 0
 
 
+@pytest.mark.slow
 def test_one_report_against_float_root(two_runs):
     result = run_edgekit("compare", two_runs[0], "--json")
     assert result.returncode == 0, result.stderr
@@ -102,6 +108,7 @@ def test_one_report_against_float_root(two_runs):
     assert rows["int8-dynamic"]["latency"]["ratio"] > 1.4  # the slow ConvInteger recipe
 
 
+@pytest.mark.slow
 def test_missing_and_failed_variants_and_two_devices(tmp_path):
     a = write(make_report(seed=1), tmp_path / "laptop.json")
     pi = make_report(seed=2, device=PI, drop=("pruned-30",), failed={"int8-dynamic": "ORT crashed"})
@@ -114,6 +121,7 @@ def test_missing_and_failed_variants_and_two_devices(tmp_path):
     assert "AMD EPYC 7B13" in out and "Cortex-A76" in out and "two devices" in out
 
 
+@pytest.mark.slow
 def test_unusable_input_exit_2(tmp_path, two_runs):
     for bad in (FIXTURES / "foreign.json", FIXTURES / "future_version.json", tmp_path / "no.json"):
         result = run_edgekit("compare", two_runs[0], bad, "--fail-if-slower", 5)
@@ -123,8 +131,9 @@ def test_unusable_input_exit_2(tmp_path, two_runs):
     assert run_edgekit("compare", *two_runs, "--fail-if-drift", 3).returncode == 2
 
 
-def test_help_without_torch(tmp_path):
-    result = run_edgekit("compare", "--help", env=torch_blocked_env(tmp_path))
+@pytest.mark.slow
+def test_help_without_torch(block_imports):
+    result = run_edgekit("compare", "--help", env=block_imports())
     assert result.returncode == 0, result.stderr
     assert "--fail-if-slower" in result.stdout and "cosine_min" in result.stdout
 
@@ -158,6 +167,7 @@ def _chain_model(path, matmuls: int):
     return path
 
 
+@pytest.mark.slow
 def test_gate_on_real_benchmarks(tmp_path):
     """Real `edgekit bench` reports: the gate passes on a rerun of the same models and trips
     when the model under the same name was made 8x heavier, with and without --normalize."""
@@ -179,6 +189,7 @@ def test_gate_on_real_benchmarks(tmp_path):
         assert "--fail-if-slower" in slower.stdout + slower.stderr
 
 
+@pytest.mark.slow
 def test_normalize_cancels_machine_drift_but_not_a_real_slowdown(tmp_path):
     everything = {
         n: 1.4 for n in ("fp32", "simplified", "int8-static", "int8-dynamic", "pruned-30")
@@ -198,11 +209,12 @@ def test_normalize_cancels_machine_drift_but_not_a_real_slowdown(tmp_path):
     assert "int8-static" in gated.stdout + gated.stderr
 
 
+@pytest.mark.slow
 def test_report_keeps_a_bounded_sample_and_compare_still_has_an_interval(tmp_path):
     """A 2 µs model timed for up to a second runs ~10^5 times: report.json keeps at most 2000
     timings per variant, in run order, and per-round medians; compare still gives an interval."""
-    a = _tiny_relu(tmp_path / "a.onnx")
-    b = _tiny_relu(tmp_path / "b.onnx")
+    a = relu_model(tmp_path / "a.onnx")
+    b = relu_model(tmp_path / "b.onnx")
     out = tmp_path / "out"
     result = run_edgekit("bench", a, b, "-o", out, "--min-time", "0.2", "--max-time", "1", "-q")
     assert result.returncode == 0, result.stderr
@@ -220,13 +232,3 @@ def test_report_keeps_a_bounded_sample_and_compare_still_has_an_interval(tmp_pat
     for row in rows:
         lo, hi = row["latency"]["ci95"]
         assert lo <= row["latency"]["ratio"] <= hi and row["b"]["n_samples"] == 2000
-
-
-def _tiny_relu(path):
-    import onnx
-    from onnx import TensorProto, helper
-
-    x, y = (helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, 4]) for n in "xy")
-    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "relu", [x], [y])
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
-    return path

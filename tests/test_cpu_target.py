@@ -5,17 +5,18 @@ by the real sshd of the device tests), while this x86 machine does the quantizin
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 
 import onnx
 import pytest
-from conftest import run_edgekit
-from test_remote import tiny_model
+from helpers import run_edgekit
 
 from edgekit import cpus
 from edgekit.errors import EdgekitError
+from models import tiny_model
+
+pytestmark = pytest.mark.slow  # every test here starts a process or exports with torch
 
 BOARDS = Path(__file__).parent / "fixtures" / "boards"
 TINY = ["--min-time", "0.2", "--max-time", "0.5", "--int8", "static"]
@@ -206,19 +207,9 @@ def test_optimize_target_makes_int8_for_the_devices_cpu_while_running_on_x86(
     assert all(v["latency_ms"]["n"] > 0 for v in report["variants"] if not v["error"])
 
 
-def test_without_onnxsim_simplification_is_a_clear_note_and_int8_goes_on(tmp_path):
+def test_without_onnxsim_simplification_is_a_clear_note_and_int8_goes_on(tmp_path, block_imports):
     """As on a platform without an onnxsim wheel: the run finishes, int8 is made from the export."""
-    blocker = tmp_path / "no_onnxsim"
-    blocker.mkdir()
-    (blocker / "sitecustomize.py").write_text(
-        "import sys\n"
-        "class _Block:\n"
-        "    def find_spec(self, name, path=None, target=None):\n"
-        "        if name.split('.')[0] == 'onnxsim':\n"
-        "            raise ImportError('no onnxsim wheel for this platform')\n"
-        "sys.meta_path.insert(0, _Block())\n"
-    )
-    env = {"PYTHONPATH": os.pathsep.join([str(blocker), str(Path(__file__).parents[1])])}
+    env = block_imports("onnxsim")
     model = tiny_model(tmp_path / "tiny.onnx")
     out = tmp_path / "out"
     done = run_edgekit("optimize", model, "--for-cpu", "rpi5", *TINY, "-o", out, env=env,

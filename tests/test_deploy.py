@@ -16,14 +16,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import REPO, SSHD, free_port, run_edgekit, start_sshd
+from helpers import REPO, SSHD, free_port, import_blocker, run_edgekit, start_sshd
 from serve_helpers import Server, http, output_folder
 
 tritonclient_http = pytest.importorskip("tritonclient.http")
-pytestmark = pytest.mark.skipif(
-    not Path(SSHD).exists() and not os.environ.get("CI"),
-    reason="needs the OpenSSH server (sshd): apt-get install openssh-server (.ci/prepare.sh does)",
-)
+pytestmark = [
+    pytest.mark.slow,  # every test here talks to a real sshd
+    pytest.mark.skipif(
+        not Path(SSHD).exists() and not os.environ.get("CI"),
+        reason="needs the OpenSSH server (sshd): apt-get install openssh-server (.ci/prepare.sh does)",
+    ),
+]
 
 
 @pytest.fixture(scope="module")
@@ -38,19 +41,9 @@ def device_python(folder: Path, block: tuple[str, ...] = ()) -> Path:
     """A python3 for the device: this venv with this checkout importable; `block` modules fail
     to import, as if not installed."""
     folder.mkdir(parents=True, exist_ok=True)
-    path = [str(REPO)]
-    if block:
-        (folder / "sitecustomize.py").write_text(
-            "import sys\n"
-            "class _Block:\n"
-            "    def find_spec(self, name, path=None, target=None):\n"
-            f"        if name.split('.')[0] in {block!r}:\n"
-            "            raise ImportError(name)\n"
-            "sys.meta_path.insert(0, _Block())\n"
-        )
-        path.insert(0, str(folder))
+    pythonpath = import_blocker(folder, block) if block else str(REPO)
     script = folder / "python3"
-    script.write_text(f'#!/bin/sh\nPYTHONPATH={":".join(path)} exec {sys.executable} "$@"\n')
+    script.write_text(f'#!/bin/sh\nPYTHONPATH={pythonpath} exec {sys.executable} "$@"\n')
     script.chmod(0o755)
     return script
 

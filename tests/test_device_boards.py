@@ -8,10 +8,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import run_edgekit
-from test_remote import tiny_model
+from helpers import run_edgekit
 
 from edgekit.benchmark import device
+from models import tiny_model
 
 BOARDS = Path(__file__).parent / "fixtures" / "boards"
 
@@ -151,6 +151,7 @@ def test_temperature_after_the_run_warns_with_the_rise():
 # ---------------------------------------------------------------- a 32-bit OS over real SSH
 
 
+@pytest.mark.slow
 def test_a_32_bit_arm_device_is_refused_with_the_fix(ssh_target, ssh_env, tmp_path):
     """A device whose Python says armv7l: the probe stops before anything is copied."""
     fake = tmp_path / "armv7"

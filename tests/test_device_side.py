@@ -39,6 +39,7 @@ def test_device_files_import_only_what_a_device_has(file, at_import, inside_func
     assert _imports(ast.walk(tree)) - at_import == inside_functions
 
 
+@pytest.mark.slow
 def test_device_py_runs_alone_with_the_standard_library(tmp_path):
     """Copied on its own and imported with only the standard library on the path."""
     (tmp_path / "device.py").write_bytes((BENCH / "device.py").read_bytes())

@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
+import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from edgekit.accuracy import drift, run_onnx
 from edgekit.api import OptimizeOptions, optimize
+
+pytestmark = pytest.mark.slow  # every test here starts a process or exports with torch
 
 
 def test_dynamic_int8_drift_is_measured_at_the_deployment_batch(tmp_path):
@@ -32,7 +35,7 @@ def test_dynamic_int8_drift_is_measured_at_the_deployment_batch(tmp_path):
         inputs=["x:1x32"], data=data, int8="dynamic", min_time=0.05, max_time=0.2,
         out_dir=tmp_path / "out",
     )  # fmt: skip
-    report = optimize(model, options)
+    report = optimize(model, options).to_json()
     assert report["data"]["drift_batch"] == 1
     row = next(v for v in report["variants"] if v["name"] == "int8-dynamic")
     int8 = tmp_path / "out" / row["file"]

@@ -6,14 +6,18 @@ from __future__ import annotations
 import io
 import re
 
-from conftest import run_edgekit
+import pytest
 from fixtures.sample_reports import make_report, write
+from helpers import run_edgekit
 from rich.console import Console
 
 from edgekit import ssh
 from edgekit.benchmark import remote
 from edgekit.report import compare, html, markdown, terminal
+from edgekit.report.fleet import fleet_summary
 from edgekit.report.read import read_report
+from edgekit.report.schema import Report
+from models import relu_model
 
 # clear the screen, set the window title (OSC 0 … BEL), and a bidi override
 ESC = "\x1b[2J\x1b]0;pwned\x07\u202e"
@@ -88,6 +92,7 @@ def _console():
     return Console(file=io.StringIO(), force_terminal=True, width=400, record=True)
 
 
+@pytest.mark.slow
 def test_compare_cli_shows_hostile_strings_as_text(tmp_path):
     a = write(_hostile(1), tmp_path / "a.json")
     b = write(_hostile(2, fail="yes"), tmp_path / "b.json")
@@ -106,8 +111,8 @@ def test_compare_cli_shows_hostile_strings_as_text(tmp_path):
 
 
 def test_compare_renderers_in_process(tmp_path):
-    a = read_report(write(_hostile(1), tmp_path / "a.json"))
-    b = read_report(write(_hostile(2, fail="yes"), tmp_path / "b.json"))
+    a = read_report(write(_hostile(1), tmp_path / "a.json")).to_json()
+    b = read_report(write(_hostile(2, fail="yes"), tmp_path / "b.json")).to_json()
     result = compare.compare(a, b, labels=(f"A{EVIL}", f"B{EVIL}"), fail_if_drift=0.999)
     console = _console()
     terminal.show_comparison(result, console)
@@ -116,7 +121,7 @@ def test_compare_renderers_in_process(tmp_path):
 
 
 def test_report_renderers_show_hostile_strings_as_text(tmp_path):
-    report = read_report(write(_hostile(1, fail="yes"), tmp_path / "r.json"))
+    report = read_report(write(_hostile(1, fail="yes"), tmp_path / "r.json")).to_json()
     console = _console()
     terminal.show_report(report, console)
     text = console.export_text()
@@ -132,33 +137,23 @@ def test_report_renderers_show_hostile_strings_as_text(tmp_path):
 
 
 def test_fleet_summary_shows_hostile_device_strings_as_text(tmp_path):
-    good = remote.Outcome(ssh.parse_target("pi4"), _hostile(1), None)
-    bad = remote.Outcome(ssh.parse_target("pi5"), _hostile(2), f"unreachable {EVIL}")
-    result = remote.summary([good, bad, remote.Outcome(ssh.parse_target("x"), _hostile(3), None)])
+    good = remote.Outcome(ssh.parse_target("pi4"), Report.from_json(_hostile(1)), None)
+    bad = remote.Outcome(
+        ssh.parse_target("pi5"), Report.from_json(_hostile(2)), f"unreachable {EVIL}"
+    )
+    third = remote.Outcome(ssh.parse_target("x"), Report.from_json(_hostile(3)), None)
+    result = fleet_summary([good, bad, third])
     _assert_inert_markdown(markdown.fleet(result))
     console = _console()
     terminal.show_fleet(result, console)
     _assert_inert_terminal(console.file.getvalue(), console.export_text())
 
 
-def _tiny_model(path):
-    import onnx
-    from onnx import TensorProto, helper
-
-    graph = helper.make_graph(
-        [helper.make_node("Relu", ["x"], ["y"])],
-        "tiny",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
-    )
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
-    return path
-
-
+@pytest.mark.slow
 def test_bench_of_hostile_file_names(tmp_path):
     """A model file named `[blink red]x[bold].onnx` (or with an ESC in it) is a name, not markup."""
-    a = _tiny_model(tmp_path / f"{MARKUP}.onnx")
-    b = _tiny_model(tmp_path / "\x1b[2J<img src=x onerror=alert(1)>`.onnx")
+    a = relu_model(tmp_path / f"{MARKUP}.onnx")
+    b = relu_model(tmp_path / "\x1b[2J<img src=x onerror=alert(1)>`.onnx")
     out = tmp_path / "out"
     result = run_edgekit(
         "bench", a, b, "-o", out, "--min-time", "0.05", "--max-time", "0.2", env={"COLUMNS": "300"}

@@ -17,6 +17,8 @@ from edgekit.model.inputs import Constant, InputSpec
 from edgekit.model.load import LoadedModel, load_model
 from edgekit.model.samples import generate_samples
 
+pytestmark = pytest.mark.slow  # every test here starts a process or exports with torch
+
 IMAGE = [InputSpec("image", (1, 3, 8, 8))]
 TEXT = [InputSpec("features", (1, 6)), InputSpec("ids", (1, 5), "int64", 0, 20)]
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import save_graph
+from helpers import save_graph
 from onnx import TensorProto, helper, numpy_helper
 
 from edgekit.accuracy import drift_by_output, run_onnx

@@ -10,7 +10,6 @@ import subprocess
 import sys
 
 import pytest
-from conftest import REPO
 from fixtures.sample_reports import FIXTURES, make_report
 
 from edgekit.report import html
@@ -74,22 +73,13 @@ def test_null_numbers_and_failed_variants_do_not_break_charts():
     assert "no chart" in page and "could not be drawn" not in page
 
 
-def test_page_without_matplotlib(tmp_path):
-    blocker = tmp_path / "block"
-    blocker.mkdir()
-    (blocker / "sitecustomize.py").write_text(
-        "import sys\n"
-        "class _Block:\n"
-        "    def find_spec(self, name, path=None, target=None):\n"
-        "        if name.split('.')[0] == 'matplotlib':\n"
-        "            raise ImportError('matplotlib is blocked in this test')\n"
-        "sys.meta_path.insert(0, _Block())\n"
-    )
+@pytest.mark.slow
+def test_page_without_matplotlib(block_imports):
     code = (
         "from edgekit.report.html import render\nfrom edgekit.report.read import read_report\n"
-        f"print(render(read_report({str(FIXTURES / 'good_small.json')!r})))\n"
+        f"print(render(read_report({str(FIXTURES / 'good_small.json')!r}).to_json()))\n"
     )
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(blocker), str(REPO)])}
+    env = {**os.environ, **block_imports("matplotlib")}
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert result.returncode == 0, result.stderr
     assert "Charts need matplotlib" in result.stdout and "<table" in result.stdout
@@ -151,7 +141,7 @@ def chart_pixels(pixels) -> int:
 @pytest.mark.slow
 def test_chromium_screenshot_shows_page_and_chart(tmp_path):
     chromium = _chromium()
-    page = html.render(read_report(FIXTURES / "good_small.json"))
+    page = html.render(read_report(FIXTURES / "good_small.json").to_json())
     assert CHART_IMG.search(page)
     full = screenshot(chromium, page, tmp_path, "full")
     no_chart = screenshot(chromium, CHART_IMG.sub("", page), tmp_path, "no-chart")

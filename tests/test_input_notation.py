@@ -8,7 +8,7 @@ import os
 
 import numpy as np
 import pytest
-from conftest import save_graph
+from helpers import save_graph
 from onnx import TensorProto, helper
 
 from edgekit import cpus
@@ -17,36 +17,14 @@ from edgekit.errors import EdgekitError
 from edgekit.model.inputs import parse_arguments, parse_input_spec
 from edgekit.model.load import load_model, load_onnx
 from edgekit.model.samples import generate_samples, load_npz, resolve_samples
+from models import vad_model
 
 F = TensorProto.FLOAT
 
 
-def vad_graph():
-    """A streaming-VAD-shaped graph: audio with unknown axes, a state batched on axis 1 and a
-    rank-0 int64 sample rate."""
-    inputs = [
-        helper.make_tensor_value_info("input", F, [None, None]),
-        helper.make_tensor_value_info("state", F, [2, None, 128]),
-        helper.make_tensor_value_info("sr", TensorProto.INT64, []),
-    ]
-    outputs = [
-        helper.make_tensor_value_info("output", F, [None, 1]),
-        helper.make_tensor_value_info("stateN", F, [2, None, 128]),
-    ]
-    nodes = [
-        helper.make_node("Cast", ["sr"], ["sr_f"], to=F),
-        helper.make_node("Div", ["sr_f", "rate"], ["scale"]),
-        helper.make_node("ReduceMean", ["input"], ["m"], axes=[1], keepdims=1),
-        helper.make_node("Mul", ["m", "scale"], ["output"]),
-        helper.make_node("Mul", ["state", "scale"], ["stateN"]),
-    ]
-    rate = helper.make_tensor("rate", F, [], [16000.0])
-    return helper.make_graph(nodes, "vad", inputs, outputs, [rate])
-
-
 @pytest.fixture(scope="module")
 def vad(tmp_path_factory):
-    return save_graph(vad_graph(), tmp_path_factory.mktemp("vad") / "vad.onnx")
+    return vad_model(tmp_path_factory.mktemp("vad") / "vad.onnx")
 
 
 VAD_SPECS = ["input:1x512:float32", "state:2xBx128"]
@@ -95,7 +73,7 @@ def test_the_bench_records_the_batch_of_a_model_batched_on_axis_1(tmp_path):
     path = save_graph(graph, tmp_path / "state.onnx")
     report = bench([path], BenchOptions(min_time=0.05, max_time=0.5), inputs=["state:2xB3x4"])
     # batches of 3 samples: the state input's axis 0 (2) is not its batch axis
-    assert report["settings"]["batch"] == 3
+    assert report.settings["batch"] == 3
 
 
 @pytest.mark.parametrize(
@@ -197,3 +175,12 @@ def test_for_cpu_file_too_large_is_refused_before_reading(tmp_path):
     ok = tmp_path / "ok.json"
     ok.write_text(json.dumps({"device": cpus.PROFILES["rpi5"]}))
     assert cpus.resolve(str(ok))["arch"] == "aarch64"
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["x:1xBxB", "x:Bx", "sr=hello", "x:-"],
+)
+def test_bad_input_notation_is_a_clear_error(tmp_path, text):
+    with pytest.raises(EdgekitError):
+        parse_arguments([text, "y:1x2"])

@@ -9,8 +9,10 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import pytest
-from conftest import run_edgekit
+from helpers import run_edgekit
 from serve_helpers import dynamic_int8_model, output_folder
+
+pytestmark = pytest.mark.slow  # every test here starts a process or exports with torch
 
 tritonclient = pytest.importorskip("tritonclient")
 text_format = pytest.importorskip("google.protobuf.text_format")

@@ -8,12 +8,14 @@ from html import escape as html_escape
 
 import numpy as np
 import pytest
-from conftest import REPO, run_edgekit
+from helpers import REPO, run_edgekit
 
 from edgekit import textsafe
-from edgekit.benchmark.flops import files_on_disk
+from edgekit.onnxfile import files_on_disk
 from edgekit.report.read import read_report
 from edgekit.report.schema import SCHEMA_VERSION, VARIANT_KEYS
+
+pytestmark = pytest.mark.slow  # every test here starts a process or exports with torch
 
 MODEL = REPO / "models" / "digits_cnn.pt"
 ARCH = f"{REPO / 'models' / 'digits_cnn.py'}:DigitsCNN"
@@ -79,7 +81,7 @@ def test_report_contract(demo):
     assert sum(s["seconds"] for s in timings["steps"]) <= timings["total_s"]
     assert by_name["int8-dynamic"]["size_bytes"] <= 0.30 * by_name["fp32"]["size_bytes"]
     assert report["recommendation"]["variant"] in by_name
-    assert read_report(out / "report.json")["variants"]  # our own reader accepts it
+    assert read_report(out / "report.json").to_json()["variants"]  # our own reader accepts it
 
 
 def test_terminal_table_and_markdown(demo):

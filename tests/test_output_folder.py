@@ -17,13 +17,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import run_edgekit, save_graph
+from helpers import run_edgekit, save_graph
 from onnx import TensorProto, helper, numpy_helper
 
 from edgekit.errors import EdgekitError
 from edgekit.fsutil import MANIFEST, output_folder, sha256_file
-from edgekit.report.schema import new_report, new_variant
+from edgekit.report.schema import Report, Variant
 from edgekit.report.write import write_outputs
+from models import matmul_model
 
 QUICK = ("--min-time", "0.2", "--max-time", "0.4", "--int8", "none")
 
@@ -57,18 +58,6 @@ def refused(out: Path, *names: str) -> str:
     for name in names:
         assert name in message, message
     return message
-
-
-def matmul_model(path: Path) -> Path:
-    weight = np.random.default_rng(0).normal(size=(64, 32)).astype(np.float32)
-    graph = helper.make_graph(
-        [helper.make_node("MatMul", ["x", "w"], ["y"])],
-        "tiny",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 64])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 32])],
-        [numpy_helper.from_array(weight, "w")],
-    )
-    return save_graph(graph, path)
 
 
 # ---- what edgekit knows it wrote ---------------------------------------------------------------
@@ -148,9 +137,9 @@ def _old_report_folder(out: Path) -> None:
     """A folder as edgekit wrote it before manifests: the report names its variants' files."""
     out.mkdir()
     matmul_model(out / "fp32.onnx")
-    row = new_variant("fp32", file="fp32.onnx", sha256=sha256_file(out / "fp32.onnx"))
-    row["size_bytes"] = (out / "fp32.onnx").stat().st_size
-    write_outputs(new_report("optimize", variants=[row]), out)
+    row = Variant("fp32", file="fp32.onnx", sha256=sha256_file(out / "fp32.onnx"))
+    row.size_bytes = (out / "fp32.onnx").stat().st_size
+    write_outputs(Report("optimize", [row]), out)
 
 
 def test_a_folder_from_before_manifests_is_judged_by_its_report(tmp_path):
@@ -222,6 +211,7 @@ def test_a_long_folder_name(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == [out.name]
 
 
+@pytest.mark.slow
 def test_two_spellings_of_one_folder_take_one_lock(tmp_path):
     out = tmp_path / "out"
     (tmp_path / "link").symlink_to(out)
@@ -260,6 +250,7 @@ def _copy(earlier: Path, tmp_path: Path) -> tuple[Path, Path]:
     return tmp_path / "tiny.onnx", tmp_path / "out"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", ["optimize", "bench"])
 def test_the_cli_refuses_a_folder_with_the_users_models_before_the_work(earlier, tmp_path, command):
     model, out = _copy(earlier, tmp_path)
@@ -277,6 +268,7 @@ def test_the_cli_refuses_a_folder_with_the_users_models_before_the_work(earlier,
     assert tree(tmp_path) == before
 
 
+@pytest.mark.slow
 def test_the_cli_writes_through_a_dangling_link(earlier, tmp_path):
     model = earlier / "tiny.onnx"
     (tmp_path / "out").symlink_to(tmp_path / "results")
@@ -355,6 +347,7 @@ def incomplete_shapes_model(path: Path) -> Path:
     return save_graph(graph, path)
 
 
+@pytest.mark.slow
 def test_static_int8_leaves_nothing_in_a_read_only_working_directory(tmp_path):
     """From a read-only CWD (a read-only bind mount: root ignores permissions) nothing can be
     written there; the note shows onnxruntime's symbolic shape inference got as far as saving its

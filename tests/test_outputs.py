@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from conftest import run_edgekit
+from helpers import run_edgekit
 from onnx import TensorProto, helper, numpy_helper
 
 from edgekit.errors import EdgekitError
@@ -106,6 +106,7 @@ def test_refuses_a_folder_with_the_users_own_files(tmp_path):
     assert (out / "thesis.tex").read_text() == "mine"
 
 
+@pytest.mark.slow
 def test_a_second_writer_is_refused_while_the_first_holds_the_lock(tmp_path):
     out = tmp_path / "out"
     holder = subprocess.Popen(
@@ -138,6 +139,7 @@ def _mount_tmpfs(path: Path, size: str) -> None:
         pytest.skip("mounting a tmpfs needs root")
 
 
+@pytest.mark.slow
 def test_an_output_folder_that_is_a_mount_point(tmp_path):
     """A container volume: nothing can be renamed over it, so files move in; no EXDEV."""
     out = tmp_path / "volume"
@@ -159,6 +161,7 @@ def test_an_output_folder_that_is_a_mount_point(tmp_path):
 # ---- the real CLI --------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_refuses_to_write_over_its_own_input(earlier):
     _, out = earlier
     before = _snapshot(out)
@@ -168,6 +171,7 @@ def test_refuses_to_write_over_its_own_input(earlier):
     assert _snapshot(out) == before
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("target", ["/dev/null", "a-file", "/proc/edgekit-out"])
 def test_an_unusable_output_folder_fails_before_the_work(earlier, tmp_path, target):
     model, _ = earlier
@@ -181,6 +185,7 @@ def test_an_unusable_output_folder_fails_before_the_work(earlier, tmp_path, targ
     assert time.perf_counter() - started < 30  # refused up front, not after benchmarking
 
 
+@pytest.mark.slow
 def test_onnx_with_external_data_is_optimized(tmp_path):
     model = _tiny_onnx(tmp_path / "ext.onnx", external=True)
     assert (tmp_path / "ext.onnx.weights").is_file()
@@ -256,6 +261,7 @@ def test_a_concurrent_run_into_the_same_folder_exits_2(earlier, tmp_path):
     assert json.loads((out / "report.json").read_text())["variants"]
 
 
+@pytest.mark.slow
 def test_a_full_disk_changes_nothing(earlier, tmp_path):
     model, _ = earlier
     disk = tmp_path / "disk"

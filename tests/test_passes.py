@@ -8,8 +8,6 @@ import shutil
 
 import numpy as np
 import pytest
-from conftest import save_graph
-from onnx import TensorProto, helper, numpy_helper
 
 from edgekit.accuracy import run_onnx
 from edgekit.api import OptimizeOptions, no_progress
@@ -24,6 +22,7 @@ from edgekit.passes.prune import _settings as prune_settings
 from edgekit.passes.runtimes import RuntimeSettings
 from edgekit.passes.simplify import SimplifySettings
 from edgekit.recommend import parse_budget
+from models import matmul_model
 
 SPECS = [InputSpec("x", (1, 8))]
 CPU = {"arch": "x86_64", "features": ["avx2", "fma"], "source": "--for-cpu x86-avx2"}
@@ -96,18 +95,6 @@ def test_the_settings_each_variant_records_are_as_before():
     }
 
 
-def matmul_model(path):
-    weight = np.random.default_rng(0).normal(size=(8, 4)).astype(np.float32)
-    graph = helper.make_graph(
-        [helper.make_node("MatMul", ["x", "w"], ["y"], name="fc")],
-        "mm",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 8])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 4])],
-        [numpy_helper.from_array(weight, "w")],
-    )
-    return save_graph(graph, path)
-
-
 def context_for(path, feeds, staging=None):
     return PassContext(
         staging=staging,
@@ -135,7 +122,7 @@ class Copy:
 
 
 def test_the_pipeline_makes_the_int8_of_every_float_variant_a_later_pass_makes(tmp_path):
-    fp32 = Variant("fp32", matmul_model(tmp_path / "fp32.onnx"))
+    fp32 = Variant("fp32", matmul_model(tmp_path / "fp32.onnx", 8, 4, "n"))
     feeds = {"x": np.random.default_rng(1).normal(size=(8, 8)).astype(np.float32)}
     ctx = context_for(fp32.path, feeds, tmp_path)
     variants = pipeline.run([Int8(Int8Settings("dynamic")), Copy()], fp32, ctx)

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, run_edgekit
+from helpers import REPO, run_edgekit
 from torch import nn
 
 from edgekit.accuracy import run_onnx, task_accuracy
@@ -21,6 +21,8 @@ from edgekit.passes import PassContext, Variant, pipeline
 from edgekit.passes.int8 import Int8
 from edgekit.passes.prune import Prune, _prune_structured, plan_pruning, pruned_variants
 from edgekit.recommend import Budget
+
+pytestmark = pytest.mark.slow  # every test here starts a process or exports with torch
 
 SPECS = [InputSpec("image", (1, 3, 16, 16))]
 

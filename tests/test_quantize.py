@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-from conftest import save_graph
+from helpers import save_graph
 from onnx import TensorProto, helper, numpy_helper
 
 from edgekit.accuracy import run_onnx
@@ -14,6 +14,8 @@ from edgekit.passes import PassContext, Variant
 from edgekit.passes.int8 import int8_settings, int8_variants
 from edgekit.passes.int8.opmix import op_mix, plan
 from edgekit.recommend import parse_budget
+
+pytestmark = pytest.mark.slow  # every test here starts a process or exports with torch
 
 AVX2_ONLY = {"arch": "x86_64", "features": ["avx2", "fma"]}
 

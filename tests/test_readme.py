@@ -6,7 +6,10 @@ import re
 import subprocess
 import sys
 
-from conftest import REPO
+import pytest
+from helpers import REPO
+
+pytestmark = pytest.mark.slow  # every test here starts a process or exports with torch
 
 
 def _code_lines(text: str) -> list[str]:

@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+from edgekit.accuracy import drift, run_onnx
 from edgekit.recommend import Budget, recommend
-from edgekit.report.schema import new_variant
+from edgekit.report.schema import Variant
+from models import sqrt_classifier, sqrt_samples
 
 COSINE = Budget("cosine", 0.99)
 
 
-def _row(name, speedup=None, ci=None, size=1000, cosine=1.0):
+def _row(name, speedup=None, ci=None, size=1000, cosine=1.0, accuracy=None):
     relative = None if name == "fp32" else {"baseline": "fp32", "speedup": speedup, "ci95": ci}
-    accuracy = {"cosine_min": cosine, "nonfinite_samples": 0, "reference_nonfinite_samples": 0}
-    return new_variant(
+    if accuracy is None:
+        accuracy = {"cosine_min": cosine, "nonfinite_samples": 0, "reference_nonfinite_samples": 0}
+    return Variant(
         name, size_bytes=size, latency_ms={"p50": 1.0}, relative=relative, accuracy=accuracy
-    )
+    ).to_json()
 
 
 def test_a_variant_that_is_not_measurably_faster_and_barely_smaller_is_not_shipped():
@@ -60,3 +63,60 @@ def test_over_budget_and_slower_variants_are_named_when_fp32_is_kept():
     assert rec["variant"] == "fp32"
     assert "int8-dynamic: over budget (cosine_min 0.9500)" in rec["reason"]
     assert "int8-static: 2.00x slower than fp32" in rec["reason"]
+
+
+# ---- no interval for the speedup
+
+
+def test_recommend_copes_without_an_interval():
+    rows = [_row("fp32", size=100), _row("int8", 1.8, None, cosine=0.999, size=25)]
+    rec = recommend(rows, "fp32", COSINE)
+    assert rec["variant"] == "int8"  # smaller, and not measurably slower
+    assert "not measurably faster" in rec["reason"]
+    assert "interval could not be computed" in rec["reason"]
+
+    rows = [_row("fp32", size=100), _row("sim", 1.8, None, cosine=0.999, size=100)]
+    rec = recommend(rows, "fp32", COSINE)
+    assert rec["variant"] == "fp32"
+    assert (
+        "measurably faster" in rec["reason"] and "interval could not be computed" in rec["reason"]
+    )
+
+    rows = [_row("fp32", size=100), _row("int8", 0.5, None, cosine=0.999, size=25)]
+    rec = recommend(rows, "fp32", COSINE)
+    assert rec["variant"] == "fp32" and "2.00x slower" in rec["reason"]
+
+
+def test_recommend_prefers_measurably_faster_over_a_bigger_guess():
+    rows = [
+        _row("fp32", size=100),
+        _row("a", 2.5, None, size=100, cosine=0.999),  # the biggest number, but no interval
+        _row("b", 1.5, [1.4, 1.6], size=100, cosine=0.999),
+    ]
+    rec = recommend(rows, "fp32", COSINE)
+    assert rec["variant"] == "b" and "1.50x faster" in rec["reason"]
+
+
+def test_recommend_copes_without_a_speedup():
+    rows = [_row("fp32", size=100), _row("int8", 1.0, None, cosine=0.999, size=25)]
+    rows[1]["relative"]["speedup"] = None
+    rec = recommend(rows, "fp32", COSINE)
+    assert rec["variant"] == "fp32" and "int8: not measured" in rec["reason"]
+
+
+# ---- NaN samples
+
+
+def test_a_variant_with_nan_samples_is_never_recommended(tmp_path):
+    x = sqrt_samples()
+    reference = run_onnx(sqrt_classifier(tmp_path / "safe.onnx", safe=True), {"x": x})
+    outputs = run_onnx(sqrt_classifier(tmp_path / "nan.onnx"), {"x": x})
+    base, _ = drift(reference, reference)
+    nan_acc, _ = drift(reference, outputs)
+    rows = [
+        _row("fp32", size=100, accuracy=base),
+        _row("int8", 3.0, [2.8, 3.2], 25, accuracy=nan_acc),
+    ]
+    rec = recommend(rows, "fp32", COSINE)
+    assert rec["variant"] == "fp32"
+    assert "int8: over budget (10 of 64 samples gave NaN or infinity" in rec["reason"]

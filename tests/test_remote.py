@@ -15,32 +15,22 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import SSHD, free_port, run_edgekit, save_graph, start_sshd
-from onnx import TensorProto, helper, numpy_helper
+from helpers import SSHD, free_port, run_edgekit, start_sshd
 
 from edgekit import ssh
 from edgekit.benchmark import BenchOptions, measure, remote
 from edgekit.errors import EdgekitError
+from models import tiny_model
 
-pytestmark = pytest.mark.skipif(
-    not Path(SSHD).exists() and not os.environ.get("CI"),
-    reason="needs the OpenSSH server (sshd): apt-get install openssh-server (.ci/prepare.sh does)",
-)
+pytestmark = [
+    pytest.mark.slow,  # every test here talks to a real sshd
+    pytest.mark.skipif(
+        not Path(SSHD).exists() and not os.environ.get("CI"),
+        reason="needs the OpenSSH server (sshd): apt-get install openssh-server (.ci/prepare.sh does)",
+    ),
+]
 TINY = ["--min-time", "0.2", "--max-time", "0.5"]
 HOSTILE = 'it\'s a "model" $(touch pwned) `touch pwned`; touch pwned.onnx'
-
-
-def tiny_model(path: Path) -> Path:
-    """x[N,16] -> MatMul 16x8 -> Relu."""
-    w = numpy_helper.from_array(np.full((16, 8), 0.1, np.float32), "w")
-    graph = helper.make_graph(
-        [helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("Relu", ["h"], ["y"])],
-        "tiny",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 16])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 8])],
-        [w],
-    )
-    return save_graph(graph, path)
 
 
 @pytest.fixture(scope="module")

@@ -13,13 +13,16 @@ import os
 import random
 import time
 
-from conftest import run_edgekit
+import pytest
 from fixtures.sample_reports import FIXTURES, load, make_report
+from helpers import run_edgekit
 from rich.console import Console
 
 from edgekit.errors import EdgekitError
 from edgekit.report import compare, html, markdown, terminal
 from edgekit.report.read import read_report
+
+pytestmark = pytest.mark.slow  # every test here starts a process or exports with torch
 
 # A longer hunt: EDGEKIT_FUZZ_S=600 EDGEKIT_FUZZ_SEED=7 pytest tests/test_report_fuzz.py
 SEED = int(os.environ.get("EDGEKIT_FUZZ_SEED", 20261130))
@@ -122,7 +125,7 @@ def _text(report: dict) -> str:
 def _exercise(path, good: dict, i: int) -> None:
     """Everything a user can make edgekit do with a report file; the slow renderers (rich
     tables, matplotlib) on a share of the cases, so that more cases fit the time budget."""
-    report = read_report(path)
+    report = read_report(path).to_json()
     markdown.report_page(report)
     console = Console(file=io.StringIO(), force_terminal=True, width=160)
     if i % 4 == 0:
@@ -146,7 +149,7 @@ def test_mutated_reports_give_a_result_or_one_clear_error(tmp_path, monkeypatch)
     monkeypatch.setattr(compare, "sample_ratio", functools.partial(compare.sample_ratio, n_boot=64))
     rng = random.Random(SEED)
     seeds = _seeds()
-    good = read_report(FIXTURES / "good_small.json")
+    good = read_report(FIXTURES / "good_small.json").to_json()
     path = tmp_path / "report.json"
     outcomes = {"ok": 0, "error": 0}
     start, i = time.monotonic(), 0

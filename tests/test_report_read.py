@@ -8,21 +8,22 @@ import subprocess
 import sys
 
 import pytest
-from conftest import run_edgekit, torch_blocked_env
 from fixtures.sample_reports import FIXTURES, make_report, write
+from helpers import run_edgekit
 
 from edgekit.errors import EdgekitError
 from edgekit.report.read import read_report
 from edgekit.report.schema import VARIANT_KEYS
+from models import relu_model
 
 
 def test_good_report_loads_with_every_variant_key(tmp_path):
-    report = read_report(FIXTURES / "good_small.json")
+    report = read_report(FIXTURES / "good_small.json").to_json()
     assert [v["name"] for v in report["variants"]][:2] == ["fp32", "simplified"]
     assert all(set(VARIANT_KEYS) <= set(v) for v in report["variants"])
     # a folder holding report.json works too
     write(make_report(n=20), tmp_path / "report.json")
-    assert read_report(tmp_path)["kind"] == "edgekit-report"
+    assert read_report(tmp_path).to_json()["kind"] == "edgekit-report"
 
 
 @pytest.mark.parametrize(
@@ -75,9 +76,10 @@ def test_duplicate_names_and_nan(tmp_path):
     # NaN is not JSON; a writer that let one slip meant "not measured", so it reads as null
     text = json.dumps(make_report(n=20)).replace('"cosine_min": 1.0', '"cosine_min": NaN', 1)
     (tmp_path / "nan.json").write_text(text)
-    assert read_report(tmp_path / "nan.json")["variants"][0]["accuracy"]["cosine_min"] is None
+    assert read_report(tmp_path / "nan.json").variants[0].accuracy["cosine_min"] is None
 
 
+@pytest.mark.slow
 def test_cli_reports_unusable_input_with_exit_2():
     result = run_edgekit("compare", FIXTURES / "truncated.json")
     assert result.returncode == 2, result.stderr
@@ -85,7 +87,8 @@ def test_cli_reports_unusable_input_with_exit_2():
     assert "Traceback" not in result.stderr
 
 
-def test_reading_is_torch_free(tmp_path):
+@pytest.mark.slow
+def test_reading_is_torch_free(tmp_path, block_imports):
     code = (
         "import sys\n"
         "from edgekit.report.read import read_report\n"
@@ -94,7 +97,7 @@ def test_reading_is_torch_free(tmp_path):
         "assert 'torch' not in sys.modules\n"
         "print('ok')\n"
     )
-    env = {**os.environ, **torch_blocked_env(tmp_path)}
+    env = {**os.environ, **block_imports()}
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "ok"
@@ -156,6 +159,7 @@ def _limits_cases():
     ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "text, code, words", [c[1:] for c in _limits_cases()], ids=[c[0] for c in _limits_cases()]
 )
@@ -176,14 +180,9 @@ def test_reading_limits_exit_2_with_a_message(tmp_path, text, code, words):
                 assert word in result.stderr, result.stderr
 
 
+@pytest.mark.slow
 def test_targets_file_that_is_binary_exits_2(tmp_path):
-    import onnx
-    from onnx import TensorProto, helper
-
-    x, y = (helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, 4]) for n in "xy")
-    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g", [x], [y])
-    model = tmp_path / "m.onnx"
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), model)
+    model = relu_model(tmp_path / "m.onnx")
     for content in (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\xff\xfe", b"pi4\x00\x00\x01garbage\n"):
         targets = tmp_path / "fleet.bin"
         targets.write_bytes(content)

@@ -10,7 +10,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import run_edgekit, save_graph
+from helpers import run_edgekit, save_graph
 from onnx import TensorProto, helper, numpy_helper
 from serve_helpers import Server, linear_model
 
@@ -188,6 +188,7 @@ def tiny_cnn(tmp_path_factory):
     return weights, f"{arch}:Net"
 
 
+@pytest.mark.slow  # exports with torch, starts benchmark workers
 def test_optimize_makes_measures_and_recommends_openvino_variants(tiny_cnn, tmp_path):
     need("openvino")
     weights, arch = tiny_cnn

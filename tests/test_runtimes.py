@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import run_edgekit, torch_blocked_env
+from helpers import run_edgekit, torch_blocked_env
 
 from edgekit import runtimes
 from edgekit.runtimes import ConversionError, fit_feeds

@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 
 import numpy as np
-from conftest import save_graph
+import pytest
+from helpers import save_graph
 from onnx import TensorProto, helper, numpy_helper
 
 from edgekit.accuracy import drift, run_onnx
@@ -14,6 +15,8 @@ from edgekit.passes import PassContext, Variant
 from edgekit.passes.int8 import int8_variants
 from edgekit.passes.int8.sensitivity import MAX_TRIALS, _groups
 from edgekit.recommend import parse_budget
+
+pytestmark = pytest.mark.slow  # every test here starts a process or exports with torch
 
 VNNI_CPU = {"arch": "x86_64", "features": ["avx2", "avx512_vnni"]}
 
@@ -87,7 +90,7 @@ def test_the_report_names_the_excluded_node_and_recommends_within_budget(tmp_pat
     """The whole pipeline on an ONNX source: drift, bench and recommendation are the real ones."""
     path = outlier_model(tmp_path / "outlier.onnx")
     options = OptimizeOptions(out_dir=tmp_path / "out", min_time=0.05, max_time=0.3, int8="dynamic")
-    report = optimize(path, options)
+    report = optimize(path, options).to_json()
     assert report["budget"] == "cosine>=0.99"  # the default for a non-classifier output
     rows = {v["name"]: v for v in report["variants"]}
     (excl,) = [n for n in rows if n.endswith("-excl")]

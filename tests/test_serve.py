@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import pytest
-from conftest import run_edgekit, torch_blocked_env
+from helpers import run_edgekit, torch_blocked_env
 from serve_helpers import (
     Server,
     dynamic_int8_model,
@@ -25,6 +25,8 @@ from serve_helpers import (
 )
 
 from edgekit.fsutil import sha256_file
+
+pytestmark = pytest.mark.slow  # every test here starts a process or exports with torch
 
 tritonclient_http = pytest.importorskip("tritonclient.http")
 

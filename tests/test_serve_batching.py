@@ -8,7 +8,7 @@ import asyncio
 import numpy as np
 import onnxruntime as ort
 import pytest
-from conftest import save_graph
+from helpers import save_graph
 from onnx import TensorProto, helper
 from serve_helpers import dynamic_int8_model, fragile_model, linear_model
 

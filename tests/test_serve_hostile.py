@@ -200,7 +200,7 @@ def test_a_full_disk_under_the_access_log_fails_no_request(folder):
 
 
 def test_a_model_file_that_is_not_onnx_exits_2(tmp_path):
-    from conftest import run_edgekit
+    from helpers import run_edgekit
 
     bad = tmp_path / "bad.onnx"
     bad.write_bytes(b"\x08\x07garbage" * 10)

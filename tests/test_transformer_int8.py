@@ -10,7 +10,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from conftest import REPO
+from helpers import REPO
 
 from edgekit.accuracy import run_onnx
 from edgekit.api import OptimizeOptions, no_progress, optimize
@@ -18,6 +18,8 @@ from edgekit.passes import PassContext, Variant
 from edgekit.passes.int8 import int8_variants
 from edgekit.passes.int8.sensitivity import quantized_nodes
 from edgekit.recommend import parse_budget
+
+pytestmark = pytest.mark.slow  # every test here starts a process or exports with torch
 
 sys.path.insert(0, str(REPO / "tools"))
 from reference_models import SentenceEncoder4, sentence_batch  # noqa: E402
@@ -43,7 +45,7 @@ def encoder_run(tmp_path_factory):
         max_time=2.0,
         budget=BUDGET,
     )
-    return optimize(tmp / "encoder.pt", options), tmp / "out"
+    return optimize(tmp / "encoder.pt", options).to_json(), tmp / "out"
 
 
 def test_an_int8_variant_reaches_the_budget(encoder_run):

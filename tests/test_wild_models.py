@@ -10,9 +10,13 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from conftest import run_edgekit, save_graph
+from helpers import run_edgekit
 from onnx import TensorProto, helper
 from torch import nn
+
+from models import relu_model, vad_model
+
+pytestmark = pytest.mark.slow  # every test here starts a process or exports with torch
 
 FAST = ("--int8", "none", "--min-time", "0.1", "--max-time", "0.3", "--json")
 
@@ -218,21 +222,14 @@ def test_onnx_file_with_a_scalar_input(tmp_path):
 
 
 def test_constant_for_an_input_the_onnx_model_lacks_is_refused(tmp_path):
-    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])
-    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])
-    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "r", [x], [y])
-    onnx.save(
-        helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "r.onnx"
-    )
+    relu_model(tmp_path / "r.onnx", ("batch", 4))
     result = run_edgekit("optimize", tmp_path / "r.onnx", "--input", "sr=16000", *FAST)
     assert result.returncode == 2 and "not an input of this ONNX model" in result.stderr
 
 
 @pytest.mark.parametrize("sr", ["sr:scalar:int64:16000", "sr=16000"])
 def test_onnx_with_unknown_axes_and_a_scalar_int_input(tmp_path, sr):
-    from test_input_notation import vad_graph
-
-    save_graph(vad_graph(), tmp_path / "vad.onnx")
+    vad_model(tmp_path / "vad.onnx")
     report = optimize(
         tmp_path / "vad.onnx", "--input", "input:1x512:float32", "--input", "state:2xBx128",
         "--input", sr,
@@ -244,33 +241,10 @@ def test_onnx_with_unknown_axes_and_a_scalar_int_input(tmp_path, sr):
     assert [i.name for i in graph.graph.input] == ["input", "state", "sr"]  # still fed
 
 
-def test_a_model_whose_outputs_are_all_nan_is_a_clear_exit_2(tmp_path):
-    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])
-    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])
-    nan = helper.make_tensor("nan", TensorProto.FLOAT, [], [float("nan")])
-    graph = helper.make_graph([helper.make_node("Mul", ["x", "nan"], ["y"])], "n", [x], [y], [nan])
-    save_graph(graph, tmp_path / "nan.onnx")
-    result = run_edgekit("optimize", tmp_path / "nan.onnx", "-o", tmp_path / "out", *FAST)
-    assert result.returncode == 2, result.stderr[-2000:]
-    assert "NaN or infinite on every sample" in result.stderr
-
-
 def test_a_torch_constant_that_is_nan_is_a_clear_exit_2(tmp_path):
     torch.jit.save(torch.jit.script(WithRate().eval()), tmp_path / "rate.pt")
     result = run_edgekit("optimize", tmp_path / "rate.pt", "--input", "x:1x16", "--input", "sr=nan")
     assert result.returncode == 2 and "not a finite number" in result.stderr
-
-
-@pytest.mark.parametrize(
-    "text",
-    ["x:1xBxB", "x:Bx", "sr=hello", "x:-"],
-)
-def test_bad_input_notation_is_a_clear_error(tmp_path, text):
-    from edgekit.errors import EdgekitError
-    from edgekit.model.inputs import parse_arguments
-
-    with pytest.raises(EdgekitError):
-        parse_arguments([text, "y:1x2"])
 
 
 class StreamingState(nn.Module):

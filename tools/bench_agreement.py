@@ -38,7 +38,8 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from edgekit.benchmark import BenchOptions, device, measure, runner, stats
+from edgekit import stats
+from edgekit.benchmark import BenchOptions, device, measure, runner
 
 SHAPE = (1, 64, 256)  # batch, sequence, d_model
 RATIO_TOL = 0.05
@@ -141,9 +142,9 @@ def agreement(args, models, feeds) -> int:
           + f"{'median':>9}  within ±{100 * RATIO_TOL:.0f}%")  # fmt: skip
     ok = True
     for name in names[1:]:
-        rel = [r.variants[name]["relative"] for r in results]
+        rel = [r.variants[name].relative for r in results]
         if None in rel:  # the variant (or fp32) failed in some run: no ratio to check
-            errors = {r.variants[name]["error"] or r.variants[names[0]]["error"] for r in results}
+            errors = {r.variants[name].error or r.variants[names[0]].error for r in results}
             print(f"{name:18}failed: {'; '.join(e for e in errors if e)}")
             ok = False
             continue
@@ -158,7 +159,7 @@ def agreement(args, models, feeds) -> int:
         worst = max(abs(r / mid - 1) for r in ratios)
         print(f"{name:18}{cells}{mid:>9.3f}  {'yes' if inside else 'NO'} (max {100 * worst:.1f}%)")
     print()
-    lat = [r.variants[names[0]]["latency_ms"] for r in results]
+    lat = [r.variants[names[0]].latency_ms for r in results]
     if any(x is None or x["median_ci95"] is None for x in lat):
         print("FAIL: fp32 has no median or no interval in some run")
         return 1

@@ -90,7 +90,7 @@ def main() -> int:
 
         def bench_half():
             result = measure({"cnn": path}, feeds, options)
-            return result.variants["cnn"]["latency_ms"]["samples"]
+            return result.variants["cnn"].latency_ms["samples"]
 
         for i in range(args.rounds):
             if i % 2 == 0:

@@ -30,8 +30,9 @@ from onnxruntime.quantization import quantize_dynamic
 from reference_models import ResNet18, SentenceEncoder, sentence_batch
 from torch import nn
 
+from edgekit import stats
 from edgekit.accuracy import drift, run_onnx
-from edgekit.benchmark import BenchOptions, measure, stats
+from edgekit.benchmark import BenchOptions, measure
 from edgekit.recommend import parse_budget
 
 HERE = Path(__file__).resolve()
@@ -203,7 +204,7 @@ def side_by_side(model, samples: dict, report, out: Path, args) -> list[tuple[st
 
     rows = [("PyTorch eager fp32", eager, "(reference)")]
     for label, path in files.items():
-        relative = bench.variants[label]["relative"]
+        relative = bench.variants[label].relative
         accuracy, _ = drift(reference, run_onnx(path, samples, chunk=1))
         text = f"cosine_min {accuracy['cosine_min']:.5f}"
         if accuracy["top1_agreement"] is not None:

@@ -83,19 +83,19 @@ def report(bench, fp32: Variant, pruned: list[Variant]) -> int:
     )
     for name in ("fp32", *(v.name for v in pruned)):
         row, t = info[name], timed[name]
-        rel = t["relative"]
+        rel = t.relative
         speed = (
             f"{rel['speedup']:.2f}x [{rel['ci95'][0]:.2f}, {rel['ci95'][1]:.2f}]" if rel else "—"
         )
         sparsity = "—" if row["sparsity"] is None else f"{row['sparsity']:.3f}"
         print(
             f"{name:<18}{row['macs_after']:>15,}{row['params_after']:>13,}{sparsity:>10}"
-            f"{row['compressed_size_bytes']:>13,}{t['latency_ms']['p50']:>9.2f}  {speed}"
+            f"{row['compressed_size_bytes']:>13,}{t.latency_ms['p50']:>9.2f}  {speed}"
         )
 
     s, u = info["structured-0.5"], info["unstructured-0.5"]
-    s_speed = timed["structured-0.5"]["relative"]["speedup"]
-    u_speed = timed["unstructured-0.5"]["relative"]["speedup"]
+    s_speed = timed["structured-0.5"].relative["speedup"]
+    u_speed = timed["unstructured-0.5"].relative["speedup"]
     checks = [
         (
             s_speed >= 1.5,

@@ -177,10 +177,10 @@ def showdown(title, factory, samples, transformer, work: Path, args):
             rows.append((label, None, None, None, None, failed[label]))
             continue
         v = bench.variants[label]
-        if v["error"]:
-            rows.append((label, None, None, None, None, v["error"]))
+        if v.error:
+            rows.append((label, None, None, None, None, v.error))
             continue
-        relative = v["relative"]
+        relative = v.relative
         if relative is None:  # the baseline
             ratio, ci = 1.0, None
         else:
@@ -188,7 +188,7 @@ def showdown(title, factory, samples, transformer, work: Path, args):
             ci = [1 / relative["ci95"][1], 1 / relative["ci95"][0]] if relative["ci95"] else None
         threads = bench.settings["runtimes"][label].get("threads")
         rows.append((label, ratio, ci, cosines[label], threads, None))
-        notes += [f"{label}: {n}" for n in v["notes"] if "runtime imports torch" in n]
+        notes += [f"{label}: {n}" for n in v.notes if "runtime imports torch" in n]
     notes += bench.warnings[:3]
     return rows, notes
 

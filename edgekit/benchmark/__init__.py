@@ -18,8 +18,11 @@ from pathlib import Path
 
 import numpy as np
 
-from edgekit.benchmark import device, flops, remote, runner, stats
+from edgekit import stats
+from edgekit.benchmark import device, flops, remote, runner
 from edgekit.errors import EdgekitError
+from edgekit.onnxfile import size_on_disk
+from edgekit.report.schema import Measurement
 
 OUTLIER_NOTE_FRACTION = 0.05
 MAX_THREADS = 256
@@ -74,7 +77,7 @@ class BenchResult:
     device: dict
     settings: dict
     warnings: list[str]
-    variants: dict[str, dict] = field(default_factory=dict)  # key: name, or name@Nt in a sweep
+    variants: dict[str, Measurement] = field(default_factory=dict)  # by name, or name@Nt
     round_log: list[str] = field(default_factory=list)  # the order in which rounds really ran
 
 
@@ -143,7 +146,7 @@ def measure(
         warnings.append(shift_warning(shift))
     wide = {}
     for key, v in variants.items():
-        latency = v["latency_ms"]
+        latency = v.latency_ms
         if latency and latency["median_ci95"]:
             width = stats.relative_half_width(latency["median_ci95"], latency["p50"])
             if width > options.target_ci:
@@ -257,32 +260,19 @@ def _batch(feeds: dict[str, np.ndarray]) -> int | None:
     return int(first.shape[0]) if first is not None and first.ndim else None
 
 
-def _variant(job: runner.Job, count, baseline: runner.Job) -> dict:
-    v = {
-        "threads": job.threads,
-        "size_bytes": None,
-        "latency_ms": None,
-        "cold_start": None,
-        "relative": None,
-        "memory": None,
-        "flops": None,
-        "gflops_per_s": None,
-        "profile": None,
-        "error": job.error,
-        "notes": [],
-        "unmeasured": {},
-    }
+def _variant(job: runner.Job, count, baseline: runner.Job) -> Measurement:
+    v = Measurement(threads=job.threads, error=job.error)
     try:
-        v["size_bytes"] = flops.size_on_disk(job.model)
+        v.size_bytes = size_on_disk(job.model)
     except Exception as exc:
-        v["unmeasured"]["size_bytes"] = f"could not read the model file: {exc}"
+        v.unmeasured["size_bytes"] = f"could not read the model file: {exc}"
     if isinstance(count, dict):
-        v["flops"] = count
+        v.flops = count
     else:
-        v["unmeasured"]["flops"] = count
+        v.unmeasured["flops"] = count
     if job.error:
         for key in ("latency_ms", "cold_start", "relative", "memory", "gflops_per_s"):
-            v["unmeasured"][key] = "the model failed; see error"
+            v.unmeasured[key] = "the model failed; see error"
         return v
 
     samples = [s for r in job.rounds for s in r]
@@ -293,44 +283,44 @@ def _variant(job: runner.Job, count, baseline: runner.Job) -> dict:
     latency["round_sizes"] = [len(r) for r in job.rounds]
     latency["round_medians"] = [round(float(np.median(r)), 6) for r in job.rounds]
     latency["samples"] = [round(s, 6) for s in kept_samples(samples)]
-    v["latency_ms"] = latency
+    v.latency_ms = latency
     if len(job.rounds) < 10:
-        v["notes"].append(
+        v.notes.append(
             f"only {len(job.rounds)} rounds: the interval of the median rests on little data"
         )
     if latency["outliers"] > OUTLIER_NOTE_FRACTION * latency["n"]:
-        v["notes"].append(
+        v.notes.append(
             f"{latency['outliers']} of {latency['n']} runs are outliers (modified z-score > 14): "
             "other work competed for the CPU, or run times vary with the input"
         )
 
     load = job.load
-    v["notes"] += load.get("notes") or []  # from the runtime: e.g. that it imports torch
-    v["cold_start"] = {
+    v.notes += load.get("notes") or []  # from the runtime: e.g. that it imports torch
+    v.cold_start = {
         "session_create_ms": load["session_create_ms"],
         "first_run_ms": load["first_run_ms"],
         "warmup_runs": load["warmup_runs"],
         "warmup_settled": load["warmup_settled"],
     }
     if not load["warmup_settled"]:
-        v["notes"].append("warm-up hit its time cap before the timings settled")
+        v.notes.append("warm-up hit its time cap before the timings settled")
     peak, base = job.memory["peak_rss_bytes"], job.memory["baseline_rss_bytes"]
-    v["memory"] = {
+    v.memory = {
         "peak_rss_bytes": peak,
         "model_rss_bytes": peak - base,
         "baseline_rss_bytes": base,
     }
     if isinstance(count, dict) and latency["p50"] > 0:
-        v["gflops_per_s"] = count["flops"] / (latency["p50"] / 1e3) / 1e9
-    v["profile"] = job.profile
+        v.gflops_per_s = count["flops"] / (latency["p50"] / 1e3) / 1e9
+    v.profile = job.profile
 
     if job is baseline:
         pass  # relative stays null: it is the reference
     elif baseline.error:
-        v["unmeasured"]["relative"] = f"the baseline {baseline.name} failed"
+        v.unmeasured["relative"] = f"the baseline {baseline.name} failed"
     else:
         ratio = stats.paired_ratio(baseline.rounds, job.rounds)
-        v["relative"] = {"baseline": baseline.name, **stats.speedup(ratio)}
+        v.relative = {"baseline": baseline.name, **stats.speedup(ratio)}
     return v
 
 

@@ -1,4 +1,4 @@
-"""What the ONNX file says about cost: multiply-accumulates of the heavy operators, and bytes on disk.
+"""What the ONNX file says about cost: multiply-accumulates of the heavy operators.
 
 Counted: Conv, ConvInteger, QLinearConv, MatMul, MatMulInteger, QLinearMatMul, Gemm (the operators
 that dominate CNNs and transformers). Elementwise ops, pooling and normalisation are left out, so
@@ -90,42 +90,3 @@ def count(model_path: Path, feeds: dict[str, np.ndarray]) -> dict:
         "complete": not unknown,
         "unknown_nodes": unknown[:20],
     }
-
-
-def _tensors(graph: onnx.GraphProto):
-    yield from graph.initializer
-    for node in graph.node:
-        for a in node.attribute:
-            if a.HasField("t"):
-                yield a.t
-            yield from a.tensors
-            if a.HasField("g"):
-                yield from _tensors(a.g)
-            for g in a.graphs:
-                yield from _tensors(g)
-
-
-def files_on_disk(model_path: Path) -> list[Path]:
-    """The .onnx file and the external-data files it points to (which belong to it); another
-    runtime's artifact alone, except an OpenVINO .xml, whose weights are the .bin beside it."""
-    from edgekit.runtimes import runtime_for
-
-    model_path = Path(model_path)
-    runtime = runtime_for(model_path)
-    if runtime == "openvino":
-        return [model_path, model_path.with_suffix(".bin")]
-    if runtime != "onnxruntime":
-        return [model_path]
-    model = onnx.load(str(model_path), load_external_data=False)
-    files = [model_path]
-    for tensor in _tensors(model.graph):
-        if tensor.data_location == onnx.TensorProto.EXTERNAL:
-            location = next((e.value for e in tensor.external_data if e.key == "location"), None)
-            path = model_path.parent / location if location else None
-            if path and path not in files:
-                files.append(path)
-    return files
-
-
-def size_on_disk(model_path: Path) -> int:
-    return sum(p.stat().st_size for p in files_on_disk(model_path) if p.is_file())

@@ -21,11 +21,16 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from edgekit.benchmark import device, flops
+from edgekit.benchmark import device
 from edgekit.benchmark.runner import WORKER
 from edgekit.errors import EdgekitError
+from edgekit.onnxfile import files_on_disk
 from edgekit.ssh import QUICK_S, RemoteCommandFailed, Target, ssh_run
+
+if TYPE_CHECKING:
+    from edgekit.report.schema import Report
 
 DEVICE_PY = Path(__file__).with_name("device.py")  # stdlib-only: collects device info there
 RUNTIMES = Path(__file__).parents[1] / "runtimes"  # the worker's runtimes, imported beside it
@@ -137,7 +142,7 @@ def _pack(models: dict[str, Path], feeds_npz: Path, tar_path: Path) -> dict[str,
         for i, path in enumerate(models.values()):
             path = Path(path)
             names[str(path.resolve())] = f"m{i}/{path.name}"
-            for file in flops.files_on_disk(path):  # the .onnx and its external-data files
+            for file in files_on_disk(path):  # the .onnx and its external-data files
                 rel = file.relative_to(path.parent)
                 if ".." in rel.parts:
                     raise EdgekitError(f"{path} keeps external data outside its folder ({rel}).")
@@ -193,11 +198,11 @@ def session(
 @dataclass
 class Outcome:
     target: Target
-    report: dict
+    report: Report
     error: str | None  # the device failed as a whole (unreachable, timed out, no onnxruntime)
 
 
-def run_fleet(targets: list[Target], bench_one: Callable[[Target], dict], fail_report) -> list:
+def run_fleet(targets: list[Target], bench_one: Callable[[Target], Report], fail_report) -> list:
     """Benchmark every device at once (one thread each: the work is on the devices). A device
     that fails gets `fail_report(target, message)` and the others finish."""
 
@@ -209,30 +214,3 @@ def run_fleet(targets: list[Target], bench_one: Callable[[Target], dict], fail_r
 
     with ThreadPoolExecutor(max_workers=len(targets)) as pool:
         return list(pool.map(one, targets))
-
-
-def summary(outcomes: list[Outcome]) -> dict:
-    """Each device against the first that worked, by edgekit.report.compare (variants matched by
-    name); a failed device's rows show as FAILED."""
-    from edgekit.report import compare as cmp
-
-    base = next((o for o in outcomes if o.error is None), None)
-    devices = [
-        {
-            "name": o.target.name,
-            "target": o.target.spec,
-            "device": None if o.error else cmp.device_name(o.report),
-            "report": f"{o.target.name}/report.json",
-            "error": o.error,
-        }
-        for o in outcomes
-    ]
-    comparisons = []
-    if base is not None:
-        for o in outcomes:
-            if o is not base:
-                labels = (base.target.name, o.target.name)
-                comparisons.append(cmp.compare(base.report, o.report, labels=labels))
-    failed = sum(1 for o in outcomes if o.error)
-    return {"devices": devices, "baseline": base and base.target.name,
-            "comparisons": comparisons, "failed": failed}  # fmt: skip

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from edgekit.benchmark import stats
+from edgekit import stats
 
 WORKER = Path(__file__).with_name("worker.py")
 

@@ -19,8 +19,12 @@ import math
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from edgekit.textsafe import plain, rich
+
+if TYPE_CHECKING:
+    from edgekit.report.schema import Report
 
 HELP = "benchmark ONNX models (latency, cold start, memory) on this CPU"
 
@@ -193,7 +197,7 @@ def run(args: argparse.Namespace) -> int:
 
     from edgekit.api import bench
     from edgekit.benchmark import BenchOptions
-    from edgekit.report import schema, terminal
+    from edgekit.report import terminal
 
     options = BenchOptions(
         threads=args.threads,
@@ -214,24 +218,24 @@ def run(args: argparse.Namespace) -> int:
             report = bench(args.models, options, progress=status.update, **common)
 
     if args.json:
-        sys.stdout.write(schema.to_json(report))
+        sys.stdout.write(report.text())
     elif not args.quiet:
         console = terminal.stdout_console()
-        terminal.show_bench(report, console)
+        terminal.show_bench(report.to_json(), console)
         if target:
             console.print(f"measured on {plain(target.spec)}, over SSH", markup=False)
         console.print(f"[dim]report: {rich(args.output / 'report.json')}[/dim]")
     return _exit_code(report)
 
 
-def _exit_code(report: dict) -> int:
+def _exit_code(report: Report) -> int:
     """1 when every model failed (each failure printed to stderr, where -q and --json still
     show it), else 0: a run that measured nothing is not a success."""
-    rows = report["variants"]
-    if any(not v.get("error") for v in rows):
+    rows = report.variants
+    if any(not v.error for v in rows):
         return 0
     for v in rows:
-        print(f"edgekit: error: {plain(v['name'])} failed: {plain(v['error'])}", file=sys.stderr)
+        print(f"edgekit: error: {plain(v.name)} failed: {plain(v.error)}", file=sys.stderr)
     print(
         f"edgekit: error: every model failed ({len(rows)} of {len(rows)}); nothing was measured. "
         "The report holds the errors.",
@@ -242,10 +246,9 @@ def _exit_code(report: dict) -> int:
 
 def _fleet(args, targets, options) -> int:
     """Every device at once; OUT/<name>/report.json each, OUT/summary.json and summary.md."""
-    import json
-
     from edgekit.api import bench_fleet
     from edgekit.report import terminal
+    from edgekit.report.schema import json_text
 
     if not args.quiet and targets:
         names = ", ".join(plain(t.name) for t in targets)
@@ -254,7 +257,7 @@ def _fleet(args, targets, options) -> int:
         args.models, targets, options, inputs=args.input, data=args.data, out_dir=args.output
     )
     if args.json:
-        sys.stdout.write(json.dumps(summary, indent=2) + "\n")
+        sys.stdout.write(json_text(summary))
     elif not args.quiet:
         console = terminal.stdout_console()
         terminal.show_fleet(summary, console)

@@ -20,7 +20,6 @@ on shared runners; leave it off to compare two devices.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 HELP = "compare two reports (or one report's variants with their float root); regression gates"
@@ -61,13 +60,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args) -> int:
     from edgekit import textsafe
-    from edgekit.api import compare
     from edgekit.errors import EdgekitError
     from edgekit.report import markdown, terminal
+    from edgekit.report.compare import compare_reports
+    from edgekit.report.schema import json_text
 
     if len(args.reports) > 2:
         raise EdgekitError("edgekit compare takes one or two reports (A.json [B.json]).")
-    result = compare(
+    result = compare_reports(
         *args.reports,
         fail_if_slower=args.fail_if_slower,
         fail_if_drift=args.fail_if_drift,
@@ -75,7 +75,7 @@ def run(args) -> int:
         normalize=args.normalize,
     )
     if args.json:
-        print(json.dumps(result, indent=2))
+        sys.stdout.write(json_text(result))
     elif args.format == "md":
         print(markdown.comparison(result), end="")
     else:

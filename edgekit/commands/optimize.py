@@ -197,7 +197,6 @@ def run(args: argparse.Namespace) -> int:
     from edgekit.api import OptimizeOptions, default_out_dir, optimize
     from edgekit.recommend import parse_budget
     from edgekit.report import terminal
-    from edgekit.report.schema import to_json
     from edgekit.textsafe import rich
 
     targets = parse_targets(args)
@@ -247,11 +246,11 @@ def run(args: argparse.Namespace) -> int:
 
     report = optimize(args.model, options, step)
     if args.json:
-        sys.stdout.write(to_json(report))
+        sys.stdout.write(report.text())
     elif not args.quiet:
-        terminal.show_report(report)
+        terminal.show_report(report.to_json())
         if args.verbose:
-            terminal.show_timings(report)
+            terminal.show_timings(report.to_json())
         out_dir = args.output or default_out_dir(args.model)
         console.print(f"[dim]report written to {rich(out_dir)}/[/dim]")
     return 0

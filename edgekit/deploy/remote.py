@@ -15,8 +15,8 @@ import time
 import urllib.request
 from pathlib import Path
 
-from edgekit.benchmark import flops
 from edgekit.errors import EdgekitError
+from edgekit.onnxfile import files_on_disk
 from edgekit.ssh import QUICK_S, RemoteCommandFailed, Target, ssh_run
 
 LAUNCHER = Path(__file__).with_name("launcher.py")
@@ -112,8 +112,7 @@ def variant_files(folder: Path, row: dict) -> list[tuple[Path, str]]:
     path = Path(folder) / str(row["file"])
     base = Path("model") / Path(str(row["file"])).parent
     return [
-        (file, (base / file.relative_to(path.parent)).as_posix())
-        for file in flops.files_on_disk(path)
+        (file, (base / file.relative_to(path.parent)).as_posix()) for file in files_on_disk(path)
     ]
 
 

@@ -27,9 +27,9 @@ from edgekit.model.fused_kernels import fused_decompositions
 from edgekit.model.inputs import InputSpec, batch_of
 from edgekit.model.load import LoadedModel, one_line
 from edgekit.model.samples import generate_samples, model_feeds
+from edgekit.onnxfile import EXTERNAL_DATA_BYTES
 
 TORCHSCRIPT_OPSET = 17
-_EXTERNAL_DATA_BYTES = 1_800_000_000  # protobuf's hard limit is 2 GiB; leave headroom
 _EXPORT_BATCH = (
     2  # torch.export specializes sizes 0 and 1: trace with 2 so the batch stays symbolic
 )
@@ -298,7 +298,7 @@ def _attempts(
         ]
         if axis is not None and dynamic_batch
     }
-    external = _weight_bytes(model) > _EXTERNAL_DATA_BYTES
+    external = _weight_bytes(model) > EXTERNAL_DATA_BYTES
     bound = _bound(model)
 
     def dynamo(module, shapes=dynamic):

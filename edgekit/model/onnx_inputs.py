@@ -17,17 +17,7 @@ from edgekit.model.inputs import (
     parse_constant,
     parse_input_spec,
 )
-
-_ONNX_TO_NUMPY = {
-    "tensor(float)": "float32",
-    "tensor(float16)": "float16",
-    "tensor(double)": "float64",
-    "tensor(int64)": "int64",
-    "tensor(int32)": "int32",
-    "tensor(int8)": "int8",
-    "tensor(uint8)": "uint8",
-    "tensor(bool)": "bool",
-}
+from edgekit.runtimes.ort import DTYPES as ONNX_DTYPES  # ORT's type strings -> numpy dtypes
 
 
 @dataclass(frozen=True)
@@ -61,7 +51,7 @@ class OnnxInputs:
                 FileInput(
                     arg.name,
                     tuple(d if isinstance(d, int) and d >= 0 else None for d in arg.shape),
-                    _ONNX_TO_NUMPY.get(arg.type),
+                    ONNX_DTYPES.get(arg.type),
                     arg.type,
                     str(arg.shape),
                 )

@@ -486,6 +486,6 @@ def _weight_sparsity(path: Path) -> float | None:
 
 def _gzip_size(path: Path) -> int:
     """Bytes of the model's files gzip'd (level 6): what a download or an OTA update costs."""
-    from edgekit.benchmark.flops import files_on_disk
+    from edgekit.onnxfile import files_on_disk
 
     return sum(len(gzip.compress(f.read_bytes(), 6)) for f in files_on_disk(path))

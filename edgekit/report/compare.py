@@ -1,13 +1,13 @@
 """Set two reports side by side (or every variant of one report against its float root), with the
-latency ratio's confidence interval from the timing samples (edgekit.benchmark.stats.sample_ratio),
+latency ratio's confidence interval from the timing samples (edgekit.stats.sample_ratio),
 and regression gates. Torch-free."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from edgekit.benchmark.stats import sample_ratio
 from edgekit.report.cells import size
+from edgekit.stats import sample_ratio
 
 # ---- extracting what is compared -------------------------------------------------------------
 
@@ -228,3 +228,37 @@ def _apply_gates(result: dict, slower, drift, larger) -> None:
 
 def _ms(x):
     return "—" if x is None else f"{x:.3f} ms"
+
+
+def compare_reports(
+    a,
+    b=None,
+    *,
+    normalize: bool = False,
+    fail_if_slower: float | None = None,
+    fail_if_drift: float | None = None,
+    fail_if_larger: float | None = None,
+) -> dict:
+    """`edgekit.compare`: two reports side by side (paths, folders, Reports or report dicts), or
+    with one report each variant against its float root. `result["exit_code"]` is 1 when a gate
+    tripped. Loads neither the benchmark nor torch."""
+    from edgekit.report.read import read_report
+    from edgekit.report.schema import Report
+
+    def read(r) -> dict:
+        if isinstance(r, Report):
+            return r.to_json()
+        return Report.from_json(r).to_json() if isinstance(r, dict) else read_report(r).to_json()
+
+    given = [r for r in (a, b) if r is not None]
+    labels = tuple("report" if isinstance(r, (Report, dict)) else str(r) for r in given) + ("",)
+    reports = [read(r) for r in given]
+    return compare(
+        reports[0],
+        reports[1] if len(reports) == 2 else None,
+        labels=labels,
+        fail_if_slower=fail_if_slower,
+        fail_if_drift=fail_if_drift,
+        fail_if_larger=fail_if_larger,
+        normalize=normalize,
+    )

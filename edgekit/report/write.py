@@ -3,22 +3,23 @@ written atomically. Publishing a whole folder at once is edgekit.fsutil.output_f
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from edgekit.fsutil import atomic_write_text
 from edgekit.report import html, markdown
-from edgekit.report.schema import to_json
+from edgekit.report.schema import Report, json_text
 
 
-def write_outputs(report: dict, out_dir: Path) -> list[Path]:
-    """report.json, report.md and report.html in `out_dir`."""
+def write_outputs(report: Report, out_dir: Path) -> list[Path]:
+    """report.json, report.md and report.html in `out_dir` (the renderers read the report's
+    JSON dict, as a reader of report.json would)."""
+    data = report.to_json()
     return _write(
         Path(out_dir),
         {
-            "report.json": to_json(report),
-            "report.md": markdown.report_page(report),
-            "report.html": html.render(report),
+            "report.json": json_text(data),
+            "report.md": markdown.report_page(data),
+            "report.html": html.render(data),
         },
     )
 
@@ -28,7 +29,7 @@ def write_fleet_summary(result: dict, out_dir: Path) -> list[Path]:
     return _write(
         Path(out_dir),
         {
-            "summary.json": json.dumps(result, indent=2) + "\n",
+            "summary.json": json_text(result),
             "summary.md": markdown.fleet(result),
         },
     )

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import queue
 import threading
 import time
@@ -19,6 +18,7 @@ import numpy as np
 
 from edgekit import textsafe
 from edgekit.errors import EdgekitError
+from edgekit.onnxfile import op_types
 from edgekit.serve.protocol import FROM_ORT, TO_NUMPY, BadRequest, InferRequest
 
 
@@ -178,53 +178,6 @@ def batch_obstacle(path: Path, inputs: list[Tensor], outputs: list[Tensor]) -> s
             "request's outputs would depend on the requests run with it"
         )
     return None
-
-
-def op_types(path: Path) -> set[str]:
-    """The op types in an ONNX file's main graph, read from the protobuf wire format, skipping
-    the weights on disk: onnx.load would add the file's size to the server's peak memory
-    (measured: +16 MB for a ResNet-18)."""
-    ops = set()
-    with open(path, "rb") as f:
-        for field, size in _fields(f, os.fstat(f.fileno()).st_size):
-            if field != 7:  # ModelProto.graph
-                continue
-            for field_in_graph, node_size in _fields(f, f.tell() + size):
-                if field_in_graph != 1:  # GraphProto.node
-                    continue
-                for field_in_node, length in _fields(f, f.tell() + node_size):
-                    if field_in_node == 4:  # NodeProto.op_type
-                        ops.add(f.read(length).decode("utf-8", "replace"))
-    return ops
-
-
-def _fields(f, end: int):
-    """(field number, length) of each length-delimited field of the message from f's position to
-    `end`, with f at the field's first byte; after each, f moves to the field's end."""
-    while f.tell() < end:
-        key = _varint(f)
-        wire = key & 7
-        if wire == 0:
-            _varint(f)
-        elif wire in (1, 5):
-            f.seek(8 if wire == 1 else 4, 1)
-        elif wire == 2:
-            length = _varint(f)
-            start = f.tell()
-            yield key >> 3, length
-            f.seek(start + length)
-        else:
-            raise ValueError(f"protobuf wire type {wire}")
-
-
-def _varint(f) -> int:
-    value = shift = 0
-    while byte := f.read(1):
-        value |= (byte[0] & 0x7F) << shift
-        if byte[0] < 0x80:
-            return value
-        shift += 7
-    raise ValueError("the file ends inside a number")
 
 
 def describe(path: Path, session=None) -> tuple[list[Tensor], list[Tensor]]:

@@ -24,9 +24,9 @@ import os
 from pathlib import Path
 
 from edgekit import textsafe
-from edgekit.benchmark import flops
 from edgekit.errors import EdgekitError
 from edgekit.fsutil import atomic_write_bytes, atomic_write_text, check_output_dir
+from edgekit.onnxfile import files_on_disk
 from edgekit.runtimes import runtime_for
 from edgekit.serve.model import Tensor, batch_obstacle, describe
 
@@ -149,7 +149,7 @@ def _targets(choice, folder: Path) -> dict:
     """{source file (None: the config): where it goes}: the model as 1/model.onnx, its external
     data under its own name beside it (an OpenVINO IR as 1/model.xml and 1/model.bin, the names
     Triton's openvino backend loads), and config.pbtxt."""
-    files = flops.files_on_disk(choice.path)
+    files = files_on_disk(choice.path)
     if runtime_for(choice.path) == "openvino":
         return {
             files[0]: folder / "1" / "model.xml",

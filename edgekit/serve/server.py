@@ -60,7 +60,7 @@ def choose(path: Path, variant: str | None, name: str | None = None):
         )
     from edgekit.report.read import read_report
 
-    report = read_report(path)
+    report = read_report(path).to_json()  # the serve code reads the JSON dict
     if not all(isinstance(i, dict) for i in report["inputs"]):
         raise EdgekitError(
             f'{path}/report.json: its "inputs" list holds items that are not objects; the '

@@ -1,0 +1,90 @@
+"""Small ONNX models the tests build: each factory writes one to `path` (as the exporters write
+them: opset 17, IR 8) and returns the path. A model only one test needs stays in that test."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from helpers import save_graph
+from onnx import TensorProto, helper, numpy_helper
+
+
+def relu_model(path: Path, shape=(1, 4)) -> Path:
+    """x -> Relu -> y, both of `shape` (a string is a named, free axis)."""
+    x, y = (helper.make_tensor_value_info(n, TensorProto.FLOAT, list(shape)) for n in "xy")
+    return save_graph(
+        helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "relu", [x], [y]), path
+    )
+
+
+def matmul_model(path: Path, inputs: int = 64, outputs: int = 32, axis: str = "batch") -> Path:
+    """x[axis, inputs] @ w -> y[axis, outputs]: one MatMul node named "fc", seeded weights."""
+    weight = np.random.default_rng(0).normal(size=(inputs, outputs)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"], name="fc")],
+        "matmul",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [axis, inputs])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [axis, outputs])],
+        [numpy_helper.from_array(weight, "w")],
+    )
+    return save_graph(graph, path)
+
+
+CLASSES = 3  # sqrt_classifier's
+
+
+def sqrt_classifier(path: Path, safe: bool = False) -> Path:
+    """x[N,4] -> Sqrt (of |x| when safe) -> MatMul 4x3 -> logits[N,3]: NaN for a negative input."""
+    w = numpy_helper.from_array(np.arange(12, dtype=np.float32).reshape(4, CLASSES) / 10 - 0.5, "w")
+    nodes = [helper.make_node("Abs", ["x"], ["a"])] if safe else []
+    nodes += [
+        helper.make_node("Sqrt", ["a" if safe else "x"], ["s"]),
+        helper.make_node("MatMul", ["s", "w"], ["y"]),
+    ]
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", CLASSES])
+    return save_graph(helper.make_graph(nodes, "sqrt", [x], [y], [w]), path)
+
+
+def sqrt_samples(n: int = 64, negative: int = 10) -> np.ndarray:
+    """Inputs for sqrt_classifier: the first `negative` samples make its Sqrt return NaN."""
+    x = np.random.default_rng(0).uniform(0.1, 2.0, size=(n, 4)).astype(np.float32)
+    x[:negative, 0] *= -1
+    return x
+
+
+def vad_model(path: Path) -> Path:
+    """A streaming-VAD-shaped graph: audio with unknown axes, a state batched on axis 1 and a
+    rank-0 int64 sample rate."""
+    inputs = [
+        helper.make_tensor_value_info("input", TensorProto.FLOAT, [None, None]),
+        helper.make_tensor_value_info("state", TensorProto.FLOAT, [2, None, 128]),
+        helper.make_tensor_value_info("sr", TensorProto.INT64, []),
+    ]
+    outputs = [
+        helper.make_tensor_value_info("output", TensorProto.FLOAT, [None, 1]),
+        helper.make_tensor_value_info("stateN", TensorProto.FLOAT, [2, None, 128]),
+    ]
+    nodes = [
+        helper.make_node("Cast", ["sr"], ["sr_f"], to=TensorProto.FLOAT),
+        helper.make_node("Div", ["sr_f", "rate"], ["scale"]),
+        helper.make_node("ReduceMean", ["input"], ["m"], axes=[1], keepdims=1),
+        helper.make_node("Mul", ["m", "scale"], ["output"]),
+        helper.make_node("Mul", ["state", "scale"], ["stateN"]),
+    ]
+    rate = helper.make_tensor("rate", TensorProto.FLOAT, [], [16000.0])
+    return save_graph(helper.make_graph(nodes, "vad", inputs, outputs, [rate]), path)
+
+
+def tiny_model(path: Path) -> Path:
+    """x[N,16] -> MatMul 16x8 -> Relu."""
+    w = numpy_helper.from_array(np.full((16, 8), 0.1, np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("Relu", ["h"], ["y"])],
+        "tiny",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 8])],
+        [w],
+    )
+    return save_graph(graph, path)
