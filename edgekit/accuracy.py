@@ -3,6 +3,7 @@ Torch-free: runs the ONNX files with onnxruntime."""
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,14 +23,13 @@ def run_onnx(
     """All outputs for all samples (`feeds` batch-first, fed in the layout `specs` give: see
     edgekit.model.samples.model_feeds), `chunk` samples per call, or the model's own batch size
     where its batch axis is fixed (an ONNX file from elsewhere may have batch 1 baked in).
-    The one place edgekit runs a model outside the benchmark."""
+    Runs any runtime's artifact (.xml, .tflite, .pte: edgekit.runtimes), an .onnx on
+    onnxruntime. The one place edgekit runs a model outside the benchmark."""
     import onnxruntime as ort
 
     from edgekit.model.samples import model_feeds
 
-    options = ort.SessionOptions()
-    options.log_severity_level = 4  # fatal only: failures come back as exceptions
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    session = _session(path, list(feeds))
     names = [i.name for i in session.get_inputs()]
     missing = [n for n in names if n not in feeds]
     if missing:
@@ -75,6 +75,48 @@ def run_onnx(
         parts[0][i] if axis is None else np.concatenate([p[i] for p in parts], axis=axis)
         for i, axis in enumerate(out_axes)
     ]
+
+
+class _RuntimeSession:
+    """Another runtime's session (edgekit.runtimes) as run_onnx uses onnxruntime's. Its inputs
+    take the feeds' names where they are fed by position (a .tflite's `args_0` is the ONNX
+    model's `x`: edgekit.runtimes.fit_feeds); shapes have None for a dynamic axis."""
+
+    def __init__(self, path: Path, feed_names: list[str]) -> None:
+        from edgekit import runtimes
+
+        self._session = runtimes.load(path, threads=0)
+        own = [t.name for t in self._session.inputs]
+        by_position = len(own) == len(feed_names) and not set(own) <= set(feed_names)
+        self._names = feed_names if by_position else own
+
+    def get_inputs(self):
+        return [
+            dataclasses.replace(t, name=n)
+            for t, n in zip(self._session.inputs, self._names, strict=True)
+        ]
+
+    def get_outputs(self):
+        return self._session.outputs
+
+    def run(self, _names, feeds: dict[str, np.ndarray], _options=None) -> list[np.ndarray]:
+        from edgekit.runtimes import fit_feeds
+
+        fitted, _ = fit_feeds(self._session, {n: feeds[n] for n in self._names})
+        return self._session.run(fitted)
+
+
+def _session(path: Path, feed_names: list[str]):
+    """onnxruntime's session for an .onnx, else the runtime its suffix names."""
+    import onnxruntime as ort
+
+    from edgekit.runtimes import runtime_for
+
+    if runtime_for(path) != "onnxruntime":
+        return _RuntimeSession(path, feed_names)
+    options = ort.SessionOptions()
+    options.log_severity_level = 4  # fatal only: failures come back as exceptions
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
 def first_samples(

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import onnx
 
+from edgekit import runtimes
 from edgekit.accuracy import (
     check_finite_reference,
     check_labels,
@@ -71,6 +72,7 @@ class OptimizeOptions:
     train_data: Path | None = None  # labelled .npz kept apart from `data`
     for_cpu: str | dict | None = None  # make int8 for: rpi4|rpi5|x86-avx2|x86-vnni|device.json
     primary_output: str | None = None  # the output the budget and top-1 use (default: the first)
+    runtimes: str | None = None  # --runtime ort,openvino,litert,executorch (None: all installed)
     debug: bool = False  # let torch's, onnx's and onnxruntime's own logs through to the terminal
 
     def __post_init__(self) -> None:
@@ -356,6 +358,7 @@ def _variant_row(v: Variant, ctx: PassContext, names: list[str], primary: str) -
     row = Row(
         v.name, parent=v.parent, passes=v.passes, notes=list(v.notes), error=v.error, **v.extra
     )
+    row.runtime = v.runtime
     if v.error:
         return row
     row.file, row.size_bytes, row.sha256 = v.path.name, size_on_disk(v.path), sha256_file(v.path)
@@ -364,7 +367,7 @@ def _variant_row(v: Variant, ctx: PassContext, names: list[str], primary: str) -
             ctx.reference, ctx.outputs(v.path), ctx.labels, names, primary, ctx.output_kinds
         )
     except Exception as exc:  # onnxruntime refuses the model: a row with the reason
-        row.error = f"onnxruntime could not run this variant: {exc}"
+        row.error = f"{v.runtime} could not run this variant: {exc}"
         return row
     row.accuracy = accuracy
     row.unmeasured.update(unmeasured)
@@ -460,7 +463,6 @@ def _bench_output(out_dir: Path | None, models: Sequence[Path]) -> Iterator[Path
 def _bench_inputs(models, inputs, data) -> tuple[dict[str, Path], Samples]:
     """Checked ONNX files by variant name, and one batch of samples from --input / --data / the
     first model's own shapes."""
-    from edgekit import runtimes
     from edgekit.model.formats import check_model_file
     from edgekit.model.inputs import InputSpec
     from edgekit.model.load import load_onnx
@@ -502,6 +504,7 @@ def _bench_report(
         rows.append(
             Row(
                 key,
+                runtime=runtimes.runtime_for(model),
                 file=_relative_to(model, out_dir),
                 sha256=sha256_file(model),
                 unmeasured={"accuracy": "edgekit bench has no reference outputs"},

@@ -25,10 +25,18 @@ def _tensors(graph):
 
 
 def files_on_disk(model_path: Path) -> list[Path]:
-    """The .onnx file and the external-data files it points to (which belong to it)."""
+    """The .onnx file and the external-data files it points to (which belong to it); another
+    runtime's artifact alone, except an OpenVINO .xml, whose weights are the .bin beside it."""
     import onnx  # here: the server lists ops without loading onnx
 
+    from edgekit.runtimes import runtime_for
+
     model_path = Path(model_path)
+    runtime = runtime_for(model_path)
+    if runtime == "openvino":
+        return [model_path, model_path.with_suffix(".bin")]
+    if runtime != "onnxruntime":
+        return [model_path]
     model = onnx.load(str(model_path), load_external_data=False)
     files = [model_path]
     for tensor in _tensors(model.graph):

@@ -19,6 +19,7 @@ from edgekit.passes.int8 import Int8, Int8Settings, _settings
 from edgekit.passes.int8.opmix import DYNAMIC, Recipe
 from edgekit.passes.prune import PrunePlan, PruneSpec
 from edgekit.passes.prune import _settings as prune_settings
+from edgekit.passes.runtimes import RuntimeSettings
 from edgekit.passes.simplify import SimplifySettings
 from edgekit.recommend import parse_budget
 from models import matmul_model
@@ -33,14 +34,16 @@ def checked(**options):
 
 
 def test_each_pass_reads_its_options_into_frozen_settings():
-    simplify, int8, prune = checked(
-        int8="dynamic", calibration="percentile", prune=["structured:0.3"]
+    simplify, runtimes, int8, prune = checked(
+        int8="dynamic", calibration="percentile", prune=["structured:0.3"], runtimes="ort"
     )
-    assert [p.name for p in (simplify, int8, prune)] == ["simplify", "int8", "prune"]
+    names = [p.name for p in (simplify, runtimes, int8, prune)]
+    assert names == ["simplify", "runtimes", "int8", "prune"]
     assert simplify.settings == SimplifySettings()
+    assert runtimes.settings == RuntimeSettings()
     assert int8.settings == Int8Settings(mode="dynamic", calibration="percentile")
     assert prune.settings == PrunePlan(specs=(PruneSpec("structured", 0.3),))
-    for one in (simplify, int8, prune):
+    for one in (simplify, runtimes, int8, prune):
         assert dataclasses.is_dataclass(one.settings)
         field = next(iter(dataclasses.fields(one.settings)), None)
         with pytest.raises(dataclasses.FrozenInstanceError):

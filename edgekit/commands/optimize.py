@@ -151,6 +151,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "rpi4 (Cortex-A72, no dot product), rpi5 (Cortex-A76, asimddp), x86-avx2, x86-vnni, or "
         "the report.json/device.json `edgekit bench` wrote on the device",
     )
+    parser.add_argument(
+        "--runtime",
+        metavar="NAMES",
+        help="runtimes to make and measure variants for, comma-separated: ort, openvino, litert, "
+        "executorch (default: every one installed here; onnxruntime's are always made). LiteRT "
+        "and ExecuTorch variants are converted from the PyTorch model, not from an ONNX file",
+    )
     bench = parser.add_argument_group("benchmark")
     bench.add_argument(
         "--threads",
@@ -220,6 +227,7 @@ def run(args: argparse.Namespace) -> int:
         train_data=args.train_data,
         for_cpu=for_cpu,
         primary_output=args.primary_output,
+        runtimes=args.runtime,
         debug=bool(getattr(args, "debug", False)),
     )
     quiet = args.quiet or args.json

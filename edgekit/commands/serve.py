@@ -113,7 +113,7 @@ def _export(args) -> int:
     from edgekit.serve import repository, server
 
     _, choices = server.choose(args.path, args.variant, args.name)
-    written = repository.export(
+    written, skipped = repository.export(
         choices,
         args.export_repository,
         max_batch=max_batch(args),
@@ -123,7 +123,10 @@ def _export(args) -> int:
         force=args.force,
     )
     for folder in written:
-        print(f"wrote {textsafe.plain(folder)}/config.pbtxt and 1/model.onnx")
+        model = next(f.name for f in (folder / "1").iterdir() if f.suffix in (".onnx", ".xml"))
+        print(f"wrote {textsafe.plain(folder)}/config.pbtxt and 1/{model}")
+    for why in skipped:
+        print(f"skipped {why}")
     print(
         f"Serve it with Triton: tritonserver --model-repository {textsafe.plain(args.export_repository)}"
     )

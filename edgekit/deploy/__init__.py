@@ -79,6 +79,7 @@ def deploy(options: DeployOptions, target: Target, say: Callable[[str], None] = 
     """Copy the variant to the device and start serving it there; `say` hears the progress."""
     from edgekit.deploy import remote
     from edgekit.deploy.systemd import systemd_unit
+    from edgekit.runtimes import runtime_for
     from edgekit.serve import server
 
     name, path = options.deployment, options.path
@@ -95,11 +96,13 @@ def deploy(options: DeployOptions, target: Target, say: Callable[[str], None] = 
     server.check_name(variant, "The report's variant name", "--variant")  # goes into the unit
     files = [(path / "report.json", "model/report.json")]
     files += remote.variant_files(path, choice.variant)
+    runtimes = (runtime_for(choice.path),)  # the device needs each served variant's runtime
     serve_args = ["model", "--variant", variant, "--name", name,
                   "--host", options.host, "--port", str(options.port)]  # fmt: skip
     if options.shadow:
         _, (shadow,) = server.choose(path, options.shadow)
         files += remote.variant_files(path, shadow.variant)
+        runtimes += (runtime_for(shadow.path),)
         serve_args += ["--shadow", options.shadow]
     for flag, value in (
         ("--threads", options.threads),
@@ -115,7 +118,7 @@ def deploy(options: DeployOptions, target: Target, say: Callable[[str], None] = 
         files.append((Path(options.api_key_file), remote.API_KEY))
         serve_args += ["--api-key-file", remote.API_KEY]
     say(f"checking {target.spec}")
-    checked = remote.check_device(target, remote_folder(options.remote_dir, name))
+    checked = remote.check_device(target, remote_folder(options.remote_dir, name), runtimes)
     folder = checked["folder"]
     unit = systemd_unit(name, checked["python"], folder, serve_args, target.user)
     unit_name = f"edgekit-{name}.service"

@@ -26,6 +26,7 @@ API_KEY = "api-key"  # its name in the deployment folder (the launcher reads it 
 CHECK = """\
 import importlib.util, json, os, sys
 need = ("edgekit", "onnxruntime", "numpy", "uvicorn", "starlette", "prometheus_client")
+need += tuple(sys.argv[2:])  # the served variants' runtimes
 def has(module):
     try:
         return importlib.util.find_spec(module) is not None
@@ -66,10 +67,19 @@ def run_launcher(target: Target, command: str, folder: str, timeout: float = QUI
     return _json(out, target, "the launcher")
 
 
-def check_device(target: Target, folder: str) -> dict:
+# The module each runtime's variants need on the device (onnxruntime is in CHECK's list).
+RUNTIME_MODULES = {"openvino": "openvino", "litert": "ai_edge_litert", "executorch": "executorch"}
+
+
+def check_device(target: Target, folder: str, runtimes: tuple[str, ...] = ()) -> dict:
+    """The device's Python has what `edgekit serve` needs, and the module of each runtime in
+    `runtimes` (the served variants'): EdgekitError with the pip line(s) if not."""
+    from edgekit import runtimes as known
+
+    extra = [RUNTIME_MODULES[r] for r in runtimes if r in RUNTIME_MODULES]
     try:
         reply = _json(
-            ssh_run(target, target.python, "-c", CHECK, folder, what="checking the device"),
+            ssh_run(target, target.python, "-c", CHECK, folder, *extra, what="checking the device"),
             target,
             "the device check",
         )
@@ -81,11 +91,18 @@ def check_device(target: Target, folder: str) -> dict:
             ) from None
         raise EdgekitError(f"{target.spec}: the device's Python failed: {exc}") from None
     if reply["missing"]:
+        python = shlex.quote(target.python)
+        lines = [f"  {python} {PIP}"]
+        lines += [
+            f"  {python} {known.module(r).PIP.removeprefix('python3 ')}"
+            for r in runtimes
+            if RUNTIME_MODULES.get(r) in reply["missing"]
+        ]
         raise EdgekitError(
             f"{target.spec}: the device's {target.python} lacks {', '.join(reply['missing'])}, "
-            f"which `edgekit serve` needs. Install them on the device with:\n"
-            f"  {shlex.quote(target.python)} {PIP}\n"
-            "(no torch is needed there; on Raspberry Pi OS use a venv and --remote-python)"
+            "which `edgekit serve` needs for this variant. Install them on the device with:\n"
+            + "\n".join(lines)
+            + "\n(on Raspberry Pi OS use a venv and --remote-python)"
         )
     return reply
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Container, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,10 +27,15 @@ from edgekit.model.inputs import (
 )
 from edgekit.model.onnx_inputs import OnnxInputs
 
+NORMAL_TEXT = "normal random, mean 0, std 1 (no range given with --input)"
 
-def generate_samples(specs: list[InputSpec], count: int, seed: int = 0) -> dict[str, np.ndarray]:
+
+def generate_samples(
+    specs: list[InputSpec], count: int, seed: int = 0, normal: Container[str] = ()
+) -> dict[str, np.ndarray]:
     """`count` random samples per input, batch-first (an input without a batch axis gets one
-    value, the same for every sample)."""
+    value, the same for every sample). Float inputs named in `normal` are drawn from N(0, 1)
+    (NORMAL_TEXT), the others uniformly from their spec's range."""
     rng = np.random.default_rng(seed)
     feeds = {}
     for spec in specs:
@@ -51,6 +56,8 @@ def generate_samples(specs: list[InputSpec], count: int, seed: int = 0) -> dict[
             feeds[spec.name] = rng.integers(int(spec.low), int(spec.high), size=shape).astype(
                 spec.dtype
             )
+        elif spec.name in normal:
+            feeds[spec.name] = rng.standard_normal(size=shape).astype(spec.dtype)
         else:
             feeds[spec.name] = rng.uniform(spec.low, spec.high, size=shape).astype(spec.dtype)
     return {spec.name: batch_first(feeds[spec.name], spec, count) for spec in specs}
@@ -271,7 +278,11 @@ class Samples:
         if self.data is not None:
             return []
         made = "; ".join(f"{k}: {v}" for k, v in self.to_json()["generated_inputs"].items())
-        return [f"no --data: drift is measured on generated inputs ({made})"]
+        return [
+            f"NO --data: drift is measured, and static int8 calibrated, on SYNTHETIC inputs "
+            f"({made}). int8 ranges calibrated on them may not fit real inputs, and the drift "
+            "may not be the drift on real data: give `--data FILE.npz` with real samples"
+        ]
 
     def fitted_to(self, path: Path) -> Samples:
         """Generated integer inputs as the model at `path` (its ONNX graph) reads them, where
@@ -379,8 +390,19 @@ def resolve_samples(
         )
     batch = batch_of(specs)
     if arrays is None:  # whole batches: a model exported with its batch fixed runs no other
-        feeds = generate_samples(specs, -(-max(generated, batch) // batch) * batch)
-        return Samples(specs, feeds, None, None, constants, ranged_inputs(texts))
+        # Float inputs without a range given are drawn from N(0, 1): trained models see
+        # normalized inputs, centred on 0, and uniform [0, 1) would calibrate int8 on half of
+        # that range only.
+        ranged = ranged_inputs(texts)
+        normal = {
+            s.name: NORMAL_TEXT
+            for s in specs
+            if s.name not in ranged
+            and s.value is None
+            and np.issubdtype(np.dtype(s.dtype), np.floating)
+        }
+        feeds = generate_samples(specs, -(-max(generated, batch) // batch) * batch, normal=normal)
+        return Samples(specs, feeds, None, None, constants, ranged, generated_as=normal)
     check_data_matches(specs, arrays, str(data))
     batched = [s for s in specs if s.batch_axis is not None]
     count = arrays[batched[0].name].shape[batched[0].batch_axis] if batched else 1

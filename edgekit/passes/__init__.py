@@ -26,7 +26,7 @@ REWRITE_TOLERANCE = 1e-4  # relative to the largest output: only float reassocia
 
 @dataclass
 class Variant:
-    """One ONNX artifact and how it was made."""
+    """One artifact (ONNX, or another runtime's) and how it was made."""
 
     name: str
     path: Path | None
@@ -37,6 +37,7 @@ class Variant:
     notes: list[str] = field(default_factory=list)
     error: str | None = None  # set when the pass failed; path is then None
     extra: dict = field(default_factory=dict)  # pass-specific report fields (e.g. sparsity)
+    runtime: str = "onnxruntime"  # what runs it (edgekit.runtimes); its file's suffix says so too
 
     def child(self, name: str, path: Path, pass_name: str, settings: dict) -> Variant:
         return Variant(

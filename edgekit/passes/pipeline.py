@@ -9,10 +9,12 @@ from __future__ import annotations
 from edgekit.passes import Pass, PassContext, Variant
 from edgekit.passes.int8 import Int8
 from edgekit.passes.prune import Prune
+from edgekit.passes.runtimes import Runtimes
 from edgekit.passes.simplify import Simplify
 
 PIPELINE: tuple[type[Pass], ...] = (
     Simplify,
+    Runtimes,  # before Int8: the pipeline makes ONNX int8 only of the float ONNX variants after it
     Int8,  # the passes before it rewrite the float model it starts from
     Prune,
 )

@@ -8,6 +8,7 @@ from __future__ import annotations
 COLUMNS = (
     # header, function(variant) -> text, shown in the (narrow) terminal table too
     ("variant", lambda v: v["name"], True),
+    ("runtime", lambda v: _runtime(v.get("runtime")), True),
     ("size", lambda v: size(v["size_bytes"]), True),
     ("p50 ms", lambda v: _latency(v, "p50"), True),
     ("p90 ms", lambda v: _latency(v, "p90"), False),
@@ -37,6 +38,19 @@ def _num(x, fmt):
 
 def _pct(x):
     return NOT_MEASURED if x is None else f"{100 * x:.1f}%"
+
+
+# Short names keep the terminal table narrow; the report holds the full ones.
+_RUNTIME_SHORT = {
+    "onnxruntime": "ort",
+    "openvino": "openvino",
+    "litert": "litert",
+    "executorch": "executorch",
+}
+
+
+def _runtime(name):
+    return NOT_MEASURED if name is None else _RUNTIME_SHORT.get(name, name)
 
 
 def _top1(accuracy):

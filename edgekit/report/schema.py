@@ -95,6 +95,7 @@ class Variant:
     name: str
     parent: str | None = None
     passes: list[dict] = field(default_factory=list)
+    runtime: str | None = None  # what runs `file` (onnxruntime, openvino, litert, executorch)
     file: str | None = None
     size_bytes: int | None = None
     sha256: str | None = None

@@ -1,5 +1,5 @@
-"""What the server runs: one onnxruntime session per served model, fed by worker threads from a
-queue. With --max-batch N, a worker takes the requests waiting in the queue (up to N rows, waiting
+"""What the server runs: one session per served model (onnxruntime, or the runtime the variant
+was made for: edgekit.runtimes), fed by worker threads from a queue. With --max-batch N, a worker takes the requests waiting in the queue (up to N rows, waiting
 at most --batch-timeout-ms for more), stacks them along axis 0, runs once and splits the outputs
 back. Queue time (enqueued → its run starts) and compute time (the run) are measured apart.
 """
@@ -68,20 +68,73 @@ class Done:
 
 
 def load_session(path: Path, threads: int = 0):
-    """An onnxruntime session for the file; EdgekitError when onnxruntime cannot load it."""
-    import onnxruntime as ort
+    """A session for the file on its runtime (onnxruntime for an .onnx, else the runtime its
+    suffix names: edgekit.runtimes), with onnxruntime's interface; EdgekitError when the runtime
+    is missing or cannot load it."""
+    from edgekit import runtimes
 
+    runtime = runtimes.runtime_for(path)
+    if runtime != "onnxruntime":
+        ok, why = runtimes.module(runtime).available()
+        if not ok:
+            raise EdgekitError(
+                f"{path} runs on {runtime}, which cannot run here ({why}). Install it with "
+                f"`{runtimes.module(runtime).PIP}`."
+            )
     try:
+        if runtime != "onnxruntime":
+            return RuntimeSession(runtimes.load(path, threads))
+        import onnxruntime as ort
+
         return ort.InferenceSession(
             str(path), session_options(threads), providers=["CPUExecutionProvider"]
         )
-    except Exception as exc:  # onnxruntime's errors have no common base class
+    except Exception as exc:  # the runtimes' errors have no common base class
         text = str(exc).strip()
         reason = text.splitlines()[0][:300].rstrip(".") if text else type(exc).__name__
         raise EdgekitError(
-            f"onnxruntime cannot load {path}: {textsafe.plain(reason)}. The file is damaged, "
-            "truncated or not an ONNX model: copy it (or the whole optimize output folder) again."
+            f"{runtime} cannot load {path}: {textsafe.plain(reason)}. The file is damaged, "
+            "truncated or not its model format: copy it (or the whole optimize output folder) "
+            "again."
         ) from None
+
+
+# numpy dtype name -> onnxruntime's type text (protocol.FROM_ORT reads that)
+_ORT_TYPES = {"float32": "float", "float64": "double", "bool": "bool"}
+
+
+@dataclass
+class _Info:
+    name: str
+    type: str
+    shape: tuple
+
+
+class RuntimeSession:
+    """Another runtime's session (edgekit.runtimes.Session) with the part of onnxruntime's
+    InferenceSession the server uses: get_inputs/get_outputs (None for a dynamic axis) and
+    run(output_names, feeds)."""
+
+    def __init__(self, session) -> None:
+        self.session = session
+        self.runtime = session.runtime
+
+    @staticmethod
+    def _infos(items) -> list[_Info]:
+        return [
+            _Info(t.name, f"tensor({_ORT_TYPES.get(t.dtype, t.dtype)})", t.shape) for t in items
+        ]
+
+    def get_inputs(self) -> list[_Info]:
+        return self._infos(self.session.inputs)
+
+    def get_outputs(self) -> list[_Info]:
+        return self._infos(self.session.outputs)
+
+    def run(self, output_names, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        values = self.session.run(feeds)
+        names = [o.name for o in self.session.outputs]
+        return [values[names.index(n)] for n in output_names or names]
 
 
 def session_options(threads: int):
@@ -97,6 +150,9 @@ def _dims(shape) -> list[int]:
     return [d if isinstance(d, int) and d >= 0 else -1 for d in shape]
 
 
+# The platform model metadata names, as Triton names its backends' models.
+PLATFORMS = {"onnxruntime": "onnxruntime_onnx", "openvino": "openvino"}
+
 # Ops that quantize a whole tensor with one scale computed at run time: batched, each request's
 # int8 range would be set by the requests run with it, and its outputs would change with them.
 PER_BATCH_OPS = {"DynamicQuantizeLinear", "DynamicQuantizeMatMul", "DynamicQuantizeLSTM"}
@@ -110,6 +166,8 @@ def batch_obstacle(path: Path, inputs: list[Tensor], outputs: list[Tensor]) -> s
     """Why requests to this model must not be stacked into one run, or None when they may be."""
     if not axis_0_dynamic(inputs, outputs):
         return "its axis 0 is fixed"
+    if Path(path).suffix.lower() != ".onnx":
+        return None  # another runtime's artifact: static int8 only (no per-batch scales)
     try:
         found = sorted(op_types(path) & PER_BATCH_OPS)
     except (OSError, ValueError) as exc:  # onnxruntime read it, so this is unlikely
@@ -146,6 +204,7 @@ class ServedModel:
     ):
         self.name, self.path = name, Path(path)
         self.session = load_session(path, threads)
+        self.runtime = getattr(self.session, "runtime", "onnxruntime")
         self.inputs, self.outputs = describe(path, self.session)
         self.output_names = [o.name for o in self.outputs]
         self.rows_on_axis_0 = axis_0_dynamic(self.inputs, self.outputs)
@@ -164,7 +223,7 @@ class ServedModel:
         return {
             "name": self.name,
             "versions": ["1"],
-            "platform": "onnxruntime_onnx",
+            "platform": PLATFORMS.get(self.runtime, self.runtime),
             "inputs": [t.metadata() for t in self.inputs],
             "outputs": [t.metadata() for t in self.outputs],
         }

@@ -40,19 +40,23 @@ class Choice:
     variant: dict | None  # the report's variant row, if served from a folder
 
 
+# The model files `edgekit serve` takes: ONNX, and the other runtimes' (edgekit.runtimes).
+MODEL_SUFFIXES = (".onnx", ".xml", ".tflite", ".pte")
+
+
 def choose(path: Path, variant: str | None, name: str | None = None):
     """(report or None, [Choice]) for `edgekit serve PATH [--variant NAME|all] [--name N]`."""
     path = Path(path)
     if name is not None:
         check_name(name)
-    if path.is_file() and path.suffix == ".onnx":
+    if path.is_file() and path.suffix.lower() in MODEL_SUFFIXES:
         if variant not in (None, "all"):
             raise EdgekitError(f"--variant needs an optimize output folder; {path} is one file.")
         return None, [Choice(name or _name(path.stem), path, None)]
     if not path.is_dir():
         raise EdgekitError(
-            f"{path}: not an optimize output folder nor an .onnx file. Give the folder that "
-            "`edgekit optimize` wrote (MODEL.edgekit/) or one .onnx file."
+            f"{path}: not an optimize output folder nor a model file. Give the folder that "
+            "`edgekit optimize` wrote (MODEL.edgekit/) or one .onnx (.xml, .tflite, .pte) file."
         )
     from edgekit.report.read import read_report
 
