@@ -94,6 +94,11 @@ def test_feeds_fit_by_name_or_position_and_integer_width():
         fit_feeds(session, {"input_ids": ids * 2**40})
     with pytest.raises(ValueError, match="no array"):
         fit_feeds(session, {"a": ids, "b": ids})
+    scalar = runtimes.Session(
+        "openvino", Path("m.xml"), 1, inputs=[runtimes.TensorInfo("gain", "float32", ())]
+    )  # a rank-0 input stays rank 0, whether fed as a 0-d array or as one value
+    for given in (np.array(2.0, np.float32), np.array([2.0], np.float32)):
+        assert fit_feeds(scalar, {"gain": given})[0]["gain"].shape == ()
 
 
 # ------------------------------------------------------------------ the models

@@ -276,6 +276,7 @@ def _check_variant(v: dict, where: str) -> None:
     where = f'{where} ("{textsafe.plain(v["name"][:40])}")'
     _expect(v["parent"], (str, type(None)), f"{where}.parent")
     _expect(v["error"], (str, type(None)), f"{where}.error")
+    _expect(v.get("runtime"), (str, type(None)), f"{where}.runtime")
     _expect_number(v["size_bytes"], f"{where}.size_bytes", "bytes")
     for key, fields in _NUMBER_FIELDS.items():
         block = v.get(key)

@@ -55,7 +55,7 @@ def fit_feeds(
 ) -> tuple[dict[str, np.ndarray], list[str]]:
     """The arrays as the session's inputs: by name when the names match, else by position (an
     ONNX input `x` is a .tflite's `args_0`), integer arrays cast to the input's integer type
-    (int64 token ids to an int32 input). Returns (feeds, notes); ValueError when they cannot fit."""
+    (int64 token ids to an int32 input), one value to a rank-0 input. Returns (feeds, notes); ValueError when they cannot fit."""
     names = [t.name for t in session.inputs]
     notes = []
     if all(n in arrays for n in names):
@@ -77,7 +77,10 @@ def fit_feeds(
             ):
                 raise ValueError(f"input {info.name}: values do not fit {want}")
             array = array.astype(want)
-        feeds[info.name] = np.ascontiguousarray(array)
+        if info.shape is not None and len(info.shape) == 0 and array.size == 1:
+            array = array.reshape(())  # a scalar input held as one value: onnxruntime takes both
+        # (np.ascontiguousarray would turn a rank-0 array into shape (1,))
+        feeds[info.name] = np.require(array, requirements="C")
     return feeds, notes
 
 
