@@ -151,7 +151,8 @@ def _pick(best: dict, base: dict, speed: str, budget: Budget, measured: str) -> 
     size = ""
     if best.get("size_bytes") and base.get("size_bytes"):
         size = f", {best['size_bytes'] / base['size_bytes']:.0%} of its size"
+    runtime = f"; runs on {best['runtime']}" if best.get("runtime") else ""
     return {
         "variant": best["name"],
-        "reason": f"{speed}{size}; within the drift budget {budget} ({measured})",
+        "reason": f"{speed}{size}; within the drift budget {budget} ({measured}){runtime}",
     }

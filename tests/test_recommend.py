@@ -120,3 +120,10 @@ def test_a_variant_with_nan_samples_is_never_recommended(tmp_path):
     rec = recommend(rows, "fp32", COSINE)
     assert rec["variant"] == "fp32"
     assert "int8: over budget (10 of 64 samples gave NaN or infinity" in rec["reason"]
+
+
+def test_the_reason_names_the_runtime_of_the_pick():
+    rows = [_row("fp32"), _row("openvino-int8", 2.0, [1.9, 2.1], size=250)]
+    rows[1]["runtime"] = "openvino"
+    rec = recommend(rows, "fp32", COSINE)
+    assert rec["variant"] == "openvino-int8" and rec["reason"].endswith("; runs on openvino")
