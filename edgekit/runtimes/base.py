@@ -118,3 +118,17 @@ def conversion_failed(runtime: str, precision: str, exc: BaseException) -> Conve
         f"{runtime} {precision} conversion failed: {type(exc).__name__}: {reason}. This runtime "
         "cannot take this model as it is; the other runtimes' variants are unaffected."
     )
+
+
+def calibrated_pt2e(torch, module, example_inputs, calibration, quantizer, **convert_options):
+    """PT2E static int8 of `module`: export, prepare with `quantizer`, run the calibration
+    argument tuples, convert. The LiteRT and ExecuTorch converters differ only in the quantizer."""
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    if not calibration:
+        raise ValueError("int8 needs calibration samples")
+    graph = prepare_pt2e(torch.export.export(module, example_inputs).module(), quantizer)
+    with torch.no_grad():
+        for args in calibration:
+            graph(*args)
+    return convert_pt2e(graph, **convert_options)

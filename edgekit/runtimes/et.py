@@ -12,7 +12,14 @@ from pathlib import Path
 
 import numpy as np
 
-from .base import RuntimeUnavailable, Session, TensorInfo, conversion_failed, write_atomically
+from .base import (
+    RuntimeUnavailable,
+    Session,
+    TensorInfo,
+    calibrated_pt2e,
+    conversion_failed,
+    write_atomically,
+)
 
 NAME = "executorch"
 SUFFIX = ".pte"
@@ -124,15 +131,8 @@ def _int8(torch, module, example_inputs, calibration):
         XNNPACKQuantizer,
         get_symmetric_quantization_config,
     )
-    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
-    if not calibration:
-        raise ValueError("int8 needs calibration samples")
     quantizer = XNNPACKQuantizer().set_global(
         get_symmetric_quantization_config(is_per_channel=True)
     )
-    graph = prepare_pt2e(torch.export.export(module, example_inputs).module(), quantizer)
-    with torch.no_grad():
-        for args in calibration:
-            graph(*args)
-    return convert_pt2e(graph)
+    return calibrated_pt2e(torch, module, example_inputs, calibration, quantizer)

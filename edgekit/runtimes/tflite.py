@@ -15,6 +15,7 @@ from .base import (
     RuntimeUnavailable,
     Session,
     TensorInfo,
+    calibrated_pt2e,
     conversion_failed,
     os_threads,
     write_atomically,
@@ -163,17 +164,12 @@ def _int8(litert_torch, torch, module, example_inputs, calibration):
     )
     from litert_torch.quantize.quant_config import QuantConfig
     from torchao.quantization.pt2e import move_exported_model_to_eval
-    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
-    if not calibration:
-        raise ValueError("int8 needs calibration samples")
     config = get_symmetric_quantization_config(is_per_channel=True, is_dynamic=False)
     quantizer = PT2EQuantizer().set_global(config)
-    graph = prepare_pt2e(torch.export.export(module, example_inputs).module(), quantizer)
-    with torch.no_grad():
-        for args in calibration:
-            graph(*args)
-    graph = convert_pt2e(graph, fold_quantize=False)
+    graph = calibrated_pt2e(
+        torch, module, example_inputs, calibration, quantizer, fold_quantize=False
+    )
     move_exported_model_to_eval(graph)
     for sub in graph.modules():  # exported modules refuse .eval(); litert warns in training mode
         sub.training = False
