@@ -27,6 +27,26 @@ def save_graph(graph, path: Path, **save_options) -> Path:
     return Path(path)
 
 
+def int8_context(staging: Path, model: Path, feeds: dict, budget: str, cpu=None):
+    """The PassContext the int8 pass gets for `model` (the reference is its own outputs on
+    `feeds`), made for `cpu` (default: this machine's), on generated samples without labels."""
+    from edgekit.accuracy import run_onnx
+    from edgekit.api import no_progress
+    from edgekit.passes import PassContext
+    from edgekit.recommend import parse_budget
+
+    return PassContext(
+        **({} if cpu is None else {"cpu": cpu}),
+        staging=staging,
+        feeds=feeds,
+        labels=None,
+        reference=run_onnx(model, feeds),
+        data_is_real=False,
+        budget=parse_budget(budget),
+        step=no_progress,
+    )
+
+
 def run_edgekit(*args, env: dict | None = None, cwd=None, timeout=600):
     """Run the real `edgekit` CLI in a fresh process; returns the CompletedProcess."""
     full_env = {**os.environ, **(env or {})}

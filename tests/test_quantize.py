@@ -5,15 +5,13 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-from helpers import save_graph
+from helpers import int8_context, save_graph
 from onnx import TensorProto, helper, numpy_helper
 
 from edgekit.accuracy import run_onnx
-from edgekit.api import no_progress
-from edgekit.passes import PassContext, Variant
+from edgekit.passes import Variant
 from edgekit.passes.int8 import int8_settings, int8_variants
 from edgekit.passes.int8.opmix import op_mix, plan
-from edgekit.recommend import parse_budget
 
 pytestmark = pytest.mark.slow  # every test here starts a process or exports with torch
 
@@ -114,16 +112,7 @@ def small_cnn(path):
 
 def context(tmp_path, path, budget="top1>=0.9"):
     feeds = {"x": np.random.default_rng(1).uniform(size=(16, 3, 16, 16)).astype(np.float32)}
-    return PassContext(
-        cpu=AVX2_ONLY,
-        staging=tmp_path,
-        feeds=feeds,
-        labels=None,
-        reference=run_onnx(path, feeds),
-        data_is_real=False,
-        budget=parse_budget(budget),
-        step=no_progress,
-    )
+    return int8_context(tmp_path, path, feeds, budget, AVX2_ONLY)
 
 
 def test_a_small_cnn_gets_calibrated_static_int8_with_its_settings_recorded(tmp_path):
@@ -223,17 +212,8 @@ def test_recipes_that_cannot_win_are_skipped_and_the_report_says_why(tmp_path):
     path = layernorm_matmul(tmp_path / "simplified.onnx", gamma_outliers=(3, 1.0))  # no outliers
     feeds = {"x": np.random.default_rng(1).normal(size=(16, 4, 16)).astype(np.float32)}
 
-    def ctx(**cpu):
-        return PassContext(
-            **cpu,
-            staging=tmp_path,
-            feeds=feeds,
-            labels=None,
-            reference=run_onnx(path, feeds),
-            data_is_real=False,
-            budget=parse_budget("cosine>=0.99"),
-            step=no_progress,
-        )
+    def ctx(cpu=None):
+        return int8_context(tmp_path, path, feeds, "cosine>=0.99", cpu)
 
     auto = ctx(cpu=AVX2_ONLY)
     made = [v.name for v in int8_variants(Variant("simplified", path), auto)]

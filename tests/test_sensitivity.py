@@ -6,12 +6,12 @@ import json
 
 import numpy as np
 import pytest
-from helpers import save_graph
+from helpers import int8_context, save_graph
 from onnx import TensorProto, helper, numpy_helper
 
 from edgekit.accuracy import drift, run_onnx
-from edgekit.api import OptimizeOptions, no_progress, optimize
-from edgekit.passes import PassContext, Variant
+from edgekit.api import OptimizeOptions, optimize
+from edgekit.passes import Variant
 from edgekit.passes.int8 import int8_variants
 from edgekit.passes.int8.sensitivity import MAX_TRIALS, _groups
 from edgekit.recommend import parse_budget
@@ -64,16 +64,7 @@ def outlier_model(path):
 def test_sensitivity_keeps_the_outlier_layer_in_float(tmp_path):
     path = outlier_model(tmp_path / "fp32.onnx")
     feeds = {"x": np.random.default_rng(1).normal(size=(32, 32)).astype(np.float32)}
-    ctx = PassContext(
-        cpu=VNNI_CPU,
-        staging=tmp_path,
-        feeds=feeds,
-        labels=None,
-        reference=run_onnx(path, feeds),
-        data_is_real=False,
-        budget=parse_budget("cosine>=0.99"),
-        step=no_progress,
-    )
+    ctx = int8_context(tmp_path, path, feeds, "cosine>=0.99", VNNI_CPU)
     variants = int8_variants(Variant("fp32", path), ctx, mode="dynamic")
     # The closest over-budget recipe is searched first; once it is within budget, no other is.
     (fixed,) = [v for v in variants if v.name.endswith("-excl")]
@@ -150,16 +141,7 @@ def test_a_pruned_parents_own_drift_sends_no_sensitivity_search(tmp_path):
     pruned_w1[:, ::2] = 0.0  # half the hidden channels gone
     pruned = two_layer(tmp_path / "structured-0.5.onnx", pruned_w1, w2)
     feeds = {"x": rng.normal(size=(32, 32)).astype(np.float32)}
-    ctx = PassContext(
-        cpu=VNNI_CPU,
-        staging=tmp_path,
-        feeds=feeds,
-        labels=None,
-        reference=run_onnx(fp32, feeds),
-        data_is_real=False,
-        budget=parse_budget("cosine>=0.99"),
-        step=no_progress,
-    )
+    ctx = int8_context(tmp_path, fp32, feeds, "cosine>=0.99", VNNI_CPU)
     vs_fp32 = drift(ctx.reference, run_onnx(pruned, feeds), None)[0]["cosine_min"]
     assert vs_fp32 < 0.9  # pruning alone is far over the budget against fp32
     parent = Variant("structured-0.5", pruned, parent="fp32")
