@@ -174,3 +174,63 @@ class ModelMetrics:
         self.compute_seconds = metrics.compute_seconds.labels(name)
         self.inflight = metrics.inflight.labels(name)
         self.batch_rows = metrics.batch_rows.labels(name)
+
+
+TOKEN_BUCKETS = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+)  # fmt: skip
+
+
+class LMMetrics:
+    """A language model's series, in llama.cpp's server and vLLM's terms: tokens in and out, time
+    to first token, time between tokens, queue time, KV-cache memory."""
+
+    def __init__(self, metrics: Metrics, name: str, kv_bytes: callable):
+        """kv_bytes() -> the KV-cache bytes the running generations hold, read at scrape time."""
+        r = metrics.registry
+        self.prompt_tokens = Counter(
+            "edgekit_lm_prompt_tokens", "prompt tokens prefilled", ["model"], registry=r
+        ).labels(name)
+        self.generated_tokens = Counter(
+            "edgekit_lm_generated_tokens", "tokens generated", ["model"], registry=r
+        ).labels(name)
+        self.ttft = Histogram(
+            "edgekit_lm_time_to_first_token_seconds",
+            "from a request's arrival to its first generated token (queue + prefill + one step)",
+            ["model"],
+            buckets=TOKEN_BUCKETS,
+            registry=r,
+        ).labels(name)
+        self.inter_token = Histogram(
+            "edgekit_lm_inter_token_latency_seconds",
+            "time between two generated tokens of one request",
+            ["model"],
+            buckets=TOKEN_BUCKETS,
+            registry=r,
+        ).labels(name)
+        self.queue = Histogram(
+            "edgekit_lm_queue_duration_seconds",
+            "time a request waited before its generation started",
+            ["model"],
+            buckets=TOKEN_BUCKETS,
+            registry=r,
+        ).labels(name)
+        kv = Gauge(
+            "edgekit_lm_kv_cache_bytes",
+            "KV-cache bytes held by the running generations (onnxruntime-genai allocates prompt "
+            "+ max_tokens per request up front; computed from the cache's shape, float32)",
+            ["model"],
+            registry=r,
+        )
+        kv.labels(name).set_function(kv_bytes)
+
+    def started(self, job, now: float) -> None:
+        self.queue.observe(now - job.queued_at)
+        self.prompt_tokens.inc(len(job.prompt))
+
+    def token(self, job, now: float) -> None:
+        self.generated_tokens.inc()
+        if job.last_token_at is None:
+            self.ttft.observe(now - job.queued_at)
+        else:
+            self.inter_token.observe(now - job.last_token_at)

@@ -27,7 +27,7 @@ from edgekit.serve.metrics import Metrics
 from edgekit.serve.protocol import failure
 
 # probes call these without a key
-OPEN_PATHS = frozenset({"/v2/health/live", "/v2/health/ready"})
+OPEN_PATHS = frozenset({"/v2/health/live", "/v2/health/ready", "/health"})
 UNAUTHORIZED = "missing or wrong API key: send the header `Authorization: Bearer <key>`"
 
 
@@ -74,7 +74,12 @@ class Authenticate:
             header = next((v for k, v in scope["headers"] if k == b"authorization"), b"")
             if not self.authorized(header):
                 self.rejected.inc()
-                await failure(401, UNAUTHORIZED, **{"WWW-Authenticate": "Bearer"}).send(send)
+                answer = failure(401, UNAUTHORIZED, **{"WWW-Authenticate": "Bearer"})
+                if scope["path"].startswith("/v1/"):  # the OpenAI API's error shape
+                    error = {"message": UNAUTHORIZED, "type": "authentication_error",
+                             "param": None, "code": "invalid_api_key"}  # fmt: skip
+                    answer.body = json.dumps({"error": error}).encode()
+                await answer.send(send)
                 return
         await self.app(scope, receive, send)
 

@@ -44,11 +44,20 @@ class Choice:
 MODEL_SUFFIXES = (".onnx", ".xml", ".tflite", ".pte")
 
 
+def is_lm_variant(path: Path) -> bool:
+    """A language model's folder as onnxruntime-genai runs it (edgekit.serve.lm_engine)."""
+    return (path / "genai_config.json").is_file()
+
+
 def choose(path: Path, variant: str | None, name: str | None = None):
     """(report or None, [Choice]) for `edgekit serve PATH [--variant NAME|all] [--name N]`."""
     path = Path(path)
     if name is not None:
         check_name(name)
+    if path.is_dir() and is_lm_variant(path):  # one language model's folder
+        if variant not in (None, "all"):
+            raise EdgekitError(f"--variant needs an optimize output folder; {path} is one model.")
+        return None, [Choice(name or _name(path.name), path, None)]
     if path.is_file() and path.suffix.lower() in MODEL_SUFFIXES:
         if variant not in (None, "all"):
             raise EdgekitError(f"--variant needs an optimize output folder; {path} is one file.")

@@ -19,7 +19,14 @@ from pathlib import Path
 from edgekit import textsafe
 from edgekit.errors import EdgekitError
 from edgekit.serve.options import ServeOptions
-from edgekit.serve.server import bind, check_extra, choose, connection_limit, serve
+from edgekit.serve.server import (
+    bind,
+    check_extra,
+    choose,
+    connection_limit,
+    is_lm_variant,
+    serve,
+)
 
 
 class Service:
@@ -36,6 +43,15 @@ class Service:
                 "port can call the model."
             )
         self.report, self.choices = choose(options.path, options.variant, options.name)
+        self.lm = len(self.choices) == 1 and is_lm_variant(self.choices[0].path)
+        if not self.lm and any(is_lm_variant(c.path) for c in self.choices):
+            raise EdgekitError(
+                "A language model is served alone: pick it with --variant NAME (not all)."
+            )
+        if self.lm and options.shadow:
+            raise EdgekitError(
+                "--shadow compares tensor outputs; a language model has no shadow yet."
+            )
         names = [choice.name for choice in self.choices]
         twice = next((n for n in names if names.count(n) > 1), None)
         if twice is not None:
@@ -49,7 +65,7 @@ class Service:
             self.budget = parse_budget(budget_text)
         else:
             self.budget = None
-        self.state = self.log = self.app = None
+        self.state = self.log = self.app = self.engine = None
 
     def _shadow_file(self) -> Path | None:
         shadow = self.options.shadow
@@ -83,6 +99,10 @@ class Service:
         if options.access_log:
             self.log = middleware.LogWriter(middleware.open_access_log(options.access_log))
         metrics = Metrics()
+        if self.lm:
+            (choice,) = self.choices
+            series = {choice.name: metrics.for_model(choice.name)}
+            return self._wrap(self._lm_app(metrics, on_ready), metrics, series)
         self.state = State({}, metrics, max_body=int(options.max_body_mb * 2**20))
         threads = options.threads or device.physical_cores()
         for choice in self.choices:
@@ -107,7 +127,41 @@ class Service:
             row = choice.variant or {}
             metrics.model_info.labels(choice.name, choice.path.name, row.get("sha256") or "").set(1)
         series = {name: entry.metrics for name, entry in self.state.models.items()}
-        app = middleware.CountRequests(routes(self.state, on_ready), metrics, series)
+        return self._wrap(routes(self.state, on_ready), metrics, series)
+
+    def _lm_app(self, metrics, on_ready):
+        """A language model's app: the OpenAI API on onnxruntime-genai's generation loop."""
+        from edgekit.benchmark import device
+        from edgekit.serve.lm_engine import LMEngine
+        from edgekit.serve.metrics import LMMetrics
+        from edgekit.serve.openai_api import openai_routes
+
+        (choice,) = self.choices
+        options = self.options
+        threads = options.threads or device.physical_cores()
+
+        def series(engine):
+            return LMMetrics(
+                metrics, choice.name, lambda: engine.kv_tokens * engine.kv_bytes_per_token
+            )
+
+        self.engine = LMEngine(choice.path, threads, series)
+        metrics.model_info.labels(
+            choice.name, choice.path.name, (choice.variant or {}).get("sha256") or ""
+        ).set(1)
+
+        def monitor():
+            return {"drift": {"note": "no live drift shadow for language models yet"}}
+
+        return openai_routes(
+            self.engine, choice.name, metrics, int(options.max_body_mb * 2**20), monitor, on_ready
+        )
+
+    def _wrap(self, app, metrics, series):
+        """The endpoints wrapped once in the middleware."""
+        from edgekit.serve import middleware
+
+        app = middleware.CountRequests(app, metrics, series)
         if self.api_key is not None:
             app = middleware.Authenticate(app, self.api_key, metrics)
         if self.log is not None:
@@ -118,6 +172,8 @@ class Service:
     def close(self) -> None:
         if self.state is not None:
             self.state.close()
+        if self.engine is not None:
+            self.engine.close()
         if self.log is not None:
             self.log.close()
 

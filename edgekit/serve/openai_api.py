@@ -1,0 +1,385 @@
+"""The OpenAI HTTP API for a served language model, as llama.cpp's server, Ollama and vLLM speak it:
+
+  GET  /v1/models                 the one model served
+  POST /v1/completions            {"model", "prompt", ...}
+  POST /v1/chat/completions       {"model", "messages", ...} (the model's own chat template)
+  GET  /health                    no API key needed (for probes)
+  GET  /metrics · /edgekit/monitor
+
+`stream: true` answers with server-sent events, one chunk per piece of text, then `data: [DONE]`.
+Errors have OpenAI's shape: {"error": {"message", "type", "param", "code"}}. Generation runs on
+the engine's worker thread (edgekit.serve.lm_engine); a client that goes away stops its generation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import time
+import uuid
+from dataclasses import dataclass
+
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from edgekit.serve.app import ClientGone, read_body
+from edgekit.serve.lm_engine import Job, LMEngine, Sampling
+from edgekit.serve.metrics import Metrics
+from edgekit.serve.middleware import note
+from edgekit.serve.protocol import BadRequest
+
+ROLES = frozenset({"system", "developer", "user", "assistant", "tool"})
+MAX_STOPS = 4  # as OpenAI's API
+MAX_SEED = 2**31 - 1
+
+
+class APIError(Exception):
+    def __init__(
+        self, status: int, message: str, param: str | None = None, code: str | None = None
+    ):
+        super().__init__(message)
+        self.status, self.param, self.code = status, param, code
+
+    def response(self) -> JSONResponse:
+        kind = "invalid_request_error" if self.status < 500 else "server_error"
+        if self.status == 401:
+            kind = "authentication_error"
+        body = {"message": str(self), "type": kind, "param": self.param, "code": self.code}
+        return JSONResponse({"error": body}, status_code=self.status)
+
+
+@dataclass(frozen=True)
+class Ask:
+    """A checked request: the prompt's tokens and how to sample."""
+
+    prompt: list[int]
+    sampling: Sampling
+    stream: bool
+    include_usage: bool
+
+
+def _number(body: dict, key: str, default: float, low: float, high: float) -> float:
+    value = body.get(key)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise APIError(400, f"'{key}' must be a number from {low:g} to {high:g}", key)
+    if not low <= value <= high:
+        raise APIError(400, f"'{key}' must be from {low:g} to {high:g}; got {value}", key)
+    return float(value)
+
+
+def _integer(body: dict, key: str, low: int, high: int) -> int | None:
+    value = body.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise APIError(400, f"'{key}' must be a whole number from {low} to {high}", key)
+    return value
+
+
+def _stops(body: dict) -> tuple[str, ...]:
+    stop = body.get("stop")
+    if stop is None:
+        return ()
+    stops = [stop] if isinstance(stop, str) else stop
+    if (
+        not isinstance(stops, list)
+        or len(stops) > MAX_STOPS
+        or not all(isinstance(s, str) and s for s in stops)
+    ):
+        raise APIError(400, f"'stop' must be a string or a list of up to {MAX_STOPS}", "stop")
+    return tuple(stops)
+
+
+def _content(message: dict, index: int) -> str:
+    """A message's text: a string, or a list of {"type": "text", "text": ...} parts."""
+    content = message.get("content")
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list) and all(
+        isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str)
+        for p in content
+    ):
+        return "".join(p["text"] for p in content)
+    raise APIError(
+        400,
+        f"messages[{index}].content must be a string or a list of text parts (this model "
+        "reads text only)",
+        f"messages[{index}].content",
+    )
+
+
+def messages_of(body: dict) -> list[dict]:
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise APIError(400, "'messages' must be a non-empty list", "messages")
+    checked = []
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict) or message.get("role") not in ROLES:
+            raise APIError(
+                400,
+                f"messages[{i}].role must be one of {', '.join(sorted(ROLES))}",
+                f"messages[{i}].role",
+            )
+        checked.append({"role": message["role"], "content": _content(message, i)})
+    return checked
+
+
+def ask_of(body, engine: LMEngine, prompt_text: str) -> Ask:
+    """The request checked against the model: APIError (400) for what it cannot do."""
+    n = body.get("n", 1)
+    if n != 1:
+        raise APIError(400, "'n' must be 1: one answer per request", "n")
+    stream = body.get("stream", False)
+    if not isinstance(stream, bool):
+        raise APIError(400, "'stream' must be true or false", "stream")
+    options = body.get("stream_options") or {}
+    if not isinstance(options, dict):
+        raise APIError(400, "'stream_options' must be an object", "stream_options")
+    prompt = engine.encode(prompt_text)
+    room = engine.context_length - len(prompt)
+    if room < 1:
+        raise APIError(
+            400,
+            f"This model's maximum context length is {engine.context_length} tokens; the "
+            f"prompt has {len(prompt)}. Shorten the prompt.",
+            "messages" if "messages" in body else "prompt",
+            "context_length_exceeded",
+        )
+    key = "max_completion_tokens" if "max_completion_tokens" in body else "max_tokens"
+    asked = _integer(body, key, 1, 2**31)
+    if asked is not None and asked > room:
+        raise APIError(
+            400,
+            f"This model's maximum context length is {engine.context_length} tokens; the "
+            f"prompt has {len(prompt)} and {key} asks for {asked} more. Ask for at most {room}.",
+            key,
+            "context_length_exceeded",
+        )
+    sampling = Sampling(
+        max_tokens=asked or room,
+        temperature=_number(body, "temperature", 1.0, 0.0, 2.0),
+        top_p=_number(body, "top_p", 1.0, 1e-9, 1.0),
+        seed=_integer(body, "seed", 0, MAX_SEED),
+        stop=_stops(body),
+    )
+    return Ask(prompt, sampling, stream, bool(options.get("include_usage")))
+
+
+def openai_routes(
+    engine: LMEngine, name: str, metrics: Metrics, max_body: int, monitor, on_ready=None
+):
+    """The endpoints as one ASGI app, without the middleware (Service.load wraps them);
+    monitor() gives /edgekit/monitor's summary."""
+    import contextlib
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        if on_ready is not None:
+            on_ready()
+        yield
+
+    created = int(time.time())
+
+    async def body_of(request: Request) -> dict:
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in request.scope["headers"]}
+        try:
+            raw = await read_body(request.receive, headers, max_body)
+        except BadRequest as exc:
+            raise APIError(413 if "limit" in str(exc) else 400, str(exc)) from None
+        try:
+            body = json.loads(raw)
+        except (ValueError, UnicodeDecodeError):
+            raise APIError(400, "the request body is not JSON") from None
+        if not isinstance(body, dict):
+            raise APIError(400, "the request body must be a JSON object")
+        model = body.get("model")
+        if model is not None and model != name:
+            raise APIError(
+                404, f"The model {str(model)[:200]!r} does not exist; this server serves "
+                f"{name!r}.", "model", "model_not_found",
+            )  # fmt: skip
+        return body
+
+    async def models(request):
+        return JSONResponse(
+            {
+                "object": "list",
+                "data": [
+                    {"id": name, "object": "model", "created": created, "owned_by": "edgekit"}
+                ],
+            }
+        )
+
+    async def completions(request):
+        return await answer(request, chat=False)
+
+    async def chat_completions(request):
+        return await answer(request, chat=True)
+
+    async def answer(request: Request, chat: bool):
+        said = note(request.scope)
+        said.inference, said.model = True, name
+        try:
+            body = await body_of(request)
+        except ClientGone:
+            return Response(status_code=499)
+        except APIError as exc:
+            return exc.response()
+        try:
+            if chat:
+                text = engine.chat_prompt(messages_of(body))
+            else:
+                text = body.get("prompt")
+                if isinstance(text, list) and len(text) == 1:
+                    text = text[0]
+                if not isinstance(text, str):
+                    raise APIError(400, "'prompt' must be a string", "prompt")
+            ask = ask_of(body, engine, text)
+        except APIError as exc:
+            return exc.response()
+        except ValueError as exc:  # no chat template
+            return APIError(400, str(exc), "messages").response()
+        job = engine.submit(ask.prompt, ask.sampling)
+        ident = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
+        if ask.stream:
+            return StreamingResponse(
+                stream(job, ask, ident, chat),
+                media_type="text/event-stream",
+                headers={"Cache-Control": "no-cache"},
+            )
+        return await whole(request, job, ask, ident, chat)
+
+    def usage(job: Job, ask: Ask) -> dict:
+        prompt = len(ask.prompt)
+        return {
+            "prompt_tokens": prompt,
+            "completion_tokens": job.completion_tokens,
+            "total_tokens": prompt + job.completion_tokens,
+        }
+
+    def envelope(ident: str, chat: bool, choices: list) -> dict:
+        return {
+            "id": ident,
+            "object": ("chat.completion" if chat else "text_completion"),
+            "created": int(time.time()),
+            "model": name,
+            "choices": choices,
+        }
+
+    async def whole(request: Request, job: Job, ask: Ask, ident: str, chat: bool):
+        gone = asyncio.ensure_future(_disconnected(request))
+        parts, reason = [], None
+        try:
+            while reason is None:
+                get = asyncio.ensure_future(job.events.get())
+                done, _ = await asyncio.wait({get, gone}, return_when=asyncio.FIRST_COMPLETED)
+                if get not in done:
+                    get.cancel()
+                    job.cancelled.set()
+                    return Response(status_code=499)  # nobody reads it: the client is gone
+                kind, value = get.result()
+                if kind == "text":
+                    parts.append(value)
+                elif kind == "error":
+                    return APIError(500, value).response()
+                else:
+                    reason = value
+        finally:
+            gone.cancel()
+            job.cancelled.set()
+        text = "".join(parts)
+        choice = (
+            {"index": 0, "message": {"role": "assistant", "content": text}}
+            if chat
+            else {"index": 0, "text": text, "logprobs": None}
+        )
+        choice["finish_reason"] = reason
+        result = envelope(ident, chat, [choice])
+        result["object"] = "chat.completion" if chat else "text_completion"
+        result["usage"] = usage(job, ask)
+        return JSONResponse(result)
+
+    async def stream(job: Job, ask: Ask, ident: str, chat: bool):
+        kind = "chat.completion.chunk" if chat else "text_completion"
+
+        def chunk(delta: dict | None, text: str | None, reason: str | None) -> str:
+            choice = (
+                {"index": 0, "delta": delta or {}}
+                if chat
+                else {"index": 0, "text": text or "", "logprobs": None}
+            )
+            choice["finish_reason"] = reason
+            event = envelope(ident, chat, [choice])
+            event["object"] = kind
+            if ask.include_usage:
+                event["usage"] = None
+            return f"data: {json.dumps(event)}\n\n"
+
+        try:
+            if chat:
+                yield chunk({"role": "assistant", "content": ""}, None, None)
+            while True:
+                event, value = await job.events.get()
+                if event == "text":
+                    yield chunk({"content": value}, value, None)
+                elif event == "error":
+                    error = {"message": value, "type": "server_error", "param": None, "code": None}
+                    yield f"data: {json.dumps({'error': error})}\n\n"
+                    break
+                else:
+                    yield chunk({}, "", value)
+                    if ask.include_usage:
+                        last = envelope(ident, chat, [])
+                        last["object"] = kind
+                        last["usage"] = usage(job, ask)
+                        yield f"data: {json.dumps(last)}\n\n"
+                    break
+            yield "data: [DONE]\n\n"
+        finally:  # also when the client went away (Starlette cancels this generator)
+            job.cancelled.set()
+
+    async def health(request):
+        return JSONResponse({"status": "ok"})
+
+    async def prometheus(request):
+        data = await asyncio.to_thread(generate_latest, metrics.registry)
+        return Response(data, media_type=CONTENT_TYPE_LATEST)
+
+    async def monitor_summary(request):
+        return JSONResponse({name: monitor()})
+
+    async def http_error(request, exc: HTTPException):
+        return APIError(exc.status_code, str(exc.detail)).response()
+
+    async def internal_error(request, exc: Exception):
+        return APIError(500, f"internal error in edgekit: {type(exc).__name__}: {exc}").response()
+
+    return Starlette(
+        routes=[
+            Route("/v1/models", models),
+            Route("/v1/completions", completions, methods=["POST"]),
+            Route("/v1/chat/completions", chat_completions, methods=["POST"]),
+            Route("/health", health),
+            Route("/v2/health/live", health),
+            Route("/v2/health/ready", health),
+            Route("/metrics", prometheus),
+            Route("/edgekit/monitor", monitor_summary),
+        ],
+        exception_handlers={HTTPException: http_error, Exception: internal_error},
+        lifespan=lifespan,
+    )
+
+
+async def _disconnected(request: Request) -> None:
+    """Returns once the client has gone away."""
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return

@@ -1,0 +1,269 @@
+"""`edgekit serve` of a language model: the OpenAI API in a real server process, driven by the
+official `openai` client (streaming and not) and by raw HTTP for what a client library would
+refuse to send."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from http.client import HTTPConnection
+
+import pytest
+from lm_models import genai_folder, greedy_text, tiny_llama
+from serve_helpers import Server, http, metric, metric_values, poll
+
+from edgekit.serve.lm_engine import StopText
+
+openai = pytest.importorskip("openai")
+pytest.importorskip("onnxruntime_genai")
+
+
+# -- the stop-string watcher (no model) ------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "pieces, stops, sent, stopped",
+    [
+        (["Hel", "lo wor", "ld"], (), "Hello world", False),
+        (["Hello", " END", " more"], ("END",), "Hello ", True),
+        (["ab", "c"], ("bc",), "a", True),  # the stop string spans two pieces
+        (["ab", "x"], ("bc",), "abx", False),  # a held-back prefix that did not grow into one
+        (["x", "##", "#y"], ("###",), "x", True),
+    ],
+)
+def test_stop_text_holds_back_what_could_become_a_stop(pieces, stops, sent, stopped):
+    watcher, out, hit = StopText(stops), "", False
+    for piece in pieces:
+        text, hit = watcher.feed(piece)
+        out += text
+        if hit:
+            break
+    if not hit:
+        out += watcher.flush()
+    assert (out, hit) == (sent, stopped)
+
+
+# -- a real server -----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def lm(tmp_path_factory):
+    root = tmp_path_factory.mktemp("lm")
+    hf = tiny_llama(root / "hf")
+    return hf, genai_folder(hf, root / "tiny-lm")
+
+
+@pytest.fixture(scope="module")
+def server(lm):
+    hf, folder = lm
+    key = folder.parent / "key"
+    key.write_text("sesame\n")
+    srv = Server(folder, "--api-key-file", key, "--threads", "2")
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return openai.OpenAI(base_url=server.url + "/v1", api_key="sesame", max_retries=0)
+
+
+def raw(server, path: str, body, key: str | None = "sesame"):
+    headers = {"Content-Type": "application/json"}
+    if key:
+        headers["Authorization"] = f"Bearer {key}"
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    return http(server.url + path, data, headers)
+
+
+@pytest.mark.slow
+def test_greedy_completion_is_what_transformers_generates(lm, client):
+    hf, _ = lm
+    prompt = "The return statement"
+    answer = client.completions.create(model="tiny-lm", prompt=prompt, max_tokens=24, temperature=0)
+    expected = greedy_text(hf, prompt, 24)
+    assert answer.choices[0].text == expected
+    tokens = answer.usage.completion_tokens
+    assert answer.choices[0].finish_reason == ("length" if tokens == 24 else "stop")
+    assert answer.usage.prompt_tokens > 0
+    assert answer.usage.total_tokens == answer.usage.prompt_tokens + tokens
+
+
+@pytest.mark.slow
+def test_chat_stream_equals_the_whole_answer(client):
+    ask = dict(
+        model="tiny-lm",
+        messages=[{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"}],
+        max_tokens=30,
+        temperature=0.8,
+        top_p=0.9,
+        seed=7,
+    )
+    whole = client.chat.completions.create(**ask)
+    chunks = list(
+        client.chat.completions.create(**ask, stream=True, stream_options={"include_usage": True})
+    )
+    streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert streamed == whole.choices[0].message.content
+    assert chunks[0].choices[0].delta.role == "assistant"
+    finish = [
+        c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason
+    ]
+    assert finish == [whole.choices[0].finish_reason]
+    assert chunks[-1].usage.completion_tokens == whole.usage.completion_tokens
+    # the same seed, the same answer; another seed, (almost surely) another
+    again = client.chat.completions.create(**ask)
+    assert again.choices[0].message.content == whole.choices[0].message.content
+
+
+@pytest.mark.slow
+def test_the_stream_is_server_sent_events_ending_with_done(server):
+    status, headers, body = raw(
+        server, "/v1/completions", {"prompt": "if x", "max_tokens": 5, "stream": True}
+    )
+    assert status == 200 and headers["content-type"].startswith("text/event-stream")
+    events = [e for e in body.decode().split("\n\n") if e]
+    assert all(e.startswith("data: ") for e in events)
+    assert events[-1] == "data: [DONE]"
+    last = json.loads(events[-2].removeprefix("data: "))
+    assert last["choices"][0]["finish_reason"] in ("stop", "length")
+
+
+@pytest.mark.slow
+def test_stop_strings_end_the_answer(lm, client):
+    hf, _ = lm
+    free = client.completions.create(model="tiny-lm", prompt="class", max_tokens=24, temperature=0)
+    text = free.choices[0].text
+    stop = text[len(text) // 2 : len(text) // 2 + 2]
+    assert stop.strip(), text
+    cut = client.completions.create(
+        model="tiny-lm", prompt="class", max_tokens=24, temperature=0, stop=[stop]
+    )
+    assert cut.choices[0].text == text[: text.find(stop)]
+    assert cut.choices[0].finish_reason == "stop"
+
+
+BAD = [
+    ({"messages": [{"role": "wizard", "content": "hi"}]}, 400, "messages[0].role"),
+    ({"messages": [{"role": "user", "content": 5}]}, 400, "messages[0].content"),
+    ({"messages": []}, 400, "messages"),
+    ({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 0}, 400, "max_tokens"),
+    ({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 10**9}, 400, "max_tokens"),
+    ({"messages": [{"role": "user", "content": "hi"}], "temperature": -1}, 400, "temperature"),
+    ({"messages": [{"role": "user", "content": "hi"}], "top_p": 0}, 400, "top_p"),
+    ({"messages": [{"role": "user", "content": "hi"}], "n": 3}, 400, "n"),
+    ({"messages": [{"role": "user", "content": "hi"}], "stop": [1]}, 400, "stop"),
+    ({"messages": [{"role": "user", "content": "hi"}], "model": "gpt-9"}, 404, "model"),
+    ({"messages": [{"role": "user", "content": "x " * 2000}]}, 400, "messages"),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("body, status, param", BAD, ids=[b[2] + str(i) for i, b in enumerate(BAD)])
+def test_bad_requests_get_openai_errors(server, body, status, param):
+    got, _, answer = raw(server, "/v1/chat/completions", body)
+    error = json.loads(answer)["error"]
+    assert got == status
+    assert error["param"] == param and error["message"] and error["type"]
+
+
+@pytest.mark.slow
+def test_bad_bodies_and_keys(server, client):
+    nan = b'{"prompt": "hi", "temperature": NaN}'
+    assert raw(server, "/v1/completions", nan)[0] == 400
+    assert raw(server, "/v1/completions", b"{not json")[0] == 400
+    assert raw(server, "/v1/completions", {"prompt": ["a", "b"]})[0] == 400
+    status, _, body = raw(server, "/v1/completions", {"prompt": "hi"}, key="wrong")
+    assert status == 401 and json.loads(body)["error"]["type"] == "authentication_error"
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=server.url + "/v1", api_key="no", max_retries=0).models.list()
+    with pytest.raises(openai.BadRequestError, match="context length"):
+        client.completions.create(model="tiny-lm", prompt="word " * 400, max_tokens=4)
+    assert [m.id for m in client.models.list().data] == ["tiny-lm"]  # still serving
+
+
+@pytest.mark.slow
+def test_a_client_that_goes_away_stops_its_generation(server, client):
+    def generated() -> float:
+        _, _, text = http(server.url + "/metrics", headers={"Authorization": "Bearer sesame"})
+        return metric(
+            metric_values(text.decode()), "edgekit_lm_generated_tokens_total", model="tiny-lm"
+        )
+
+    before = generated()
+    host, port = server.hostport.rsplit(":", 1)
+    conn = HTTPConnection(host, int(port), timeout=30)
+    body = json.dumps({"prompt": "def", "max_tokens": 250, "temperature": 1.0, "stream": True})
+    conn.request(
+        "POST",
+        "/v1/completions",
+        body,
+        {"Content-Type": "application/json", "Authorization": "Bearer sesame"},
+    )
+    response = conn.getresponse()
+    response.fp.readline()  # the first event: the generation is running
+    conn.sock.close()
+    conn.close()
+    time.sleep(1.0)
+    settled = generated()
+    time.sleep(0.5)
+    assert generated() == settled, "the generation went on after its client left"
+    assert settled - before < 250
+    answer = client.completions.create(model="tiny-lm", prompt="a", max_tokens=3, temperature=0)
+    assert answer.usage.completion_tokens <= 3  # still serving
+
+
+@pytest.mark.slow
+def test_concurrent_clients_are_answered_side_by_side(client):
+    results = {}
+
+    def ask(tag, tokens):
+        start = time.perf_counter()
+        stream = client.completions.create(
+            model="tiny-lm", prompt="while", max_tokens=tokens, temperature=0.7, seed=1,
+            stream=True,
+        )  # fmt: skip
+        first = None
+        for _ in stream:
+            first = first or time.perf_counter() - start
+        results[tag] = (first, time.perf_counter() - start)
+
+    long = threading.Thread(target=ask, args=("long", 240))
+    long.start()
+    time.sleep(0.05)
+    ask("short", 4)
+    long.join(60)
+    assert set(results) == {"long", "short"}
+    # the short request's first token came while the long one was still generating
+    assert results["short"][1] < results["long"][1]
+
+
+@pytest.mark.slow
+def test_metrics_and_sigterm(lm):
+    _, folder = lm
+    srv = Server(folder, "--threads", "1")
+    try:
+        plain = openai.OpenAI(base_url=srv.url + "/v1", api_key="none", max_retries=0)
+        plain.completions.create(model="tiny-lm", prompt="import", max_tokens=8, temperature=0)
+        _, _, text = http(srv.url + "/metrics")
+        values = metric_values(text.decode())
+        assert metric(values, "edgekit_lm_generated_tokens_total", model="tiny-lm") >= 1
+        assert metric(values, "edgekit_lm_prompt_tokens_total", model="tiny-lm") >= 1
+        assert metric(values, "edgekit_lm_time_to_first_token_seconds_count", model="tiny-lm") == 1
+        assert metric(values, "edgekit_requests_total", model="tiny-lm", outcome="success") == 1
+        # SIGTERM while a stream is running: the process ends cleanly
+        stream = plain.completions.create(
+            model="tiny-lm", prompt="for", max_tokens=240, stream=True
+        )
+        next(iter(stream))
+        threading.Timer(0.2, srv.proc.terminate).start()
+        try:
+            for _ in stream:
+                pass
+        except openai.APIError:
+            pass
+        assert srv.proc.wait(timeout=40) == 0
+        poll(lambda: srv.proc.poll(), lambda code: code is not None, timeout=5)
+    finally:
+        srv.stop()
