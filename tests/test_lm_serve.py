@@ -4,6 +4,7 @@ refuse to send."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 import time
@@ -13,7 +14,7 @@ import pytest
 from lm_models import genai_folder, greedy_text, tiny_llama
 from serve_helpers import Server, http, metric, metric_values, poll
 
-from edgekit.serve.lm_engine import StopText
+from edgekit.serve.lm_engine import LMEngine, Sampling, StopText
 
 openai = pytest.importorskip("openai")
 pytest.importorskip("onnxruntime_genai")
@@ -215,28 +216,48 @@ def test_a_client_that_goes_away_stops_its_generation(server, client):
 
 
 @pytest.mark.slow
-def test_concurrent_clients_are_answered_side_by_side(client):
-    results = {}
+def test_concurrent_generations_go_side_by_side(lm):
+    """The engine the server runs: a short request sent just after a long one ends first."""
+    _, folder = lm
 
-    def ask(tag, tokens):
-        start = time.perf_counter()
-        stream = client.completions.create(
-            model="tiny-lm", prompt="while", max_tokens=tokens, temperature=0.7, seed=1,
-            stream=True,
-        )  # fmt: skip
-        first = None
-        for _ in stream:
-            first = first or time.perf_counter() - start
-        results[tag] = (first, time.perf_counter() - start)
+    async def both():
+        engine = LMEngine(folder, threads=1)
+        try:
+            order = []
 
-    long = threading.Thread(target=ask, args=("long", 240))
-    long.start()
-    time.sleep(0.05)
-    ask("short", 4)
-    long.join(60)
-    assert set(results) == {"long", "short"}
-    # the short request's first token came while the long one was still generating
-    assert results["short"][1] < results["long"][1]
+            async def drain(tag, job):
+                while (event := await job.events.get())[0] == "text":
+                    pass
+                order.append((tag, event))
+
+            prompt = engine.encode("while")
+            long = engine.submit(prompt, Sampling(max_tokens=240, temperature=0.7, seed=1))
+            short = engine.submit(prompt, Sampling(max_tokens=2, temperature=0.7, seed=1))
+            await asyncio.gather(drain("long", long), drain("short", short))
+            return order, long.completion_tokens
+        finally:
+            engine.close()
+
+    order, long_tokens = asyncio.run(both())
+    assert long_tokens > 2, "the long generation ended at once: nothing to overtake"
+    assert order[0] == ("short", ("done", "length")), order
+
+
+@pytest.mark.slow
+def test_concurrent_clients_get_their_own_answers(client):
+    ask = dict(model="tiny-lm", prompt="while", max_tokens=40, temperature=0.9)
+    alone = {seed: client.completions.create(**ask, seed=seed).choices[0].text for seed in (1, 2)}
+    together = {}
+
+    def one(seed):
+        together[seed] = client.completions.create(**ask, seed=seed).choices[0].text
+
+    threads = [threading.Thread(target=one, args=(seed,)) for seed in (1, 2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert together == alone
 
 
 @pytest.mark.slow

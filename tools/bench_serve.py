@@ -20,6 +20,7 @@ with the server, so the throughput figures are a floor. Needs torch (to export t
 the serve extra.
 
     python tools/bench_serve.py [--rounds 6] [--block 300] [--seconds 2]
+    python tools/bench_serve.py --lm LM_FOLDER [--gguf FILE] [--tokens 128]   (see bench_serve_lm.py)
 """
 
 from __future__ import annotations
@@ -277,10 +278,17 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--block", type=int, default=300)
     parser.add_argument("--seconds", type=float, default=2.0)
+    parser.add_argument("--lm", type=Path, help="only the language-model case, on this LM folder")
+    parser.add_argument("--gguf", type=Path, help="with --lm: llama.cpp's server on this GGUF too")
+    parser.add_argument("--tokens", type=int, default=128, help="with --lm: new tokens a request")
     args = parser.parse_args()
     from edgekit.benchmark import device
 
     threads = device.physical_cores()
+    if args.lm:
+        import bench_serve_lm
+
+        return bench_serve_lm.run(args.lm, args.gguf, args.rounds, args.tokens, threads)
     print(f"edgekit serve vs onnxruntime in-process; {threads} intra-op threads; "
           f"{os.cpu_count()} logical CPUs; onnxruntime {ort.__version__}")  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp_name:

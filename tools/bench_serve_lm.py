@@ -1,0 +1,175 @@
+"""What does serving a language model cost? `edgekit serve` of an LM folder against generating
+with onnxruntime-genai in-process, and against llama.cpp's own server on a GGUF of the same
+weights, measured side by side (`python tools/bench_serve.py --lm FOLDER [--gguf FILE]`).
+
+Each round runs, in turn: greedy generation in this process (onnxruntime-genai, the loop the
+server runs), the same prompt streamed through `edgekit serve` (the OpenAI API, raw HTTP with
+server-sent events) and, with --gguf, through `python -m llama_cpp.server`. Same prompt text,
+same threads, greedy, `--tokens` new tokens. Printed per side: the median time to first token
+(request sent -> first text) and generation tokens/s (tokens after the first / time from the
+first to the last), the server's ratio to in-process and llama.cpp's figures beside them.
+Targets: through edgekit's server tg >= 0.95x in-process and TTFT at most 2 ms more; the exit
+code is 1 when one is not met.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import time
+from http.client import HTTPConnection
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PROMPT = "The for statement is used to iterate over the elements of a sequence"
+TG_TARGET, TTFT_TARGET_MS = 0.95, 2.0
+
+
+def in_process(model, tokenizer, og, prompt: str, tokens: int) -> tuple[float, float, int]:
+    """(TTFT s, tg tokens/s, tokens) of greedy generation with onnxruntime-genai here."""
+    params = og.GeneratorParams(model)
+    ids = tokenizer.encode(prompt)
+    params.set_search_options(max_length=len(ids) + tokens, do_sample=False)
+    stream = tokenizer.create_stream()
+    start = time.perf_counter()
+    generator = og.Generator(model, params)
+    generator.append_tokens(ids)
+    first = last = None
+    count = 0
+    while not generator.is_done():
+        generator.generate_next_token()
+        stream.decode(int(generator.get_next_tokens()[0]))
+        last = time.perf_counter()
+        first = first or last
+        count += 1
+    return first - start, (count - 1) / (last - first), count
+
+
+def streamed(port: int, model: str, prompt: str, tokens: int) -> tuple[float, float, int]:
+    """(TTFT s, tg tokens/s, tokens) of a streamed /v1/completions request."""
+    body = json.dumps({
+        "model": model, "prompt": prompt, "max_tokens": tokens, "temperature": 0,
+        "stream": True, "stream_options": {"include_usage": True},
+    })  # fmt: skip
+    conn = HTTPConnection("127.0.0.1", port, timeout=120)
+    start = time.perf_counter()
+    conn.request("POST", "/v1/completions", body, {"Content-Type": "application/json"})
+    response = conn.getresponse()
+    first = last = None
+    count = None
+    for line in response:
+        if not line.startswith(b"data: ") or line.strip() == b"data: [DONE]":
+            continue
+        event = json.loads(line[6:])
+        if event.get("usage"):
+            count = event["usage"]["completion_tokens"]
+        if any(c.get("text") for c in event.get("choices") or []):
+            last = time.perf_counter()
+            first = first or last
+    conn.close()
+    return first - start, (count - 1) / (last - first), count
+
+
+class Process:
+    """A server process on a free port, ready once it answers `ready_path`."""
+
+    def __init__(self, argv: list[str], port: int, ready_path: str):
+        self.port = port
+        self.proc = subprocess.Popen(
+            argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+        )  # fmt: skip
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{argv[:4]} exited: {self.proc.stderr.read()[-2000:]}")
+            try:
+                conn = HTTPConnection("127.0.0.1", port, timeout=2)
+                conn.request("GET", ready_path)
+                if conn.getresponse().status == 200:
+                    return
+            except OSError:
+                time.sleep(0.5)
+        raise RuntimeError(f"{argv[:4]} did not start")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=60)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run(folder: Path, gguf: Path | None, rounds: int, tokens: int, threads: int) -> int:
+    import onnxruntime_genai as og
+
+    config = og.Config(str(folder))
+    config.overlay(json.dumps(
+        {"model": {"decoder": {"session_options": {"intra_op_num_threads": threads}}}}
+    ))  # fmt: skip
+    model = og.Model(config)
+    tokenizer = og.Tokenizer(model)
+    name = re.sub(r"[^A-Za-z0-9_.-]", "-", folder.resolve().name)
+    port = free_port()
+    edgekit = Process(
+        [sys.executable, "-m", "edgekit.cli", "serve", str(folder), "--port", str(port),
+         "--threads", str(threads)],
+        port, "/health",
+    )  # fmt: skip
+    sides = {"in-process": lambda: in_process(model, tokenizer, og, PROMPT, tokens)}
+    sides["edgekit serve"] = lambda: streamed(port, name, PROMPT, tokens)
+    llama = None
+    if gguf is not None:
+        llama_port = free_port()
+        llama = Process(
+            [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--n_threads",
+             str(threads), "--n_threads_batch", str(threads), "--host", "127.0.0.1",
+             "--port", str(llama_port), "--n_ctx", "2048"],
+            llama_port, "/v1/models",
+        )  # fmt: skip
+        sides["llama.cpp server"] = lambda: streamed(llama_port, "x", PROMPT, tokens)
+    results: dict[str, list[tuple[float, float, int]]] = {side: [] for side in sides}
+    try:
+        for side in sides.values():
+            side()  # warm-up
+        for _ in range(rounds):
+            for label, side in sides.items():
+                results[label].append(side())
+    finally:
+        edgekit.stop()
+        if llama is not None:
+            llama.stop()
+    print(f"\n4. language model {folder} ({threads} threads, {tokens} new tokens, greedy, "
+          f"{rounds} rounds interleaved, medians)")  # fmt: skip
+    print(f"{'':18} {'TTFT':>10} {'vs in-process':>14} {'tg tok/s':>9} {'vs in-process':>14} "
+          f"{'tokens':>6}")  # fmt: skip
+    base_ttft = statistics.median(r[0] for r in results["in-process"]) * 1e3
+    base_tg = statistics.median(r[1] for r in results["in-process"])
+    summary = {}
+    for label, rows in results.items():
+        ttft = statistics.median(r[0] for r in rows) * 1e3
+        tg = statistics.median(r[1] for r in rows)
+        summary[label] = (ttft, tg)
+        print(f"{label:18} {ttft:7.2f} ms {ttft - base_ttft:+11.2f} ms {tg:9.1f} "
+              f"{tg / base_tg:13.3f}x {rows[0][2]:6d}")  # fmt: skip
+    ttft, tg = summary["edgekit serve"]
+    checks = [
+        (f"tg through the server >= {TG_TARGET}x in-process", tg / base_tg >= TG_TARGET),
+        (f"TTFT added by the server <= {TTFT_TARGET_MS} ms", ttft - base_ttft <= TTFT_TARGET_MS),
+    ]
+    if "llama.cpp server" in summary:
+        l_ttft, l_tg = summary["llama.cpp server"]
+        print(f"edgekit serve vs llama.cpp server: TTFT {ttft / l_ttft:.2f}x, "
+              f"tg {tg / l_tg:.2f}x (goal: TTFT <= 1, tg >= 1)")  # fmt: skip
+    for text, met in checks:
+        print(f"target: {text}: {'met' if met else 'NOT MET'}")
+    return 0 if all(met for _, met in checks) else 1
