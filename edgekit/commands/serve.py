@@ -6,11 +6,17 @@ standard clients (tritonclient.http, KServe's), JSON or binary tensors. GET /met
 Prometheus metrics; GET /edgekit/monitor the live-drift and input-range summary.
 Needs the serve extra on the device: python3 -m pip install 'edgekit[serve]' (no torch).
 
+A language model (an optimize output folder of one, or one LM variant folder with its
+genai_config.json) is served with the OpenAI API instead: GET /v1/models, POST /v1/completions
+and /v1/chat/completions (stream: true for server-sent events), as llama.cpp's server and Ollama
+speak it; it also needs onnxruntime-genai on the device.
+
 examples:
   edgekit serve digits_cnn.edgekit                       # http://127.0.0.1:8000
   edgekit serve digits_cnn.edgekit --variant all --port 9000
   edgekit serve model.onnx --host 0.0.0.0 --api-key-file ~/.edgekit-key
   edgekit serve digits_cnn.edgekit --shadow fp32 --shadow-rate 0.05 --access-log serve.jsonl
+  edgekit serve tiny-lm.edgekit                          # http://127.0.0.1:8000/v1 (OpenAI API)
 """
 
 from __future__ import annotations
@@ -26,11 +32,13 @@ def max_batch(args) -> int:
     return MAX_BATCH if args.max_batch is None else args.max_batch
 
 
-HELP = "serve a variant over HTTP (Open Inference Protocol, Prometheus metrics)"
+HELP = "serve a variant over HTTP (Open Inference Protocol; OpenAI API for language models)"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("path", type=Path, metavar="PATH", help="optimize output folder or .onnx")
+    parser.add_argument(
+        "path", type=Path, metavar="PATH", help="optimize output folder, .onnx or LM folder"
+    )
     parser.add_argument("--variant", metavar="NAME", help="variant to serve, or `all`")
     parser.add_argument("--name", help="model name in URLs (default: the variant's name)")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")

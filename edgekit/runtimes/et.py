@@ -92,8 +92,7 @@ class EtSession(Session):
         }
 
 
-def load(path, threads: int) -> EtSession:
-    return EtSession(path, threads)
+load = EtSession  # load(path, threads)
 
 
 def convert(

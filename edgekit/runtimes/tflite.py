@@ -126,8 +126,7 @@ class LiteRtSession(Session):
         }
 
 
-def load(path, threads: int) -> LiteRtSession:
-    return LiteRtSession(path, threads)
+load = LiteRtSession  # load(path, threads)
 
 
 def convert(

@@ -139,8 +139,13 @@ class LMEngine:
 
     def __init__(self, folder: Path, threads: int, metrics=None):
         """metrics: made by metrics(engine) -> an edgekit.serve.metrics.LMMetrics, or None."""
-        import onnxruntime_genai as og
-
+        try:
+            import onnxruntime_genai as og
+        except ImportError:
+            raise EdgekitError(
+                "Serving a language model needs onnxruntime-genai, which is not installed: "
+                "python3 -m pip install onnxruntime-genai"
+            ) from None
         self.og, self.folder = og, Path(folder)
         try:
             settings = json.loads((self.folder / GENAI_CONFIG).read_text())
