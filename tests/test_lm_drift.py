@@ -4,6 +4,7 @@ computation. The variants are made from the shipped tiny-lm by onnxruntime-genai
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -200,6 +201,28 @@ def test_heldout_windows(tokenizer):
     assert len(heldout_windows(tokenizer, text, 100, 10_000)) == len(ids) // 100
     with pytest.raises(EdgekitError, match="fewer than one window"):
         heldout_windows(tokenizer, "a few words", window=64, max_windows=4)
+
+
+def test_a_tokenizer_that_adds_a_bos_starts_every_window_with_it(tmp_path, tokenizer):
+    """As llama.cpp's perplexity tool: each window begins with the bos the tokenizer adds."""
+    spec = json.loads((TINY_LM / "tokenizer.json").read_text())
+    spec["post_processor"] = {
+        "type": "TemplateProcessing",
+        "single": [{"SpecialToken": {"id": "<|endoftext|>", "type_id": 0}},
+                   {"Sequence": {"id": "A", "type_id": 0}}],
+        "pair": [{"Sequence": {"id": "A", "type_id": 0}}, {"Sequence": {"id": "B", "type_id": 1}}],
+        "special_tokens": {"<|endoftext|>": {"id": "<|endoftext|>", "ids": [0], "tokens": ["<|endoftext|>"]}},
+    }  # fmt: skip
+    (tmp_path / "tokenizer.json").write_text(json.dumps(spec))
+    with_bos = Tokenizer.from_folder(tmp_path)
+    assert (with_bos.bos_token_id, tokenizer.bos_token_id) == (0, None)
+    text = HELDOUT.read_text()
+    ids = tokenizer.encode(text)
+    assert with_bos.encode(text) == [0, *ids]
+    windows = heldout_windows(with_bos, text, window=50, max_windows=3)
+    # windows of the token stream [bos, *ids], the first token of each replaced by the bos
+    stream = [0, *ids]
+    assert [w.tolist() for w in windows] == [[0, *stream[i + 1 : i + 50]] for i in (0, 50, 100)]
 
 
 def test_a_folder_without_genai_config_is_refused(tmp_path):

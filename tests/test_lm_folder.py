@@ -134,6 +134,7 @@ def test_the_tokenizer_matches_transformers():
     assert ours.decode(ids) == text  # byte-level BPE: lossless
     assert ours.eos_token_id == theirs.eos_token_id == theirs.convert_tokens_to_ids("<|im_end|>")
     assert ours.vocab_size == 4096
+    assert ours.bos_token_id is None  # it puts no token before a text (as GPT-2 and Qwen)
     # the chat template's turn markers are single special tokens, dropped when decoding text
     chat = theirs.apply_chat_template([{"role": "user", "content": "assert"}], tokenize=False)
     chat_ids = ours.encode(chat)

@@ -1,8 +1,9 @@
 """A language model's tokenizer from its folder's tokenizer.json (the `tokenizers` library).
 
 Torch-free and transformers-free: what the device needs to turn text into token ids and back.
-The special tokens (bos, eos) come from tokenizer_config.json, as transformers reads them, or else
-from generation_config.json / config.json.
+eos_token_id is tokenizer_config.json's eos_token (as transformers reads it), or else the
+generation_config.json / config.json id; bos_token_id is the token the tokenizer itself puts before
+every text (None for tokenizers that add none, such as GPT-2's or Qwen's).
 """
 
 from __future__ import annotations
@@ -37,20 +38,24 @@ class Tokenizer:
                 ".save_pretrained(folder)`."
             ) from None
         settings = _json(folder / "tokenizer_config.json")
-        ids = {**_json(folder / "config.json"), **_json(folder / "generation_config.json")}
 
-        def special(name: str) -> int | None:
+        def named(name: str) -> int | None:
             token = settings.get(f"{name}_token")
             if isinstance(token, dict):  # {"content": "<s>", ...} in older files
                 token = token.get("content")
-            if isinstance(token, str):
-                return backend.token_to_id(token)
-            value = ids.get(f"{name}_token_id")
+            return backend.token_to_id(token) if isinstance(token, str) else None
+
+        eos = named("eos")
+        if eos is None:
+            ids = {**_json(folder / "config.json"), **_json(folder / "generation_config.json")}
+            value = ids.get("eos_token_id")
             if isinstance(value, list):  # several end tokens: the first is the tokenizer's
                 value = value[0] if value else None
-            return value if isinstance(value, int) and not isinstance(value, bool) else None
-
-        return cls(backend, special("eos"), special("bos"))
+            eos = value if isinstance(value, int) and not isinstance(value, bool) else None
+        # bos: the token the tokenizer puts before a text itself (Llama's <s>), if any
+        bare, full = backend.encode("a", add_special_tokens=False).ids, backend.encode("a").ids
+        bos = full[0] if full[1 : 1 + len(bare)] == bare else None
+        return cls(backend, eos, bos)
 
     def encode(self, text: str) -> list[int]:
         """Token ids of `text`, with the special tokens the tokenizer adds itself (e.g. a bos)."""
