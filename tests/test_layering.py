@@ -125,3 +125,34 @@ def test_no_import_cycle():
         if start not in state:
             visit(start, [start])
     assert not cycles, cycles
+
+
+# Modules that run on the device: neither they nor any edgekit module they import (at any depth,
+# inside functions too) may import torch or transformers.
+TORCH_FREE = ["edgekit.lm.folder", "edgekit.lm.tokenizer", "edgekit.lm.logits", "edgekit.lm.drift"]
+HOST_ONLY = {"torch", "transformers", "onnxscript", "onnxsim", "torch_pruning"}
+
+
+def _third_party_imports(path: Path) -> set[str]:
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+@pytest.mark.parametrize("module", TORCH_FREE)
+def test_device_modules_import_no_torch(module):
+    graph = _graph()
+    reached, todo = set(), [module]
+    while todo:
+        name = todo.pop()
+        if name not in reached:
+            reached.add(name)
+            todo += graph[name]
+    files = {name: PACKAGE.parent / (name.replace(".", "/") + ".py") for name in reached}
+    files = {n: f if f.exists() else f.with_suffix("") / "__init__.py" for n, f in files.items()}
+    found = {n: sorted(_third_party_imports(f) & HOST_ONLY) for n, f in files.items()}
+    assert not any(found.values()), {n: names for n, names in found.items() if names}
