@@ -60,3 +60,15 @@ def ssh_target(keys, tmp_path_factory):
     yield f"ssh://{getpass.getuser()}@127.0.0.1:{port}"
     proc.terminate()
     proc.wait(timeout=10)
+
+
+# ---- language models (issue 23) ------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_folder(tmp_path_factory):
+    """A 2-layer LlamaForCausalLM folder with random weights and its own BPE tokenizer, as
+    save_pretrained writes it (tests/models.py: tiny_llama)."""
+    from models import tiny_llama
+
+    return tiny_llama(tmp_path_factory.mktemp("lm") / "tiny-llama")

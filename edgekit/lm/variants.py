@@ -1,0 +1,129 @@
+"""The LM variants edgekit makes, as recipes: how each is exported and how its weights are
+quantized, by the builder (onnxruntime-genai's MatMulNBits options) or, on the torch path, by
+onnxruntime's MatMulNBitsQuantizer with the same settings. Host side (edgekit.lm.export)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from edgekit.errors import EdgekitError
+from edgekit.lm import export
+
+# accuracy_level 4: MatMulNBits quantizes its activations to int8 and runs the product in int8
+# on CPUs with VNNI / SDOT / i8mm (fp32 elsewhere), the fast path llama.cpp's Q4/Q8 dot products use.
+ACCURACY_LEVEL = 4
+# Block size and symmetry of the int4 recipes: chosen by measuring KLD against fp32 and tg128
+# on the tiny Llama over 32/64/128 x symmetric/asymmetric (the numbers are in the report of the
+# change that set them): 32 symmetric drifted least, at the same speed within noise.
+INT4_BLOCK_SIZE = 32
+INT4_SYMMETRIC = True
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    bits: int | None  # weight bits of the MatMuls (None: float)
+    description: str
+    builder_options: dict = field(default_factory=dict)  # --extra_options of the builder
+    mixed: bool = False  # the sensitive MatMuls at 8 bits
+
+    @property
+    def precision(self) -> str:
+        return {None: "fp32", 8: "int8", 4: "int4"}[self.bits]
+
+
+_QUANT = {"accuracy_level": ACCURACY_LEVEL}
+_INT4 = {**_QUANT, "block_size": INT4_BLOCK_SIZE, "is_symmetric": str(INT4_SYMMETRIC).lower()}
+RECIPES = {
+    r.name: r
+    for r in (
+        Recipe("fp32", None, "float32 weights and activations: the reference"),
+        Recipe(
+            "int8",
+            8,
+            "int8 weight-only (MatMulNBits, block 32, symmetric)",
+            {**_QUANT, "block_size": 32, "is_symmetric": "true"},
+        ),
+        Recipe(
+            "int4",
+            4,
+            f"int4 weight-only (MatMulNBits, block {INT4_BLOCK_SIZE}, "
+            f"{'symmetric' if INT4_SYMMETRIC else 'asymmetric'})",
+            _INT4,
+        ),
+        Recipe(
+            "int4-mixed",
+            4,
+            "int4 weight-only with the sensitive MatMuls at int8 (lm_head, the first and last "
+            "layers and every third layer's attention and down projections, as llama.cpp's "
+            "Q4_K_M mixes) and k-quant scales",
+            {**_INT4, "algo_config": "k_quant_mixed"},
+            mixed=True,
+        ),
+    )
+}
+
+
+def build_variant(folder, out_dir, recipe: str, threads: int) -> Path:
+    """The LM variant folder `out_dir` for `recipe` (a key of RECIPES) from the causal-LM folder
+    (an edgekit.lm.folder.LMFolder). `threads`: the CPU threads the export and quantization use."""
+    if recipe not in RECIPES:
+        raise EdgekitError(f"Unknown LM recipe {recipe!r}; edgekit makes {', '.join(RECIPES)}.")
+    r = RECIPES[recipe]
+    out_dir = Path(out_dir)
+    if export.exporter_for(folder.architecture) == "builder":
+        export.build_with_builder(folder.path, out_dir, r.precision, r.builder_options, threads)
+    else:
+        export.export_with_torch(folder.path, out_dir, folder.architecture, threads)
+        if r.bits is not None:
+            _quantize_onnx(out_dir / "model.onnx", r, folder.num_layers)
+    return out_dir
+
+
+def passes(folder, recipe: str) -> list[dict]:
+    """What made the variant, for the report's `passes`."""
+    r = RECIPES[recipe]
+    exporter = export.exporter_for(folder.architecture)
+    made = [{"name": "export-lm", "settings": {"exporter": exporter}}]
+    if r.bits is not None:
+        settings = {"bits": r.bits, **r.builder_options}
+        made.append({"name": f"quantize-{r.precision}", "settings": settings})
+    return made
+
+
+def _quantize_onnx(path: Path, r: Recipe, layers: int) -> None:
+    """The torch path's weight-only quantization: onnxruntime's MatMulNBitsQuantizer, the
+    kernel the builder uses. A mixed recipe quantizes the sensitive MatMuls (lm_head, the first
+    and last layers) in a second pass at 8 bits."""
+    import logging
+
+    import onnx
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    # it logs every node it looks at at INFO level, on a handler of its own
+    logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer").setLevel(logging.WARNING)
+    model = onnx.load(str(path))
+    matmuls = [n.name for n in model.graph.node if n.op_type == "MatMul"]
+    sensitive = [
+        name
+        for name in matmuls
+        if "lm_head" in name or "layers.0/" in name or f"layers.{layers - 1}/" in name
+    ]
+    options = r.builder_options
+    steps = [(r.bits, sensitive if r.mixed else [])]
+    if r.mixed:
+        steps.append((8, []))
+    for bits, exclude in steps:
+        quantizer = MatMulNBitsQuantizer(
+            model,
+            bits=bits,
+            block_size=int(options.get("block_size", 32)),
+            is_symmetric=options.get("is_symmetric", "true") == "true",
+            accuracy_level=ACCURACY_LEVEL,
+            nodes_to_exclude=exclude,
+        )
+        quantizer.process()
+        model = quantizer.model.model
+    path.unlink()
+    onnx.save_model(model, str(path), save_as_external_data=True, location="model.onnx.data")
