@@ -196,6 +196,19 @@ def export_with_torch(
     (out_dir / "genai_config.json").write_text(json.dumps(genai, indent=2) + "\n")
 
 
+def unknown_architecture(src: Path, architecture: str):
+    """The error for an architecture neither exporter knows."""
+    import transformers
+
+    raise EdgekitError(
+        f"{src}: the architecture {architecture} is known neither to onnxruntime-genai's "
+        f"model builder (it supports {', '.join(BUILDER_ARCHITECTURES)}) nor to transformers "
+        f"{transformers.__version__} (for edgekit's torch.onnx export), so edgekit cannot "
+        "export it. Save the model as one of those architectures, or upgrade transformers "
+        "if a newer one has it."
+    )
+
+
 def _load_transformers(src: Path, architecture: str):
     try:
         import transformers
@@ -207,13 +220,7 @@ def _load_transformers(src: Path, architecture: str):
         ) from None
     cls = getattr(transformers, architecture, None)
     if cls is None:
-        raise EdgekitError(
-            f"{src}: the architecture {architecture} is known neither to onnxruntime-genai's "
-            f"model builder (it supports {', '.join(BUILDER_ARCHITECTURES)}) nor to transformers "
-            f"{transformers.__version__} (for edgekit's torch.onnx export), so edgekit cannot "
-            "export it. Save the model as one of those architectures, or upgrade transformers "
-            "if a newer one has it."
-        )
+        unknown_architecture(src, architecture)
     try:  # eager attention: plain MatMul/Softmax, which every exporter and runtime handles
         return cls.from_pretrained(src, attn_implementation="eager").eval()
     except Exception as exc:

@@ -260,7 +260,7 @@ def _charts(report: dict) -> tuple[dict, list[str]]:
 
 def _variants_table(report: dict) -> str:
     rec = (report.get("recommendation") or {}).get("variant")
-    head = "".join(f"<th>{_e(h)}</th>" for h in cells.headers())
+    head = "".join(f"<th>{_e(h)}</th>" for h in cells.headers(report=report))
     body = []
     for v, row in zip(report["variants"], cells.rows(report), strict=True):
         cls = "failed" if v.get("error") else "best" if v["name"] == rec else ""
@@ -269,7 +269,7 @@ def _variants_table(report: dict) -> str:
         )
         body.append(f'<tr class="{cls}">{tds}</tr>')
         if v.get("error"):
-            span = len(cells.headers())
+            span = len(cells.headers(report=report))
             body.append(
                 f'<tr class="failed"><td colspan="{span}">FAILED: {_e(v["error"])}</td></tr>'
             )
