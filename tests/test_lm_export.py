@@ -62,9 +62,13 @@ def test_the_builder_architectures_are_the_installed_builders():
 
 
 @pytest.mark.slow
-def test_builder_path_generates_what_transformers_generates(tiny_llama_folder, tmp_path):
-    folder = read_lm_folder(tiny_llama_folder)
-    variant = build_variant(folder, tmp_path / "fp32", "fp32", threads=2)
+def test_builder_path_generates_what_transformers_generates(
+    tiny_llama_folder, tiny_llama_optimized
+):
+    out, _ = tiny_llama_optimized  # its fp32 variant is the builder's (LlamaForCausalLM)
+    variant = out / "fp32"
+    report = json.loads((out / "report.json").read_text())
+    assert report["variants"][0]["passes"][0]["settings"]["exporter"] == "builder"
     config = json.loads((variant / "genai_config.json").read_text())
     assert config["model"]["decoder"]["inputs"]["past_key_names"] == "past_key_values.%d.key"
     assert (variant / "tokenizer.json").is_file()

@@ -66,11 +66,11 @@ def exporter_for(architecture: str) -> str:
     return "builder" if architecture in BUILDER_ARCHITECTURES else "torch"
 
 
-def build_with_builder(
-    src: Path, out_dir: Path, precision: str, options: dict, threads: int | None = None
-) -> None:
-    """onnxruntime-genai's model builder: `src` (a save_pretrained folder) → `out_dir`, weights at
-    `precision` (fp32 | int8 | int4), `options` its --extra_options. Offline: nothing is fetched."""
+def build_with_builder(src: Path, jobs: dict, threads: int | None = None) -> dict:
+    """onnxruntime-genai's model builder on `src` (a save_pretrained folder), one subprocess for
+    all of `jobs` ({name: (out_dir, precision, extra_options)}, precision fp32 | int8 | int4).
+    Offline: nothing is fetched. Returns {name: None (built) | EdgekitError (why not)}; the
+    builder's log is kept only in the error."""
     try:
         import onnx_ir  # noqa: F401  the builder needs it, and its wheel does not pull it in
         import onnxruntime_genai  # noqa: F401
@@ -80,13 +80,24 @@ def build_with_builder(
             f"imported here ({exc}). Install them with: pip install 'edgekit[lm]'"
         ) from None
     with tempfile.TemporaryDirectory(prefix="edgekit-builder-") as work:
-        command = [
-            sys.executable, "-m", "onnxruntime_genai.models.builder",
-            "-i", str(Path(src).resolve()), "-o", str(Path(out_dir).resolve()),
-            "-p", precision, "-e", "cpu", "-c", str(Path(work) / "cache"),
-        ]  # fmt: skip
-        if options:
-            command += ["--extra_options", *(f"{k}={v}" for k, v in options.items())]
+        work = Path(work)
+        specs = []
+        for i, (name, (out_dir, precision, options)) in enumerate(jobs.items()):
+            argv = [
+                "-i", str(Path(src).resolve()), "-o", str(Path(out_dir).resolve()),
+                "-p", precision, "-e", "cpu", "-c", str(work / f"cache-{i}"),
+            ]  # fmt: skip
+            if options:
+                argv += ["--extra_options", *(f"{k}={v}" for k, v in options.items())]
+            specs.append(
+                {
+                    "name": name,
+                    "argv": argv,
+                    "log": str(work / f"{i}.log"),
+                    "done": str(work / f"{i}.done"),
+                }
+            )
+        (work / "jobs.json").write_text(json.dumps(specs))
         env = {
             **os.environ,
             "HF_HUB_OFFLINE": "1",
@@ -96,7 +107,7 @@ def build_with_builder(
         }
         try:
             done = subprocess.run(
-                command,
+                [sys.executable, "-m", "edgekit.lm.builder_run", str(work / "jobs.json")],
                 cwd=work,  # anything it writes beside itself goes away with `work`
                 env=env,
                 stdin=subprocess.DEVNULL,
@@ -110,13 +121,22 @@ def build_with_builder(
                 f"onnxruntime-genai's model builder did not finish within {BUILDER_TIMEOUT_S} s "
                 f"for {src}. Check that the machine has memory to spare for the model."
             ) from None
-    if done.returncode != 0:
-        log = (done.stdout + done.stderr).strip().splitlines()
-        tail = "\n".join(line[-300:] for line in log[-15:])
-        raise EdgekitError(
-            f"onnxruntime-genai's model builder failed on {src} (-p {precision}, exit "
-            f"{done.returncode}). The end of its log:\n{tail}"
-        )
+        results = {}
+        for spec, (_, precision, _) in zip(specs, jobs.values(), strict=True):
+            marker = Path(spec["done"])
+            if marker.is_file() and marker.read_text() == "ok":
+                results[spec["name"]] = None
+                continue
+            log = (
+                Path(spec["log"]).read_text(errors="replace") if Path(spec["log"]).is_file() else ""
+            )
+            lines = (log + done.stdout + done.stderr).strip().splitlines()
+            tail = "\n".join(line[-300:] for line in lines[-15:])
+            results[spec["name"]] = EdgekitError(
+                f"onnxruntime-genai's model builder failed on {src} (-p {precision}, builder "
+                f"process exit {done.returncode}). The end of its log:\n{tail}"
+            )
+    return results
 
 
 def export_with_torch(

@@ -127,32 +127,30 @@ def _check_exportable(lm) -> None:
 
 def _build(lm, recipes, staging: Path, threads: int, step) -> list[Variant]:
     from edgekit.lm import export
-    from edgekit.lm.variants import RECIPES, build_variant, passes
+    from edgekit.lm.variants import RECIPES, build_variants, passes
 
-    rows = []
     exporter = export.exporter_for(lm.architecture)
     how = "onnxruntime-genai's model builder" if exporter == "builder" else "torch.onnx"
-    with step(f"building {len(recipes)} variants with {how}") as update:
-        for name in recipes:
-            update(name)
-            row = Variant(
-                name,
-                parent=None if name == BASELINE else BASELINE,
-                passes=passes(lm, name),
-                runtime=RUNTIME,
-                notes=[RECIPES[name].description],
-            )
-            try:
-                path = build_variant(lm, staging / name, name, threads)
-            except EdgekitError as exc:
-                if name == BASELINE:
-                    raise  # nothing can be measured against a reference that is not there
-                row.error = str(exc)
-            else:
-                row.file = name
-                row.size_bytes = _size(path)
-                row.sha256 = _folder_sha256(path)
-            rows.append(row)
+    with step(f"building {', '.join(recipes)} with {how}"):
+        built = build_variants(lm, {name: staging / name for name in recipes}, threads)
+    if isinstance(built[BASELINE], EdgekitError):
+        raise built[BASELINE]  # nothing can be measured against a reference that is not there
+    rows = []
+    for name in recipes:
+        row = Variant(
+            name,
+            parent=None if name == BASELINE else BASELINE,
+            passes=passes(lm, name),
+            runtime=RUNTIME,
+            notes=[RECIPES[name].description],
+        )
+        if isinstance(built[name], EdgekitError):
+            row.error = str(built[name])
+        else:
+            row.file = name
+            row.size_bytes = _size(built[name])
+            row.sha256 = _folder_sha256(built[name])
+        rows.append(row)
     return rows
 
 

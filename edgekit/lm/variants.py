@@ -4,6 +4,8 @@ onnxruntime's MatMulNBitsQuantizer with the same settings. Host side (edgekit.lm
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -68,17 +70,35 @@ RECIPES = {
 def build_variant(folder, out_dir, recipe: str, threads: int) -> Path:
     """The LM variant folder `out_dir` for `recipe` (a key of RECIPES) from the causal-LM folder
     (an edgekit.lm.folder.LMFolder). `threads`: the CPU threads the export and quantization use."""
-    if recipe not in RECIPES:
-        raise EdgekitError(f"Unknown LM recipe {recipe!r}; edgekit makes {', '.join(RECIPES)}.")
-    r = RECIPES[recipe]
-    out_dir = Path(out_dir)
+    result = build_variants(folder, {recipe: out_dir}, threads)[recipe]
+    if isinstance(result, EdgekitError):
+        raise result
+    return result
+
+
+def build_variants(folder, out_dirs: dict, threads: int) -> dict:
+    """Several variants at once ({recipe: out_dir}): the builder's in one process. Returns
+    {recipe: the folder made, or the EdgekitError saying why not}."""
+    unknown = [r for r in out_dirs if r not in RECIPES]
+    if unknown:
+        raise EdgekitError(f"Unknown LM recipe {unknown[0]!r}; edgekit makes {', '.join(RECIPES)}.")
     if export.exporter_for(folder.architecture) == "builder":
-        export.build_with_builder(folder.path, out_dir, r.precision, r.builder_options, threads)
-    else:
-        export.export_with_torch(folder.path, out_dir, folder.architecture, threads)
-        if r.bits is not None:
-            _quantize_onnx(out_dir / "model.onnx", r, folder.num_layers)
-    return out_dir
+        jobs = {
+            r: (out_dir, RECIPES[r].precision, RECIPES[r].builder_options)
+            for r, out_dir in out_dirs.items()
+        }
+        failed = export.build_with_builder(folder.path, jobs, threads)
+        return {r: failed[r] or Path(out_dirs[r]) for r in out_dirs}
+    # torch.onnx exports the float model once; each recipe quantizes a copy of it
+    first = Path(next(iter(out_dirs.values())))
+    with tempfile.TemporaryDirectory(prefix=".edgekit-export-", dir=first.parent) as work:
+        fp32 = Path(work) / "fp32"
+        export.export_with_torch(folder.path, fp32, folder.architecture, threads)
+        for r, out_dir in out_dirs.items():
+            shutil.copytree(fp32, out_dir)
+            if RECIPES[r].bits is not None:
+                _quantize_onnx(Path(out_dir) / "model.onnx", RECIPES[r], folder.num_layers)
+    return {r: Path(out_dir) for r, out_dir in out_dirs.items()}
 
 
 def passes(folder, recipe: str) -> list[dict]:
