@@ -98,7 +98,7 @@ TINY_LLAMA_TEXT = (
 )
 
 
-def tiny_llama(path: Path, layers: int = 2, seed: int = 0) -> Path:
+def tiny_llama(path: Path, layers: int = 2, hidden: int = 64, seed: int = 0) -> Path:
     """A Hugging Face causal-LM folder as `save_pretrained` writes it: LlamaForCausalLM (hidden
     64, 4 heads, 2 kv heads, vocabulary 512) with seeded random weights, and a byte-level BPE
     tokenizer trained here on a few sentences (tokenizer.json + tokenizer_config.json)."""
@@ -120,8 +120,8 @@ def tiny_llama(path: Path, layers: int = 2, seed: int = 0) -> Path:
     tokenizer.save_pretrained(path)
     config = LlamaConfig(
         vocab_size=512,
-        hidden_size=64,
-        intermediate_size=128,
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
         num_hidden_layers=layers,
         num_attention_heads=4,
         num_key_value_heads=2,

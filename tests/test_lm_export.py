@@ -5,6 +5,7 @@ it exactly what transformers generates greedily."""
 import json
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from helpers import run_edgekit
@@ -57,8 +58,12 @@ def test_the_builder_architectures_are_the_installed_builders():
     source = Path(builder.__file__).read_text(encoding="utf-8")
     missing = [a for a in export.BUILDER_ARCHITECTURES if f'"{a}"' not in source]
     assert not missing
-    assert export.exporter_for("LlamaForCausalLM") == "builder"
-    assert export.exporter_for("GPTNeoXForCausalLM") == "torch"
+    llama = SimpleNamespace(architecture="LlamaForCausalLM", vocab_size=512, hidden_size=64)
+    assert export.exporter_for(llama) == "builder"
+    neox = SimpleNamespace(architecture="GPTNeoXForCausalLM", vocab_size=512, hidden_size=64)
+    assert export.exporter_for(neox) == "torch"
+    square = SimpleNamespace(architecture="LlamaForCausalLM", vocab_size=512, hidden_size=512)
+    assert export.exporter_for(square) == "torch"  # the builder gets it wrong (test below)
 
 
 @pytest.mark.slow
@@ -102,7 +107,7 @@ def tiny_neox(path, tokenizer_from):
 def test_torch_path_generates_what_transformers_generates(tiny_llama_folder, tmp_path):
     source = tiny_neox(tmp_path / "neox", tiny_llama_folder)
     folder = read_lm_folder(source)
-    assert export.exporter_for(folder.architecture) == "torch"
+    assert export.exporter_for(folder) == "torch"
     variant = build_variant(folder, tmp_path / "fp32", "fp32", threads=2)
     inputs = json.loads((variant / "genai_config.json").read_text())["model"]["decoder"]["inputs"]
     assert inputs["past_value_names"] == "past_key_values.%d.value"
@@ -122,3 +127,17 @@ def test_an_architecture_no_exporter_knows_exits_2(tiny_llama_folder, tmp_path):
     assert "LlamaForCausalLM" in result.stderr  # what is supported
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_a_square_embedding_goes_the_torch_way_and_generates_right(tmp_path):
+    """onnxruntime-genai 0.18's builder gets a Llama whose vocabulary is as large as its hidden
+    size wrong (different logits at every position): edgekit takes the torch path for it."""
+    from models import tiny_llama
+
+    source = tiny_llama(tmp_path / "square", hidden=512)
+    folder = read_lm_folder(source)
+    assert folder.vocab_size == folder.hidden_size == 512
+    variant = build_variant(folder, tmp_path / "fp32", "fp32", threads=2)
+    assert genai_greedy(variant) == transformers_greedy(source)
+    assert "position_ids" in (variant / "genai_config.json").read_text()  # the torch path's

@@ -62,8 +62,28 @@ TOKENIZER_FILES = (
 )
 
 
-def exporter_for(architecture: str) -> str:
-    return "builder" if architecture in BUILDER_ARCHITECTURES else "torch"
+def exporter_for(folder) -> str:
+    """ "builder" or "torch" for a causal-LM folder (an edgekit.lm.folder.LMFolder)."""
+    if folder.architecture not in BUILDER_ARCHITECTURES:
+        return "torch"
+    if folder.vocab_size == folder.hidden_size:
+        # onnxruntime-genai 0.18's builder makes wrong logits when the embedding table is
+        # square (seen on Llama: hidden 512 with vocabulary 512 differed from transformers at
+        # every position; 256/512 and 512/1024 matched exactly); torch.onnx gets it right
+        return "torch"
+    return "builder"
+
+
+def exporter_reason(folder) -> str:
+    """Why `exporter_for` chose what it chose, for the report."""
+    if exporter_for(folder) == "builder":
+        return "onnxruntime-genai's model builder (GroupQueryAttention, MatMulNBits)"
+    if folder.architecture not in BUILDER_ARCHITECTURES:
+        return "torch.onnx with past_key_values (the builder does not know this architecture)"
+    return (
+        "torch.onnx with past_key_values (the builder makes wrong logits for a vocabulary as "
+        "large as the hidden size)"
+    )
 
 
 def build_with_builder(src: Path, jobs: dict, threads: int | None = None) -> dict:

@@ -115,7 +115,7 @@ def _check_exportable(lm) -> None:
     """An architecture neither exporter can take fails here, before minutes of work."""
     from edgekit.lm import export
 
-    if export.exporter_for(lm.architecture) == "builder":
+    if export.exporter_for(lm) == "builder":
         return
     try:
         import transformers
@@ -129,7 +129,7 @@ def _build(lm, recipes, staging: Path, threads: int, step) -> list[Variant]:
     from edgekit.lm import export
     from edgekit.lm.variants import RECIPES, build_variants, passes
 
-    exporter = export.exporter_for(lm.architecture)
+    exporter = export.exporter_for(lm)
     how = "onnxruntime-genai's model builder" if exporter == "builder" else "torch.onnx"
     with step(f"building {', '.join(recipes)} with {how}"):
         built = build_variants(lm, {name: staging / name for name in recipes}, threads)
@@ -252,13 +252,7 @@ def _folder_sha256(folder: Path) -> str:
 def _source_note(lm) -> str:
     from edgekit.lm import export
 
-    exporter = export.exporter_for(lm.architecture)
-    how = (
-        "onnxruntime-genai's model builder (GroupQueryAttention, MatMulNBits)"
-        if exporter == "builder"
-        else "torch.onnx with past_key_values (the builder does not know this architecture)"
-    )
-    return f"{lm.architecture}: every variant was exported by {how}"
+    return f"{lm.architecture}: every variant was exported by {export.exporter_reason(lm)}"
 
 
 def _model_json(lm) -> dict:

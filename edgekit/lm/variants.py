@@ -82,7 +82,7 @@ def build_variants(folder, out_dirs: dict, threads: int) -> dict:
     unknown = [r for r in out_dirs if r not in RECIPES]
     if unknown:
         raise EdgekitError(f"Unknown LM recipe {unknown[0]!r}; edgekit makes {', '.join(RECIPES)}.")
-    if export.exporter_for(folder.architecture) == "builder":
+    if export.exporter_for(folder) == "builder":
         jobs = {
             r: (out_dir, RECIPES[r].precision, RECIPES[r].builder_options)
             for r, out_dir in out_dirs.items()
@@ -104,7 +104,7 @@ def build_variants(folder, out_dirs: dict, threads: int) -> dict:
 def passes(folder, recipe: str) -> list[dict]:
     """What made the variant, for the report's `passes`."""
     r = RECIPES[recipe]
-    exporter = export.exporter_for(folder.architecture)
+    exporter = export.exporter_for(folder)
     made = [{"name": "export-lm", "settings": {"exporter": exporter}}]
     if r.bits is not None:
         settings = {"bits": r.bits, **r.builder_options}
