@@ -14,7 +14,7 @@ from edgekit.report import cells, markdown
 from edgekit.report.read import read_report
 from edgekit.report.schema import Report
 
-RECIPES = ("fp32", "int8", "int4", "int4-mixed")
+RECIPES = ("fp32", "int8", "int4", "int4-b128", "int4-mixed")
 SPEEDS = ("pp128", "pp512", "tg128")
 DRIFT = ("perplexity", "ppl_increase_pct", "kld_mean", "same_top1", "greedy_agreement")
 
