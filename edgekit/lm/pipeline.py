@@ -174,13 +174,18 @@ def _drift(lm, rows, staging, text, text_path, threads, step) -> list[str]:
             if row.error:
                 continue
             update(row.name)
-            row.accuracy = lm_drift(
-                reference,
-                LogitsModel(staging / row.name, threads=threads),
-                windows,
-                prompts,
-                new_tokens=GREEDY_TOKENS,
-            )
+            try:
+                row.accuracy = lm_drift(
+                    reference,
+                    LogitsModel(staging / row.name, threads=threads),
+                    windows,
+                    prompts,
+                    new_tokens=GREEDY_TOKENS,
+                )
+            except Exception as exc:  # onnxruntime refuses the variant: a row with the reason
+                if row.name == BASELINE:
+                    raise
+                row.error = f"onnxruntime could not run this variant for its drift: {exc}"
     return [
         f"drift against fp32 on {text_path}: {len(windows)} windows of {window} tokens "
         f"(perplexity, KLD and same top-1 at every position), greedy agreement over "
