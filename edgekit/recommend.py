@@ -220,7 +220,7 @@ def recommend_lm(variants: list[dict], baseline: str, budget: LMBudget) -> dict:
     base = by_name.get(baseline)
     if base is None or base.get("error") or tg(base) is None:
         return {"variant": None, "reason": f"the baseline {baseline!r} could not be measured"}
-    candidates, rejected = [(base, "the reference")], []
+    candidates, rejected = [(base, f"none ({baseline} is the reference)")], []
     for v in variants:
         if v is base:
             continue
@@ -250,5 +250,5 @@ def recommend_lm(variants: list[dict], baseline: str, budget: LMBudget) -> dict:
     return {
         "variant": best["name"],
         "reason": f"the fastest generation within the drift budget {budget}: {speed}{size}; "
-        f"drift {measured}{runtime}{others}",
+        f"drift: {measured}{runtime}{others}",
     }

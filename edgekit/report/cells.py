@@ -144,7 +144,9 @@ def device_line(report: dict) -> str:
     return (
         f"device: {d['board'] + ': ' if d.get('board') else ''}{d.get('cpu')} "
         f"({d.get('arch')}, {d.get('cores')} cores) · "
-        f"onnxruntime {d.get('onnxruntime')} · threads {s.get('intra_op_threads')}"
+        f"onnxruntime {d.get('onnxruntime')}"
+        + (f" · onnxruntime-genai {d['onnxruntime_genai']}" if d.get("onnxruntime_genai") else "")
+        + f" · threads {s.get('intra_op_threads')}"
     )
 
 
