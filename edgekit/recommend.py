@@ -230,6 +230,8 @@ def recommend_lm(variants: list[dict], baseline: str, budget: LMBudget) -> dict:
         ok, measured = budget.check(v.get("accuracy"))
         if ok:
             candidates.append((v, measured))
+        elif measured.endswith("not measured"):
+            rejected.append(f"{v['name']}: {measured}")
         else:
             rejected.append(f"{v['name']}: over budget ({measured})")
     best, measured = max(candidates, key=lambda c: tg(c[0]))
