@@ -199,3 +199,16 @@ def test_an_lm_report_keeps_its_fields_through_a_round_trip():
     assert again["task"] == "causal-lm"
     assert again["variants"][0]["tokens_per_s"] == data["variants"][0]["tokens_per_s"]
     assert again["variants"][0]["ttft_ms"] == data["variants"][0]["ttft_ms"]
+
+
+def test_the_html_page_of_an_lm_report_draws_speed_against_kld():
+    pytest.importorskip("matplotlib")
+    from edgekit.report import html
+
+    fp32 = lm_report(name="fp32", parent=None)["variants"][0]
+    fp32["accuracy"] = {"kld_mean": 0.0, "perplexity": 12.0, "same_top1": 1.0}
+    report = lm_report()
+    report["variants"].insert(0, fp32)
+    page = html.render(Report.from_json(report).to_json())
+    assert 'id="chart-speed-kld"' in page
+    assert "Generation speed vs drift" in page
