@@ -80,9 +80,12 @@ def test_optimize_refuses_an_output_folder_holding_the_model(tiny_llama_folder):
 
 @pytest.mark.slow
 def test_options_of_tensor_models_are_refused_for_a_folder(tiny_llama_folder, tmp_path):
+    result = run_edgekit("optimize", tiny_llama_folder, "--arch", "x.py:Net")
+    assert result.returncode == 2
+    assert "--arch" in result.stderr and "Traceback" not in result.stderr
     result = run_edgekit("optimize", tiny_llama_folder, "--prune", "structured:0.5")
     assert result.returncode == 2
-    assert "--prune" in result.stderr and "Traceback" not in result.stderr
+    assert "depth:N" in result.stderr and "Traceback" not in result.stderr
 
 
 def test_held_out_text_beside_the_folder_is_found(tmp_path):
@@ -212,3 +215,44 @@ def test_the_html_page_of_an_lm_report_draws_speed_against_kld():
     page = html.render(Report.from_json(report).to_json())
     assert 'id="chart-speed-kld"' in page
     assert "Generation speed vs drift" in page
+
+
+# ---- depth pruning ---------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_dropping_a_layer_is_the_model_without_it(tmp_path):
+    """drop_layer rewrites only names and config: the folder it writes computes what the
+    transformers model with that layer deleted computes."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from edgekit.lm.prune import drop_layer, prune_depth
+    from models import tiny_llama
+
+    source = tiny_llama(tmp_path / "three", layers=3)
+    drop_layer(source, tmp_path / "without-1", 1)
+    pruned = AutoModelForCausalLM.from_pretrained(tmp_path / "without-1").eval()
+    assert pruned.config.num_hidden_layers == 2
+    full = AutoModelForCausalLM.from_pretrained(source).eval()
+    del full.model.layers[1]
+    for i, layer in enumerate(full.model.layers):
+        layer.self_attn.layer_idx = i
+    full.config.num_hidden_layers = 2
+    ids = torch.tensor([[0, 5, 77, 300, 12, 9, 400, 33]])
+    with torch.no_grad():
+        expected = full(ids, use_cache=False).logits
+        assert torch.equal(pruned(ids, use_cache=False).logits, expected)
+    windows = [ids[0].numpy(), ids[0].flip(0).numpy()]
+    rounds = prune_depth(source, tmp_path / "depth-1", 1, windows)
+    tried = {int(k): v for k, v in rounds[0]["tried"].items()}
+    assert rounds[0]["dropped"] == min(tried, key=tried.get)
+    assert json.loads((tmp_path / "depth-1" / "config.json").read_text())["num_hidden_layers"] == 2
+
+
+@pytest.mark.slow
+def test_depth_pruning_without_held_out_text_exits_2(tiny_llama_folder, tmp_path):
+    result = run_edgekit("optimize", tiny_llama_folder, "--prune", "depth:1", "-o", tmp_path / "o")
+    assert result.returncode == 2, result.stderr
+    assert "held-out text" in result.stderr and "--data" in result.stderr
+    assert not (tmp_path / "o").exists()

@@ -107,7 +107,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         help="unstructured:0.5 (zero half the weights: a smaller compressed file, no speedup) or "
-        "structured:0.3 (remove 30%% of the channels: faster, needs fine-tuning) (repeatable)",
+        "structured:0.3 (remove 30%% of the channels: faster, needs fine-tuning) (repeatable); "
+        "for a language model depth:N (drop the N layers that matter least)",
     )
     prune.add_argument(
         "--finetune-epochs",
@@ -284,7 +285,6 @@ _NOT_FOR_LM = {
     "code": "--code",
     "trust_pickle": "--trust-pickle",
     "input": "--input",
-    "prune": "--prune",
     "train_data": "--train-data",
     "primary_output": "--primary-output",
     "for_cpu": "--for-cpu",
@@ -314,6 +314,16 @@ def run_lm(args: argparse.Namespace) -> int:
             f"{', '.join(given)} apply to PyTorch and ONNX model files only. Leave them out "
             "(an LM takes --data FILE.txt, --max-drift, --threads, --min-time, --max-time)."
         )
+    depth = 0
+    for spec in args.prune:
+        kind, _, amount = spec.partition(":")
+        if kind.strip() != "depth" or not amount.strip().isdigit() or depth:
+            raise EdgekitError(
+                f"--prune {spec}: a language model is pruned in depth only, once: --prune "
+                "depth:N drops the N decoder layers whose removal raises perplexity on the "
+                "held-out text least (variants depth-N and depth-N-int4)."
+            )
+        depth = int(amount)
     lm = read_lm_folder(args.model)
     if not (args.quiet or args.json):
         size = f"{lm.parameters:,} parameters" if lm.parameters else "parameters unknown"
@@ -324,6 +334,7 @@ def run_lm(args: argparse.Namespace) -> int:
         data=args.data,
         budget=parse_lm_budget(args.max_drift) if args.max_drift else None,
         threads=args.threads,
+        prune_depth=depth,
         min_time=args.min_time,
         max_time=args.max_time,
     )

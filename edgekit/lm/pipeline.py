@@ -38,6 +38,7 @@ class LMOptions:
     budget: LMBudget | None = None  # default: recommend.default_lm_budget()
     recipes: tuple[str, ...] | None = None  # default: every recipe (variants.RECIPES)
     threads: int | None = None  # default: the physical cores
+    prune_depth: int = 0  # drop this many decoder layers (depth-N, depth-N-int4); needs text
     min_time: float = 2.0
     max_time: float = 10.0
 
@@ -75,9 +76,21 @@ def optimize_lm(folder, out, options: LMOptions | None = None, step=None) -> Rep
     step = timed_steps(step or no_progress, steps)
     started = time.perf_counter()
     inputs = [lm.path] + ([text_path] if text_path else [])
+    if options.prune_depth and text is None:
+        raise EdgekitError(
+            f"--prune depth:{options.prune_depth} chooses the layers to drop by perplexity on "
+            "held-out text, and there is none: give --data FILE.txt."
+        )
     with output_folder(Path(out), inputs=inputs) as staging:
         rows = _build(lm, recipes, staging, threads, step)
         notes = [_source_note(lm)]
+        if options.prune_depth:
+            windows = _windows(lm, text, text_path)
+            rows += _prune(lm, options.prune_depth, windows, staging, threads, step)
+            notes.append(
+                f"depth-{options.prune_depth}: layers chosen by perplexity on the held-out text "
+                "the drift is measured on (expect it to flatter the pruned variants a little)"
+            )
         if text is None:
             notes.append(
                 "drift is unmeasured: no held-out text (give --data FILE.txt, text the model was "
@@ -154,19 +167,66 @@ def _build(lm, recipes, staging: Path, threads: int, step) -> list[Variant]:
     return rows
 
 
-def _drift(lm, rows, staging, text, text_path, threads, step) -> list[str]:
-    from edgekit.lm.drift import heldout_windows, lm_drift
-    from edgekit.lm.logits import LogitsModel
+def _windows(lm, text: str, text_path) -> list:
+    from edgekit.lm.drift import heldout_windows
     from edgekit.lm.tokenizer import Tokenizer
 
-    tokenizer = Tokenizer.from_folder(lm.path)
     window = min(WINDOW, lm.context_length or WINDOW)
-    windows = heldout_windows(tokenizer, text, window, MAX_WINDOWS)
+    windows = heldout_windows(Tokenizer.from_folder(lm.path), text, window, MAX_WINDOWS)
     if not windows:
         raise EdgekitError(
             f"{text_path}: the held-out text is shorter than one window of {window} tokens; "
             "give a longer text with --data."
         )
+    return windows
+
+
+def _prune(lm, drop: int, windows, staging: Path, threads: int, step) -> list[Variant]:
+    """depth-N (fp32 without the N layers whose removal hurts perplexity least) and its int4."""
+    import tempfile
+
+    from edgekit.lm.folder import read_lm_folder
+    from edgekit.lm.prune import prune_depth
+    from edgekit.lm.variants import RECIPES, build_variants, passes
+
+    name = f"depth-{drop}"
+    with tempfile.TemporaryDirectory(prefix=".edgekit-depth-", dir=staging.parent) as work:
+        with step(f"choosing {drop} layer(s) to drop by perplexity") as update:
+            rounds = prune_depth(lm.path, Path(work) / name, drop, windows, on_progress=update)
+        pruned = read_lm_folder(Path(work) / name)
+        wanted = {name: "fp32", f"{name}-int4": "int4"}
+        with step(f"building {', '.join(wanted)}"):
+            built = build_variants(
+                pruned, {"fp32": staging / name, "int4": staging / f"{name}-int4"}, threads
+            )
+    settings = {"drop": drop, "dropped": [r["dropped"] for r in rounds], "rounds": rounds}
+    rows = []
+    for variant, recipe in wanted.items():
+        row = Variant(
+            variant,
+            parent=BASELINE if recipe == "fp32" else name,
+            passes=[{"name": "prune-depth", "settings": settings}, *passes(pruned, recipe)],
+            runtime=RUNTIME,
+            notes=[
+                f"without decoder layer(s) {', '.join(str(r['dropped']) for r in rounds)} of "
+                f"{lm.num_layers}; {RECIPES[recipe].description}"
+            ],
+        )
+        if isinstance(built[recipe], EdgekitError):
+            row.error = str(built[recipe])
+        else:
+            row.file, row.size_bytes = variant, _size(built[recipe])
+            row.sha256 = _folder_sha256(built[recipe])
+        rows.append(row)
+    return rows
+
+
+def _drift(lm, rows, staging, text, text_path, threads, step) -> list[str]:
+    from edgekit.lm.drift import lm_drift
+    from edgekit.lm.logits import LogitsModel
+
+    windows = _windows(lm, text, text_path)
+    window = len(windows[0])
     prompts = [w[:PROMPT_TOKENS] for w in windows[:PROMPTS]]
     with step("measuring drift against fp32 on the held-out text") as update:
         reference = LogitsModel(staging / BASELINE, threads=threads)
