@@ -156,3 +156,101 @@ def _pick(best: dict, base: dict, speed: str, budget: Budget, measured: str) -> 
         "variant": best["name"],
         "reason": f"{speed}{size}; within the drift budget {budget} ({measured}){runtime}",
     }
+
+
+# ---- language models ---------------------------------------------------------------------------
+
+# --max-drift for a causal LM: metric name → (accuracy field, unit shown after the bound)
+LM_METRICS = {"kld": ("kld_mean", ""), "ppl-increase": ("ppl_increase_pct", "%")}
+# The default budget (stated in every report): next-token distributions close to fp32's and
+# perplexity within 5%: a careful 4-bit mix passes it, a careless one does not.
+DEFAULT_LM_BUDGET = {"kld": 0.05, "ppl-increase": 5.0}
+
+
+@dataclass(frozen=True)
+class LMBudget:
+    bounds: tuple[tuple[str, float], ...]  # (metric of LM_METRICS, upper bound), all must hold
+
+    def __str__(self) -> str:
+        return ",".join(f"{m}<={b:g}{LM_METRICS[m][1]}" for m, b in self.bounds)
+
+    def check(self, accuracy: dict | None) -> tuple[bool, str]:
+        """(within budget, the measured values as text); unmeasured drift is never within."""
+        texts, ok = [], True
+        for metric, bound in self.bounds:
+            field, unit = LM_METRICS[metric]
+            value = (accuracy or {}).get(field)
+            if value is None:
+                return False, f"{field} not measured"
+            ok = ok and value <= bound
+            texts.append(f"{metric} {value:.4g}{unit}")
+        return ok, ", ".join(texts)
+
+
+def default_lm_budget() -> LMBudget:
+    return LMBudget(tuple(DEFAULT_LM_BUDGET.items()))
+
+
+def parse_lm_budget(text: str) -> LMBudget:
+    """`kld<=0.05,ppl-increase<=5%` (either or both)."""
+    bounds = []
+    for part in (text or "").split(","):
+        match = re.fullmatch(r"\s*([a-z-]+)\s*<=\s*([0-9]*\.?[0-9]+)\s*(%?)\s*", part)
+        if not match or match[1] not in LM_METRICS or bool(match[3]) != (match[1] != "kld"):
+            raise EdgekitError(
+                f"Cannot read the drift budget {text!r} for a language model. Use `kld<=0.05` "
+                "(mean KL divergence of the next-token distributions against fp32), "
+                "`ppl-increase<=5%` (perplexity increase on the held-out text), or both "
+                "separated by a comma."
+            )
+        bounds.append((match[1], float(match[2])))
+    if len({m for m, _ in bounds}) != len(bounds):
+        raise EdgekitError(f"The drift budget {text!r} names a metric twice; name each once.")
+    return LMBudget(tuple(bounds))
+
+
+def recommend_lm(variants: list[dict], baseline: str, budget: LMBudget) -> dict:
+    """A language model's pick: the fastest generation (tg128 median) among the variants within
+    the drift budget; the baseline (fp32) is within it by definition. pp512 is said beside it."""
+    by_name = {v["name"]: v for v in variants}
+
+    def tg(v):
+        return ((v.get("tokens_per_s") or {}).get("tg128") or {}).get("median")
+
+    base = by_name.get(baseline)
+    if base is None or base.get("error") or tg(base) is None:
+        return {"variant": None, "reason": f"the baseline {baseline!r} could not be measured"}
+    candidates, rejected = [(base, f"none ({baseline} is the reference)")], []
+    for v in variants:
+        if v is base:
+            continue
+        if v.get("error") or tg(v) is None:
+            rejected.append(f"{v['name']}: not measured")
+            continue
+        ok, measured = budget.check(v.get("accuracy"))
+        if ok:
+            candidates.append((v, measured))
+        elif measured.endswith("not measured"):
+            rejected.append(f"{v['name']}: {measured}")
+        else:
+            rejected.append(f"{v['name']}: over budget ({measured})")
+    best, measured = max(candidates, key=lambda c: tg(c[0]))
+    block = best["tokens_per_s"]["tg128"]
+    speed = f"tg128 {block['median']:.1f} tokens/s"
+    if block.get("low") is not None and block.get("high") is not None:
+        speed += f" (95% interval {block['low']:.1f}–{block['high']:.1f})"
+    if best is not base:
+        speed += f", {block['median'] / tg(base):.2f}x {baseline}'s"
+    pp = ((best.get("tokens_per_s") or {}).get("pp512") or {}).get("median")
+    if pp is not None:
+        speed += f"; pp512 {pp:.1f} tokens/s"
+    size = ""
+    if best is not base and best.get("size_bytes") and base.get("size_bytes"):
+        size = f", {best['size_bytes'] / base['size_bytes']:.0%} of {baseline}'s size"
+    others = f" (not eligible: {'; '.join(rejected)})" if rejected else ""
+    runtime = f"; runs on {best['runtime']}" if best.get("runtime") else ""
+    return {
+        "variant": best["name"],
+        "reason": f"the fastest generation within the drift budget {budget}: {speed}{size}; "
+        f"drift: {measured}{runtime}{others}",
+    }

@@ -60,3 +60,46 @@ def ssh_target(keys, tmp_path_factory):
     yield f"ssh://{getpass.getuser()}@127.0.0.1:{port}"
     proc.terminate()
     proc.wait(timeout=10)
+
+
+# ---- language models (issue 23) ------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_folder(tmp_path_factory):
+    """A 2-layer LlamaForCausalLM folder with random weights and its own BPE tokenizer, as
+    save_pretrained writes it (tests/models.py: tiny_llama)."""
+    from models import tiny_llama
+
+    return tiny_llama(tmp_path_factory.mktemp("lm") / "tiny-llama")
+
+
+LM_QUICK = ("--min-time", "0.2", "--max-time", "0.5")
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_heldout(tmp_path_factory):
+    """Held-out text for the tiny Llama: sentences of its training words in another order."""
+    import random
+
+    from models import TINY_LLAMA_TEXT
+
+    words = TINY_LLAMA_TEXT.split()
+    rng = random.Random(1)
+    path = tmp_path_factory.mktemp("lm-text") / "heldout.txt"
+    path.write_text(" ".join(rng.choice(words) for _ in range(1500)) + "\n")
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_optimized(tiny_llama_folder, tiny_llama_heldout, tmp_path_factory):
+    """`edgekit optimize` on the tiny Llama through the real CLI, once per session: (the output
+    folder, the CompletedProcess)."""
+    from helpers import run_edgekit
+
+    out = tmp_path_factory.mktemp("lm-optimize") / "out"
+    result = run_edgekit(
+        "optimize", tiny_llama_folder, "--data", tiny_llama_heldout, "-o", out, *LM_QUICK
+    )
+    assert result.returncode == 0, result.stderr
+    return out, result

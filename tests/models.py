@@ -88,3 +88,48 @@ def tiny_model(path: Path) -> Path:
         [w],
     )
     return save_graph(graph, path)
+
+
+TINY_LLAMA_TEXT = (
+    "The cat sat on the mat and looked at the garden. A small dog ran across the field, "
+    "barking at the birds in the tall trees. Rain fell over the quiet town all night, and in "
+    "the morning the streets were bright and clean. She opened the window, made some tea and "
+    "read a letter from her brother, who lived by the sea. "
+)
+
+
+def tiny_llama(path: Path, layers: int = 2, hidden: int = 64, seed: int = 0) -> Path:
+    """A Hugging Face causal-LM folder as `save_pretrained` writes it: LlamaForCausalLM (hidden
+    64, 4 heads, 2 kv heads, vocabulary 512) with seeded random weights, and a byte-level BPE
+    tokenizer trained here on a few sentences (tokenizer.json + tokenizer_config.json)."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    path = Path(path)
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=512,
+        special_tokens=["<s>", "</s>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    bpe.train_from_iterator([TINY_LLAMA_TEXT] * 4, trainer)
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<s>", eos_token="</s>")
+    tokenizer.save_pretrained(path)
+    config = LlamaConfig(
+        vocab_size=512,
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        initializer_range=0.1,  # decisive logits: greedy ties would make generation flaky
+        bos_token_id=0,
+        eos_token_id=1,
+    )
+    torch.manual_seed(seed)
+    LlamaForCausalLM(config).eval().save_pretrained(path)
+    return path

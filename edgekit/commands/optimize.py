@@ -48,7 +48,12 @@ def epochs(text: str) -> int:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("model", type=Path, help="model file: .pt/.pth/.pt2/.onnx")
+    parser.add_argument(
+        "model",
+        type=Path,
+        help="model file (.pt/.pth/.pt2/.onnx), or a Hugging Face causal-LM folder "
+        "(save_pretrained: config.json, *.safetensors, tokenizer.json)",
+    )
     parser.add_argument(
         "-o", "--output", type=Path, help="output folder (default: MODEL.edgekit beside the model)"
     )
@@ -88,8 +93,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     data.add_argument(
         "--data",
         type=Path,
-        metavar="FILE.npz",
-        help="real samples: arrays named after the inputs, optional `labels`",
+        metavar="FILE.npz|FILE.txt",
+        help="real samples: arrays named after the inputs, optional `labels`; for a language "
+        "model, held-out text (perplexity and KLD are measured on it; default: "
+        "FOLDER-heldout.txt beside the folder, if there)",
     )
     prune = parser.add_argument_group(
         "pruning", "needs the nn.Module: a state_dict with --arch, or a pickled module"
@@ -100,7 +107,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         help="unstructured:0.5 (zero half the weights: a smaller compressed file, no speedup) or "
-        "structured:0.3 (remove 30%% of the channels: faster, needs fine-tuning) (repeatable)",
+        "structured:0.3 (remove 30%% of the channels: faster, needs fine-tuning) (repeatable); "
+        "for a language model depth:N (drop the N layers that matter least)",
     )
     prune.add_argument(
         "--finetune-epochs",
@@ -126,7 +134,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     decide.add_argument(
         "--max-drift",
         metavar="BUDGET",
-        help="cosine>=0.99, top1>=0.99 or accuracy-drop<=0.01 (default: by output kind)",
+        help="cosine>=0.99, top1>=0.99 or accuracy-drop<=0.01 (default: by output kind); for a "
+        "language model kld<=0.05,ppl-increase<=5%% (the default)",
     )
     int8 = parser.add_argument_group("int8")
     int8.add_argument(
@@ -192,13 +201,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from rich.console import Console
-
     from edgekit.api import OptimizeOptions, default_out_dir, optimize
     from edgekit.recommend import parse_budget
-    from edgekit.report import terminal
-    from edgekit.textsafe import rich
 
+    if Path(args.model).is_dir():  # a causal-LM folder (read_lm_folder says what one holds)
+        return run_lm(args)
     targets = parse_targets(args)
     from edgekit import cpus
 
@@ -230,12 +237,22 @@ def run(args: argparse.Namespace) -> int:
         runtimes=args.runtime,
         debug=bool(getattr(args, "debug", False)),
     )
-    quiet = args.quiet or args.json
+    report = optimize(args.model, options, _progress(args))
+    _show(args, report, args.output or default_out_dir(args.model))
+    return 0
+
+
+def _progress(args: argparse.Namespace):
+    """The `step` context the pipelines report progress through: a spinner, then a tick."""
+    from rich.console import Console
+
+    from edgekit.textsafe import rich
+
     console = Console(stderr=True)
 
     @contextlib.contextmanager
     def step(message: str):
-        if quiet:
+        if args.quiet or args.json:
             yield lambda text: None
             return
         start = time.perf_counter()
@@ -244,13 +261,84 @@ def run(args: argparse.Namespace) -> int:
         took = f" [dim]({time.perf_counter() - start:.1f} s)[/dim]" if args.verbose else ""
         console.print(f"[green]✓[/green] {rich(message)}{took}", highlight=False)
 
-    report = optimize(args.model, options, step)
+    return step
+
+
+def _show(args: argparse.Namespace, report, out_dir: Path) -> None:
+    from rich.console import Console
+
+    from edgekit.report import terminal
+    from edgekit.textsafe import rich
+
     if args.json:
         sys.stdout.write(report.text())
     elif not args.quiet:
         terminal.show_report(report.to_json())
         if args.verbose:
             terminal.show_timings(report.to_json())
-        out_dir = args.output or default_out_dir(args.model)
-        console.print(f"[dim]report written to {rich(out_dir)}/[/dim]")
+        Console(stderr=True).print(f"[dim]report written to {rich(out_dir)}/[/dim]")
+
+
+# Options of tensor models that mean nothing for a language model: refused, not ignored.
+_NOT_FOR_LM = {
+    "arch": "--arch",
+    "code": "--code",
+    "trust_pickle": "--trust-pickle",
+    "input": "--input",
+    "train_data": "--train-data",
+    "primary_output": "--primary-output",
+    "for_cpu": "--for-cpu",
+    "runtime": "--runtime",
+}
+
+
+def run_lm(args: argparse.Namespace) -> int:
+    """`edgekit optimize FOLDER` on a Hugging Face causal-LM folder (edgekit.lm.pipeline)."""
+    from rich.console import Console
+
+    from edgekit.api import default_out_dir
+    from edgekit.errors import EdgekitError
+    from edgekit.lm.folder import read_lm_folder
+    from edgekit.lm.pipeline import LMOptions, optimize_lm
+    from edgekit.recommend import parse_lm_budget
+    from edgekit.textsafe import rich
+
+    given = [flag for key, flag in _NOT_FOR_LM.items() if getattr(args, key, None)]
+    if parse_targets(args):
+        given.append("--target")
+    if args.finetune_epochs:
+        given.append("--finetune-epochs")
+    if given:
+        raise EdgekitError(
+            f"{args.model} is a folder, which edgekit reads as a causal language model; "
+            f"{', '.join(given)} apply to PyTorch and ONNX model files only. Leave them out "
+            "(an LM takes --data FILE.txt, --max-drift, --threads, --min-time, --max-time)."
+        )
+    depth = 0
+    for spec in args.prune:
+        kind, _, amount = spec.partition(":")
+        if kind.strip() != "depth" or not amount.strip().isdigit() or depth:
+            raise EdgekitError(
+                f"--prune {spec}: a language model is pruned in depth only, once: --prune "
+                "depth:N drops the N decoder layers whose removal raises perplexity on the "
+                "held-out text least (variants depth-N and depth-N-int4)."
+            )
+        depth = int(amount)
+    lm = read_lm_folder(args.model)
+    if not (args.quiet or args.json):
+        size = f"{lm.parameters:,} parameters" if lm.parameters else "parameters unknown"
+        Console(stderr=True).print(
+            f"causal LM detected: {rich(lm.architecture)}, {size}", highlight=False
+        )
+    options = LMOptions(
+        data=args.data,
+        budget=parse_lm_budget(args.max_drift) if args.max_drift else None,
+        threads=args.threads,
+        prune_depth=depth,
+        min_time=args.min_time,
+        max_time=args.max_time,
+    )
+    out_dir = args.output or default_out_dir(args.model)
+    report = optimize_lm(args.model, out_dir, options, _progress(args))
+    _show(args, report, out_dir)
     return 0

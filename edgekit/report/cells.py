@@ -20,7 +20,37 @@ COLUMNS = (
     ("task acc", lambda v: _pct((v["accuracy"] or {}).get("task_accuracy")), True),
 )
 
+# A language model's report ("task": "causal-lm"): llama-bench's speeds and llama.cpp's drift figures.
+LM_COLUMNS = (
+    ("variant", lambda v: v["name"], True),
+    ("runtime", lambda v: _runtime(v.get("runtime")), False),
+    ("pp512 tok/s", lambda v: _rate(v, "pp512"), True),
+    ("pp128 tok/s", lambda v: _rate(v, "pp128"), False),
+    ("tg128 tok/s", lambda v: _rate(v, "tg128"), True),
+    ("TTFT ms", lambda v: _num((v.get("ttft_ms") or {}).get("median"), ".1f"), True),
+    ("peak RSS", lambda v: size((v["memory"] or {}).get("peak_rss_bytes")), True),
+    ("size", lambda v: size(v["size_bytes"]), True),
+    ("perplexity", lambda v: _num((v["accuracy"] or {}).get("perplexity"), ".3f"), True),
+    ("ppl Δ", lambda v: _signed_pct((v["accuracy"] or {}).get("ppl_increase_pct")), False),
+    ("KLD", lambda v: _num((v["accuracy"] or {}).get("kld_mean"), ".4f"), True),
+    ("same top-1", lambda v: _pct((v["accuracy"] or {}).get("same_top1")), True),
+    ("greedy agree", lambda v: _pct((v["accuracy"] or {}).get("greedy_agreement")), False),
+)
+
 NOT_MEASURED = "—"
+
+
+def is_lm(report: dict | None) -> bool:
+    return bool(report) and report.get("task") == "causal-lm"
+
+
+def _rate(variant, key):
+    block = (variant.get("tokens_per_s") or {}).get(key) or {}
+    return _num(block.get("median"), ".1f")
+
+
+def _signed_pct(x):
+    return NOT_MEASURED if x is None else f"{x:+.2f}%"
 
 
 def size(n):
@@ -77,16 +107,17 @@ def _relative(variant):
     return text
 
 
-def _columns(terminal: bool) -> list[tuple]:
-    return [(h, fn) for h, fn, narrow in COLUMNS if narrow or not terminal]
+def _columns(terminal: bool, report: dict | None) -> list[tuple]:
+    columns = LM_COLUMNS if is_lm(report) else COLUMNS
+    return [(h, fn) for h, fn, narrow in columns if narrow or not terminal]
 
 
-def headers(terminal: bool = False) -> list[str]:
-    return [h for h, _ in _columns(terminal)]
+def headers(terminal: bool = False, report: dict | None = None) -> list[str]:
+    return [h for h, _ in _columns(terminal, report)]
 
 
 def rows(report: dict, terminal: bool = False) -> list[list[str]]:
-    return [[fn(v) for _, fn in _columns(terminal)] for v in report["variants"]]
+    return [[fn(v) for _, fn in _columns(terminal, report)] for v in report["variants"]]
 
 
 def note_items(report: dict) -> list[tuple[str | None, str, bool]]:
@@ -113,7 +144,9 @@ def device_line(report: dict) -> str:
     return (
         f"device: {d['board'] + ': ' if d.get('board') else ''}{d.get('cpu')} "
         f"({d.get('arch')}, {d.get('cores')} cores) · "
-        f"onnxruntime {d.get('onnxruntime')} · threads {s.get('intra_op_threads')}"
+        f"onnxruntime {d.get('onnxruntime')}"
+        + (f" · onnxruntime-genai {d['onnxruntime_genai']}" if d.get("onnxruntime_genai") else "")
+        + f" · threads {s.get('intra_op_threads')}"
     )
 
 

@@ -101,7 +101,45 @@ def _drift_metric(variants: list[dict]):
     )
 
 
+def chart_speed_kld(report: dict, Figure, notes: list[str]) -> str:
+    """A language model's trade-off: generation tokens/s (tg128) against KLD vs fp32."""
+    points = []
+    for v in report["variants"]:
+        tg = ((v.get("tokens_per_s") or {}).get("tg128") or {}).get("median")
+        kld = (v.get("accuracy") or {}).get("kld_mean")
+        if not v.get("error") and _num(tg) and tg > 0 and _num(kld):
+            points.append((v["name"], tg, max(0.0, kld)))
+        else:
+            notes.append(f"{v['name']}: not in the speed-vs-KLD chart (tg128 or KLD null)")
+    if not points:
+        return '<p class="note">No variant has both tg128 and KLD measured: no chart.</p>'
+    best = set(pareto([(name, -tg, kld) for name, tg, kld in points]))  # faster and closer
+    positive = [k for _, _, k in points if k > 0]
+    floor = min(positive) / 10 if positive else None  # KLD 0 (fp32) a decade below the rest
+    rec = (report.get("recommendation") or {}).get("variant")
+    fig = Figure(figsize=(9, 4.6))
+    ax = fig.subplots()
+    for name, tg, kld in points:
+        y = kld if kld > 0 or floor is None else floor
+        on_front = name in best
+        ax.scatter([tg], [y], s=220 if on_front else 70, marker="*" if on_front else "o",
+                   color=PARETO_COLOR if on_front else POINT_COLOR,
+                   edgecolor="black" if name == rec else "none", linewidth=1.5, zorder=3)  # fmt: skip
+        text = _t(name) + (" (0)" if kld == 0 else "") + (" ← recommended" if name == rec else "")
+        ax.annotate(text, (tg, y), xytext=(8, 6), textcoords="offset points", fontsize=9)
+    if floor is not None:
+        ax.set_yscale("log")
+    ax.margins(x=0.12, y=0.15)
+    ax.set_xlabel("tg128: generated tokens/s (median)")
+    ax.set_ylabel("KLD vs fp32 (log)")
+    ax.grid(True, alpha=0.3, which="both")
+    ax.set_title("Generation speed vs drift: lower-right is better")
+    return _img("chart-speed-kld", fig, "generation tokens per second versus KLD per variant")
+
+
 def chart_latency_drift(report: dict, Figure, notes: list[str]) -> str:
+    if cells.is_lm(report):
+        return chart_speed_kld(report, Figure, notes)
     variants = [v for v in report["variants"] if _usable(v)]
     label, drift = _drift_metric(variants)
     points = []
@@ -260,7 +298,7 @@ def _charts(report: dict) -> tuple[dict, list[str]]:
 
 def _variants_table(report: dict) -> str:
     rec = (report.get("recommendation") or {}).get("variant")
-    head = "".join(f"<th>{_e(h)}</th>" for h in cells.headers())
+    head = "".join(f"<th>{_e(h)}</th>" for h in cells.headers(report=report))
     body = []
     for v, row in zip(report["variants"], cells.rows(report), strict=True):
         cls = "failed" if v.get("error") else "best" if v["name"] == rec else ""
@@ -269,7 +307,7 @@ def _variants_table(report: dict) -> str:
         )
         body.append(f'<tr class="{cls}">{tds}</tr>')
         if v.get("error"):
-            span = len(cells.headers())
+            span = len(cells.headers(report=report))
             body.append(
                 f'<tr class="failed"><td colspan="{span}">FAILED: {_e(v["error"])}</td></tr>'
             )
@@ -371,7 +409,7 @@ def render(report: dict) -> str:
 <h2>Variants</h2>
 {_variants_table(report)}
 <p class="note">— = not measured (see Notes). Highlighted: the recommended variant.</p>
-<h2>Latency vs drift</h2>
+<h2>{"Generation speed vs drift" if cells.is_lm(report) else "Latency vs drift"}</h2>
 {charts["drift"]}
 <p class="note">Stars: the best trade-offs (no other variant is both faster and closer to fp32).
 Drift is measured against the fp32 model's outputs; identical outputs are drawn at the bottom.</p>

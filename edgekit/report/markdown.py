@@ -9,7 +9,7 @@ from edgekit.report import cells
 
 def report_page(report: dict) -> str:
     md, code = textsafe.markdown, textsafe.markdown_code
-    names = cells.headers()
+    names = cells.headers(report=report)
     lines = [
         f"# edgekit {md(report['command'])} report",
         "",

@@ -53,14 +53,18 @@ _KINDS = {
     "time": (MIN_MS, MAX_MS, f"a number of ms, positive, from {MIN_MS:g} to {MAX_MS:g}"),
     "spread": (0, MAX_MS, f"a number of ms from 0 to {MAX_MS:g}"),
     "bytes": (0, MAX_BYTES, f"a whole number of bytes from 0 to {MAX_BYTES:g}"),
+    "rate": (0, 1e9, "a number of tokens per second, from 0 to 1e9"),
 }
 _NUMBER_FIELDS = {
     "latency_ms": {"p50": "time", "p90": "time", "p99": "time", "mean": "time", "min": "time",
                    "max": "time", "std": "spread", "mad": "spread"},
     "memory": {"peak_rss_bytes": "bytes", "model_rss_bytes": "number"},
     "accuracy": dict.fromkeys(
-        ("max_abs_err", "mean_abs_err", "cosine_min", "top1_agreement", "task_accuracy"), "number"
+        ("max_abs_err", "mean_abs_err", "cosine_min", "top1_agreement", "task_accuracy",
+         "perplexity", "reference_perplexity", "ppl_increase_pct", "kld_mean", "same_top1",
+         "greedy_agreement"), "number"
     ),
+    "ttft_ms": {"median": "time", "low": "time", "high": "time"},
     "relative": {"speedup": "number"},
 }  # fmt: skip
 
@@ -112,6 +116,10 @@ class Variant:
     flops: dict | None = None
     gflops_per_s: float | None = None
     profile: list | None = None
+    # from the language-model bench (a report with "task": "causal-lm"): tokens_per_s is
+    # {"pp128"|"pp512"|"tg128": {"median", "low", "high", "rounds"}}, ttft_ms {"median", "low", "high"}
+    tokens_per_s: dict | None = None
+    ttft_ms: dict | None = None
     # from passes that make them
     pruning: dict | None = None
     sensitivity: dict | None = None
@@ -243,6 +251,7 @@ def _check(report: dict) -> None:
             _expect(line, str, f"{key}[{i}]")
     _expect(report.setdefault("command", None), (str, type(None)), "command")
     _expect(report["settings"].get("baseline"), (str, type(None)), "settings.baseline")
+    _expect(report.get("task"), (str, type(None)), "task")
     source = report.setdefault("source", None)
     if source is not None:
         _expect(source, dict, "source")
@@ -291,6 +300,13 @@ def _check_variant(v: dict, where: str) -> None:
                 raise _Invalid(f"{where}.{key}.{name} should be [low, high] or null")
             for x in ci or ():
                 _expect_number(x, f"{where}.{key}.{name}")
+    speeds = v.get("tokens_per_s")
+    if speeds is not None:
+        _expect(speeds, dict, f"{where}.tokens_per_s")
+        for name, block in speeds.items():
+            _expect(block, dict, f"{where}.tokens_per_s.{name}")
+            for key in ("median", "low", "high"):
+                _expect_number(block.get(key), f"{where}.tokens_per_s.{name}.{key}", "rate")
     samples = (v["latency_ms"] or {}).get("samples")
     if samples is not None:
         _expect(samples, list, f"{where}.latency_ms.samples")

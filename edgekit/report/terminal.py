@@ -30,7 +30,7 @@ def show_report(report: dict, console: Console | None = None) -> None:
         padding=(0, 1),
         box=box.SIMPLE_HEAD,
     )
-    for header in cells.headers(terminal=True):
+    for header in cells.headers(terminal=True, report=report):
         if header == "variant":
             table.add_column(header, no_wrap=True)
         else:
