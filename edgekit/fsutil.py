@@ -56,6 +56,14 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def sha256_folder(folder: Path) -> str:
+    """One hash of a folder (an LM variant): every file's name and sha256, in name order."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in Path(folder).rglob("*") if p.is_file()):
+        digest.update(f"{path.relative_to(folder).as_posix()}\0{sha256_file(path)}\n".encode())
+    return digest.hexdigest()
+
+
 def real_output_dir(path: Path, flag: str = "-o") -> Path:
     """`path` with every symbolic link resolved: the folder that is really written and locked. A
     link to a folder stays a link (to the new folder); a dangling link's target is created."""

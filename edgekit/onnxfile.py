@@ -26,12 +26,15 @@ def _tensors(graph):
 
 def files_on_disk(model_path: Path) -> list[Path]:
     """The .onnx file and the external-data files it points to (which belong to it); another
-    runtime's artifact alone, except an OpenVINO .xml, whose weights are the .bin beside it."""
+    runtime's artifact alone, except an OpenVINO .xml, whose weights are the .bin beside it; every
+    file of a folder (a language model's variant)."""
     import onnx  # here: the server lists ops without loading onnx
 
     from edgekit.runtimes import runtime_for
 
     model_path = Path(model_path)
+    if model_path.is_dir():  # a language model's variant folder: everything in it
+        return sorted(p for p in model_path.rglob("*") if p.is_file())
     runtime = runtime_for(model_path)
     if runtime == "openvino":
         return [model_path, model_path.with_suffix(".bin")]

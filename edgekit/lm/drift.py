@@ -58,8 +58,9 @@ def lm_drift(reference, variant, windows, prompts: list[np.ndarray], new_tokens:
         log_p_var, var_nll = _scored(variant.sequence_logits(w), w)
         nll_ref.append(ref_nll)
         nll_var.append(var_nll)
-        kld.append((np.exp(log_p_ref) * (log_p_ref - log_p_var)).sum(axis=1))
-        same.append(log_p_ref.argmax(axis=1) == log_p_var.argmax(axis=1))
+        position_kld, position_same = _divergence(log_p_ref, log_p_var)
+        kld.append(position_kld)
+        same.append(position_same)
     agreement = [
         np.mean(np.equal(reference.greedy(p, new_tokens), variant.greedy(p, new_tokens)))
         for p in prompts
@@ -76,12 +77,27 @@ def lm_drift(reference, variant, windows, prompts: list[np.ndarray], new_tokens:
     }
 
 
+def next_token_divergence(reference: np.ndarray, variant: np.ndarray):
+    """Per position (rows of two logits arrays): KL(P_ref || P_variant) and whether the top-1
+    tokens agree (the live drift shadow compares a served answer's tokens this way)."""
+    return _divergence(_log_softmax(reference), _log_softmax(variant))
+
+
+def _divergence(log_p_ref: np.ndarray, log_p_var: np.ndarray):
+    kld = (np.exp(log_p_ref) * (log_p_ref - log_p_var)).sum(axis=1)
+    return kld, log_p_ref.argmax(axis=1) == log_p_var.argmax(axis=1)
+
+
+def _log_softmax(logits: np.ndarray) -> np.ndarray:
+    rows = logits.astype(np.float64)
+    rows -= rows.max(axis=1, keepdims=True)
+    return rows - np.log(np.exp(rows).sum(axis=1, keepdims=True))
+
+
 def _scored(logits: np.ndarray, window: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Log-probabilities (float64) at the scored positions (second half of the window, each
     predicting the token after it) and the negative log-likelihood of those next tokens."""
     first = len(window) // 2
-    rows = logits[first : len(window) - 1].astype(np.float64)
-    rows -= rows.max(axis=1, keepdims=True)
-    log_p = rows - np.log(np.exp(rows).sum(axis=1, keepdims=True))
+    log_p = _log_softmax(logits[first : len(window) - 1])
     targets = window[first + 1 :]
     return log_p, -log_p[np.arange(len(targets)), targets]

@@ -9,13 +9,12 @@ folder ─read─▶ LMFolder ─build (builder or torch.onnx; variants.RECIPES)
 
 from __future__ import annotations
 
-import hashlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from edgekit.errors import EdgekitError
-from edgekit.fsutil import output_folder, sha256_file
+from edgekit.fsutil import output_folder, sha256_folder
 from edgekit.recommend import LMBudget, default_lm_budget, recommend_lm
 from edgekit.report.schema import Report, Variant
 from edgekit.report.write import write_outputs
@@ -162,7 +161,7 @@ def _build(lm, recipes, staging: Path, threads: int, step) -> list[Variant]:
         else:
             row.file = name
             row.size_bytes = _size(built[name])
-            row.sha256 = _folder_sha256(built[name])
+            row.sha256 = sha256_folder(built[name])
         rows.append(row)
     return rows
 
@@ -216,7 +215,7 @@ def _prune(lm, drop: int, windows, staging: Path, threads: int, step) -> list[Va
             row.error = str(built[recipe])
         else:
             row.file, row.size_bytes = variant, _size(built[recipe])
-            row.sha256 = _folder_sha256(built[recipe])
+            row.sha256 = sha256_folder(built[recipe])
         rows.append(row)
     return rows
 
@@ -304,14 +303,6 @@ def _read_text(path: Path) -> str:
 
 def _size(folder: Path) -> int:
     return sum(p.stat().st_size for p in Path(folder).rglob("*") if p.is_file())
-
-
-def _folder_sha256(folder: Path) -> str:
-    """One hash of the variant folder: every file's name and sha256, in name order."""
-    digest = hashlib.sha256()
-    for path in sorted(p for p in Path(folder).rglob("*") if p.is_file()):
-        digest.update(f"{path.relative_to(folder).as_posix()}\0{sha256_file(path)}\n".encode())
-    return digest.hexdigest()
 
 
 def _source_note(lm) -> str:

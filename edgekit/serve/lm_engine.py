@@ -50,6 +50,7 @@ class Job:
     queued_at: float = field(default_factory=time.perf_counter)
     completion_tokens: int = 0
     last_token_at: float | None = None
+    tokens: list[int] = field(default_factory=list)  # the generated ids (for the drift shadow)
 
     def put(self, kind: str, value) -> None:
         self.loop.call_soon_threadsafe(self.events.put_nowait, (kind, value))
@@ -116,21 +117,24 @@ class _Running:
         job.last_token_at = now
         if token in engine.eos_ids:
             job.completion_tokens -= 1  # the end-of-text token is not part of the answer
-            return self.finish("stop")
+            return self.finish("stop", engine)
+        job.tokens.append(token)
         text, stopped = self.stop.feed(self.stream.decode(token))
         if text:
             job.put("text", text)
         if stopped:
-            return self.finish("stop")
+            return self.finish("stop", engine)
         if job.completion_tokens >= job.sampling.max_tokens or gen.is_done():
-            return self.finish("length")
+            return self.finish("length", engine)
         return True
 
-    def finish(self, reason: str) -> bool:
+    def finish(self, reason: str, engine: LMEngine) -> bool:
         rest = self.stop.flush() if reason == "length" else ""
         if rest:
             self.job.put("text", rest)
         self.job.put("done", reason)
+        if engine.on_done is not None:
+            engine.on_done(self.job.prompt, self.job.tokens)
         return False
 
 
@@ -175,6 +179,7 @@ class LMEngine:
             ) from None
         self.chat_template = chat_template(self.folder)
         self.metrics = metrics(self) if metrics else _Unobserved()
+        self.on_done = None  # on_done(prompt ids, generated ids) after each answered request
         self.jobs: queue.SimpleQueue = queue.SimpleQueue()
         self.kv_tokens = 0  # tokens the KV caches of the running jobs are allocated for
         self.closed = False

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from edgekit import textsafe
 from edgekit.errors import EdgekitError
-from edgekit.fsutil import sha256_file
+from edgekit.fsutil import sha256_file, sha256_folder
 
 SERVE_EXTRA = ("uvicorn", "httptools", "starlette", "prometheus_client")
 PIP_LINE = "python3 -m pip install 'edgekit[serve]'"
@@ -117,13 +117,14 @@ def variant_file(folder: Path, row: dict) -> Path:
             f"The report's file for variant {textsafe.plain(row['name'])!r} points outside "
             f"{folder}; the report may have been edited."
         )
-    if not file.is_file():
+    folder_variant = row.get("runtime") == "onnxruntime-genai"  # a language model's folder
+    if not (file.is_dir() if folder_variant else file.is_file()):
         raise EdgekitError(
             f"{file} is missing: the report names it for variant "
             f"{textsafe.plain(row['name'])!r}. Copy the whole output folder."
         )
     want = row.get("sha256")
-    if want and sha256_file(file) != want:
+    if want and (sha256_folder(file) if folder_variant else sha256_file(file)) != want:
         raise EdgekitError(
             f"{file} is not the file the report describes for variant "
             f"{textsafe.plain(row['name'])!r} (its sha256 differs from report.json's): it was "
