@@ -189,6 +189,11 @@ def save(model: LlamaForCausalLM, tokenizer: Tokenizer, folder: Path) -> None:
 
 def publish(staging: Path, target: Path) -> None:
     """Replace `target` by the finished `staging` folder; the old one goes only once the new is in."""
+    umask = os.umask(0)
+    os.umask(umask)
+    staging.chmod(0o777 & ~umask)  # mkdtemp made it private; the files as any saved file
+    for file in staging.iterdir():
+        file.chmod(0o666 & ~umask)
     old = target.with_name(target.name + ".old")
     if old.exists():
         shutil.rmtree(old)

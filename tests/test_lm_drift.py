@@ -137,7 +137,7 @@ def test_drift_equals_an_independent_computation(variants, tokenizer):
     assert drift["greedy_agreement"] == pytest.approx(np.mean(agree), abs=1e-12)
     assert perplexity(reference, windows) == pytest.approx(ppl_ref, rel=1e-9)
     # the trained model learned: perplexity far below the 4096 of a uniform guess
-    assert ppl_ref < 100
+    assert ppl_ref < 4096 / 10
     # int4 moves the distributions, but the model stays recognisably the same
     assert drift["kld_mean"] > 1e-4
     assert 0.5 < drift["same_top1"] < 1
