@@ -134,10 +134,17 @@ def measure_lm(
     min_time: float = 2,
     max_time: float = 10,
     on_progress: Callable[[str], None] | None = None,
+    workers: dict[str, list[str]] | None = None,
 ) -> dict[str, LMMeasurement]:
     """Time each LM variant folder in its own worker, rounds interleaved; a variant that fails
     gets its error in its measurement. A prompt (or generation) longer than a variant's context, or
-    a folder that is not an LM variant, raises EdgekitError before anything starts."""
+    a folder that is not an LM variant, raises EdgekitError before anything starts.
+
+    `workers` gives, by variant name, another command that starts a worker speaking the same
+    protocol (edgekit/lm/bench_worker.py's) for a variant that is not an onnxruntime-genai folder:
+    tools/lm_showdown.py times llama.cpp's GGUF files that way, interleaved with these. Such a
+    worker checks its own context at load (a variant that does not fit gets an error)."""
+    workers = workers or {}
     say = on_progress or (lambda _msg: None)
     lengths = sorted({int(n) for n in prompt_lengths})
     if not lengths or lengths[0] < 1 or gen_tokens < 1:
@@ -151,12 +158,13 @@ def measure_lm(
             "max_time at least min_time."
         )
     for name, folder in variants.items():
-        _check_fits(name, Path(folder), lengths, gen_tokens)
+        if name not in workers:
+            _check_fits(name, Path(folder), lengths, gen_tokens)
     jobs = [_Job(name, Path(folder)) for name, folder in variants.items()]
     round_s = min(0.5, max(min_time / 10, 0.05))
     try:
         for job in jobs:  # the processes start (import onnxruntime-genai) side by side
-            job.worker = Worker([sys.executable, str(WORKER)], wait=False)
+            job.worker = Worker(workers.get(job.name) or [sys.executable, str(WORKER)], wait=False)
         for job in jobs:
             say(f"loading {job.name}")
             try:
