@@ -17,7 +17,7 @@ go to every variant, so the tokenizers cannot differ there).
 
 llama.cpp's converter refuses a BPE tokenizer whose pre-tokenizer it does not recognise (it hashes
 the token ids of a test string); a byte-level BPE trained with `tokenizers` (ByteLevel
-pre-tokenizer, GPT-2's split regex) is GPT-2's pre-tokenizer, so the conversion is told "gpt2" for
+pre-tokenizer, GPT-2's split regex) is GPT-2's pre-tokenizer, so the conversion is told "gpt-2" for
 an unknown hash. The table's "tokenize" line checks that choice: llama.cpp's tokenization of the
 held-out text against the `tokenizers` one.
 
@@ -115,12 +115,12 @@ known = TextModel.get_vocab_base_pre
 
 
 def pre_tokenizer(self, tokenizer):
-    # `tokenizers`' ByteLevel pre-tokenizer splits with GPT-2's regex: llama.cpp's "gpt2"
+    # `tokenizers`' ByteLevel pre-tokenizer splits with GPT-2's regex: llama.cpp's "gpt-2"
     try:
         return known(self, tokenizer)
     except NotImplementedError:
-        print("pre-tokenizer hash not in llama.cpp's list: gpt2 (byte-level BPE)", file=sys.stderr)
-        return "gpt2"
+        print("pre-tokenizer hash not in llama.cpp's list: gpt-2 (byte-level BPE)", file=sys.stderr)
+        return "gpt-2"
 
 
 TextModel.get_vocab_base_pre = pre_tokenizer
@@ -177,9 +177,9 @@ class LlamaWorker:
             verbose=False,
         )
         load_ms = (time.perf_counter() - start) * 1000
-        if longest > self.llm.n_ctx_train():
+        if longest > self.llm._model.n_ctx_train():
             raise ValueError(
-                f"{longest} tokens exceed the model's context {self.llm.n_ctx_train()}"
+                f"{longest} tokens exceed the model's context {self.llm._model.n_ctx_train()}"
             )
         self.vocab = self.llm.n_vocab()
         self.rng = np.random.default_rng(int(req.get("seed", 0)))
@@ -446,7 +446,7 @@ def print_table(title, variants, result, figures, tokenize) -> None:
         print(f"PPL on held-out text, KLD and same top-1 vs {REFERENCE} logits")
     if tokenize is not None:
         print(f"tokenize: llama.cpp's tokens of the held-out text equal `tokenizers`' ones: "
-              f"{'yes' if tokenize == 1 else 'no'} (pre-tokenizer gpt2)")  # fmt: skip
+              f"{'yes' if tokenize == 1 else 'no'} (pre-tokenizer gpt-2)")  # fmt: skip
     for name, m in result.items():
         for note in m.notes:
             if "random token ids" not in note:

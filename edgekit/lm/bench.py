@@ -292,8 +292,6 @@ def bench_lm(
     if len(set(names)) < len(names):
         names = [str(f) for f in folders]
     variants = dict(zip(names, map(Path, folders), strict=True))
-    for name, folder in variants.items():
-        _check_fits(name, folder, prompt_lengths, gen_tokens)
     with contextlib.ExitStack() as stack:
         staging = None
         if out_dir is not None:
