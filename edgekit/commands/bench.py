@@ -10,6 +10,12 @@ examples:
   edgekit bench model.onnx --input ids:1x128:int64:0-30522 --json > report.json
   edgekit bench fp32.onnx int8.onnx --target ssh://pi@raspberrypi.local
   edgekit bench model.onnx --targets fleet.toml -o fleet   # several devices at once
+  edgekit bench out/variants/int4/ out/variants/fp32/   # language-model folders (genai_config.json)
+
+A language-model variant folder (genai_config.json, model.onnx, tokenizer: what `edgekit optimize`
+makes of a causal LM) is timed the way llama.cpp's llama-bench reports: prompt tokens/s at 128 and
+512 tokens (pp128, pp512), generation tokens/s over 128 tokens (tg128), time to first token and peak
+RSS, with onnxruntime-genai (pip install onnxruntime-genai), torch-free.
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ from edgekit.textsafe import plain, rich
 if TYPE_CHECKING:
     from edgekit.report.schema import Report
 
-HELP = "benchmark ONNX models (latency, cold start, memory) on this CPU"
+HELP = "benchmark ONNX models or language-model folders (latency or tokens/s, memory) on this CPU"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -35,7 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         nargs="+",
         type=Path,
         metavar="MODEL.onnx",
-        help="models to time; the first is the baseline",
+        help="models to time (or language-model variant folders); the first is the baseline",
     )
     parser.add_argument(
         "-o",
@@ -89,6 +95,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--profile",
         action="store_true",
         help="add the top operators by time for each model (ORT profiling)",
+    )
+    lm = parser.add_argument_group("language-model folders")
+    lm.add_argument(
+        "--prompt-tokens",
+        type=token_list,
+        default=[128, 512],
+        metavar="N[,N...]",
+        help="prompt lengths for prompt processing tokens/s (default: 128,512)",
+    )
+    lm.add_argument(
+        "--gen-tokens",
+        type=lambda text: token_list(text)[0],
+        default=128,
+        metavar="N",
+        help="tokens to generate for generation tokens/s (default: 128)",
     )
     add_target_arguments(parser, fleet=True)
     parser.add_argument("--json", action="store_true", help="print only the JSON report to stdout")
@@ -176,6 +197,17 @@ def thread_list(text: str) -> list[int]:
     return [thread_count(t) for t in parts]
 
 
+def token_list(text: str) -> list[int]:
+    """--prompt-tokens N[,N...] / --gen-tokens N: whole numbers of tokens from 1 to 1,048,576."""
+    try:
+        values = [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        values = []
+    if not values or not all(1 <= v <= 1 << 20 for v in values):
+        raise argparse.ArgumentTypeError(f"expected token counts like 128 or 128,512, got {text!r}")
+    return values
+
+
 def seconds(text: str) -> float:
     """--min-time / --max-time: a finite number of seconds above 0, at most MAX_SECONDS."""
     from edgekit.benchmark import MAX_SECONDS
@@ -194,6 +226,9 @@ def seconds(text: str) -> float:
 
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console
+
+    if any((Path(m) / "genai_config.json").is_file() for m in args.models):
+        return _run_lm(args)
 
     from edgekit.api import bench
     from edgekit.benchmark import BenchOptions
@@ -266,3 +301,114 @@ def _fleet(args, targets, options) -> int:
         if device["error"]:
             print(f"edgekit: error: {plain(device['error'])}", file=sys.stderr)
     return 1 if summary["failed"] else 0
+
+
+def _run_lm(args: argparse.Namespace) -> int:
+    """LM variant folders: tokens/s, TTFT and peak RSS with onnxruntime-genai; report.json."""
+    from rich.console import Console
+
+    from edgekit.benchmark.device import physical_cores
+    from edgekit.errors import EdgekitError
+    from edgekit.lm.bench import bench_lm
+
+    others = [m for m in args.models if not (Path(m) / "genai_config.json").is_file()]
+    if others:
+        raise EdgekitError(
+            f"{plain(others[0])} is not a language-model variant folder (no genai_config.json) "
+            "while other arguments are: bench language-model folders and ONNX models in separate "
+            "runs."
+        )
+    if args.target or args.targets:
+        raise EdgekitError(
+            "--target/--targets do not yet run language-model folders: copy the folder to the "
+            "device and run `edgekit bench FOLDER` there (it needs only the core install and "
+            "onnxruntime-genai)."
+        )
+    if args.threads and len(args.threads) > 1:
+        raise EdgekitError(
+            f"--threads {','.join(map(str, args.threads))}: give one thread count for "
+            "language-model folders (a sweep is not supported for them yet)."
+        )
+    common = dict(
+        threads=args.threads[0] if args.threads else physical_cores(),
+        prompt_lengths=args.prompt_tokens,
+        gen_tokens=args.gen_tokens,
+        min_time=args.min_time,
+        max_time=args.max_time,
+        out_dir=args.output,
+    )
+    if args.quiet or args.json:
+        report = bench_lm(args.models, **common)
+    else:
+        with Console(stderr=True).status("benchmarking") as status:
+            report = bench_lm(args.models, on_progress=status.update, **common)
+    rows = report["variants"]
+    if args.json:
+        import json
+
+        sys.stdout.write(json.dumps(report, indent=2, default=str) + "\n")
+    elif not args.quiet:
+        from edgekit.report import terminal
+
+        console = terminal.stdout_console()
+        console.print(lm_table(report))
+        shared = set.intersection(*(set(r["notes"]) for r in rows)) if rows else set()
+        for note in sorted(shared):
+            console.print(f"[dim]{rich(note)}[/dim]")
+        for row in rows:
+            for note in row["notes"]:
+                if note not in shared:
+                    console.print(f"[dim]{rich(row['name'])}: {rich(note)}[/dim]")
+        console.print(f"[dim]report: {rich(args.output / 'report.json')}[/dim]")
+    failed = [r for r in rows if r["error"]]
+    for row in failed:
+        print(
+            f"edgekit: error: {plain(row['name'])} failed: {plain(row['error'])}", file=sys.stderr
+        )
+    return 1 if len(failed) == len(rows) else 0
+
+
+def lm_table(report: dict):
+    """The terminal table of an LM bench: llama-bench's figures with their 95% intervals."""
+    from rich import box
+    from rich.table import Table
+
+    settings = report["settings"]
+    table = Table(
+        title=f"edgekit bench — {report['runtime']}, {settings['threads']} threads",
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
+        padding=(0, 1),
+    )
+    table.add_column("variant")
+    for n in settings["prompt_lengths"]:
+        table.add_column(f"pp{n} tok/s", justify="right")
+    table.add_column(f"tg{settings['gen_tokens']} tok/s", justify="right")
+    table.add_column("TTFT ms", justify="right")
+    table.add_column("peak RSS MB", justify="right")
+    table.add_column("size MB", justify="right")
+    table.add_column("context", justify="right")
+
+    def rate(r):
+        if not r:
+            return "—"
+        if r["low"] is None:
+            return f"{r['tokens_per_s']:.1f}"
+        return f"{r['tokens_per_s']:.1f} [{r['low']:.1f}–{r['high']:.1f}]"
+
+    for row in report["variants"]:
+        if row["error"]:
+            table.add_row(rich(row["name"]), f"[red]error: {rich(row['error'])}[/red]")
+            continue
+        ttft = row["ttft_ms"]
+        rss = row["peak_rss_bytes"]
+        table.add_row(
+            rich(row["name"]),
+            *(rate(row["pp"].get(n)) for n in settings["prompt_lengths"]),
+            rate(row["tg"].get(settings["gen_tokens"])),
+            f"{ttft['median']:.1f}" if ttft else "—",
+            f"{rss / 1e6:.0f}" if rss else "—",
+            f"{row['size_bytes'] / 1e6:.1f}",
+            str(row["context_length"]),
+        )
+    return table
