@@ -71,7 +71,18 @@ def tiny_llama_folder(tmp_path_factory):
     save_pretrained writes it (tests/models.py: tiny_llama)."""
     from models import tiny_llama
 
-    return tiny_llama(tmp_path_factory.mktemp("lm") / "tiny-llama")
+    return tiny_llama(tmp_path_factory.mktemp("lm") / "tiny-llama", context=1024)
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_variants(tmp_path_factory):
+    """The tiny Llama (context 1024, with a chat template) as onnxruntime-genai folders made by
+    its model builder: {"fp32": folder, "int4": folder}."""
+    from models import genai_folder, tiny_llama
+
+    root = tmp_path_factory.mktemp("lm-variants")
+    hf = tiny_llama(root / "hf", context=1024, chat=True)
+    return {p: genai_folder(hf, root / p, p) for p in ("fp32", "int4")}
 
 
 LM_QUICK = ("--min-time", "0.2", "--max-time", "0.5")

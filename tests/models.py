@@ -3,6 +3,8 @@ them: opset 17, IR 8) and returns the path. A model only one test needs stays in
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -98,10 +100,24 @@ TINY_LLAMA_TEXT = (
 )
 
 
-def tiny_llama(path: Path, layers: int = 2, hidden: int = 64, seed: int = 0) -> Path:
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+
+
+def tiny_llama(
+    path: Path,
+    layers: int = 2,
+    hidden: int = 64,
+    seed: int = 0,
+    context: int = 256,
+    chat: bool = False,
+) -> Path:
     """A Hugging Face causal-LM folder as `save_pretrained` writes it: LlamaForCausalLM (hidden
     64, 4 heads, 2 kv heads, vocabulary 512) with seeded random weights, and a byte-level BPE
-    tokenizer trained here on a few sentences (tokenizer.json + tokenizer_config.json)."""
+    tokenizer trained here on a few sentences (tokenizer.json + tokenizer_config.json; with
+    `chat`, a chat template too)."""
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
@@ -117,6 +133,8 @@ def tiny_llama(path: Path, layers: int = 2, hidden: int = 64, seed: int = 0) -> 
     )
     bpe.train_from_iterator([TINY_LLAMA_TEXT] * 4, trainer)
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<s>", eos_token="</s>")
+    if chat:
+        tokenizer.chat_template = CHAT_TEMPLATE
     tokenizer.save_pretrained(path)
     config = LlamaConfig(
         vocab_size=512,
@@ -125,7 +143,7 @@ def tiny_llama(path: Path, layers: int = 2, hidden: int = 64, seed: int = 0) -> 
         num_hidden_layers=layers,
         num_attention_heads=4,
         num_key_value_heads=2,
-        max_position_embeddings=256,
+        max_position_embeddings=context,
         initializer_range=0.1,  # decisive logits: greedy ties would make generation flaky
         bos_token_id=0,
         eos_token_id=1,
@@ -133,3 +151,14 @@ def tiny_llama(path: Path, layers: int = 2, hidden: int = 64, seed: int = 0) -> 
     torch.manual_seed(seed)
     LlamaForCausalLM(config).eval().save_pretrained(path)
     return path
+
+
+def genai_folder(hf: Path, out: Path, precision: str = "fp32") -> Path:
+    """onnxruntime-genai's model builder on a causal-LM folder (offline): an LM variant folder."""
+    subprocess.run(
+        [sys.executable, "-m", "onnxruntime_genai.models.builder",
+         "-i", str(hf), "-o", str(out), "-p", precision, "-e", "cpu",
+         "-c", str(out.parent / f"cache-{out.name}")],
+        check=True, capture_output=True, timeout=600,
+    )  # fmt: skip
+    return out

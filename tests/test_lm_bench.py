@@ -8,7 +8,6 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 from helpers import run_edgekit, torch_blocked_env
@@ -22,68 +21,14 @@ CONTEXT = 1024
 QUICK = {"min_time": 0.2, "max_time": 1.0}
 
 
-def tiny_llama_folder(out: Path) -> Path:
-    """A save_pretrained folder of a 2-layer LlamaForCausalLM (hidden 64, 4 heads, 2 KV heads,
-    vocabulary 512) with random weights and a byte-level BPE tokenizer trained here."""
-    import torch
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=512,
-        special_tokens=["<s>", "</s>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-    )
-    text = [f"the {w} of {n} went to the {v} and came back" for n in range(200) for w, v in
-            [("king", "market"), ("fox", "river"), ("queen", "city")]]  # fmt: skip
-    tok.train_from_iterator(text, trainer)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>")
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=fast.vocab_size if fast.vocab_size >= 512 else 512,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=CONTEXT,
-        bos_token_id=fast.bos_token_id,
-        eos_token_id=fast.eos_token_id,
-    )
-    LlamaForCausalLM(config).eval().save_pretrained(out, safe_serialization=True)
-    fast.save_pretrained(out)
-    return out
-
-
-def build_genai(hf: Path, out: Path, precision: str) -> Path:
-    """onnxruntime-genai's model builder, as edgekit's LM export runs it."""
-    subprocess.run(
-        ["nice", "-n", "19", sys.executable, "-m", "onnxruntime_genai.models.builder",
-         "-i", str(hf), "-o", str(out), "-p", precision, "-e", "cpu",
-         "-c", str(out.parent / f"cache-{precision}")],
-        check=True, capture_output=True, timeout=600,
-    )  # fmt: skip
-    return out
-
-
-@pytest.fixture(scope="session")
-def lm_variants(tmp_path_factory):
-    root = tmp_path_factory.mktemp("lm")
-    hf = tiny_llama_folder(root / "hf")
-    return {p: build_genai(hf, root / p, p) for p in ("fp32", "int4")}
-
-
-def test_measures_both_variants_torch_free(lm_variants, tmp_path):
+def test_measures_both_variants_torch_free(tiny_llama_variants, tmp_path):
     """In a process where torch cannot be imported (parent and workers alike, as on a device with
     the core install), both variants get positive tokens/s inside sane intervals."""
     code = (
         "import json, sys\n"
         "from dataclasses import asdict\n"
         "from edgekit.lm.bench import measure_lm\n"
-        f"out = measure_lm({ {k: str(v) for k, v in lm_variants.items()}!r}, threads=2, "
+        f"out = measure_lm({ {k: str(v) for k, v in tiny_llama_variants.items()}!r}, threads=2, "
         "min_time=0.3, max_time=2)\n"
         "assert 'torch' not in sys.modules\n"
         "print(json.dumps({k: asdict(v) for k, v in out.items()}))\n"
@@ -113,8 +58,8 @@ def test_measures_both_variants_torch_free(lm_variants, tmp_path):
         assert any("random token ids" in n for n in m["notes"])
 
 
-def test_threads_are_set_and_read_back(lm_variants):
-    one = measure_lm({"int4": lm_variants["int4"]}, threads=1, prompt_lengths=(8,), gen_tokens=32,
+def test_threads_are_set_and_read_back(tiny_llama_variants):
+    one = measure_lm({"int4": tiny_llama_variants["int4"]}, threads=1, prompt_lengths=(8,), gen_tokens=32,
                      **QUICK)["int4"]  # fmt: skip
     assert one.error is None and one.threads == 1
     assert not any("intra-op threads" in n for n in one.notes)  # the pool started as asked
@@ -122,11 +67,11 @@ def test_threads_are_set_and_read_back(lm_variants):
     assert one.context_length == 16 + 32 + 1  # the tg run after its 16-token prompt is the longest
 
 
-def test_prompt_longer_than_context_is_a_clear_error(lm_variants):
+def test_prompt_longer_than_context_is_a_clear_error(tiny_llama_variants):
     with pytest.raises(EdgekitError, match=r"longer than the context .*1024 tokens"):
-        measure_lm(lm_variants, threads=2, prompt_lengths=(128, CONTEXT), **QUICK)
+        measure_lm(tiny_llama_variants, threads=2, prompt_lengths=(128, CONTEXT), **QUICK)
     with pytest.raises(EdgekitError, match="generated tokens"):
-        measure_lm(lm_variants, threads=2, gen_tokens=CONTEXT, **QUICK)
+        measure_lm(tiny_llama_variants, threads=2, gen_tokens=CONTEXT, **QUICK)
 
 
 def test_not_a_variant_folder_is_a_clear_error(tmp_path):
@@ -137,23 +82,23 @@ def test_not_a_variant_folder_is_a_clear_error(tmp_path):
         measure_lm({"x": tmp_path}, threads=2, **QUICK)
 
 
-def test_a_broken_model_is_an_error_row_not_a_crash(lm_variants, tmp_path):
+def test_a_broken_model_is_an_error_row_not_a_crash(tiny_llama_variants, tmp_path):
     broken = tmp_path / "broken"
     broken.mkdir()
-    for f in lm_variants["int4"].iterdir():
+    for f in tiny_llama_variants["int4"].iterdir():
         if f.is_file():
             (broken / f.name).write_bytes(f.read_bytes())
     (broken / "model.onnx").write_bytes(b"not an onnx file")
-    result = measure_lm({"broken": broken, "int4": lm_variants["int4"]}, threads=2,
+    result = measure_lm({"broken": broken, "int4": tiny_llama_variants["int4"]}, threads=2,
                         prompt_lengths=(32,), gen_tokens=8, **QUICK)  # fmt: skip
     assert result["broken"].error and "could not load" in result["broken"].error
     assert result["int4"].error is None and result["int4"].tg[8]["tokens_per_s"] > 0
 
 
-def test_cli_bench_on_lm_folders_is_torch_free(lm_variants, tmp_path, block_imports):
+def test_cli_bench_on_lm_folders_is_torch_free(tiny_llama_variants, tmp_path, block_imports):
     out = tmp_path / "out"
     proc = run_edgekit(
-        "bench", lm_variants["int4"], lm_variants["fp32"], "-o", out, "--threads", "2",
+        "bench", tiny_llama_variants["int4"], tiny_llama_variants["fp32"], "-o", out, "--threads", "2",
         "--min-time", "0.3", "--max-time", "1", env=block_imports(),
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
@@ -169,20 +114,24 @@ def test_cli_bench_on_lm_folders_is_torch_free(lm_variants, tmp_path, block_impo
     assert rows["int4"]["size_bytes"] < rows["fp32"]["size_bytes"]
 
 
-def test_cli_prompt_longer_than_context_exits_2_and_keeps_earlier_output(lm_variants, tmp_path):
+def test_cli_prompt_longer_than_context_exits_2_and_keeps_earlier_output(
+    tiny_llama_variants, tmp_path
+):
     out = tmp_path / "out"
-    first = run_edgekit("bench", lm_variants["int4"], "-o", out, "--prompt-tokens", "16",
+    first = run_edgekit("bench", tiny_llama_variants["int4"], "-o", out, "--prompt-tokens", "16",
                         "--gen-tokens", "8", "--min-time", "0.2", "--max-time", "0.5")  # fmt: skip
     assert first.returncode == 0, first.stderr
     before = (out / "report.json").read_text()
-    proc = run_edgekit("bench", lm_variants["int4"], "-o", out, "--prompt-tokens", "128,4096")
+    proc = run_edgekit(
+        "bench", tiny_llama_variants["int4"], "-o", out, "--prompt-tokens", "128,4096"
+    )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "4096 tokens" in proc.stderr and "context" in proc.stderr
     assert (out / "report.json").read_text() == before
 
 
-def test_cli_mixing_lm_folders_and_onnx_files_exits_2(lm_variants, tmp_path):
-    proc = run_edgekit("bench", lm_variants["int4"], tmp_path / "model.onnx")
+def test_cli_mixing_lm_folders_and_onnx_files_exits_2(tiny_llama_variants, tmp_path):
+    proc = run_edgekit("bench", tiny_llama_variants["int4"], tmp_path / "model.onnx")
     assert proc.returncode == 2 and "separate runs" in proc.stderr
-    proc = run_edgekit("bench", lm_variants["int4"], "--threads", "1,2")
+    proc = run_edgekit("bench", tiny_llama_variants["int4"], "--threads", "1,2")
     assert proc.returncode == 2 and "one thread count" in proc.stderr

@@ -11,13 +11,29 @@ import time
 from http.client import HTTPConnection
 
 import pytest
-from lm_models import genai_folder, greedy_text, tiny_llama
 from serve_helpers import Server, http, metric, metric_values, poll
 
 from edgekit.serve.lm_engine import LMEngine, Sampling, StopText
 
 openai = pytest.importorskip("openai")
 pytest.importorskip("onnxruntime_genai")
+
+
+def greedy_text(hf_folder, variant, prompt: str, new_tokens: int) -> str:
+    """transformers' own greedy continuation of `prompt` (the independent reference), its ids
+    turned into text as a stream does (bytes of a character split over tokens wait for the rest)."""
+    import onnxruntime_genai as og
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(hf_folder)
+    model = AutoModelForCausalLM.from_pretrained(hf_folder).eval()
+    ids = tokenizer(prompt, return_tensors="pt").input_ids
+    with torch.no_grad():
+        out = model.generate(ids, do_sample=False, max_new_tokens=new_tokens)
+    stream = og.Tokenizer(og.Model(str(variant))).create_stream()
+    eos = {tokenizer.eos_token_id}
+    return "".join(stream.decode(int(t)) for t in out[0, ids.shape[1] :] if int(t) not in eos)
 
 
 # -- the stop-string watcher (no model) ------------------------------------------------------
@@ -48,17 +64,19 @@ def test_stop_text_holds_back_what_could_become_a_stop(pieces, stops, sent, stop
 # -- a real server -----------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def lm(tmp_path_factory):
-    root = tmp_path_factory.mktemp("lm")
-    hf = tiny_llama(root / "hf")
-    return hf, genai_folder(hf, root / "tiny-lm")
+MODEL = "fp32"  # the served folder's name
 
 
 @pytest.fixture(scope="module")
-def server(lm):
-    hf, folder = lm
-    key = folder.parent / "key"
+def lm(tiny_llama_variants):
+    folder = tiny_llama_variants["fp32"]
+    return folder.parent / "hf", folder
+
+
+@pytest.fixture(scope="module")
+def server(lm, tmp_path_factory):
+    _, folder = lm
+    key = tmp_path_factory.mktemp("key") / "key"
     key.write_text("sesame\n")
     srv = Server(folder, "--api-key-file", key, "--threads", "2")
     yield srv
@@ -80,10 +98,10 @@ def raw(server, path: str, body, key: str | None = "sesame"):
 
 @pytest.mark.slow
 def test_greedy_completion_is_what_transformers_generates(lm, client):
-    hf, _ = lm
+    hf, folder = lm
     prompt = "The return statement"
-    answer = client.completions.create(model="tiny-lm", prompt=prompt, max_tokens=24, temperature=0)
-    expected = greedy_text(hf, prompt, 24)
+    answer = client.completions.create(model=MODEL, prompt=prompt, max_tokens=24, temperature=0)
+    expected = greedy_text(hf, folder, prompt, 24)
     assert answer.choices[0].text == expected
     tokens = answer.usage.completion_tokens
     assert answer.choices[0].finish_reason == ("length" if tokens == 24 else "stop")
@@ -94,7 +112,7 @@ def test_greedy_completion_is_what_transformers_generates(lm, client):
 @pytest.mark.slow
 def test_chat_stream_equals_the_whole_answer(client):
     ask = dict(
-        model="tiny-lm",
+        model=MODEL,
         messages=[{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"}],
         max_tokens=30,
         temperature=0.8,
@@ -134,12 +152,12 @@ def test_the_stream_is_server_sent_events_ending_with_done(server):
 @pytest.mark.slow
 def test_stop_strings_end_the_answer(lm, client):
     hf, _ = lm
-    free = client.completions.create(model="tiny-lm", prompt="class", max_tokens=24, temperature=0)
+    free = client.completions.create(model=MODEL, prompt="class", max_tokens=24, temperature=0)
     text = free.choices[0].text
     stop = text[len(text) // 2 : len(text) // 2 + 2]
     assert stop.strip(), text
     cut = client.completions.create(
-        model="tiny-lm", prompt="class", max_tokens=24, temperature=0, stop=[stop]
+        model=MODEL, prompt="class", max_tokens=24, temperature=0, stop=[stop]
     )
     assert cut.choices[0].text == text[: text.find(stop)]
     assert cut.choices[0].finish_reason == "stop"
@@ -180,8 +198,8 @@ def test_bad_bodies_and_keys(server, client):
     with pytest.raises(openai.AuthenticationError):
         openai.OpenAI(base_url=server.url + "/v1", api_key="no", max_retries=0).models.list()
     with pytest.raises(openai.BadRequestError, match="context length"):
-        client.completions.create(model="tiny-lm", prompt="word " * 400, max_tokens=4)
-    assert [m.id for m in client.models.list().data] == ["tiny-lm"]  # still serving
+        client.completions.create(model=MODEL, prompt="word " * 1500, max_tokens=4)
+    assert [m.id for m in client.models.list().data] == [MODEL]  # still serving
 
 
 @pytest.mark.slow
@@ -189,7 +207,7 @@ def test_a_client_that_goes_away_stops_its_generation(server, client):
     def generated() -> float:
         _, _, text = http(server.url + "/metrics", headers={"Authorization": "Bearer sesame"})
         return metric(
-            metric_values(text.decode()), "edgekit_lm_generated_tokens_total", model="tiny-lm"
+            metric_values(text.decode()), "edgekit_lm_generated_tokens_total", model=MODEL
         )
 
     before = generated()
@@ -211,7 +229,7 @@ def test_a_client_that_goes_away_stops_its_generation(server, client):
     time.sleep(0.5)
     assert generated() == settled, "the generation went on after its client left"
     assert settled - before < 250
-    answer = client.completions.create(model="tiny-lm", prompt="a", max_tokens=3, temperature=0)
+    answer = client.completions.create(model=MODEL, prompt="a", max_tokens=3, temperature=0)
     assert answer.usage.completion_tokens <= 3  # still serving
 
 
@@ -245,7 +263,7 @@ def test_concurrent_generations_go_side_by_side(lm):
 
 @pytest.mark.slow
 def test_concurrent_clients_get_their_own_answers(client):
-    ask = dict(model="tiny-lm", prompt="while", max_tokens=40, temperature=0.9)
+    ask = dict(model=MODEL, prompt="while", max_tokens=40, temperature=0.9)
     alone = {seed: client.completions.create(**ask, seed=seed).choices[0].text for seed in (1, 2)}
     together = {}
 
@@ -266,17 +284,15 @@ def test_metrics_and_sigterm(lm):
     srv = Server(folder, "--threads", "1")
     try:
         plain = openai.OpenAI(base_url=srv.url + "/v1", api_key="none", max_retries=0)
-        plain.completions.create(model="tiny-lm", prompt="import", max_tokens=8, temperature=0)
+        plain.completions.create(model=MODEL, prompt="import", max_tokens=8, temperature=0)
         _, _, text = http(srv.url + "/metrics")
         values = metric_values(text.decode())
-        assert metric(values, "edgekit_lm_generated_tokens_total", model="tiny-lm") >= 1
-        assert metric(values, "edgekit_lm_prompt_tokens_total", model="tiny-lm") >= 1
-        assert metric(values, "edgekit_lm_time_to_first_token_seconds_count", model="tiny-lm") == 1
-        assert metric(values, "edgekit_requests_total", model="tiny-lm", outcome="success") == 1
+        assert metric(values, "edgekit_lm_generated_tokens_total", model=MODEL) >= 1
+        assert metric(values, "edgekit_lm_prompt_tokens_total", model=MODEL) >= 1
+        assert metric(values, "edgekit_lm_time_to_first_token_seconds_count", model=MODEL) == 1
+        assert metric(values, "edgekit_requests_total", model=MODEL, outcome="success") == 1
         # SIGTERM while a stream is running: the process ends cleanly
-        stream = plain.completions.create(
-            model="tiny-lm", prompt="for", max_tokens=240, stream=True
-        )
+        stream = plain.completions.create(model=MODEL, prompt="for", max_tokens=240, stream=True)
         next(iter(stream))
         threading.Timer(0.2, srv.proc.terminate).start()
         try:
@@ -286,5 +302,30 @@ def test_metrics_and_sigterm(lm):
             pass
         assert srv.proc.wait(timeout=40) == 0
         poll(lambda: srv.proc.poll(), lambda code: code is not None, timeout=5)
+    finally:
+        srv.stop()
+
+
+@pytest.mark.slow
+def test_an_optimize_folder_serves_its_pick_with_a_live_drift_shadow(tiny_llama_optimized):
+    out, _ = tiny_llama_optimized
+    report = json.loads((out / "report.json").read_text())
+    pick = report["recommendation"]["variant"]
+    srv = Server(out, "--shadow", "fp32", "--shadow-rate", "1", "--threads", "1")
+    try:
+        plain = openai.OpenAI(base_url=srv.url + "/v1", api_key="none", max_retries=0)
+        assert [m.id for m in plain.models.list().data] == [pick]
+        for seed in range(3):
+            plain.completions.create(
+                model=pick, prompt="The cat", max_tokens=20, temperature=1.0, seed=seed
+            )
+        summary = poll(
+            lambda: json.loads(http(srv.url + "/edgekit/monitor")[2])[pick]["drift"],
+            lambda drift: drift.get("compared", 0) >= 1,
+            timeout=30,
+        )
+        assert summary["shadow"] == "fp32" and summary["compared"] >= 1
+        assert summary["kld_mean"] >= 0 and 0 <= summary["same_top1"] <= 1
+        assert summary["budget"] == "kld<=0.05"
     finally:
         srv.stop()

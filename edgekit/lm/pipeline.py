@@ -29,6 +29,7 @@ MAX_WINDOWS = 16
 PROMPTS = 4
 PROMPT_TOKENS = 16
 GREEDY_TOKENS = 32
+PP_LENGTHS = (128, 512)  # prompt processing is timed at these prompt lengths (llama-bench's)
 
 
 @dataclass
@@ -100,7 +101,7 @@ def optimize_lm(folder, out, options: LMOptions | None = None, step=None) -> Rep
                 row.unmeasured["accuracy"] = "no held-out text (--data FILE.txt)"
         else:
             notes += _drift(lm, rows, staging, text, text_path, threads, step)
-        _measure(rows, staging, options, threads, step)
+        _measure(rows, staging, options, threads, step, lm.context_length)
         report = Report(
             "optimize",
             rows,
@@ -252,14 +253,23 @@ def _drift(lm, rows, staging, text, text_path, threads, step) -> list[str]:
     ]
 
 
-def _measure(rows, staging, options: LMOptions, threads: int, step) -> None:
+def _measure(rows, staging, options: LMOptions, threads: int, step, context: int | None) -> None:
     from edgekit.lm.bench import measure_lm
 
+    # llama-bench's prompt lengths, those that fit the model's context (the KV cache holds the
+    # prompt and the first generated token)
+    lengths = [n for n in PP_LENGTHS if context is None or n + 1 <= context]
+    too_long = {
+        f"pp{n}": f"a prompt of {n} tokens does not fit the model's context of {context} tokens"
+        for n in PP_LENGTHS
+        if n not in lengths
+    }
     built = {r.name: staging / r.name for r in rows if not r.error}
     with step("benchmarking " + ", ".join(built)) as update:
         measured = measure_lm(
             built,
             threads=threads,
+            prompt_lengths=lengths,
             min_time=options.min_time,
             max_time=options.max_time,
             on_progress=update,
@@ -279,6 +289,7 @@ def _measure(rows, staging, options: LMOptions, threads: int, step) -> None:
             row.memory["kv_cache_context"] = m.context_length
         row.threads = m.threads
         row.notes += list(m.notes)
+        row.unmeasured.update(too_long)
 
 
 def _rate(block: dict) -> dict:

@@ -48,23 +48,18 @@ class Service:
             raise EdgekitError(
                 "A language model is served alone: pick it with --variant NAME (not all)."
             )
-        if self.lm and options.shadow:
-            raise EdgekitError(
-                "--shadow compares tensor outputs; a language model has no shadow yet."
-            )
-        names = [choice.name for choice in self.choices]
-        twice = next((n for n in names if names.count(n) > 1), None)
-        if twice is not None:
-            raise EdgekitError(f"Two variants would be served as {twice!r}.")
         self.shadow_file = self._shadow_file()
         report = self.report or {}
         budget_text = options.max_drift or report.get("budget")
-        if budget_text:
+        self.budget = None
+        if budget_text and self.lm:
+            from edgekit.recommend import parse_lm_budget
+
+            self.budget = parse_lm_budget(budget_text)
+        elif budget_text:
             from edgekit.recommend import parse_budget
 
             self.budget = parse_budget(budget_text)
-        else:
-            self.budget = None
         self.state = self.log = self.app = self.engine = None
 
     def _shadow_file(self) -> Path | None:
@@ -72,13 +67,17 @@ class Service:
         if not shadow:
             return None
         if self.report is None:
-            if not Path(shadow).is_file():
+            served_lm = is_lm_variant(self.choices[0].path)
+            if not (is_lm_variant(Path(shadow)) if served_lm else Path(shadow).is_file()):
+                kind = "a language model's folder" if served_lm else "an .onnx file"
                 raise EdgekitError(
-                    f"--shadow {shadow}: serving one .onnx file, the shadow must be an "
-                    ".onnx file too (or serve the optimize output folder and name a variant)."
+                    f"--shadow {shadow}: serving one model, the shadow must be {kind} too (or "
+                    "serve the optimize output folder and name a variant)."
                 )
             return Path(shadow)
         _, (choice,) = choose(self.options.path, shadow)
+        if is_lm_variant(choice.path) != is_lm_variant(self.choices[0].path):
+            raise EdgekitError(f"--shadow {shadow}: a shadow is the same kind of model.")
         return choice.path
 
     @property
@@ -149,9 +148,21 @@ class Service:
         metrics.model_info.labels(
             choice.name, choice.path.name, (choice.variant or {}).get("sha256") or ""
         ).set(1)
+        shadow = None
+        if self.shadow_file is not None:
+            from edgekit.serve.lm_shadow import LMShadow
+
+            max_kld = dict(self.budget.bounds).get("kld") if self.budget else None
+            shadow = LMShadow(
+                choice.name, choice.path, options.shadow, self.shadow_file, options.shadow_rate,
+                max_kld, metrics,
+            )  # fmt: skip
+            self.engine.on_done = shadow.offer
 
         def monitor():
-            return {"drift": {"note": "no live drift shadow for language models yet"}}
+            if shadow is None:
+                return {"drift": {"note": "no shadow: start the server with --shadow fp32"}}
+            return {"drift": shadow.summary()}
 
         return openai_routes(
             self.engine, choice.name, metrics, int(options.max_body_mb * 2**20), monitor, on_ready
