@@ -71,7 +71,7 @@ def tiny_llama_folder(tmp_path_factory):
     save_pretrained writes it (tests/models.py: tiny_llama)."""
     from models import tiny_llama
 
-    return tiny_llama(tmp_path_factory.mktemp("lm") / "tiny-llama", context=1024)
+    return tiny_llama(tmp_path_factory.mktemp("lm") / "tiny-llama", context=1024, chat=True)
 
 
 @pytest.fixture(scope="session")

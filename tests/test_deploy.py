@@ -256,3 +256,40 @@ def test_the_launcher_goes_to_the_device_alone_and_needs_only_the_standard_libra
         assert sorted(tar.getnames()) == ["launcher.py", "serve.json"]
         shipped = tar.extractfile("launcher.py").read()
     assert shipped == remote.LAUNCHER.read_bytes()
+
+
+def test_deploy_a_language_model_and_chat_with_it(device, ssh_env, tmp_path, tiny_llama_optimized):
+    openai = pytest.importorskip("openai")
+    folder, _ = tiny_llama_optimized
+    pick = json.loads((folder / "report.json").read_text())["recommendation"]["variant"]
+    remote_dir, port = tmp_path / "device", free_port()
+    common = ["--target", device, "--remote-python", device_python(tmp_path / "py"),
+              "--remote-dir", remote_dir]  # fmt: skip
+    done = run_edgekit("deploy", folder, *common, "--name", "chat", "--port", port,
+                       env=ssh_env, timeout=240)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    try:
+        assert (remote_dir / "chat" / "model" / pick / "genai_config.json").is_file()
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="-", max_retries=0)
+        answer = client.chat.completions.create(
+            model="chat", messages=[{"role": "user", "content": "hi"}], max_tokens=5
+        )
+        assert answer.usage.completion_tokens <= 5 and answer.choices[0].finish_reason
+        stopped = run_edgekit("deploy", "--stop", *common, "--name", "chat", env=ssh_env)
+        assert stopped.returncode == 0, stopped.stderr
+    finally:
+        pidfile = remote_dir / "chat" / "serve.pid"
+        if pidfile.exists():
+            os.kill(int(pidfile.read_text()), signal.SIGTERM)
+
+
+def test_a_device_without_onnxruntime_genai_gets_its_pip_line(
+    device, ssh_env, tmp_path, tiny_llama_optimized
+):
+    folder, _ = tiny_llama_optimized
+    python = device_python(tmp_path / "py", block=("onnxruntime_genai",))
+    done = run_edgekit("deploy", folder, "--target", device, "--remote-python", python,
+                       "--remote-dir", tmp_path / "dev", env=ssh_env, timeout=120)  # fmt: skip
+    assert done.returncode == 2
+    assert "onnxruntime_genai" in done.stderr
+    assert "pip install onnxruntime-genai" in done.stderr

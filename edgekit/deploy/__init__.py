@@ -96,13 +96,14 @@ def deploy(options: DeployOptions, target: Target, say: Callable[[str], None] = 
     server.check_name(variant, "The report's variant name", "--variant")  # goes into the unit
     files = [(path / "report.json", "model/report.json")]
     files += remote.variant_files(path, choice.variant)
-    runtimes = (runtime_for(choice.path),)  # the device needs each served variant's runtime
+    # the device needs each served variant's runtime
+    runtimes = (choice.variant.get("runtime") or runtime_for(choice.path),)
     serve_args = ["model", "--variant", variant, "--name", name,
                   "--host", options.host, "--port", str(options.port)]  # fmt: skip
     if options.shadow:
         _, (shadow,) = server.choose(path, options.shadow)
         files += remote.variant_files(path, shadow.variant)
-        runtimes += (runtime_for(shadow.path),)
+        runtimes += (shadow.variant.get("runtime") or runtime_for(shadow.path),)
         serve_args += ["--shadow", options.shadow]
     for flag, value in (
         ("--threads", options.threads),

@@ -68,13 +68,25 @@ def run_launcher(target: Target, command: str, folder: str, timeout: float = QUI
 
 
 # The module each runtime's variants need on the device (onnxruntime is in CHECK's list).
-RUNTIME_MODULES = {"openvino": "openvino", "litert": "ai_edge_litert", "executorch": "executorch"}
+RUNTIME_MODULES = {
+    "openvino": "openvino",
+    "litert": "ai_edge_litert",
+    "executorch": "executorch",
+    "onnxruntime-genai": "onnxruntime_genai",  # language models
+}
+
+
+def pip_line(runtime: str) -> str:
+    from edgekit import runtimes as known
+
+    if runtime == "onnxruntime-genai":
+        return "python3 -m pip install onnxruntime-genai"
+    return known.module(runtime).PIP
 
 
 def check_device(target: Target, folder: str, runtimes: tuple[str, ...] = ()) -> dict:
     """The device's Python has what `edgekit serve` needs, and the module of each runtime in
     `runtimes` (the served variants'): EdgekitError with the pip line(s) if not."""
-    from edgekit import runtimes as known
 
     extra = [RUNTIME_MODULES[r] for r in runtimes if r in RUNTIME_MODULES]
     try:
@@ -94,7 +106,7 @@ def check_device(target: Target, folder: str, runtimes: tuple[str, ...] = ()) ->
         python = shlex.quote(target.python)
         lines = [f"  {python} {PIP}"]
         lines += [
-            f"  {python} {known.module(r).PIP.removeprefix('python3 ')}"
+            f"  {python} {pip_line(r).removeprefix('python3 ')}"
             for r in runtimes
             if RUNTIME_MODULES.get(r) in reply["missing"]
         ]

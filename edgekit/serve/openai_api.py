@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import os
 import time
 import uuid
 from dataclasses import dataclass
@@ -27,7 +28,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from edgekit.serve.app import ClientGone, read_body
+from edgekit.serve.app import IDENTITY_HEADER, ClientGone, read_body
 from edgekit.serve.lm_engine import Job, LMEngine, Sampling
 from edgekit.serve.metrics import Metrics
 from edgekit.serve.middleware import note
@@ -345,8 +346,10 @@ def openai_routes(
         finally:  # also when the client went away (Starlette cancels this generator)
             job.cancelled.set()
 
+    identity = {IDENTITY_HEADER: str(os.getpid())}  # which server answers (edgekit deploy)
+
     async def health(request):
-        return JSONResponse({"status": "ok"})
+        return JSONResponse({"status": "ok"}, headers=identity)
 
     async def prometheus(request):
         data = await asyncio.to_thread(generate_latest, metrics.registry)
