@@ -329,3 +329,27 @@ def test_an_optimize_folder_serves_its_pick_with_a_live_drift_shadow(tiny_llama_
         assert summary["budget"] == "kld<=0.05"
     finally:
         srv.stop()
+
+
+@pytest.mark.slow
+def test_the_readme_client_snippet_streams_an_answer(lm):
+    import re
+    import subprocess
+    import sys
+
+    from helpers import REPO
+
+    readme = (REPO / "README.md").read_text()
+    section = readme[readme.index("### Serve it: the OpenAI API") :]
+    snippet = re.search(r"```python\n(.*?)```", section, re.S)[1]
+    _, folder = lm
+    srv = Server(folder, "--threads", "1")
+    try:
+        code = snippet.replace("http://127.0.0.1:8000", srv.url)
+        done = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, timeout=120
+        )
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.strip()  # the streamed answer
+    finally:
+        srv.stop()
