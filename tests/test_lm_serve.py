@@ -13,7 +13,8 @@ from http.client import HTTPConnection
 import pytest
 from serve_helpers import Server, http, metric, metric_values, poll
 
-from edgekit.serve.lm_engine import LMEngine, Sampling, StopText
+from edgekit.serve.lm_engine import LMEngine
+from edgekit.serve.lm_worker import StopText
 
 openai = pytest.importorskip("openai")
 pytest.importorskip("onnxruntime_genai")
@@ -244,13 +245,13 @@ def test_concurrent_generations_go_side_by_side(lm):
             order = []
 
             async def drain(tag, job):
-                while (event := await job.events.get())[0] == "text":
+                while (event := await job.events.get())[0] in ("accepted", "text"):
                     pass
                 order.append((tag, event))
 
-            prompt = engine.encode("while")
-            long = engine.submit(prompt, Sampling(max_tokens=240, temperature=0.7, seed=1))
-            short = engine.submit(prompt, Sampling(max_tokens=2, temperature=0.7, seed=1))
+            ask = {"prompt": "while", "temperature": 0.7, "seed": 1}
+            long = engine.submit({**ask, "max_tokens": 240})
+            short = engine.submit({**ask, "max_tokens": 2})
             await asyncio.gather(drain("long", long), drain("short", short))
             return order, long.completion_tokens
         finally:
@@ -353,3 +354,31 @@ def test_the_readme_client_snippet_streams_an_answer(lm):
         assert done.stdout.strip()  # the streamed answer
     finally:
         srv.stop()
+
+
+@pytest.mark.slow
+def test_without_onnxruntime_genai_the_server_says_what_to_install(lm, tmp_path):
+    from helpers import import_blocker, run_edgekit
+
+    _, folder = lm
+    env = {"PYTHONPATH": import_blocker(tmp_path / "blocked", ("onnxruntime_genai",))}
+    done = run_edgekit("serve", folder, "--port", "0", env=env, timeout=120)
+    assert done.returncode == 2
+    assert "pip install onnxruntime-genai" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+@pytest.mark.slow
+def test_a_broken_lm_folder_is_a_clear_error(lm, tmp_path):
+    import shutil
+
+    from helpers import run_edgekit
+
+    _, folder = lm
+    broken = tmp_path / "broken"
+    shutil.copytree(folder, broken)
+    (broken / "model.onnx").write_bytes(b"not a model")
+    done = run_edgekit("serve", broken, "--port", "0", timeout=120)
+    assert done.returncode == 2
+    assert "Cannot load the language model" in done.stderr
+    assert "Traceback" not in done.stderr

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
 import statistics
 import subprocess
 import sys
@@ -27,6 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 PROMPT = "The for statement is used to iterate over the elements of a sequence"
 TG_TARGET, TTFT_TARGET_MS = 0.95, 2.0
+SETTLE_S = 0.3
 
 
 def in_process(model, tokenizer, og, prompt: str, tokens: int) -> tuple[float, float, int]:
@@ -50,27 +52,34 @@ def in_process(model, tokenizer, og, prompt: str, tokens: int) -> tuple[float, f
 
 
 def streamed(port: int, model: str, prompt: str, tokens: int) -> tuple[float, float, int]:
-    """(TTFT s, tg tokens/s, tokens) of a streamed /v1/completions request."""
+    """(TTFT s, tg tokens/s, tokens) of a streamed /v1/completions request, read off a raw
+    socket as the bytes arrive (a buffered HTTP client would hand over several events at once
+    and flatter the rate)."""
     body = json.dumps({
         "model": model, "prompt": prompt, "max_tokens": tokens, "temperature": 0,
         "stream": True, "stream_options": {"include_usage": True},
-    })  # fmt: skip
-    conn = HTTPConnection("127.0.0.1", port, timeout=120)
-    start = time.perf_counter()
-    conn.request("POST", "/v1/completions", body, {"Content-Type": "application/json"})
-    response = conn.getresponse()
-    first = last = None
-    count = None
-    for line in response:
-        if not line.startswith(b"data: ") or line.strip() == b"data: [DONE]":
-            continue
-        event = json.loads(line[6:])
-        if event.get("usage"):
-            count = event["usage"]["completion_tokens"]
-        if any(c.get("text") for c in event.get("choices") or []):
-            last = time.perf_counter()
-            first = first or last
-    conn.close()
+    }).encode()  # fmt: skip
+    head = (f"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: "
+            f"application/json\r\nContent-Length: {len(body)}\r\n\r\n").encode()  # fmt: skip
+    first = last = count = None
+    seen = b""
+    with socket.create_connection(("127.0.0.1", port), timeout=120) as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        start = time.perf_counter()
+        sock.sendall(head + body)
+        while b"data: [DONE]" not in seen:
+            data = sock.recv(1 << 16)
+            if not data:
+                break
+            now = time.perf_counter()
+            seen += data
+            for event in re.findall(rb"data: (\{.*?\})\r?\n", data):
+                event = json.loads(event)
+                if event.get("usage"):
+                    count = event["usage"]["completion_tokens"]
+                if any(c.get("text") for c in event.get("choices") or []):
+                    last = now
+                    first = first or now
     return first - start, (count - 1) / (last - first), count
 
 
@@ -143,6 +152,9 @@ def run(folder: Path, gguf: Path | None, rounds: int, tokens: int, threads: int)
             side()  # warm-up
         for _ in range(rounds):
             for label, side in sides.items():
+                # onnxruntime's threads spin for a while after a run: let the last side's go
+                # idle, or they take the cores from this one
+                time.sleep(SETTLE_S)
                 results[label].append(side())
     finally:
         edgekit.stop()

@@ -225,12 +225,12 @@ class LMMetrics:
         kv.labels(name).set_function(kv_bytes)
 
     def started(self, job, now: float) -> None:
-        self.queue.observe(now - job.queued_at)
-        self.prompt_tokens.inc(len(job.prompt))
+        self.queue.observe(now - job.submitted_at)
+        self.prompt_tokens.inc(job.prompt_tokens)
 
     def token(self, job, now: float) -> None:
         self.generated_tokens.inc()
         if job.last_token_at is None:
-            self.ttft.observe(now - job.queued_at)
+            self.ttft.observe(now - job.submitted_at)
         else:
             self.inter_token.observe(now - job.last_token_at)

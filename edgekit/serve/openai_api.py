@@ -29,7 +29,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from edgekit.serve.app import IDENTITY_HEADER, ClientGone, read_body
-from edgekit.serve.lm_engine import Job, LMEngine, Sampling
+from edgekit.serve.lm_engine import Job, LMEngine
 from edgekit.serve.metrics import Metrics
 from edgekit.serve.middleware import note
 from edgekit.serve.protocol import BadRequest
@@ -56,10 +56,10 @@ class APIError(Exception):
 
 @dataclass(frozen=True)
 class Ask:
-    """A checked request: the prompt's tokens and how to sample."""
+    """A checked request: what the model's worker is asked (lm_worker's "start" command) and how
+    the answer goes back."""
 
-    prompt: list[int]
-    sampling: Sampling
+    request: dict
     stream: bool
     include_usage: bool
 
@@ -132,8 +132,9 @@ def messages_of(body: dict) -> list[dict]:
     return checked
 
 
-def ask_of(body, engine: LMEngine, prompt_text: str) -> Ask:
-    """The request checked against the model: APIError (400) for what it cannot do."""
+def ask_of(body: dict, chat: bool) -> Ask:
+    """The request checked (APIError 400 for what no model can do); the model's worker checks
+    what depends on the model (the prompt's length against its context)."""
     n = body.get("n", 1)
     if n != 1:
         raise APIError(400, "'n' must be 1: one answer per request", "n")
@@ -143,34 +144,25 @@ def ask_of(body, engine: LMEngine, prompt_text: str) -> Ask:
     options = body.get("stream_options") or {}
     if not isinstance(options, dict):
         raise APIError(400, "'stream_options' must be an object", "stream_options")
-    prompt = engine.encode(prompt_text)
-    room = engine.context_length - len(prompt)
-    if room < 1:
-        raise APIError(
-            400,
-            f"This model's maximum context length is {engine.context_length} tokens; the "
-            f"prompt has {len(prompt)}. Shorten the prompt.",
-            "messages" if "messages" in body else "prompt",
-            "context_length_exceeded",
-        )
+    if chat:
+        request = {"messages": messages_of(body), "prompt": None}
+    else:
+        prompt = body.get("prompt")
+        if isinstance(prompt, list) and len(prompt) == 1:
+            prompt = prompt[0]
+        if not isinstance(prompt, str):
+            raise APIError(400, "'prompt' must be a string", "prompt")
+        request = {"messages": None, "prompt": prompt}
     key = "max_completion_tokens" if "max_completion_tokens" in body else "max_tokens"
-    asked = _integer(body, key, 1, 2**31)
-    if asked is not None and asked > room:
-        raise APIError(
-            400,
-            f"This model's maximum context length is {engine.context_length} tokens; the "
-            f"prompt has {len(prompt)} and {key} asks for {asked} more. Ask for at most {room}.",
-            key,
-            "context_length_exceeded",
-        )
-    sampling = Sampling(
-        max_tokens=asked or room,
+    request.update(
+        max_tokens=_integer(body, key, 1, 2**31),
+        max_tokens_key=key,
         temperature=_number(body, "temperature", 1.0, 0.0, 2.0),
         top_p=_number(body, "top_p", 1.0, 1e-9, 1.0),
         seed=_integer(body, "seed", 0, MAX_SEED),
-        stop=_stops(body),
+        stop=list(_stops(body)),
     )
-    return Ask(prompt, sampling, stream, bool(options.get("include_usage")))
+    return Ask(request, stream, bool(options.get("include_usage")))
 
 
 def openai_routes(
@@ -234,20 +226,15 @@ def openai_routes(
         except APIError as exc:
             return exc.response()
         try:
-            if chat:
-                text = engine.chat_prompt(messages_of(body))
-            else:
-                text = body.get("prompt")
-                if isinstance(text, list) and len(text) == 1:
-                    text = text[0]
-                if not isinstance(text, str):
-                    raise APIError(400, "'prompt' must be a string", "prompt")
-            ask = ask_of(body, engine, text)
+            ask = ask_of(body, chat)
         except APIError as exc:
             return exc.response()
-        except ValueError as exc:  # no chat template
-            return APIError(400, str(exc), "messages").response()
-        job = engine.submit(ask.prompt, ask.sampling)
+        job = engine.submit(ask.request)
+        kind, value = await job.events.get()
+        if kind == "rejected":
+            return APIError(400, value["message"], value["param"], value["code"]).response()
+        if kind == "error":
+            return APIError(500, value).response()
         ident = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
         if ask.stream:
             return StreamingResponse(
@@ -258,7 +245,7 @@ def openai_routes(
         return await whole(request, job, ask, ident, chat)
 
     def usage(job: Job, ask: Ask) -> dict:
-        prompt = len(ask.prompt)
+        prompt = job.prompt_tokens
         return {
             "prompt_tokens": prompt,
             "completion_tokens": job.completion_tokens,
@@ -283,7 +270,7 @@ def openai_routes(
                 done, _ = await asyncio.wait({get, gone}, return_when=asyncio.FIRST_COMPLETED)
                 if get not in done:
                     get.cancel()
-                    job.cancelled.set()
+                    engine.cancel(job)
                     return Response(status_code=499)  # nobody reads it: the client is gone
                 kind, value = get.result()
                 if kind == "text":
@@ -294,7 +281,6 @@ def openai_routes(
                     reason = value
         finally:
             gone.cancel()
-            job.cancelled.set()
         text = "".join(parts)
         choice = (
             {"index": 0, "message": {"role": "assistant", "content": text}}
@@ -344,7 +330,7 @@ def openai_routes(
                     break
             yield "data: [DONE]\n\n"
         finally:  # also when the client went away (Starlette cancels this generator)
-            job.cancelled.set()
+            engine.cancel(job)
 
     identity = {IDENTITY_HEADER: str(os.getpid())}  # which server answers (edgekit deploy)
 
