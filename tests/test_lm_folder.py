@@ -95,8 +95,16 @@ def test_no_tokenizer(copy):
 def test_a_pickle_only_is_refused_unread(copy):
     (copy / "model.safetensors").unlink()
     # a pickle that would run code when loaded: the message names it, nothing loads it
-    (copy / "pytorch_model.bin").write_bytes(b"cos\nsystem\n(S'touch /tmp/pwned-by-edgekit'\ntR.")
-    with pytest.raises(EdgekitError, match=r"pytorch_model\.bin.*safe_serialization=True"):
+    (copy / "pytorch_model.bin").write_bytes(b"cos\nsystem\n(S'touch pwned-by-edgekit'\ntR.")
+    with pytest.raises(
+        EdgekitError, match=r"pytorch_model\.bin, a pickle.*safe_serialization=True"
+    ):
+        read_lm_folder(copy)
+
+
+def test_no_weights_at_all(copy):
+    (copy / "model.safetensors").unlink()
+    with pytest.raises(EdgekitError, match=r"no \*\.safetensors weights\. Save the model"):
         read_lm_folder(copy)
 
 

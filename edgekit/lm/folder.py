@@ -77,11 +77,15 @@ def read_lm_folder(path) -> LMFolder:
         )
     weights = sorted(folder.glob("*.safetensors"))
     if not weights:
-        pickled = [p.name for p in (*folder.glob("*.bin"), *folder.glob("*.pt")) if p.is_file()]
-        found = f" It holds {plain(', '.join(sorted(pickled)))}: a pickle," if pickled else ""
+        pickled = sorted(p.name for p in (*folder.glob("*.bin"), *folder.glob("*.pt")))
+        found = (
+            f"It holds {plain(', '.join(pickled))}, a pickle, which edgekit does not load "
+            "(unpickling can run any code). "
+            if pickled
+            else ""
+        )
         raise EdgekitError(
-            f"{folder} has no *.safetensors weights.{found} which edgekit does not load "
-            "(unpickling can run any code). Re-save the model with "
+            f"{folder} has no *.safetensors weights. {found}Save the model with "
             "`model.save_pretrained(folder, safe_serialization=True)`."
         )
     template = _chat_template(folder)

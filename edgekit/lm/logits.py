@@ -51,7 +51,6 @@ class LogitsModel:
             ) from None
         self.context_length = model.get("context_length")
         self.vocab_size = model.get("vocab_size")
-        self.eos_token_id = model.get("eos_token_id")
 
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
