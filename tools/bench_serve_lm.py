@@ -8,6 +8,9 @@ server-sent events) and, with --gguf, through `python -m llama_cpp.server`. Same
 same threads, greedy, `--tokens` new tokens. Printed per side: the median time to first token
 (request sent -> first text) and generation tokens/s (tokens after the first / time from the
 first to the last), the server's ratio to in-process and llama.cpp's figures beside them.
+Then (section 5) what serving several clients at once gives: the aggregate tokens/s of 4
+requests one after another, side by side (one token step of each in turn, as the server runs
+them) and as one batch of 4 (what continuous batching would give), in this process.
 Targets: through edgekit's server tg >= 0.95x in-process and TTFT at most 2 ms more; the exit
 code is 1 when one is not met.
 """
@@ -25,10 +28,13 @@ import time
 from http.client import HTTPConnection
 from pathlib import Path
 
+import numpy as np
+
 ROOT = Path(__file__).resolve().parents[1]
 PROMPT = "The for statement is used to iterate over the elements of a sequence"
 TG_TARGET, TTFT_TARGET_MS = 0.95, 2.0
 SETTLE_S = 0.3
+CLIENTS = 4
 
 
 def in_process(model, tokenizer, og, prompt: str, tokens: int) -> tuple[float, float, int]:
@@ -110,6 +116,48 @@ class Process:
         self.proc.wait(timeout=60)
 
 
+def concurrent(model, tokenizer, og, prompt: str, tokens: int, clients: int) -> dict[str, float]:
+    """Aggregate generation tokens/s of `clients` requests at once, three ways in this process:
+    one after another, side by side (one token step of each in turn: what the server does), and
+    as one batch (one generator, batch_size = clients: what continuous batching would give)."""
+    ids = tokenizer.encode(prompt)
+
+    def generator(batch: int):
+        params = og.GeneratorParams(model)
+        params.set_search_options(max_length=len(ids) + tokens, do_sample=False, batch_size=batch)
+        gen = og.Generator(model, params)
+        gen.append_tokens(np.array([ids] * batch, dtype=np.int32))
+        return gen
+
+    def sequential():
+        for _ in range(clients):
+            gen = generator(1)
+            while not gen.is_done():
+                gen.generate_next_token()
+
+    def side_by_side():
+        gens = [generator(1) for _ in range(clients)]
+        while gens:
+            for gen in list(gens):
+                gen.generate_next_token()
+                if gen.is_done():
+                    gens.remove(gen)
+
+    def batched():
+        gen = generator(clients)
+        while not gen.is_done():
+            gen.generate_next_token()
+
+    rates = {}
+    for label, run in (("one after another", sequential), ("side by side", side_by_side),
+                       ("one batch", batched)):  # fmt: skip
+        time.sleep(SETTLE_S)
+        start = time.perf_counter()
+        run()
+        rates[label] = clients * tokens / (time.perf_counter() - start)
+    return rates
+
+
 def free_port() -> int:
     import socket
 
@@ -173,6 +221,16 @@ def run(folder: Path, gguf: Path | None, rounds: int, tokens: int, threads: int)
         summary[label] = (ttft, tg)
         print(f"{label:18} {ttft:7.2f} ms {ttft - base_ttft:+11.2f} ms {tg:9.1f} "
               f"{tg / base_tg:13.3f}x {rows[0][2]:6d}")  # fmt: skip
+    print(f"\n5. {CLIENTS} requests at once, aggregate tokens/s (prefill included; median of "
+          f"{rounds} rounds, in-process onnxruntime-genai)")  # fmt: skip
+    together: dict[str, list[float]] = {}
+    for _ in range(rounds):
+        for label, rate in concurrent(model, tokenizer, og, PROMPT, tokens, CLIENTS).items():
+            together.setdefault(label, []).append(rate)
+    base = statistics.median(together["one after another"])
+    for label, rates in together.items():
+        rate = statistics.median(rates)
+        print(f"{label:18} {rate:9.1f} tok/s {rate / base:6.2f}x")
     ttft, tg = summary["edgekit serve"]
     checks = [
         (f"tg through the server >= {TG_TARGET}x in-process", tg / base_tg >= TG_TARGET),
