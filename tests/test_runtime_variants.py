@@ -104,6 +104,48 @@ def test_a_failed_conversion_is_an_error_row_and_onnx_input_needs_the_torch_mode
     assert "needs the PyTorch model" in ctx.notes[0]
 
 
+def _attention_onnx(path):
+    """x[N,4,8] -> q, k, v MatMuls -> Softmax(q kᵀ) v -> y: MatMul-heavy, like a transformer."""
+    rng = np.random.default_rng(0)
+    weights = [
+        numpy_helper.from_array(rng.normal(size=(8, 8)).astype(np.float32), w) for w in "qkv"
+    ]
+    graph = helper.make_graph(
+        [
+            *(helper.make_node("MatMul", ["x", w], [f"{w}x"]) for w in "qkv"),
+            helper.make_node("Transpose", ["kx"], ["kt"], perm=[0, 2, 1]),
+            helper.make_node("MatMul", ["qx", "kt"], ["s"]),
+            helper.make_node("Softmax", ["s"], ["a"], axis=-1),
+            helper.make_node("MatMul", ["a", "vx"], ["y"]),
+        ],
+        "attention",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4, 8])],
+        weights,
+    )
+    return save_graph(graph, path)
+
+
+def test_openvino_int8_takes_nncfs_transformer_scheme_for_matmul_heavy_models(tmp_path):
+    need("openvino")
+    from edgekit.passes import PassContext, Variant
+    from edgekit.passes.runtimes import _openvino
+
+    rng = np.random.default_rng(2)
+    for make, shape, scheme in (
+        (_attention_onnx, (8, 4, 8), "transformer"),
+        (_conv_onnx, (8, 3, 8, 8), "default"),
+    ):
+        folder = tmp_path / scheme
+        folder.mkdir()
+        parent = Variant("simplified", make(folder / "simplified.onnx"))
+        feeds = {"x": rng.normal(size=shape).astype(np.float32)}
+        ctx = PassContext(folder, feeds, None, [], True, None, step=None)
+        int8 = {v.name: v for v in _openvino(parent, ctx)}["openvino-int8"]
+        assert int8.error is None and int8.path.is_file(), int8.error
+        assert int8.passes[-1]["settings"]["nncf_model_type"] == scheme
+
+
 def test_export_repository_writes_the_openvino_backend_and_refuses_litert(tmp_path):
     need("openvino")
     from edgekit.runtimes import ov

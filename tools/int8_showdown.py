@@ -14,12 +14,10 @@ The model classes double as `--arch` factories (`tools/int8_showdown.py:ResNet18
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -28,6 +26,7 @@ import onnxruntime as ort
 import torch
 from onnxruntime.quantization import quantize_dynamic
 from reference_models import ResNet18, SentenceEncoder, sentence_batch
+from showdown_common import arguments, selected
 from torch import nn
 
 from edgekit import stats
@@ -109,19 +108,12 @@ DRIFT_SAMPLES = 16
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--min-time", type=float, default=2.0, help="seconds per variant, at least")
-    parser.add_argument("--max-time", type=float, default=6.0, help="seconds per variant, at most")
-    parser.add_argument("--keep", type=Path, help="keep the models and reports in this folder")
-    parser.add_argument("--only", help="run only the models whose title contains this")
-    args = parser.parse_args()
-    work = args.keep or Path(tempfile.mkdtemp(prefix="int8-showdown-"))
-    work.mkdir(parents=True, exist_ok=True)
+    args, work = arguments(__doc__, "int8-showdown-", min_time=2.0, max_time=6.0)
     np.savez(work / "sentences.npz", **sentence_batch(32))  # padded token ids and masks
     torch.set_num_threads(2)
     blocks, passed = [], True
     for title, (factory, extra, samples, required) in MODELS.items():
-        if args.only and args.only.lower() not in title.lower():
+        if not selected(title, args):
             continue
         torch.manual_seed(0)  # the same weights for a model whether run alone (--only) or not
         model = factory().eval()

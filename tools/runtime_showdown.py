@@ -10,30 +10,35 @@ batch 1) and printed as its time relative to ORT fp32 (lower is faster) with the
 and its cosine against PyTorch eager fp32. A runtime that is not installed, or that cannot convert
 or run the model, is a failed row with the reason.
 
+"edgekit's pick" is what `edgekit optimize` (every installed runtime, budget cosine>=0.99)
+recommends, timed in the same run; the last line of each table is its time over the fastest
+other variant within that budget (done when ≤ 1.05 on every model).
+
     python tools/runtime_showdown.py [--min-time 1] [--max-time 3] [--only resnet] [--out FILE]
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 from reference_models import MobileNetV2, ResNet18, SentenceEncoder, sentence_batch
+from showdown_common import arguments, selected
 
-from edgekit import runtimes
+from edgekit import runtimes, stats
 from edgekit.benchmark import BenchOptions, measure
 
 HERE = Path(__file__).resolve()
 CALIBRATION = 32
 DRIFT_SAMPLES = 8
 THREADS = 2
+BOUND = 0.99  # the rows' cosine_min within budget, and edgekit's budget:
+BUDGET = f"cosine>={BOUND}"
 
 
 def images(count: int, seed: int) -> dict[str, np.ndarray]:
@@ -54,45 +59,42 @@ MODELS = {  # title: (factory, samples, NNCF transformer scheme)
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--min-time", type=float, default=1.0, help="seconds per variant, at least")
-    parser.add_argument("--max-time", type=float, default=3.0, help="seconds per variant, at most")
-    parser.add_argument("--keep", type=Path, help="keep the models in this folder")
-    parser.add_argument("--only", help="run only the models whose title contains this")
-    parser.add_argument("--out", type=Path, help="also write the summary to this file")
-    args = parser.parse_args()
-    work = args.keep or Path(tempfile.mkdtemp(prefix="runtime-showdown-"))
-    work.mkdir(parents=True, exist_ok=True)
+    args, work = arguments(__doc__, "runtime-showdown-", min_time=1.0, max_time=3.0, extra=out_file)
     torch.set_num_threads(THREADS)
     lines = ["runtimes here:"]
     for name, (ok, why) in runtimes.availability().items():
         lines.append(f"  {name:12} {'yes' if ok else 'NO'}: {why}")
     blocks = []
     for title, (factory, samples, transformer) in MODELS.items():
-        if args.only and args.only.lower() not in title.lower():
+        if not selected(title, args):
             continue
         started = time.perf_counter()
-        rows, notes = showdown(title, factory, samples, transformer, work, args)
-        blocks.append((title, rows, notes, time.perf_counter() - started))
-    for title, rows, notes, seconds in blocks:
+        rows, verdict, notes = showdown(title, factory, samples, transformer, work, args)
+        blocks.append((title, rows, verdict, notes, time.perf_counter() - started))
+    for title, rows, verdict, notes, seconds in blocks:
         lines.append(
             f"\n== {title}: batch 1, {THREADS} threads, interleaved in one run ({seconds:.0f} s)"
         )
         lines.append(
-            f"{'variant':40}{'time vs ORT fp32':>17}  {'95% interval':>12}  {'cosine_min':>10}  threads"
+            f"{'variant':44}{'time vs ORT fp32':>17}  {'95% interval':>12}  {'cosine_min':>10}  threads"
         )
         for label, ratio, ci, cos, threads, error in rows:
             if error:
-                lines.append(f"{label:40}{'failed':>17}  {error}")
+                lines.append(f"{label:44}{'failed':>17}  {error}")
                 continue
             span = f"{ci[0]:.2f}–{ci[1]:.2f}" if ci else "(baseline)"
-            lines.append(f"{label:40}{ratio:>17.2f}  {span:>12}  {cos:>10.5f}  {threads}")
+            lines.append(f"{label:44}{ratio:>17.2f}  {span:>12}  {cos:>10.5f}  {threads}")
+        lines.append(verdict)
         lines += [f"  note: {note}" for note in notes]
     text = "\n".join(lines) + "\n"
     print("\n" + text)
     if args.out:
         args.out.write_text(text)
     return 0
+
+
+def out_file(parser) -> None:
+    parser.add_argument("--out", type=Path, help="also write the summary to this file")
 
 
 def showdown(title, factory, samples, transformer, work: Path, args):
@@ -104,8 +106,8 @@ def showdown(title, factory, samples, transformer, work: Path, args):
     calib = samples(CALIBRATION, seed=1)
     np.savez(folder / "calibration.npz", **calib)
     torch.save(model.state_dict(), folder / "model.pt")
-    print(f"\n== {title}: edgekit optimize (ORT fp32 and int8 variants)", flush=True)
-    ort_variants = edgekit_variants(factory, folder, args)
+    print(f"\n== {title}: edgekit optimize (every installed runtime)", flush=True)
+    ort_variants, pick = edgekit_variants(factory, folder, args)
     example = tuple(torch.from_numpy(v[:1]) for v in samples(1, seed=2).values())
     calibration = [
         tuple(torch.from_numpy(v[i : i + 1]) for v in calib.values()) for i in range(CALIBRATION)
@@ -190,29 +192,72 @@ def showdown(title, factory, samples, transformer, work: Path, args):
         rows.append((label, ratio, ci, cosines[label], threads, None))
         notes += [f"{label}: {n}" for n in v.notes if "runtime imports torch" in n]
     notes += bench.warnings[:3]
-    return rows, notes
+    return rows, verdict(pick, bench, cosines), notes
 
 
-def edgekit_variants(factory, folder: Path, args) -> dict[str, Path]:
-    """ORT fp32 and edgekit's int8 variants (static and dynamic), from `edgekit optimize`."""
+def verdict(pick: str, bench, cosines: dict[str, float]) -> str:
+    """edgekit's pick against the fastest other variant within the budget, as a ratio of medians
+    with its 95% interval over the rounds both ran in (below 1: the pick is the faster)."""
+    within = [
+        label
+        for label, cos in cosines.items()
+        if label != pick and cos >= BOUND and not bench.variants[label].error
+    ]
+    if pick not in cosines or bench.variants[pick].error or not within:
+        return (
+            f"edgekit's pick {pick!r}: no ratio (it, or every other variant within budget, failed)"
+        )
+    fastest = min(within, key=lambda label: bench.variants[label].latency_ms["p50"])
+    ratio = stats.paired_ratio(rounds(bench.variants[fastest]), rounds(bench.variants[pick]))
+    ci = ratio["ci95"]
+    span = f" (95% interval {ci[0]:.2f}–{ci[1]:.2f})" if ci else ""
+    within_5 = "within 5%" if ratio["ratio"] <= 1.05 else "NOT within 5%"
+    return (
+        f"edgekit's pick / the fastest other variant within {BUDGET} ({fastest}): "
+        f"{ratio['ratio']:.2f}{span}: {within_5}"
+    )
+
+
+def rounds(v) -> list[list[float]]:
+    """A measurement's timed rounds, from its samples (kept whole up to 2000) and round sizes;
+    one median per round when the samples were thinned."""
+    latency = v.latency_ms
+    samples, sizes = latency["samples"], latency["round_sizes"]
+    if len(samples) != sum(sizes):
+        return [[m] for m in latency["round_medians"]]
+    edges = np.cumsum([0, *sizes])
+    return [samples[a:b] for a, b in zip(edges[:-1], edges[1:], strict=True)]
+
+
+def edgekit_variants(factory, folder: Path, args) -> tuple[dict[str, Path], str]:
+    """ORT fp32, edgekit's ONNX int8 variants (static and dynamic) and its pick, from `edgekit
+    optimize` with every installed runtime and the budget the rows here are judged by. Returns
+    (label → file, the pick's label)."""
     out = folder / "edgekit"
     subprocess.run(
         [sys.executable, "-m", "edgekit.cli", "optimize", folder / "model.pt",
          "--arch", f"{HERE.with_name('reference_models.py')}:{factory.__name__}",
-         "--data", folder / "calibration.npz", "--int8", "all", "--max-drift", "cosine>=0.99",
+         "--data", folder / "calibration.npz", "--int8", "all", "--max-drift", BUDGET,
          "-o", out, "-q", "--threads", str(THREADS),
          "--min-time", str(args.min_time / 2), "--max-time", str(args.max_time / 2)],
         check=True, cwd=HERE.parents[1],
     )  # fmt: skip
     report = json.loads((out / "report.json").read_text())
+    recommended = report["recommendation"]["variant"]
     files = {"ORT fp32": out / "fp32.onnx"}
-    recommended = (report.get("recommendation") or {}).get("variant")
-    for v in report["variants"]:  # the int8 ones, static and dynamic, and the pick
+    pick = None
+    for v in report["variants"]:
         int8 = v["name"].startswith(("int8-static", "int8-dynamic"))
-        if (int8 or v["name"] == recommended) and v["name"] != "fp32" and not v.get("error"):
-            tag = " (edgekit's pick)" if v["name"] == recommended else ""
-            files[f"ORT {v['name']}{tag}"] = out / v["file"]
-    return files
+        if v["name"] == recommended and recommended != "fp32":
+            runtime = "ORT " if v["runtime"] == "onnxruntime" else ""
+            pick = f"{runtime}{v['name']} (edgekit's pick)"
+            files[pick] = out / v["file"]
+        elif int8 and not v.get("error"):
+            files[f"ORT {v['name']}"] = out / v["file"]
+    if recommended == "fp32":  # the baseline row is the pick
+        pick = "ORT fp32"
+    print(f"edgekit recommends {recommended}: {report['recommendation']['reason']}", flush=True)
+    return files, pick
 
 
 def drift(path: Path, feeds: dict[str, np.ndarray], reference: list[np.ndarray]) -> float:
