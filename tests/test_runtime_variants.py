@@ -126,6 +126,7 @@ def _attention_onnx(path):
     return save_graph(graph, path)
 
 
+@pytest.mark.slow  # real NNCF quantization: ~50 s
 def test_openvino_int8_takes_nncfs_transformer_scheme_for_matmul_heavy_models(tmp_path):
     need("openvino")
     from edgekit.passes import PassContext, Variant
