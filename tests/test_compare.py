@@ -232,3 +232,34 @@ def test_report_keeps_a_bounded_sample_and_compare_still_has_an_interval(tmp_pat
     for row in rows:
         lo, hi = row["latency"]["ci95"]
         assert lo <= row["latency"]["ratio"] <= hi and row["b"]["n_samples"] == 2000
+
+
+@pytest.mark.slow
+def test_language_model_reports_compare_by_generation_speed(tiny_llama_optimized, tmp_path):
+    out, _ = tiny_llama_optimized
+    report = json.loads((out / "report.json").read_text())
+    same = run_edgekit("compare", out, out, "--fail-if-slower", "10")
+    assert same.returncode == 0, same.stderr
+    assert "tg128 tok/s" in same.stdout and "KLD" in same.stdout
+    itself = compare(report, report)
+    assert all(row["latency"]["significant"] is False for row in itself["rows"])
+
+    # B generates at a tenth of the rate, intervals and all: 10x the time per token, significant
+    # (the tiny model's quick intervals are wide)
+    slower = json.loads(json.dumps(report))
+    for v in slower["variants"]:
+        for key in ("median", "low", "high"):
+            v["tokens_per_s"]["tg128"][key] /= 10
+    b = tmp_path / "b.json"
+    b.write_text(json.dumps(slower))
+    result = compare(report, slower, fail_if_slower=10)
+    assert result["task"] == "causal-lm" and result["exit_code"] == 1
+    for row in result["rows"]:
+        assert row["latency"]["ratio"] == pytest.approx(10.0)
+        assert row["latency"]["significant"] is True
+    tripped = run_edgekit("compare", out / "report.json", b, "--fail-if-slower", "10")
+    assert tripped.returncode == 1 and "GATE TRIPPED" in tripped.stdout
+
+    # a language model's report against a tensor model's is refused
+    mixed = run_edgekit("compare", out / "report.json", write(make_report(), tmp_path / "t.json"))
+    assert mixed.returncode == 2 and "same kind of model" in mixed.stderr

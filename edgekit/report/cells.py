@@ -207,6 +207,22 @@ COMPARE_TERMINAL_HEADERS = (
 )  # fmt: skip
 
 
+COMPARE_LM_HEADERS = (
+    "variant", "tg128 tok/s A → B", "B/A time per token [95% CI]", "verdict", "pp512 tok/s A → B",
+    "TTFT ms A → B", "peak RSS A → B", "size A → B", "perplexity A → B", "KLD A → B",
+)  # fmt: skip
+COMPARE_LM_TERMINAL_HEADERS = (
+    "variant", "tg128 tok/s", "B/A [95% CI]", "verdict", "pp512 tok/s", "TTFT ms", "peak RSS",
+    "size", "perplexity", "KLD",
+)  # fmt: skip
+
+
+def compare_headers(result: dict, terminal: bool) -> tuple[str, ...]:
+    if result.get("task") == "causal-lm":
+        return COMPARE_LM_TERMINAL_HEADERS if terminal else COMPARE_LM_HEADERS
+    return COMPARE_TERMINAL_HEADERS if terminal else COMPARE_HEADERS
+
+
 def _pair(a, b, fmt) -> str:
     fa, fb = fmt(a), fmt(b)
     return fa if fa == fb else f"{fa} → {fb}"
@@ -214,8 +230,10 @@ def _pair(a, b, fmt) -> str:
 
 def _verdict(row) -> str:
     if row["failed"]:
-        side = "B" if row["b"]["error"] else "A"
-        return f"FAILED in {side}: {(row['b']['error'] or row['a']['error'])[:80]}"
+        error = row["b"]["error"] or row["a"]["error"]
+        if error is None:  # --normalize, and a report's baseline has no timings to divide by
+            return "not measured: a report's baseline has no timings"
+        return f"FAILED in {'B' if row['b']['error'] else 'A'}: {error[:80]}"
     lat = row["latency"]
     r = lat["ratio"]
     if r is None:
@@ -236,6 +254,9 @@ def compare_rows(result: dict) -> list[list[str]]:
             ratio += f" [{lat['ci95'][0]:.3f}, {lat['ci95'][1]:.3f}]"
         one = result["mode"] == "one-report"
         name = f"{row['variant']} vs {row['baseline']}" if one else row["variant"]
+        if result.get("task") == "causal-lm":
+            out.append(_lm_compare_row(name, a, b, ratio, row))
+            continue
         out.append(
             [
                 name,
@@ -255,6 +276,24 @@ def compare_rows(result: dict) -> list[list[str]]:
             ]
         )
     return out
+
+
+def _lm_compare_row(name: str, a: dict, b: dict, ratio: str, row: dict) -> list[str]:
+    def rate(block):
+        return _num((block or {}).get("median"), ".1f")
+
+    return [
+        name,
+        _pair(a["tg128"], b["tg128"], rate),
+        ratio,
+        _verdict(row),
+        _pair(a["pp512"], b["pp512"], rate),
+        _pair(a["ttft_ms"], b["ttft_ms"], lambda x: _num(x, ".1f")),
+        _pair(a["peak_rss_bytes"], b["peak_rss_bytes"], size),
+        _pair(a["size_bytes"], b["size_bytes"], size),
+        _pair(a["perplexity"], b["perplexity"], lambda x: _num(x, ".3f")),
+        _pair(a["kld_mean"], b["kld_mean"], lambda x: _num(x, ".4f")),
+    ]
 
 
 def compare_header_lines(result: dict) -> list[str]:
@@ -282,10 +321,16 @@ def compare_footer_lines(result: dict) -> list[str]:
         lines.append("only in A: " + ", ".join(result["only_in_a"]))
     if result["only_in_b"]:
         lines.append("only in B: " + ", ".join(result["only_in_b"]))
-    lines.append(
-        "B/A p50: ratio of median latencies with a 95% block-bootstrap CI from the raw samples; "
-        "significant when the CI excludes 1."
-    )
+    if result.get("task") == "causal-lm":
+        lines.append(
+            "B/A time per token: A's tg128 tokens/s over B's; its interval is what the two rates' "
+            "95% intervals allow at most; significant when it excludes 1."
+        )
+    else:
+        lines.append(
+            "B/A p50: ratio of median latencies with a 95% block-bootstrap CI from the raw "
+            "samples; significant when the CI excludes 1."
+        )
     if result.get("normalized"):
         lines.append(
             "--normalize: each report's latencies were divided by the median of its own baseline "

@@ -43,6 +43,37 @@ def _metrics(v: dict) -> dict:
     }
 
 
+def _lm_metrics(v: dict) -> dict:
+    """A language model's row (llama-bench speeds, llama.cpp's drift figures)."""
+    speeds, acc = v.get("tokens_per_s") or {}, v.get("accuracy") or {}
+    return {
+        "variant": v["name"],
+        "error": v.get("error"),
+        "tg128": speeds.get("tg128"),
+        "pp512": speeds.get("pp512"),
+        "ttft_ms": (v.get("ttft_ms") or {}).get("median"),
+        "peak_rss_bytes": (v.get("memory") or {}).get("peak_rss_bytes"),
+        "size_bytes": v.get("size_bytes"),
+        "perplexity": acc.get("perplexity"),
+        "kld_mean": acc.get("kld_mean"),
+        "cosine_min": None,  # the drift gate's figure; an LM's drift is KLD
+    }
+
+
+def _per_token(ma: dict, mb: dict) -> dict:
+    """B/A time per generated token (tg128), with the interval the two rates' 95% intervals
+    allow at most (an LM report keeps medians and intervals, not samples)."""
+    out = dict(_NO_LATENCY)
+    a, b = ma["tg128"] or {}, mb["tg128"] or {}
+    if a.get("median") and b.get("median"):
+        out["ratio"] = a["median"] / b["median"]
+        if all(x for x in (a.get("low"), a.get("high"), b.get("low"), b.get("high"))):
+            out["ci95"] = [a["low"] / b["high"], a["high"] / b["low"]]
+            out["method"] = "bounds of the two tg128 rates' 95% intervals"
+            out["significant"] = out["ci95"][0] > 1 or out["ci95"][1] < 1
+    return out
+
+
 def _samples(v: dict) -> list:
     return [x for x in ((v.get("latency_ms") or {}).get("samples") or []) if x is not None]
 
@@ -112,10 +143,19 @@ def compare(
     `normalize` divides each report's latencies by the median of its own baseline, measured in
     the same interleaved run: drift of the whole machine between the runs then cancels, and what
     is compared is each variant's speed relative to the baseline (whose own spread is left out)."""
+    from edgekit.errors import EdgekitError
+    from edgekit.report.cells import is_lm
+
+    lm = is_lm(report_a)
+    if report_b is not None and is_lm(report_b) != lm:
+        raise EdgekitError(
+            "One report is of a language model and the other is not: compare reports of the "
+            "same kind of model."
+        )
     pairs, only_a, only_b = _pairs(report_a, report_b)
     rows = []
     for va, vb in pairs:
-        ma, mb = _metrics(va), _metrics(vb)
+        ma, mb = (_lm_metrics(va), _lm_metrics(vb)) if lm else (_metrics(va), _metrics(vb))
         scales = (1.0, 1.0)
         if normalize and report_b is not None:
             scales = (_baseline_median(report_a), _baseline_median(report_b))
@@ -128,14 +168,21 @@ def compare(
                 "a": ma,
                 "b": mb,
                 "failed": failed,
-                "latency": _latency(va, vb, ma, mb, scales) if not failed else dict(_NO_LATENCY),
+                "latency": dict(_NO_LATENCY)
+                if failed
+                else _per_token(ma, mb)
+                if lm
+                else _latency(va, vb, ma, mb, scales),
                 "size_ratio": size_b / size_a if size_a and size_b is not None else None,
             }
         )
     sides = [{"label": labels[0], "device": device_name(report_a), **_about(report_a)}]
     if report_b is not None:
         sides.append({"label": labels[1], "device": device_name(report_b), **_about(report_b)})
+    if lm and normalize:
+        raise EdgekitError("--normalize divides latencies by fp32's; an LM report has tokens/s.")
     result = {
+        "task": "causal-lm" if lm else None,
         "mode": "one-report" if report_b is None else "two-reports",
         "normalized": normalize and report_b is not None,
         "reports": sides,
@@ -186,19 +233,27 @@ def _apply_gates(result: dict, slower, drift, larger) -> None:
                     if ci
                     else "no raw samples: significance not tested"
                 )
+                what = (
+                    f"tg128 {_rate(b['tg128'])} vs {_rate(a['tg128'])}, time per token"
+                    if result["task"] == "causal-lm"
+                    else f"p50 {_ms(b['p50_ms'])} vs {_ms(a['p50_ms'])}"
+                )
                 gates.append(
                     {
                         "gate": "--fail-if-slower",
                         "variant": name,
                         "tripped": tripped,
-                        "message": f"--fail-if-slower {slower:g}%: {who} p50 {_ms(b['p50_ms'])} "
-                        f"vs {_ms(a['p50_ms'])}, {lat['ratio']:.2f}x ({detail}); "
-                        f"allowed up to {limit:.2f}x",
+                        "message": f"--fail-if-slower {slower:g}%: {who} {what}, "
+                        f"{lat['ratio']:.2f}x ({detail}); allowed up to {limit:.2f}x",
                     }
                 )
         if drift is not None:
             cos = b["cosine_min"]
-            if cos is None:
+            if result["task"] == "causal-lm":
+                notes.append(
+                    f"{who}: --fail-if-drift not evaluated: a language model's drift is KLD"
+                )
+            elif cos is None:
                 notes.append(f"{who}: --fail-if-drift not evaluated: cosine_min not measured")
             else:
                 gates.append(
@@ -228,6 +283,10 @@ def _apply_gates(result: dict, slower, drift, larger) -> None:
 
 def _ms(x):
     return "—" if x is None else f"{x:.3f} ms"
+
+
+def _rate(block):
+    return "—" if not block or block.get("median") is None else f"{block['median']:.1f} tok/s"
 
 
 def compare_reports(

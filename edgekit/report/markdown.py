@@ -43,10 +43,8 @@ def comparison(result: dict) -> str:
     md = textsafe.markdown
     lines = ["### edgekit compare", ""]
     lines += [f"- {md(x)}" for x in cells.compare_header_lines(result)] + [""]
-    lines += [
-        "| " + " | ".join(md(h) for h in cells.COMPARE_HEADERS) + " |",
-        "|---" * len(cells.COMPARE_HEADERS) + "|",
-    ]
+    headers = cells.compare_headers(result, terminal=False)
+    lines += ["| " + " | ".join(md(h) for h in headers) + " |", "|---" * len(headers) + "|"]
     for row in cells.compare_rows(result):
         row_cells = [textsafe.markdown_code(row[0])] + [md(c) for c in row[1:]]
         lines.append("| " + " | ".join(row_cells) + " |")

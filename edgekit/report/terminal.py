@@ -88,7 +88,7 @@ def show_comparison(result: dict, console: Console | None = None) -> None:
     for line in cells.compare_header_lines(result):
         console.print(plain(line), highlight=False, markup=False)
     table = Table(box=box.SIMPLE_HEAD, pad_edge=False, caption="X → Y: A's value → B's value")
-    for header in cells.COMPARE_TERMINAL_HEADERS:
+    for header in cells.compare_headers(result, terminal=True):
         table.add_column(header, justify="left" if header in ("variant", "verdict") else "right")
     for row, texts in zip(result["rows"], cells.compare_rows(result), strict=True):
         style = "red" if row["failed"] else None
