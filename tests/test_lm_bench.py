@@ -186,3 +186,5 @@ def test_cli_mixing_lm_folders_and_onnx_files_exits_2(lm_variants, tmp_path):
     assert proc.returncode == 2 and "separate runs" in proc.stderr
     proc = run_edgekit("bench", lm_variants["int4"], "--threads", "1,2")
     assert proc.returncode == 2 and "one thread count" in proc.stderr
+    proc = run_edgekit("bench", lm_variants["int4"], "--target", "ssh://pi@raspberrypi.local")
+    assert proc.returncode == 2 and "copy the folder to the device" in proc.stderr
