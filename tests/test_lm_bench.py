@@ -135,3 +135,5 @@ def test_cli_mixing_lm_folders_and_onnx_files_exits_2(tiny_llama_variants, tmp_p
     assert proc.returncode == 2 and "separate runs" in proc.stderr
     proc = run_edgekit("bench", tiny_llama_variants["int4"], "--threads", "1,2")
     assert proc.returncode == 2 and "one thread count" in proc.stderr
+    proc = run_edgekit("bench", lm_variants["int4"], "--target", "ssh://pi@raspberrypi.local")
+    assert proc.returncode == 2 and "copy the folder to the device" in proc.stderr

@@ -412,13 +412,13 @@ def print_table(title, variants, result, figures, tokenize) -> None:
             "peak RSS MB"]  # fmt: skip
     if figures:
         head += ["PPL", "KLD", "same top-1"]
-    rows = []
+    rows, failed = [], []
     for name, m in result.items():
         size = sum(f.stat().st_size for f in Path(variants[name]).glob("*.onnx*")) or (
             Path(variants[name]).stat().st_size if Path(variants[name]).is_file() else 0
         )
         if m.error:
-            rows.append([name, f"{size / 1e6:.1f}", f"error: {m.error}"])
+            failed.append(f"{name}: error: {m.error}")
             continue
         pp, tg = m.pp[512], m.tg[128]
         ok = ref is not None and ref.error is None
@@ -442,6 +442,8 @@ def print_table(title, variants, result, figures, tokenize) -> None:
     for r in [head, *rows]:
         print("  ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w)
                         for i, (c, w) in enumerate(zip(r, widths, strict=False))))  # fmt: skip
+    for line in failed:
+        print(line)
     if figures:
         print(f"PPL on held-out text, KLD and same top-1 vs {REFERENCE} logits")
     if tokenize is not None:
