@@ -14,6 +14,7 @@ from helpers import run_edgekit, torch_blocked_env
 
 from edgekit.errors import EdgekitError
 from edgekit.lm.bench import measure_lm
+from edgekit.report.read import read_report
 
 pytestmark = pytest.mark.slow
 
@@ -102,16 +103,21 @@ def test_cli_bench_on_lm_folders_is_torch_free(tiny_llama_variants, tmp_path, bl
         "--min-time", "0.3", "--max-time", "1", env=block_imports(),
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
-    for column in ("pp128 tok/s", "pp512 tok/s", "tg128 tok/s", "TTFT ms", "peak RSS MB"):
+    for column in ("pp512 tok/s", "tg128 tok/s", "TTFT ms", "peak RSS", "size"):
         assert column in proc.stdout
-    report = json.loads((out / "report.json").read_text())
-    assert report["runtime"] == "onnxruntime-genai" and report["settings"]["threads"] == 2
+    assert "KLD" not in proc.stdout  # a bench measures no drift
+    report = read_report(out / "report.json").to_json()  # the contract's reader takes it
+    assert report["task"] == "causal-lm" and report["settings"]["intra_op_threads"] == 2
     rows = {r["name"]: r for r in report["variants"]}
     assert set(rows) == {"int4", "fp32"}
     for row in rows.values():
-        assert row["error"] is None and row["tg"]["128"]["tokens_per_s"] > 0
-        assert row["pp"]["512"]["tokens_per_s"] > 0 and row["peak_rss_bytes"] > 0
+        assert row["error"] is None and row["runtime"] == "onnxruntime-genai"
+        assert row["tokens_per_s"]["tg128"]["median"] > 0
+        assert row["tokens_per_s"]["pp512"]["median"] > 0 and row["memory"]["peak_rss_bytes"] > 0
     assert rows["int4"]["size_bytes"] < rows["fp32"]["size_bytes"]
+    # the same rows as optimize writes: compare reads two LM bench reports
+    compared = run_edgekit("compare", out, out, env=block_imports())
+    assert compared.returncode == 0, compared.stderr
 
 
 def test_cli_prompt_longer_than_context_exits_2_and_keeps_earlier_output(
@@ -135,5 +141,7 @@ def test_cli_mixing_lm_folders_and_onnx_files_exits_2(tiny_llama_variants, tmp_p
     assert proc.returncode == 2 and "separate runs" in proc.stderr
     proc = run_edgekit("bench", tiny_llama_variants["int4"], "--threads", "1,2")
     assert proc.returncode == 2 and "one thread count" in proc.stderr
-    proc = run_edgekit("bench", lm_variants["int4"], "--target", "ssh://pi@raspberrypi.local")
+    proc = run_edgekit(
+        "bench", tiny_llama_variants["int4"], "--target", "ssh://pi@raspberrypi.local"
+    )
     assert proc.returncode == 2 and "copy the folder to the device" in proc.stderr

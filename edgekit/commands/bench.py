@@ -342,73 +342,26 @@ def _run_lm(args: argparse.Namespace) -> int:
     else:
         with Console(stderr=True).status("benchmarking") as status:
             report = bench_lm(args.models, on_progress=status.update, **common)
-    rows = report["variants"]
+    data = report.to_json()
     if args.json:
-        import json
+        from edgekit.report.schema import json_text
 
-        sys.stdout.write(json.dumps(report, indent=2, default=str) + "\n")
+        sys.stdout.write(json_text(data))
     elif not args.quiet:
         from edgekit.report import terminal
 
         console = terminal.stdout_console()
-        console.print(lm_table(report))
-        shared = set.intersection(*(set(r["notes"]) for r in rows)) if rows else set()
+        terminal.show_report(data, console)
+        rows = report.variants
+        shared = set.intersection(*(set(v.notes) for v in rows)) if rows else set()
         for note in sorted(shared):
             console.print(f"[dim]{rich(note)}[/dim]")
-        for row in rows:
-            for note in row["notes"]:
+        for row in report.variants:
+            for note in row.notes:
                 if note not in shared:
-                    console.print(f"[dim]{rich(row['name'])}: {rich(note)}[/dim]")
+                    console.print(f"[dim]{rich(row.name)}: {rich(note)}[/dim]")
         console.print(f"[dim]report: {rich(args.output / 'report.json')}[/dim]")
-    failed = [r for r in rows if r["error"]]
+    failed = [v for v in report.variants if v.error]
     for row in failed:
-        print(
-            f"edgekit: error: {plain(row['name'])} failed: {plain(row['error'])}", file=sys.stderr
-        )
-    return 1 if len(failed) == len(rows) else 0
-
-
-def lm_table(report: dict):
-    """The terminal table of an LM bench: llama-bench's figures with their 95% intervals."""
-    from rich import box
-    from rich.table import Table
-
-    settings = report["settings"]
-    table = Table(
-        title=f"edgekit bench — {report['runtime']}, {settings['threads']} threads",
-        title_justify="left",
-        box=box.SIMPLE_HEAD,
-        padding=(0, 1),
-    )
-    table.add_column("variant")
-    for n in settings["prompt_lengths"]:
-        table.add_column(f"pp{n} tok/s", justify="right")
-    table.add_column(f"tg{settings['gen_tokens']} tok/s", justify="right")
-    table.add_column("TTFT ms", justify="right")
-    table.add_column("peak RSS MB", justify="right")
-    table.add_column("size MB", justify="right")
-    table.add_column("context", justify="right")
-
-    def rate(r):
-        if not r:
-            return "—"
-        if r["low"] is None:
-            return f"{r['tokens_per_s']:.1f}"
-        return f"{r['tokens_per_s']:.1f} [{r['low']:.1f}–{r['high']:.1f}]"
-
-    for row in report["variants"]:
-        if row["error"]:
-            table.add_row(rich(row["name"]), f"[red]error: {rich(row['error'])}[/red]")
-            continue
-        ttft = row["ttft_ms"]
-        rss = row["peak_rss_bytes"]
-        table.add_row(
-            rich(row["name"]),
-            *(rate(row["pp"].get(n)) for n in settings["prompt_lengths"]),
-            rate(row["tg"].get(settings["gen_tokens"])),
-            f"{ttft['median']:.1f}" if ttft else "—",
-            f"{rss / 1e6:.0f}" if rss else "—",
-            f"{row['size_bytes'] / 1e6:.1f}",
-            str(row["context_length"]),
-        )
-    return table
+        print(f"edgekit: error: {plain(row.name)} failed: {plain(row.error)}", file=sys.stderr)
+    return 1 if len(failed) == len(report.variants) else 0

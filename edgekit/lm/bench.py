@@ -27,6 +27,7 @@ WORKER = Path(__file__).with_name("bench_worker.py")
 # tg runs after a prompt this long (llama-bench's tg128 starts from an empty context; a few tokens
 # keep the first step an ordinary prefill)
 TG_PROMPT = 16
+RUNTIME = "onnxruntime-genai"
 # at least this many rounds per variant, however long one takes: fewer give no interval
 MIN_ROUNDS = 3
 # stop once every median's 95% interval is within this share of it (LM runs are long: ±2%)
@@ -270,6 +271,28 @@ def folder_size(folder: Path) -> int:
     return sum(f.stat().st_size for f in Path(folder).glob("*.onnx*") if f.is_file())
 
 
+def fill_row(row, m: LMMeasurement, too_long: dict[str, str] | None = None) -> None:
+    """A report's variant row (edgekit.report.schema.Variant) given what measure_lm measured:
+    tokens_per_s {ppN, tgN: {median, low, high, rounds}}, ttft_ms, memory, threads, notes."""
+
+    def rate(block: dict) -> dict:
+        return {k: block.get(src) for k, src in
+                (("median", "tokens_per_s"), ("low", "low"), ("high", "high"), ("rounds", "rounds"))}  # fmt: skip
+
+    if m.error:
+        row.error = row.error or m.error
+    speeds = {f"pp{n}": rate(block) for n, block in (m.pp or {}).items()}
+    speeds.update({f"tg{n}": rate(block) for n, block in (m.tg or {}).items()})
+    row.tokens_per_s = speeds or None
+    row.ttft_ms = m.ttft_ms
+    row.memory = {"peak_rss_bytes": m.peak_rss_bytes}
+    if m.peak_rss_bytes is not None and m.context_length:
+        row.memory["kv_cache_context"] = m.context_length
+    row.threads = m.threads
+    row.notes += list(m.notes)
+    row.unmeasured.update(too_long or {})
+
+
 def bench_lm(
     folders: list[Path],
     *,
@@ -280,13 +303,14 @@ def bench_lm(
     max_time: float = 10,
     out_dir: Path | None = None,
     on_progress: Callable[[str], None] | None = None,
-) -> dict:
-    """`edgekit bench` on LM variant folders: measure_lm, with the device and settings, as the
-    report dict; also written to out_dir/report.json (the folder published whole) when given."""
-    import dataclasses
-
+):
+    """`edgekit bench` on LM variant folders: measure_lm, as a Report of a language model (the
+    rows `edgekit optimize` writes for one, so compare reads both); also written to out_dir
+    (report.json, .md, .html; the folder published whole) when given."""
     from edgekit.benchmark import device
-    from edgekit.fsutil import atomic_write_text, output_folder
+    from edgekit.fsutil import output_folder, sha256_folder
+    from edgekit.report.schema import Report, Variant
+    from edgekit.report.write import write_outputs
 
     names = [Path(f).resolve().name or str(f) for f in folders]
     if len(set(names)) < len(names):
@@ -307,30 +331,29 @@ def bench_lm(
             on_progress=on_progress,
         )
         info.update({k + "_after": v for k, v in device.conditions().items() if k != "clocks"})
-        report = {
-            "kind": "edgekit-lm-bench",
-            "command": "bench",
-            "runtime": "onnxruntime-genai",
-            "device": info,
-            "settings": {
-                "threads": threads,
+        rows = []
+        for name, m in measured.items():
+            row = Variant(name, runtime=RUNTIME, file=str(variants[name]))
+            row.size_bytes = folder_size(variants[name])
+            row.sha256 = sha256_folder(variants[name])
+            fill_row(row, m)
+            rows.append(row)
+        report = Report(
+            "bench",
+            rows,
+            settings={
+                "intra_op_threads": threads,
+                "baseline": names[0],
+                "runtime": RUNTIME,
                 "prompt_lengths": sorted(set(prompt_lengths)),
                 "gen_tokens": gen_tokens,
                 "tg_prompt_tokens": TG_PROMPT,
                 "min_time_s": min_time,
                 "max_time_s": max_time,
             },
-            "variants": [
-                {
-                    "name": name,
-                    "path": str(variants[name]),
-                    "size_bytes": folder_size(variants[name]),
-                    **dataclasses.asdict(m),
-                }
-                for name, m in measured.items()
-            ],
-        }
+            extra={"task": "causal-lm"},
+        )
+        report.device = info
         if staging is not None:
-            text = json.dumps(report, indent=2, default=str, allow_nan=False) + "\n"
-            atomic_write_text(staging / "report.json", text)
+            write_outputs(report, staging)
     return report

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from edgekit.errors import EdgekitError
 from edgekit.fsutil import output_folder, sha256_folder
+from edgekit.lm.bench import folder_size
 from edgekit.recommend import LMBudget, default_lm_budget, recommend_lm
 from edgekit.report.schema import Report, Variant
 from edgekit.report.write import write_outputs
@@ -161,7 +162,7 @@ def _build(lm, recipes, staging: Path, threads: int, step) -> list[Variant]:
             row.error = str(built[name])
         else:
             row.file = name
-            row.size_bytes = _size(built[name])
+            row.size_bytes = folder_size(built[name])
             row.sha256 = sha256_folder(built[name])
         rows.append(row)
     return rows
@@ -215,7 +216,7 @@ def _prune(lm, drop: int, windows, staging: Path, threads: int, step) -> list[Va
         if isinstance(built[recipe], EdgekitError):
             row.error = str(built[recipe])
         else:
-            row.file, row.size_bytes = variant, _size(built[recipe])
+            row.file, row.size_bytes = variant, folder_size(built[recipe])
             row.sha256 = sha256_folder(built[recipe])
         rows.append(row)
     return rows
@@ -254,7 +255,7 @@ def _drift(lm, rows, staging, text, text_path, threads, step) -> list[str]:
 
 
 def _measure(rows, staging, options: LMOptions, threads: int, step, context: int | None) -> None:
-    from edgekit.lm.bench import measure_lm
+    from edgekit.lm.bench import fill_row, measure_lm
 
     # llama-bench's prompt lengths, those that fit the model's context (the KV cache holds the
     # prompt and the first generated token)
@@ -275,31 +276,8 @@ def _measure(rows, staging, options: LMOptions, threads: int, step, context: int
             on_progress=update,
         )
     for row in rows:
-        m = measured.get(row.name)
-        if m is None:
-            continue
-        if m.error:
-            row.error = row.error or m.error
-        speeds = {f"pp{n}": _rate(block) for n, block in (m.pp or {}).items()}
-        speeds.update({f"tg{n}": _rate(block) for n, block in (m.tg or {}).items()})
-        row.tokens_per_s = speeds or None
-        row.ttft_ms = m.ttft_ms
-        row.memory = {"peak_rss_bytes": m.peak_rss_bytes}
-        if m.peak_rss_bytes is not None and m.context_length:
-            row.memory["kv_cache_context"] = m.context_length
-        row.threads = m.threads
-        row.notes += list(m.notes)
-        row.unmeasured.update(too_long)
-
-
-def _rate(block: dict) -> dict:
-    """measure_lm's {tokens_per_s, low, high, rounds} as the report's {median, low, high, rounds}."""
-    return {
-        "median": block.get("tokens_per_s"),
-        "low": block.get("low"),
-        "high": block.get("high"),
-        "rounds": block.get("rounds"),
-    }
+        if row.name in measured:
+            fill_row(row, measured[row.name], too_long)
 
 
 def _read_text(path: Path) -> str:
@@ -310,10 +288,6 @@ def _read_text(path: Path) -> str:
             f"--data {path}: cannot read it as UTF-8 text ({exc}). For a language model, --data "
             "is held-out text (a .txt file) on which perplexity and KLD are measured."
         ) from None
-
-
-def _size(folder: Path) -> int:
-    return sum(p.stat().st_size for p in Path(folder).rglob("*") if p.is_file())
 
 
 def _source_note(lm) -> str:

@@ -37,6 +37,7 @@ LM_COLUMNS = (
     ("greedy agree", lambda v: _pct((v["accuracy"] or {}).get("greedy_agreement")), False),
 )
 
+LM_DRIFT_HEADERS = ("perplexity", "ppl Δ", "KLD", "same top-1", "greedy agree")
 NOT_MEASURED = "—"
 
 
@@ -109,7 +110,10 @@ def _relative(variant):
 
 def _columns(terminal: bool, report: dict | None) -> list[tuple]:
     columns = LM_COLUMNS if is_lm(report) else COLUMNS
-    return [(h, fn) for h, fn, narrow in columns if narrow or not terminal]
+    chosen = [(h, fn) for h, fn, narrow in columns if narrow or not terminal]
+    if is_lm(report) and report.get("command") == "bench":  # a bench measures no drift
+        chosen = [(h, fn) for h, fn in chosen if h not in LM_DRIFT_HEADERS]
+    return chosen
 
 
 def headers(terminal: bool = False, report: dict | None = None) -> list[str]:
