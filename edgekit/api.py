@@ -258,6 +258,7 @@ def _optimize(
             progress=update,
             target=options.target,
             batch=samples.batch,
+            candidates=_within_budget(rows, budget),
         )
     made_for_section, made_for_warnings = report_section(options.for_cpu, bench_result.device)
     report = build_report(
@@ -281,6 +282,13 @@ def _optimize(
     _keep_only(staging, [f for v in measured for f in files_on_disk(v.path)])
     write_outputs(report, staging)
     return report
+
+
+def _within_budget(rows: list[Row], budget: Budget) -> set[str]:
+    """The variants the recommendation may pick by their drift (measured before the benchmark):
+    the others are timed briefly (edgekit.benchmark.runner.run)."""
+    base = next((r.accuracy for r in rows if r.name == "fp32"), None)
+    return {r.name for r in rows if not r.error and budget.check(r.accuracy, base)[0]}
 
 
 def _timings(steps: list[dict], total: float) -> dict:

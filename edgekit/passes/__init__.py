@@ -22,6 +22,10 @@ if TYPE_CHECKING:
     from edgekit.recommend import Budget
 
 REWRITE_TOLERANCE = 1e-4  # relative to the largest output: only float reassociation may differ
+# The outputs of a variant on all samples are kept (the int8 pass judges a recipe by them, the
+# report's drift needs them again) up to this many bytes in all: a segmentation model's outputs
+# on many samples would otherwise hold gigabytes.
+OUTPUTS_KEPT_BYTES = 512 * 2**20
 
 
 @dataclass
@@ -111,16 +115,32 @@ class PassContext:
     # The CPU the int8 variants are made for (edgekit.cpus.made_for: --for-cpu, the --target
     # device, or this machine), worked out once by optimize().
     cpu: dict = field(default_factory=_this_machine)
+    # outputs(path) on all samples, by the file's (path, size, modification time)
+    _kept: dict = field(default_factory=dict, repr=False)
 
     def path_for(self, name: str) -> Path:
         return self.staging / f"{name}.onnx"
 
     def outputs(self, path: Path, feeds: dict[str, np.ndarray] | None = None) -> list[np.ndarray]:
-        """The model's outputs on `feeds` (default: all samples), run at the deployment batch."""
+        """The model's outputs on `feeds` (default: all samples), run at the deployment batch.
+        A variant's file (path_for: in `staging`) runs on all samples once; its outputs are kept
+        for the next ask (trial files elsewhere, e.g. the sensitivity search's, are not)."""
         from edgekit.accuracy import run_onnx
 
-        feeds = self.feeds if feeds is None else feeds
-        return run_onnx(path, feeds, chunk=self.batch, specs=self.specs)
+        path = Path(path).resolve()
+        if feeds is not None or path.parent != Path(self.staging).resolve():
+            return run_onnx(
+                path, self.feeds if feeds is None else feeds, chunk=self.batch, specs=self.specs
+            )
+        stat = path.stat()
+        key = (str(path), stat.st_size, stat.st_mtime_ns)
+        if key not in self._kept:
+            outputs = run_onnx(path, self.feeds, chunk=self.batch, specs=self.specs)
+            held = sum(a.nbytes for kept in self._kept.values() for a in kept)
+            if held + sum(a.nbytes for a in outputs) > OUTPUTS_KEPT_BYTES:
+                return outputs
+            self._kept[key] = outputs
+        return self._kept[key]
 
 
 def same_function(before: Path, after: Path, ctx: PassContext, what: str) -> None:
