@@ -1,7 +1,7 @@
 """Where `edgekit optimize` spends its wall time on a MiniLM-shaped sentence encoder, step by step.
 
     python tools/optimize_timing.py make DIR               # the model and its data, once
-    python tools/optimize_timing.py run CODE DIR OUT.json  # one timed optimize() with the edgekit in CODE
+    python tools/optimize_timing.py run CODE DIR OUT.json [KEEP]  # one timed optimize(), edgekit from CODE
     python tools/optimize_timing.py table BEFORE.json... -- AFTER.json...  # the per-step table
 
 `make` writes DIR/sentenceencoder.pt (tools/reference_models.py SentenceEncoder(), 6 layers, hidden
@@ -10,7 +10,8 @@
 edgekit.api.optimize with the drift budget cosine>=0.99 and the default benchmark settings, timing each
 step (wall clock, the `step` callback: works on checkouts older than the report's `timings`); it prints
 the load average before and after, the steps, and each variant's median with the half width of its 95%
-interval, and writes all of it to OUT.json. `table` prints the median of each step over the runs given.
+interval, and writes all of it to OUT.json (optimize's output folder goes to KEEP if given, else is
+deleted). `table` prints the median of each step over the runs given.
 The machine is shared: run before and after back to back, several times, and compare medians.
 """
 
@@ -41,7 +42,7 @@ def make(folder: Path) -> None:
     np.savez(folder / "sentences.npz", **sentence_batch(32))
 
 
-def run(code: Path, folder: Path, out_json: Path) -> None:
+def run(code: Path, folder: Path, out_json: Path, keep: Path | None = None) -> None:
     sys.path.insert(0, str(code.resolve()))
     import edgekit
     from edgekit.api import OptimizeOptions, optimize
@@ -67,7 +68,7 @@ def run(code: Path, folder: Path, out_json: Path) -> None:
                 arch=f"{TOOLS / 'reference_models.py'}:SentenceEncoder",
                 data=folder / "sentences.npz",
                 budget=parse_budget("cosine>=0.99"),
-                out_dir=Path(tmp) / "out",
+                out_dir=keep or Path(tmp) / "out",
             ),
             step,
         )
@@ -164,8 +165,8 @@ def table(before: list[Path], after: list[Path]) -> None:
 def main(argv: list[str]) -> None:
     if argv[:1] == ["make"] and len(argv) == 2:
         make(Path(argv[1]))
-    elif argv[:1] == ["run"] and len(argv) == 4:
-        run(Path(argv[1]), Path(argv[2]), Path(argv[3]))
+    elif argv[:1] == ["run"] and len(argv) in (4, 5):
+        run(*(Path(a) for a in argv[1:]))
     elif argv[:1] == ["table"] and "--" in argv:
         split = argv.index("--")
         table([Path(p) for p in argv[1:split]], [Path(p) for p in argv[split + 1 :]])

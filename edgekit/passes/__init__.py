@@ -132,28 +132,34 @@ class PassContext:
             return run_onnx(
                 path, self.feeds if feeds is None else feeds, chunk=self.batch, specs=self.specs
             )
-        stat = path.stat()
-        key = (str(path), stat.st_size, stat.st_mtime_ns)
+        key = self._key(path)
         if key not in self._kept:
             outputs = run_onnx(path, self.feeds, chunk=self.batch, specs=self.specs)
-            held = sum(a.nbytes for kept in self._kept.values() for a in kept)
-            if held + sum(a.nbytes for a in outputs) > OUTPUTS_KEPT_BYTES:
-                return outputs
-            self._kept[key] = outputs
+            self.keep_outputs(path, outputs)
+            return outputs
         return self._kept[key]
+
+    def keep_outputs(self, path: Path, outputs: list[np.ndarray]) -> None:
+        """`outputs(path)` is `outputs` (the model at `path` ran on all samples, at the
+        deployment batch), kept while the outputs kept stay under OUTPUTS_KEPT_BYTES."""
+        held = sum(a.nbytes for kept in self._kept.values() for a in kept)
+        if held + sum(a.nbytes for a in outputs) <= OUTPUTS_KEPT_BYTES:
+            self._kept[self._key(path)] = outputs
+
+    @staticmethod
+    def _key(path: Path) -> tuple:
+        path = Path(path).resolve()
+        stat = path.stat()
+        return str(path), stat.st_size, stat.st_mtime_ns
 
 
 def same_function(before: Path, after: Path, ctx: PassContext, what: str) -> None:
     """A rewrite must compute the same function as its parent (float reassociation aside) on
-    the first PARITY_SAMPLES samples; else PassFailed, and the rewritten file is removed."""
-    from edgekit.accuracy import difference, first_samples, largest_finite, run_onnx
-    from edgekit.model.export import PARITY_SAMPLES
+    every sample; else PassFailed, and the rewritten file is removed. (The outputs of both are
+    those the report's drift uses: run once.)"""
+    from edgekit.accuracy import difference, largest_finite
 
-    feeds = first_samples(before, ctx.feeds, PARITY_SAMPLES, ctx.specs)
-    expected, got = (
-        run_onnx(before, feeds, specs=ctx.specs),
-        run_onnx(after, feeds, specs=ctx.specs),
-    )
+    expected, got = ctx.outputs(before), ctx.outputs(after)
     worst = max(difference(a, b) for a, b in zip(expected, got, strict=True))
     tolerance = REWRITE_TOLERANCE * max(1.0, largest_finite(expected))
     if not worst <= tolerance:  # a NaN difference too
