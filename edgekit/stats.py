@@ -135,14 +135,15 @@ def paired_ratio(
 ) -> dict:
     """median(B) / median(A) with a 95% (`level`) interval from a bootstrap over paired rounds
     (round i of both ran in the same cycle, so drift shared by the cycle cancels). `significant`
-    is true when the interval excludes 1. Below 1, B is faster: its speedup over A is 1 / ratio."""
-    a = [np.asarray(r, dtype=float) for r in a_rounds]
-    b = [np.asarray(r, dtype=float) for r in b_rounds]
+    is true when the interval excludes 1. Below 1, B is faster: its speedup over A is 1 / ratio.
+    Only the rounds both have count, the ratio too: when B stopped early (optimize), A's later
+    rounds ran on a machine that may have changed speed since."""
+    n = min(len(a_rounds), len(b_rounds))
+    a = [np.asarray(r, dtype=float) for r in a_rounds[:n]]
+    b = [np.asarray(r, dtype=float) for r in b_rounds[:n]]
     ratio = float(np.median(np.concatenate(b)) / np.median(np.concatenate(a)))
-    n = min(len(a), len(b))
     if n < 3:
         return {"ratio": ratio, "ci95": None, "significant": None}
-    a, b = a[:n], b[:n]
     picks = _boot_indices(n, n_boot, seed)
     boot = _pooled_medians(b, picks) / _pooled_medians(a, picks)
     tail = (1 - level) / 2 * 100
