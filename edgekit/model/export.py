@@ -247,12 +247,7 @@ def check_parity(
     Fails past max(1e-3, 1e-3 * max|ref|)."""
     feeds = first_samples(onnx_path, feeds, PARITY_SAMPLES, specs)
     reference = torch_outputs(model, feeds, specs)
-    return parity(reference, run_onnx(Path(onnx_path), feeds, specs=specs), onnx_path)
-
-
-def parity(reference: list[np.ndarray], got: list[np.ndarray], onnx_path: Path) -> dict:
-    """check_parity's verdict on outputs at hand: the torch model's `reference` and the ONNX
-    model's `got` on the same samples."""
+    got = run_onnx(Path(onnx_path), feeds, specs=specs)
     if len(got) != len(reference):
         raise EdgekitError(
             f"The ONNX model {onnx_path} has {len(got)} output(s) but the torch model has "
