@@ -203,7 +203,7 @@ def _optimize(
         feeds = samples.feeds
         fp32.passes.append({"name": "load-onnx", "settings": {}})
         fp32.notes.append("the source is ONNX: drift is measured against it")
-        reference = run_onnx(fp32.path, feeds, chunk=batch, specs=specs)
+        reference = fp32_outputs = run_onnx(fp32.path, feeds, chunk=batch, specs=specs)
         output_names = [
             o.name for o in onnx.load(str(fp32.path), load_external_data=False).graph.output
         ]
@@ -212,6 +212,7 @@ def _optimize(
             export = export_onnx(loaded, specs, fp32.path)
             samples = samples.fitted_to(fp32.path)  # integer inputs as the graph reads them
             feeds = samples.feeds
+            # torch and onnxruntime on the same batches: a model may couple its samples
             parity = check_parity(loaded, fp32.path, feeds, specs)
         fp32.passes.append({"name": "export", "settings": export})
         fp32.notes.append(
@@ -223,6 +224,7 @@ def _optimize(
         with step("running the torch model for reference outputs"):
             reference = torch_outputs(loaded, feeds, specs)
         output_names = export["output_names"]
+        fp32_outputs = None
     primary = _primary_output(options.primary_output, output_names)
     primary_ref = [reference[output_names.index(primary)]]
     check_labels(labels, primary_ref, options.data)
@@ -245,6 +247,8 @@ def _optimize(
         output_kinds=kinds,
         cpu=options.for_cpu,
     )
+    if fp32_outputs is not None:  # an ONNX source's reference is fp32's outputs: run once
+        ctx.keep_outputs(fp32.path, fp32_outputs)
     variants = pipeline.run(passes, fp32, ctx)
 
     with step("measuring accuracy"):
@@ -258,6 +262,7 @@ def _optimize(
             progress=update,
             target=options.target,
             batch=samples.batch,
+            candidates=_within_budget(rows, budget),
         )
     made_for_section, made_for_warnings = report_section(options.for_cpu, bench_result.device)
     report = build_report(
@@ -281,6 +286,13 @@ def _optimize(
     _keep_only(staging, [f for v in measured for f in files_on_disk(v.path)])
     write_outputs(report, staging)
     return report
+
+
+def _within_budget(rows: list[Row], budget: Budget) -> set[str]:
+    """The variants the recommendation may pick by their drift (measured before the benchmark):
+    the others are timed briefly (edgekit.benchmark.runner.run)."""
+    base = next((r.accuracy for r in rows if r.name == "fp32"), None)
+    return {r.name for r in rows if not r.error and budget.check(r.accuracy, base)[0]}
 
 
 def _timings(steps: list[dict], total: float) -> dict:

@@ -95,6 +95,10 @@ def recommend(variants: list[dict], baseline: str, budget: Budget) -> dict:
         if not ok:
             rejected.append(f"{v['name']}: over budget ({measured})")
             continue
+        stopped = v["latency_ms"].get("stopped_early")
+        if stopped:  # its timing ended when it could no longer be the pick: not a pick by chance
+            rejected.append(f"{v['name']}: {stopped}")
+            continue
         if ci is not None and ci[1] < 1.0:
             rejected.append(f"{v['name']}: {1 / speedup:.2f}x slower than {baseline}")
             continue

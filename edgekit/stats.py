@@ -130,20 +130,24 @@ def median_interval(rounds) -> tuple[float, float] | None:
     return min(c[0] for c in candidates), max(c[1] for c in candidates)
 
 
-def paired_ratio(a_rounds, b_rounds, n_boot: int = N_BOOT, seed: int = SEED) -> dict:
-    """median(B) / median(A) with a 95% interval from a bootstrap over paired rounds (round i of
-    both ran in the same cycle, so drift shared by the cycle cancels). `significant` is true when
-    the interval excludes 1. Below 1, B is faster: its speedup over A is 1 / ratio."""
-    a = [np.asarray(r, dtype=float) for r in a_rounds]
-    b = [np.asarray(r, dtype=float) for r in b_rounds]
+def paired_ratio(
+    a_rounds, b_rounds, n_boot: int = N_BOOT, seed: int = SEED, level: float = 0.95
+) -> dict:
+    """median(B) / median(A) with a 95% (`level`) interval from a bootstrap over paired rounds
+    (round i of both ran in the same cycle, so drift shared by the cycle cancels). `significant`
+    is true when the interval excludes 1. Below 1, B is faster: its speedup over A is 1 / ratio.
+    Only the rounds both have count, the ratio too: when B stopped early (optimize), A's later
+    rounds ran on a machine that may have changed speed since."""
+    n = min(len(a_rounds), len(b_rounds))
+    a = [np.asarray(r, dtype=float) for r in a_rounds[:n]]
+    b = [np.asarray(r, dtype=float) for r in b_rounds[:n]]
     ratio = float(np.median(np.concatenate(b)) / np.median(np.concatenate(a)))
-    n = min(len(a), len(b))
     if n < 3:
         return {"ratio": ratio, "ci95": None, "significant": None}
-    a, b = a[:n], b[:n]
     picks = _boot_indices(n, n_boot, seed)
     boot = _pooled_medians(b, picks) / _pooled_medians(a, picks)
-    lo, hi = (float(v) for v in np.percentile(boot, [2.5, 97.5]))
+    tail = (1 - level) / 2 * 100
+    lo, hi = (float(v) for v in np.percentile(boot, [tail, 100 - tail]))
     return {"ratio": ratio, "ci95": [lo, hi], "significant": bool(lo > 1 or hi < 1)}
 
 

@@ -317,3 +317,57 @@ def test_a_silent_worker_is_a_clear_error_not_a_hang(monkeypatch):
     with pytest.raises(runner.WorkerError, match="sent nothing for 1 s"):
         runner.Worker([sys.executable, "-c", "import time; time.sleep(60)"])
     assert time.monotonic() - start < 30
+
+
+# ---------------------------------------------------------------- stopping early (optimize)
+
+
+def matmul_chain(path: Path, count: int) -> Path:
+    """x[N,256] -> `count` MatMuls 256x256 -> y: the work (and the time) grows with `count`."""
+    nodes = [
+        helper.make_node("MatMul", ["x" if i == 0 else f"h{i}", "w"], [f"h{i + 1}"])
+        for i in range(count)
+    ]
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 256])]
+    return _save(path, nodes, inputs, [_w("w", 256, 256)])
+
+
+def test_variants_that_cannot_be_the_pick_stop_early_and_say_so(tmp_path):
+    models = {
+        "base": matmul_chain(tmp_path / "base.onnx", 16),
+        "fast": matmul_chain(tmp_path / "fast.onnx", 1),  # the pick: timed as long as the base
+        "mid": matmul_chain(tmp_path / "mid.onnx", 8),  # within budget, slower than fast
+        "over": matmul_chain(tmp_path / "over.onnx", 1),  # fast, but over the drift budget
+    }
+    x = {"x": np.random.default_rng(0).normal(size=(16, 256)).astype(np.float32)}
+    # a target no run meets: without stopping early, every model is timed for max_time
+    opts = BenchOptions(threads=[1], min_time=0.3, max_time=1.5, target_ci=1e-9)
+    result = measure(models, x, opts, candidates={"base", "fast", "mid"})
+    v = result.variants
+    rounds = {name: v[name].latency_ms["rounds"] for name in models}
+    assert rounds["fast"] == rounds["base"]  # the pick and the baseline: their rounds not cut
+    assert v["base"].latency_ms["stopped_early"] is None
+    assert v["fast"].latency_ms["stopped_early"] is None
+    for name in ("mid", "over"):
+        assert rounds[name] < rounds["base"] / 2, rounds
+        stopped = v[name].latency_ms["stopped_early"]
+        assert stopped.startswith("stopped early") and stopped in v[name].notes
+        # the numbers are still what its own rounds give: interval, ratio and all
+        assert v[name].latency_ms["median_ci95"] and v[name].relative["ci95"]
+    assert "over the drift budget" in v["over"].latency_ms["stopped_early"]
+    assert "slower than" not in v["over"].latency_ms["stopped_early"]
+    assert "the time of fast" in v["mid"].latency_ms["stopped_early"]
+    # a stopped model's interval is wide by design, not a warning of the run
+    assert not any("mid ±" in w or "over ±" in w for w in result.warnings), result.warnings
+
+
+def test_without_candidates_nothing_stops_early(tmp_path):
+    models = {
+        "base": matmul_chain(tmp_path / "b.onnx", 8),
+        "fast": matmul_chain(tmp_path / "f.onnx", 1),
+    }
+    x = {"x": np.random.default_rng(0).normal(size=(16, 256)).astype(np.float32)}
+    opts = BenchOptions(threads=[1], min_time=0.1, max_time=0.4, target_ci=1e-9)
+    v = measure(models, x, opts).variants
+    assert v["fast"].latency_ms["rounds"] == v["base"].latency_ms["rounds"]
+    assert v["fast"].latency_ms["stopped_early"] is None

@@ -154,3 +154,15 @@ def test_bootstrap_medians_are_exactly_those_of_the_pooled_resampled_rounds():
     picks = stats._boot_indices(len(rounds), 200, stats.SEED)
     by_definition = [np.median(np.concatenate([rounds[i] for i in row])) for row in picks]
     assert np.array_equal(stats._pooled_medians(rounds, picks), by_definition)
+
+
+def test_a_ratio_counts_only_the_rounds_both_ran():
+    """B stopped early (optimize); then the machine got 3x faster and A went on: B is 1.5x
+    faster than A in every cycle both ran, and that is the ratio, not A's later speed."""
+    rng = np.random.default_rng(4)
+    base = [1.5 * rng.lognormal(0, 0.01, 50) for _ in range(10)]
+    base += [0.5 * rng.lognormal(0, 0.01, 50) for _ in range(30)]  # after B stopped
+    other = [1.0 * rng.lognormal(0, 0.01, 50) for _ in range(10)]
+    r = stats.paired_ratio(base, other)
+    assert r["ratio"] == pytest.approx(1 / 1.5, rel=0.02)
+    assert r["ci95"][0] < 1 / 1.5 < r["ci95"][1]

@@ -12,6 +12,7 @@ from helpers import REPO, run_edgekit
 
 from edgekit import textsafe
 from edgekit.onnxfile import files_on_disk
+from edgekit.recommend import parse_budget
 from edgekit.report.read import read_report
 from edgekit.report.schema import SCHEMA_VERSION, VARIANT_KEYS
 
@@ -191,3 +192,27 @@ def test_onnx_with_a_fixed_batch_of_one(tmp_path):
     report = json.loads(result.stdout)
     failed = {v["name"]: v["error"] for v in report["variants"] if v["error"]}
     assert not failed
+
+
+def test_variants_over_the_budget_stop_timing_early_and_the_pick_keeps_every_round(demo, tmp_path):
+    out, _ = demo
+    onnx_file = tmp_path / "digits.onnx"
+    shutil.copy(out / "fp32.onnx", onnx_file)
+    # a budget int8 cannot meet (the float variants do): its variants are timed briefly
+    tight = ("--max-drift", "cosine>=0.9999999", "--int8", "dynamic", "--runtime", "ort")
+    budget = parse_budget(tight[1])  # (the report writes it as cosine>=1: 6 digits)
+    result = run_edgekit("optimize", onnx_file, "-o", tmp_path / "out", *tight, *QUICK)
+    assert result.returncode == 0, result.stderr
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    rows = {v["name"]: v for v in report["variants"] if not v["error"]}
+    base = rows["fp32"]
+    pick = rows[report["recommendation"]["variant"]]
+    for row in (base, pick):
+        assert row["latency_ms"]["stopped_early"] is None
+        assert row["latency_ms"]["rounds"] == base["latency_ms"]["rounds"]
+    over = [v for v in rows.values() if not budget.check(v["accuracy"], base["accuracy"])[0]]
+    assert over
+    for row in over:
+        stopped = row["latency_ms"]["stopped_early"]
+        assert "over the drift budget" in stopped and stopped in row["notes"]
+        assert row["latency_ms"]["p50"] and row["relative"]["speedup"]  # still measured

@@ -172,3 +172,19 @@ def test_samples_are_batch_first_and_fed_in_the_model_layout():
     back = model_feeds({"state": batch_first(state, specs[0], 5)}, specs)["state"]
     np.testing.assert_array_equal(back, state)
     assert model_feeds({"y": np.ones((2, 3))})["y"].shape == (2, 3)  # no spec: batch axis 0
+
+
+def test_a_variants_outputs_on_the_samples_are_run_once(tmp_path):
+    """The int8 pass judges each recipe by its drift and the report gives it again: the model
+    runs once on the samples. A rewritten file runs again; a trial file elsewhere is not kept."""
+    fp32 = Variant("fp32", matmul_model(tmp_path / "fp32.onnx", 8, 4, "n"))
+    feeds = {"x": np.random.default_rng(1).normal(size=(8, 8)).astype(np.float32)}
+    ctx = context_for(fp32.path, feeds, tmp_path)
+    first = ctx.outputs(fp32.path)
+    assert ctx.outputs(fp32.path) is first
+    np.testing.assert_array_equal(first[0], run_onnx(fp32.path, feeds)[0])
+    matmul_model(fp32.path, 8, 4, "n")  # written again (a new modification time): run again
+    assert ctx.outputs(fp32.path) is not first
+    (tmp_path / "trials").mkdir()
+    trial = matmul_model(tmp_path / "trials" / "t.onnx", 8, 4, "n")
+    assert ctx.outputs(trial) is not ctx.outputs(trial)

@@ -127,3 +127,20 @@ def test_the_reason_names_the_runtime_of_the_pick():
     rows[1]["runtime"] = "openvino"
     rec = recommend(rows, "fp32", COSINE)
     assert rec["variant"] == "openvino-int8" and rec["reason"].endswith("; runs on openvino")
+
+
+def test_a_variant_whose_timing_stopped_early_is_never_the_pick():
+    """Its timing ended when it was measurably slower than another within budget: fewer rounds
+    must not make it the pick by the luck of a shorter run, and the reason says why not."""
+    stopped = "stopped early: 1.06x the time of int8-dynamic-smooth (99% CI 1.02–1.10)"
+    rows = [
+        _row("fp32"),
+        _row("int8-dynamic-smooth", 2.2, [2.1, 2.3], size=250),
+        _row("openvino-bf16", 2.3, [2.0, 2.6], size=500),
+    ]
+    rows[2]["latency_ms"]["stopped_early"] = stopped
+    rec = recommend(rows, "fp32", COSINE)
+    assert rec["variant"] == "int8-dynamic-smooth"  # not bf16, 2.3x by its shorter run
+    rows[1]["latency_ms"]["stopped_early"] = stopped
+    rec = recommend(rows, "fp32", COSINE)
+    assert rec["variant"] == "fp32" and f"openvino-bf16: {stopped}" in rec["reason"]

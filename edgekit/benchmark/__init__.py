@@ -93,13 +93,17 @@ def measure(
     progress: Callable[[str], None] | None = None,
     target: remote.Target | None = None,
     batch: int | None = None,
+    candidates: set[str] | None = None,
 ) -> BenchResult:
     """Time every model on `feeds` (one batch, as the model takes it: edgekit.model.samples
     model_feeds) of `batch` samples (default: their first axis, as for an input without specs).
     A model that fails to load
     or run becomes an entry with `error` set and null numbers; the others still finish.
     With `target`, the models run on that device over SSH (edgekit.benchmark.remote); an unreachable
-    or unusable device raises EdgekitError."""
+    or unusable device raises EdgekitError.
+    `candidates` (optimize: the names within the drift budget; not in a thread sweep) lets the
+    models that cannot be the recommendation stop timing early (edgekit.benchmark.runner.run):
+    their rows say so in `latency_ms.stopped_early` and a note."""
     options = options or BenchOptions()
     with tempfile.TemporaryDirectory(prefix="edgekit-bench-") as tmp:
         feeds_npz = Path(tmp) / "feeds.npz"
@@ -126,6 +130,7 @@ def measure(
                 stop_spinning=options.stop_spinning,
                 progress=progress,
                 place=place,
+                candidates=None if sweep else candidates,
             )
             device.record_after(dev, place.after())  # temperature, throttling, clocks, load
 
@@ -138,7 +143,9 @@ def measure(
     names = {variant_key(n, t, sweep): n for t in threads for n in models}
     variants = {job.name: _variant(job, counts[names[job.name]], jobs[0]) for job in jobs}
 
-    shift = stats.machine_shift({j.name: j.rounds for j in jobs if j.error is None})
+    # stopped jobs lack the later cycles: the machine's speed is read from those timed to the end
+    full = {j.name: j.rounds for j in jobs if j.error is None and j.stopped is None}
+    shift = stats.machine_shift(full)
     dev["stability"] = shift
     warnings = device.condition_warnings(dev, threads)
     busy = bool(warnings) and warnings[0].startswith("Other work competed")
@@ -147,11 +154,11 @@ def measure(
     wide = {}
     for key, v in variants.items():
         latency = v.latency_ms
-        if latency and latency["median_ci95"]:
+        if latency and latency["median_ci95"] and not latency["stopped_early"]:
             width = stats.relative_half_width(latency["median_ci95"], latency["p50"])
             if width > options.target_ci:
                 wide[key] = width
-    timed = [j.time_s for j in jobs if j.error is None]
+    timed = [j.time_s for j in jobs if j.error is None and j.stopped is None]
     if wide:
         warnings.append(interval_warning(wide, options.target_ci, min(timed)))
     if wide or shift["shifted"] or busy:
@@ -283,7 +290,10 @@ def _variant(job: runner.Job, count, baseline: runner.Job) -> Measurement:
     latency["round_sizes"] = [len(r) for r in job.rounds]
     latency["round_medians"] = [round(float(np.median(r)), 6) for r in job.rounds]
     latency["samples"] = [round(s, 6) for s in kept_samples(samples)]
+    latency["stopped_early"] = job.stopped
     v.latency_ms = latency
+    if job.stopped:
+        v.notes.append(job.stopped)
     if len(job.rounds) < 10:
         v.notes.append(
             f"only {len(job.rounds)} rounds: the interval of the median rests on little data"

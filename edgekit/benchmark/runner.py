@@ -137,6 +137,7 @@ class Job:
     profile: dict | None = None
     error: str | None = None
     time_s: float = 0.0  # wall time spent in this job's rounds
+    stopped: str | None = None  # why its timing ended before the others' (see `candidates`)
 
 
 # Whether the medians are known well enough is checked once min_time is spent, then each time
@@ -155,6 +156,67 @@ def _median_settled(job: Job, target: float) -> bool:
     return width is not None and width <= target
 
 
+# A job stops early only when this confident (paired-round bootstrap) that it is slower: the test
+# is repeated at every check, and a tighter level keeps a tie from being stopped by chance.
+STOP_CONFIDENCE = 0.99
+
+
+def over_budget(jobs: list[Job], candidates: set[str], min_time: float) -> None:
+    """Stop the jobs outside `candidates` (over the drift budget: never the recommendation) once
+    they have had `min_time` of timing: their medians and ratios are reported, with the wider
+    interval of a shorter run."""
+    for job in jobs[1:]:
+        if (
+            job.name not in candidates
+            and job.error is None
+            and job.stopped is None
+            and job.time_s >= min_time
+        ):
+            job.stopped = (
+                f"stopped early, after {job.time_s:.1f} s of timing: over the drift budget, it "
+                "cannot be recommended; its interval is wider by design"
+            )
+
+
+def stop_early(jobs: list[Job], candidates: set[str]) -> None:
+    """Stop each candidate that cannot be the recommendation any more: measurably slower than
+    the baseline (jobs[0]), or than the fastest candidate that is measurably faster than the
+    baseline (the recommendation takes the fastest of those). The ratios are over paired rounds
+    (rounds of one cycle share the machine's drift); the rounds kept give the reported numbers."""
+    base = jobs[0]
+    live = [
+        j
+        for j in jobs[1:]
+        if j.name in candidates and j.error is None and j.stopped is None and len(j.rounds) >= 3
+    ]
+    if base.error or not live:
+        return
+    ratios = {
+        j.name: stats.paired_ratio(base.rounds, j.rounds, level=STOP_CONFIDENCE) for j in live
+    }
+    faster = [j for j in live if ratios[j.name]["ci95"][1] < 1]
+    best = min(faster, key=lambda j: ratios[j.name]["ratio"], default=None)
+    for job in live:
+        ratio = ratios[job.name]
+        if ratio["ci95"][0] > 1:
+            job.stopped = f"stopped early: {_slower(ratio, base.name)}"
+        elif best is not None and job is not best:
+            against = stats.paired_ratio(best.rounds, job.rounds, level=STOP_CONFIDENCE)
+            if against["ci95"][0] > 1:
+                job.stopped = (
+                    f"stopped early: {_slower(against, best.name)}, which is measurably faster "
+                    f"than {base.name} and within budget"
+                )
+
+
+def _slower(ratio: dict, than: str) -> str:
+    lo, hi = ratio["ci95"]
+    return (
+        f"{ratio['ratio']:.2f}x the time of {than} "
+        f"({100 * STOP_CONFIDENCE:g}% CI {lo:.2f}–{hi:.2f}, paired rounds)"
+    )
+
+
 def run(
     jobs: list[Job],
     feeds_npz: Path,
@@ -169,10 +231,16 @@ def run(
     opt_level: str = "ORT_ENABLE_ALL",
     progress: Callable[[str], None] | None = None,
     place: Local | None = None,
+    candidates: set[str] | None = None,
 ) -> list[str]:
     """Fill in each job's rounds, load, memory and profile (or error). Returns the round log: job
     names in the order their rounds actually ran. `place` says where the workers run (default:
-    here); the models and feeds must already be there."""
+    here); the models and feeds must already be there.
+
+    `candidates` (optimize: the variants within the drift budget) lets jobs that cannot be the
+    recommendation stop before the others, after `min_time`: the others are then timed alone, to
+    the same stop rule as without it. See stop_early; the first job, the baseline, never stops
+    early. None (edgekit bench): every job is timed alike."""
     place = place or Local()
     say = progress or (lambda _msg: None)
     round_s = min(0.1, max(min_time / 10, 0.01))
@@ -212,7 +280,7 @@ def run(
         start = time.perf_counter()
         next_check = min_time
         while True:
-            live = [j for j in jobs if j.error is None]
+            live = [j for j in jobs if j.error is None and j.stopped is None]
             if not live:
                 break
             for job in live:  # one cycle: a round of every job, always in the same order
@@ -226,7 +294,9 @@ def run(
                 job.time_s += time.perf_counter() - t0
                 job.rounds.append([ns / 1e6 for ns in reply["samples_ns"]])
                 log.append(job.name)
-            live = [j for j in jobs if j.error is None]
+            if candidates is not None:
+                over_budget(jobs, candidates, min_time)
+            live = [j for j in jobs if j.error is None and j.stopped is None]
             if not live:
                 break
             spent = min(j.time_s for j in live)
@@ -236,6 +306,8 @@ def run(
             if spent >= next_check:
                 if all(_median_settled(j, target_ci) for j in live):
                     break
+                if candidates is not None:
+                    stop_early(jobs, candidates)
                 next_check = spent * CHECK_GROWTH
             if time.perf_counter() - start > 2 * max_time * len(jobs) + 30:
                 break  # a safety net against a stuck clock, never the normal way out

@@ -53,9 +53,9 @@ def export_onnx(model: LoadedModel, specs: list[InputSpec], out_path: Path) -> d
     feeds = generate_samples(specs, _EXPORT_BATCH, seed=0)
     args = _tensors(specs, feeds)
     names = [s.name for s in specs]
-    output_names, _ = torch_named_outputs(model, feeds, specs)
+    output_names, outputs = torch_named_outputs(model, feeds, specs)
     output_names = [n if n not in names else f"{n}_out" for n in output_names]
-    out_axes = _output_batch_axes(model, specs)
+    out_axes = _output_batch_axes(model, specs, outputs)
 
     tmp_dir = Path(
         tempfile.mkdtemp(prefix=f".{out_path.name}.", suffix=".export", dir=out_path.parent)
@@ -221,12 +221,14 @@ def _bake_constants(path: Path, constants: list) -> None:
     onnx.save(model, str(path))
 
 
-def _output_batch_axes(model: LoadedModel, specs: list[InputSpec]) -> list[int | None]:
-    """Each output's batch axis: the axis whose size follows the batch (2 and 3 samples);
-    None for an output that does not depend on it."""
+def _output_batch_axes(
+    model: LoadedModel, specs: list[InputSpec], two: list[np.ndarray]
+) -> list[int | None]:
+    """Each output's batch axis: the axis whose size follows the batch (`two`: the outputs for
+    _EXPORT_BATCH samples, and those for one more); None for an output that does not depend on
+    it. (A forward pass of a large model takes seconds: the outputs at hand are used.)"""
     if not any(s.batch_axis is not None for s in specs):
-        return [None] * len(torch_outputs(model, generate_samples(specs, 1), specs))
-    two = torch_outputs(model, generate_samples(specs, _EXPORT_BATCH, seed=2), specs)
+        return [None] * len(two)
     three = torch_outputs(model, generate_samples(specs, _EXPORT_BATCH + 1, seed=3), specs)
     axes = []
     for a, b in zip(two, three, strict=True):

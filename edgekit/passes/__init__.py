@@ -22,6 +22,10 @@ if TYPE_CHECKING:
     from edgekit.recommend import Budget
 
 REWRITE_TOLERANCE = 1e-4  # relative to the largest output: only float reassociation may differ
+# The outputs of a variant on all samples are kept (the int8 pass judges a recipe by them, the
+# report's drift needs them again) up to this many bytes in all: a segmentation model's outputs
+# on many samples would otherwise hold gigabytes.
+OUTPUTS_KEPT_BYTES = 512 * 2**20
 
 
 @dataclass
@@ -111,29 +115,51 @@ class PassContext:
     # The CPU the int8 variants are made for (edgekit.cpus.made_for: --for-cpu, the --target
     # device, or this machine), worked out once by optimize().
     cpu: dict = field(default_factory=_this_machine)
+    # outputs(path) on all samples, by the file's (path, size, modification time)
+    _kept: dict = field(default_factory=dict, repr=False)
 
     def path_for(self, name: str) -> Path:
         return self.staging / f"{name}.onnx"
 
     def outputs(self, path: Path, feeds: dict[str, np.ndarray] | None = None) -> list[np.ndarray]:
-        """The model's outputs on `feeds` (default: all samples), run at the deployment batch."""
+        """The model's outputs on `feeds` (default: all samples), run at the deployment batch.
+        A variant's file (path_for: in `staging`) runs on all samples once; its outputs are kept
+        for the next ask (trial files elsewhere, e.g. the sensitivity search's, are not)."""
         from edgekit.accuracy import run_onnx
 
-        feeds = self.feeds if feeds is None else feeds
-        return run_onnx(path, feeds, chunk=self.batch, specs=self.specs)
+        path = Path(path).resolve()
+        if feeds is not None or path.parent != Path(self.staging).resolve():
+            return run_onnx(
+                path, self.feeds if feeds is None else feeds, chunk=self.batch, specs=self.specs
+            )
+        key = self._key(path)
+        if key not in self._kept:
+            outputs = run_onnx(path, self.feeds, chunk=self.batch, specs=self.specs)
+            self.keep_outputs(path, outputs)
+            return outputs
+        return self._kept[key]
+
+    def keep_outputs(self, path: Path, outputs: list[np.ndarray]) -> None:
+        """`outputs(path)` is `outputs` (the model at `path` ran on all samples, at the
+        deployment batch), kept while the outputs kept stay under OUTPUTS_KEPT_BYTES."""
+        held = sum(a.nbytes for kept in self._kept.values() for a in kept)
+        if held + sum(a.nbytes for a in outputs) <= OUTPUTS_KEPT_BYTES:
+            self._kept[self._key(path)] = outputs
+
+    @staticmethod
+    def _key(path: Path) -> tuple:
+        path = Path(path).resolve()
+        stat = path.stat()
+        return str(path), stat.st_size, stat.st_mtime_ns
 
 
 def same_function(before: Path, after: Path, ctx: PassContext, what: str) -> None:
     """A rewrite must compute the same function as its parent (float reassociation aside) on
-    the first PARITY_SAMPLES samples; else PassFailed, and the rewritten file is removed."""
-    from edgekit.accuracy import difference, first_samples, largest_finite, run_onnx
-    from edgekit.model.export import PARITY_SAMPLES
+    every sample; else PassFailed, and the rewritten file is removed. (The outputs of both are
+    those the report's drift uses: run once.)"""
+    from edgekit.accuracy import difference, largest_finite
 
-    feeds = first_samples(before, ctx.feeds, PARITY_SAMPLES, ctx.specs)
-    expected, got = (
-        run_onnx(before, feeds, specs=ctx.specs),
-        run_onnx(after, feeds, specs=ctx.specs),
-    )
+    expected, got = ctx.outputs(before), ctx.outputs(after)
     worst = max(difference(a, b) for a, b in zip(expected, got, strict=True))
     tolerance = REWRITE_TOLERANCE * max(1.0, largest_finite(expected))
     if not worst <= tolerance:  # a NaN difference too
