@@ -8,15 +8,18 @@
 # TIMINGS UNDER EMULATION MEAN NOTHING: QEMU translates every aarch64 instruction on this x86 CPU.
 # This checks that each runtime loads and runs the host's artifacts on aarch64; it measures no device.
 #
-# ExecuTorch is left out: its Python runtime (the only one pip installs) imports torch, so it is not
-# part of the torch-free device side; on a device a .pte runs with ExecuTorch's C++ runner.
+# ExecuTorch is left out: its Python runtime (the only one pip installs) imports torch and links
+# libtorch, so it is not part of the torch-free device side, and on aarch64 it would need a torch
+# matching its build (executorch 1.5.1 was checked with torch 2.13), whose PyPI aarch64 wheel is a
+# CUDA 13 build of several GB (see tools/arm_optimize_check.sh). On a device a .pte runs with ExecuTorch's C++ runner.
 #
-# The CPU: QEMU emulates a Cortex-A76 (QEMU_CPU, default cortex-a76: a Raspberry Pi 5's core);
-# /proc/cpuinfo is a Raspberry Pi 5's (tests/fixtures/boards/rpi5/cpuinfo, cut to 2 CPUs), bound
-# over the host's in a private mount namespace with a matching /sys/devices/system/cpu: onnxruntime's
-# CPU-info code crashes on the host's x86 cpuinfo. OpenVINO reads the topology through hwloc, which
-# under QEMU sees none: HWLOC_SYNTHETIC describes the 2 cores. With QEMU_CPU=cortex-a72 (a Pi 4's
-# core) OpenVINO's int8 IR has been seen to fail to compile: it is then a failed row with its reason.
+# The CPU: BOARD=rpi5 (default) or rpi4. QEMU emulates the board's core (cortex-a76 or cortex-a72:
+# the instructions it accepts), /proc/cpuinfo is the board's (tests/fixtures/boards/BOARD/cpuinfo,
+# cut to 2 CPUs), bound over the host's in a private mount namespace, and /sys/devices/system/cpu
+# lists 2 CPUs with the core's ID register (MIDR_EL1, which OpenVINO's ARM code generator reads):
+# onnxruntime's CPU-info code crashes on the host's x86 cpuinfo. OpenVINO reads the topology through
+# hwloc, which finds none under QEMU: HWLOC_SYNTHETIC describes the 2 cores. A variant a runtime
+# cannot run there is a failed row with its reason.
 #
 # Needs root (unshare -m), qemu-user-static, debootstrap, network access to the Debian mirror and
 # PyPI the first time (~100 MB of wheels), and PYTHON (default python3): a Python with edgekit's
@@ -29,7 +32,12 @@ set -euo pipefail
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 PYTHON=${PYTHON:-python3}
 CACHE=${EDGEKIT_ARM_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/edgekit/arm64}
-QEMU_CPU=${QEMU_CPU:-cortex-a76}
+BOARD=${BOARD:-rpi5}
+case $BOARD in
+  rpi5) QEMU_CPU=cortex-a76 ;;
+  rpi4) QEMU_CPU=cortex-a72 ;;
+  *) echo "BOARD is rpi5 or rpi4" >&2; exit 2 ;;
+esac
 ROOT=$CACHE/root
 WHEELS=$CACHE/runtimes-wheels
 SITE=$CACHE/runtimes-site
@@ -73,7 +81,8 @@ say "making the variants on this host: edgekit optimize --runtime onnxruntime,op
 (cd "$WORK" && "$PYTHON" -m edgekit.cli optimize models/digits_cnn.pt \
     --arch models/digits_cnn.py:DigitsCNN --data models/digits_test.npz \
     --runtime onnxruntime,openvino,litert --min-time 0.2 --max-time 0.5 -q -o host) \
-  || { echo "edgekit optimize failed on the host" >&2; exit 1; }
+    >"$WORK/optimize.log" 2>&1 \
+  || { cat "$WORK/optimize.log" >&2; echo "edgekit optimize failed on the host" >&2; exit 1; }
 # The ONNX baseline and every OpenVINO and LiteRT variant the host could make, in the report's order.
 mapfile -t MODELS < <("$PYTHON" - "$WORK/host/report.json" <<'EOF'
 import json, sys
@@ -92,7 +101,11 @@ say "the host made: $(for m in "${MODELS[@]}"; do basename "$m"; done | tr '\n' 
 #    without binfmt_misc the kernel cannot exec an aarch64 binary, so sys.executable points at a
 #    script that runs QEMU.
 awk -v RS= -v ORS='\n\n' '/^processor\t: [01]\n/ || !/^processor/' \
-  "$REPO/tests/fixtures/boards/rpi5/cpuinfo" >"$WORK/cpuinfo"
+  "$REPO/tests/fixtures/boards/$BOARD/cpuinfo" >"$WORK/cpuinfo"
+# MIDR_EL1 from the cpuinfo fields: implementer, variant, architecture 0xf, part, revision.
+read -r IMPL VARIANT PART REV < <(awk -F': *' '/^CPU implementer/ {i = $2} /^CPU variant/ {v = $2}
+  /^CPU part/ {p = $2} /^CPU revision/ {print i, v, p, $2; exit}' "$WORK/cpuinfo")
+MIDR=$(printf '0x%016x' $(( IMPL << 24 | VARIANT << 20 | 0xf << 16 | PART << 4 | REV )))
 cat >"$WORK/bin/python3" <<EOF
 #!/bin/sh
 exec "$QEMU" -cpu "$QEMU_CPU" -L "$ROOT" "$ROOT/usr/bin/python3.11" "\$@"
@@ -103,16 +116,16 @@ import sys
 sys.executable = "$WORK/bin/python3"  # worker processes start through QEMU
 EOF
 
-say "running edgekit bench on aarch64 under $QEMU -cpu $QEMU_CPU (python3.11 from Debian bookworm arm64)"
-unshare -m --propagation private env WORK="$WORK" PYTHONPATH="$WORK/py:$REPO:$SITE" \
+say "running edgekit bench on aarch64 under $QEMU -cpu $QEMU_CPU ($BOARD cpuinfo, MIDR_EL1 $MIDR; python3.11 from Debian bookworm arm64)"
+unshare -m --propagation private env WORK="$WORK" MIDR="$MIDR" PYTHONPATH="$WORK/py:$REPO:$SITE" \
     HOME="$WORK" PYTHONDONTWRITEBYTECODE=1 HWLOC_SYNTHETIC="pack:1 core:2 pu:1" sh -ec '
   mount --bind "$WORK/cpuinfo" /proc/cpuinfo
   mount -t tmpfs tmpfs /sys/devices/system/cpu
   for f in possible present online; do echo 0-1 >/sys/devices/system/cpu/$f; done
-  for cpu in 0 1; do  # OpenVINO (oneDNN) reads each core ID register there: a Cortex-A76 one
+  for cpu in 0 1; do
     mkdir -p /sys/devices/system/cpu/cpu$cpu/regs/identification
     echo 1 >/sys/devices/system/cpu/cpu$cpu/online
-    echo 0x00000000414fd0b1 >/sys/devices/system/cpu/cpu$cpu/regs/identification/midr_el1
+    echo "$MIDR" >/sys/devices/system/cpu/cpu$cpu/regs/identification/midr_el1
   done
   cd "$WORK"
   "$WORK/bin/python3" -c "import platform, sys, numpy, onnxruntime, openvino, ai_edge_litert
@@ -139,18 +152,19 @@ report = json.load(open(sys.argv[1]))
 d = report["device"]
 print(f"device: {d.get('cpu')} ({d.get('arch')}), {d.get('cores')} cores, features {d.get('features')}")
 settings = report["settings"].get("runtimes") or {}
-print(f"{'variant':<16} {'runtime':<12} {'version':<10} {'threads':>7}  result")
+print(f"{'variant':<16} {'runtime':<12} {'version':<9} {'threads':>7}  result")
 for v in report["variants"]:
     s = settings.get(v["name"]) or {}
     if v["error"]:
         result = f"FAILED: {v['error']}"
     else:
         result = f"ran {v['latency_ms']['n']} timed runs (p50 {v['latency_ms']['p50']:.3g} ms, emulated)"
-    extra = {k: s[k] for k in ("INFERENCE_PRECISION_HINT", "delegated", "quantized_io") if k in s}
-    print(f"{v['name']:<16} {v['runtime']:<12} {str(s.get('version')):<10} "
-          f"{str(s.get('threads')):>7}  {result}" + (f" {json.dumps(extra)}" if extra else ""))
-print("warnings:")
-for w in report["warnings"]:
-    print("  " + w)
+    keep = ("INFERENCE_PRECISION_HINT", "runtime_precisions", "delegated", "quantized_io")
+    extra = {k: s[k] for k in keep if k in s}
+    version = str(s.get("version")).split()[-1].split("-")[0]  # "2026.4.1-22982-…" -> "2026.4.1"
+    print(f"{v['name']:<16} {v['runtime']:<12} {version:<9} {str(s.get('threads')):>7}  {result}"
+          + (f" {json.dumps(extra)}" if extra else ""))
+ran = [v["name"] for v in report["variants"] if not v["error"]]
+print(f"{len(ran)} of {len(report['variants'])} variants ran: {', '.join(ran)}")
 EOF
 say "TIMINGS UNDER EMULATION MEAN NOTHING: every latency above was measured under QEMU on an x86 host and says nothing about any ARM device."
