@@ -60,8 +60,7 @@ EDGEKIT_ARM_CACHE=$CACHE PYTHON=$PYTHON bash "$REPO/tools/arm_worker_check.sh" -
 # 2. aarch64 wheels of edgekit's core (what `edgekit bench` imports) and of the two runtimes.
 if [ ! -f "$SITE/.complete" ]; then
   say "downloading aarch64 wheels (first run only)"
-  rm -rf "$SITE"
-  mkdir -p "$WHEELS"
+  rm -rf "$WHEELS" "$SITE"
   "$PYTHON" -m pip download -q --only-binary=:all: "${PLATFORMS[@]/#/--platform=}" \
     --python-version 3.11 -d "$WHEELS" onnxruntime onnx numpy psutil rich openvino ai-edge-litert
   mkdir -p "$SITE"
