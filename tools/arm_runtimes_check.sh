@@ -1,25 +1,28 @@
 #!/usr/bin/env bash
 # Run the device side of edgekit (`edgekit bench`, torch-free) on aarch64 under QEMU user-mode
-# emulation with every torch-free runtime: onnxruntime (.onnx), OpenVINO (.xml) and LiteRT (.tflite),
-# on variants `edgekit optimize --runtime onnxruntime,openvino,litert` makes of the shipped demo model
-# on this (x86) host, as a user benchmarking on a Raspberry Pi what their laptop made does. Prints each
-# variant's row: its runtime, the threads the runtime reports back, and whether it ran.
+# emulation with every torch-free runtime: onnxruntime (.onnx), OpenVINO (.xml) and LiteRT
+# (.tflite), on the variants `edgekit optimize --runtime onnxruntime,openvino,litert` makes of the
+# shipped demo model on this (x86) host, as a user benchmarking on a Raspberry Pi what their laptop
+# made does. Prints each variant's row: its runtime, the threads the runtime reports back (and the
+# precision OpenVINO ran, whether LiteRT delegated to XNNPACK), and whether it ran.
 #
 # TIMINGS UNDER EMULATION MEAN NOTHING: QEMU translates every aarch64 instruction on this x86 CPU.
-# This checks that each runtime loads and runs the host's artifacts on aarch64; it measures no device.
+# This checks that each runtime loads and runs the host's artifacts on aarch64; it measures no
+# device.
 #
 # ExecuTorch is left out: its Python runtime (the only one pip installs) imports torch and links
 # libtorch, so it is not part of the torch-free device side, and on aarch64 it would need a torch
 # matching its build (executorch 1.5.1 was checked with torch 2.13), whose PyPI aarch64 wheel is a
-# CUDA 13 build of several GB (see tools/arm_optimize_check.sh). On a device a .pte runs with ExecuTorch's C++ runner.
+# CUDA 13 build of several GB (see tools/arm_optimize_check.sh). On a device a .pte runs with
+# ExecuTorch's C++ runner.
 #
 # The CPU: BOARD=rpi5 (default) or rpi4. QEMU emulates the board's core (cortex-a76 or cortex-a72:
-# the instructions it accepts), /proc/cpuinfo is the board's (tests/fixtures/boards/BOARD/cpuinfo,
-# cut to 2 CPUs), bound over the host's in a private mount namespace, and /sys/devices/system/cpu
-# lists 2 CPUs with the core's ID register (MIDR_EL1, which OpenVINO's ARM code generator reads):
-# onnxruntime's CPU-info code crashes on the host's x86 cpuinfo. OpenVINO reads the topology through
-# hwloc, which finds none under QEMU: HWLOC_SYNTHETIC describes the 2 cores. A variant a runtime
-# cannot run there is a failed row with its reason.
+# the instructions it accepts). In a private mount namespace, /proc/cpuinfo is the board's
+# (tests/fixtures/boards/BOARD/cpuinfo, cut to 2 CPUs): onnxruntime's CPU-info code crashes on the
+# host's x86 one; /sys/devices/system/cpu lists those 2 CPUs with the core's ID register (MIDR_EL1,
+# which OpenVINO's ARM code generator reads), and HWLOC_SYNTHETIC gives OpenVINO's hwloc the 2-core
+# topology it cannot find under QEMU. A variant a runtime cannot run there is a failed row with its
+# reason; the other rows go on.
 #
 # Needs root (unshare -m), qemu-user-static, debootstrap, network access to the Debian mirror and
 # PyPI the first time (~100 MB of wheels), and PYTHON (default python3): a Python with edgekit's
