@@ -68,7 +68,7 @@ def streamed(port: int, model: str, prompt: str, tokens: int) -> tuple[float, fl
     head = (f"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: "
             f"application/json\r\nContent-Length: {len(body)}\r\n\r\n").encode()  # fmt: skip
     first = last = count = None
-    seen = b""
+    seen, pieces = b"", 0
     with socket.create_connection(("127.0.0.1", port), timeout=120) as sock:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         start = time.perf_counter()
@@ -84,8 +84,10 @@ def streamed(port: int, model: str, prompt: str, tokens: int) -> tuple[float, fl
                 if event.get("usage"):
                     count = event["usage"]["completion_tokens"]
                 if any(c.get("text") for c in event.get("choices") or []):
+                    pieces += 1
                     last = now
                     first = first or now
+    count = count or pieces  # a server without usage in its stream: one event a token
     return first - start, (count - 1) / (last - first), count
 
 
