@@ -88,7 +88,7 @@ def read_lm_folder(path) -> LMFolder:
             f"{folder} has no *.safetensors weights. {found}Save the model with "
             "`model.save_pretrained(folder, safe_serialization=True)`."
         )
-    template = _chat_template(folder)
+    template = chat_template(folder)
     return LMFolder(
         path=folder,
         architecture=architectures[0],
@@ -178,8 +178,9 @@ def _int_field(folder: Path, config: dict, *keys: str) -> int:
     )
 
 
-def _chat_template(folder: Path) -> str | None:
-    """tokenizer_config.json's chat_template, or chat_template.jinja (newer transformers)."""
+def chat_template(folder: Path) -> str | None:
+    """tokenizer_config.json's chat_template, or chat_template.jinja (transformers 5); None
+    when the folder has none."""
     jinja = folder / "chat_template.jinja"
     if jinja.is_file():
         return jinja.read_text(encoding="utf-8")
@@ -188,4 +189,4 @@ def _chat_template(folder: Path) -> str | None:
     except (OSError, ValueError):
         return None
     template = config.get("chat_template") if isinstance(config, dict) else None
-    return template if isinstance(template, str) else None
+    return template if isinstance(template, str) and template.strip() else None

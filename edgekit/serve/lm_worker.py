@@ -32,6 +32,8 @@ import sys
 from collections import deque
 from pathlib import Path
 
+from edgekit.lm.folder import chat_template
+
 MAX_ACTIVE = 4  # generations side by side; each holds a KV cache of its prompt + max_tokens
 GENAI_CONFIG = "genai_config.json"
 
@@ -62,20 +64,6 @@ class StopText:
     def flush(self) -> str:
         text, self.held = self.held, ""
         return text
-
-
-def chat_template(folder: Path) -> str | None:
-    """The chat template a Hugging Face folder carries: chat_template.jinja (transformers 5) or
-    tokenizer_config.json's "chat_template"."""
-    jinja = folder / "chat_template.jinja"
-    if jinja.is_file():
-        return jinja.read_text(encoding="utf-8")
-    try:
-        config = json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    template = config.get("chat_template") if isinstance(config, dict) else None
-    return template if isinstance(template, str) and template.strip() else None
 
 
 class Rejected(Exception):
