@@ -30,14 +30,16 @@ held-out text against the `tokenizers` one.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+
+from edgekit.lm import bench_worker
+from edgekit.lm.bench_worker import Worker as GenaiWorker
+from edgekit.lm.bench_worker import peak_rss_bytes
 
 HERE = Path(__file__).resolve()
 REPO = HERE.parents[1]
@@ -153,7 +155,7 @@ def gguf_variants(hf: Path, work: Path, converter: Path) -> dict[str, Path]:
 # ---- the llama.cpp worker: edgekit/lm/bench_worker.py's protocol, llama.cpp doing the work -----
 
 
-class LlamaWorker:
+class LlamaWorker(GenaiWorker):
     """pp N: N prompt tokens in one llama_decode batch into an empty KV cache; TTFT: that at the
     shortest length plus picking the first token; tg N: N steps of one token each (decode, then
     the greedy pick), after a short prompt and its first token: as the onnxruntime-genai worker."""
@@ -165,9 +167,9 @@ class LlamaWorker:
         self.gen_tokens, self.tg_prompt = int(req["gen_tokens"]), int(req["tg_prompt"])
         longest = max(max(self.lengths) + 1, self.tg_prompt + self.gen_tokens + 1)
         threads = int(req["threads"])
-        self.baseline = peak_rss()
+        self.baseline = peak_rss_bytes()
         start = time.perf_counter()
-        self.llm = Llama(
+        self.model = self.llm = Llama(  # self.model: the worker's 'loaded' mark
             model_path=req["model"],
             n_ctx=longest,
             n_batch=max(self.lengths),
@@ -228,83 +230,17 @@ class LlamaWorker:
         result["tg_ms"] = (time.perf_counter_ns() - t0) / 1e6
         return result
 
-    def cmd_round(self, req):
-        budget = float(req.get("seconds", 0.2))
-        reply = {"pp_ms": {str(n): [] for n in self.lengths}, "ttft_ms": [], "tg_ms": []}
-        start = time.perf_counter()
-        while True:
-            one = self.one_set()
-            for n, ms in one["pp_ms"].items():
-                reply["pp_ms"][n].append(ms)
-            reply["ttft_ms"].append(one["ttft_ms"])
-            reply["tg_ms"].append(one["tg_ms"])
-            if time.perf_counter() - start >= budget:
-                return reply
-
-    def cmd_memory(self, req):
-        return {"peak_rss_bytes": peak_rss(), "baseline_rss_bytes": self.baseline}
-
-
-def peak_rss():
-    with open("/proc/self/status") as handle:
-        for line in handle:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    return None
-
-
-def worker_main():
-    proto = os.fdopen(os.dup(1), "w", buffering=1)
-    os.dup2(2, 1)  # llama.cpp's prints go to stderr, never into the protocol
-    sys.stdout = sys.stderr
-    worker = LlamaWorker()
-    proto.write(json.dumps({"ok": True, "ready": True, "pid": os.getpid()}) + "\n")
-    for line in sys.stdin:
-        req = json.loads(line)
-        if req.get("cmd") == "quit":
-            proto.write(json.dumps({"ok": True}) + "\n")
-            return
-        try:
-            reply = {**getattr(worker, "cmd_" + req["cmd"])(req), "ok": True}
-        except Exception as exc:
-            reply = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
-        proto.write(json.dumps(reply) + "\n")
-
 
 # ---- drift: logits of every variant on the same held-out token windows -----------------------
 
 
 def genai_logits(folder: Path, windows: list[np.ndarray]) -> list[np.ndarray]:
     """(T, vocab) logits per window from the folder's model.onnx with plain onnxruntime, one
-    forward pass each with an empty KV cache."""
-    import onnxruntime as ort
+    forward pass each with an empty KV cache (what optimize's drift uses)."""
+    from edgekit.lm.logits import LogitsModel
 
-    config = json.loads((folder / "genai_config.json").read_text())["model"]
-    decoder = config["decoder"]
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = THREADS
-    session = ort.InferenceSession(str(folder / decoder["filename"]), opts)
-    inputs = {i.name: i for i in session.get_inputs()}
-    out = []
-    for ids in windows:
-        t = len(ids)
-        feeds = {
-            "input_ids": ids[None].astype(np.int64),
-            "attention_mask": np.ones((1, t), np.int64),
-        }
-        if "position_ids" in inputs:
-            feeds["position_ids"] = np.arange(t, dtype=np.int64)[None]
-        for name, arg in inputs.items():
-            if name.startswith("past_key_values"):
-                dtype = np.float16 if "float16" in arg.type else np.float32
-                shape = (1, decoder["num_key_value_heads"], 0, decoder["head_size"])
-                feeds[name] = np.zeros(shape, dtype)
-        feeds = {
-            k: v.astype(np.int32) if "int32" in inputs[k].type else v for k, v in feeds.items()
-        }
-        (logits,) = session.run(["logits"], feeds)
-        out.append(logits[0].astype(np.float32))
-    return out
+    model = LogitsModel(folder, threads=THREADS)
+    return [model.sequence_logits(ids).astype(np.float32) for ids in windows]
 
 
 def gguf_logits(path: Path, windows: list[np.ndarray]) -> list[np.ndarray]:
@@ -457,7 +393,7 @@ def print_table(title, variants, result, figures, tokenize) -> None:
 
 def main() -> None:
     if sys.argv[1:] == ["--worker"]:
-        return worker_main()
+        return bench_worker.main(LlamaWorker())
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--converter", type=Path, required=True,
                         help="llama.cpp's source folder (convert_hf_to_gguf.py, gguf-py)")  # fmt: skip

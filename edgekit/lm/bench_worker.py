@@ -199,12 +199,14 @@ class Worker:
         return {"peak_rss_bytes": peak_rss_bytes(), "baseline_rss_bytes": self.baseline}
 
 
-def main():
+def main(worker=None):
+    """Serve the protocol on stdin/stdout with `worker` (default: onnxruntime-genai's); another
+    engine's worker subclasses Worker with its own cmd_load and one_set (tools/lm_showdown.py)."""
     # Keep the protocol channel private: stray prints from native code go to stderr instead.
     proto = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)
     sys.stdout = sys.stderr
-    worker = Worker()
+    worker = worker or Worker()
 
     def send(message):
         proto.write(json.dumps(message) + "\n")
