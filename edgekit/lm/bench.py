@@ -266,6 +266,15 @@ def _measurement(job: _Job, lengths, gen_tokens: int) -> LMMeasurement:
     )
 
 
+def device_info() -> dict:
+    """The device section of an LM report: the machine, and the runtime's version."""
+    import onnxruntime_genai
+
+    from edgekit.benchmark.device import collect
+
+    return {**collect(), "onnxruntime_genai": onnxruntime_genai.__version__}
+
+
 def folder_size(folder: Path) -> int:
     """Bytes of the variant's model files (model.onnx and its external data)."""
     return sum(f.stat().st_size for f in Path(folder).glob("*.onnx*") if f.is_file())
@@ -320,7 +329,7 @@ def bench_lm(
         staging = None
         if out_dir is not None:
             staging = stack.enter_context(output_folder(Path(out_dir), inputs=list(folders)))
-        info = device.collect()
+        info = device_info()
         measured = measure_lm(
             variants,
             threads=threads,

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from edgekit.errors import EdgekitError
 from edgekit.fsutil import output_folder, sha256_folder
-from edgekit.lm.bench import folder_size
+from edgekit.lm.bench import device_info, folder_size
 from edgekit.recommend import LMBudget, default_lm_budget, recommend_lm
 from edgekit.report.schema import Report, Variant
 from edgekit.report.write import write_outputs
@@ -113,7 +113,7 @@ def optimize_lm(folder, out, options: LMOptions | None = None, step=None) -> Rep
             notes=notes,
             extra={"task": TASK, "model": _model_json(lm)},
         )
-        report.device = _device()
+        report.device = device_info()
         report.recommendation = recommend_lm([r.to_json() for r in rows], BASELINE, budget)
         total = time.perf_counter() - started
         report.extra["timings"] = {
@@ -312,11 +312,3 @@ def _physical_cores() -> int:
     from edgekit.benchmark.device import physical_cores
 
     return physical_cores()
-
-
-def _device() -> dict:
-    import onnxruntime_genai
-
-    from edgekit.benchmark.device import collect
-
-    return {**collect(), "onnxruntime_genai": onnxruntime_genai.__version__}
