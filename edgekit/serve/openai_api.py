@@ -14,6 +14,7 @@ the engine's worker thread (edgekit.serve.lm_engine); a client that goes away st
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import math
 import os
@@ -170,7 +171,6 @@ def openai_routes(
 ):
     """The endpoints as one ASGI app, without the middleware (Service.load wraps them);
     monitor() gives /edgekit/monitor's summary."""
-    import contextlib
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
@@ -252,10 +252,10 @@ def openai_routes(
             "total_tokens": prompt + job.completion_tokens,
         }
 
-    def envelope(ident: str, chat: bool, choices: list) -> dict:
+    def envelope(ident: str, kind: str, choices: list) -> dict:
         return {
             "id": ident,
-            "object": ("chat.completion" if chat else "text_completion"),
+            "object": kind,
             "created": int(time.time()),
             "model": name,
             "choices": choices,
@@ -288,8 +288,7 @@ def openai_routes(
             else {"index": 0, "text": text, "logprobs": None}
         )
         choice["finish_reason"] = reason
-        result = envelope(ident, chat, [choice])
-        result["object"] = "chat.completion" if chat else "text_completion"
+        result = envelope(ident, "chat.completion" if chat else "text_completion", [choice])
         result["usage"] = usage(job, ask)
         return JSONResponse(result)
 
@@ -303,8 +302,7 @@ def openai_routes(
                 else {"index": 0, "text": text or "", "logprobs": None}
             )
             choice["finish_reason"] = reason
-            event = envelope(ident, chat, [choice])
-            event["object"] = kind
+            event = envelope(ident, kind, [choice])
             if ask.include_usage:
                 event["usage"] = None
             return f"data: {json.dumps(event)}\n\n"
@@ -323,8 +321,7 @@ def openai_routes(
                 else:
                     yield chunk({}, "", value)
                     if ask.include_usage:
-                        last = envelope(ident, chat, [])
-                        last["object"] = kind
+                        last = envelope(ident, kind, [])
                         last["usage"] = usage(job, ask)
                         yield f"data: {json.dumps(last)}\n\n"
                     break
