@@ -54,7 +54,6 @@ def test_measures_both_variants_torch_free(tiny_llama_variants, tmp_path):
         # the first token comes after the 128-token prefill, so no sooner than the prefill itself
         assert ttft["median"] >= 128 / m["pp"]["128"]["tokens_per_s"] * 1000 * 0.8
         assert m["threads"] == 2 and m["context_length"] == 513
-        assert not any("intra-op threads" in n for n in m["notes"])  # the pool started as asked
         assert 10e6 < m["peak_rss_bytes"] < 4e9
         assert any("random token ids" in n for n in m["notes"])
 
@@ -63,7 +62,6 @@ def test_threads_are_set_and_read_back(tiny_llama_variants):
     one = measure_lm({"int4": tiny_llama_variants["int4"]}, threads=1, prompt_lengths=(8,), gen_tokens=32,
                      **QUICK)["int4"]  # fmt: skip
     assert one.error is None and one.threads == 1
-    assert not any("intra-op threads" in n for n in one.notes)  # the pool started as asked
     assert set(one.pp) == {8} and set(one.tg) == {32}
     assert one.context_length == 16 + 32 + 1  # the tg run after its 16-token prompt is the longest
 

@@ -8,9 +8,9 @@ library, numpy and onnxruntime_genai, never torch, so it can be copied to a devi
 
   {"cmd": "load", "model": DIR, "threads": 2, "prompt_lengths": [128, 512], "gen_tokens": 128,
    "tg_prompt": 16, "warmup_max_s": 2.0, "seed": 0}
-      -> threads (read back from the configuration the model was created with), threads_started,
+      -> threads (read back from the configuration the model was created with),
          context_length (the longest sequence any run holds), model_context_length, load_ms,
-         warmup_sets, baseline_rss_bytes, notes
+         warmup_sets, baseline_rss_bytes
   {"cmd": "round", "seconds": 0.2}  -> pp_ms {length: [ms ...]}, ttft_ms [...], tg_ms [...]: whole
                                       sets (every measurement once) for about that long, at least one
   {"cmd": "memory"}                 -> peak_rss_bytes (VmHWM), baseline_rss_bytes
@@ -46,13 +46,6 @@ def peak_rss_bytes():
     return None
 
 
-def os_threads():
-    try:
-        return len(os.listdir("/proc/self/task"))
-    except OSError:
-        return None
-
-
 class Worker:
     def __init__(self):
         self.model = None
@@ -83,27 +76,16 @@ class Worker:
 
         config = og.Config(folder)
         threads = int(req.get("threads") or 0)
-        notes = []
         options = {"intra_op_num_threads": threads, "inter_op_num_threads": 1}
         config.overlay(json.dumps({"model": {"decoder": {"session_options": options}}}))
         self.baseline = peak_rss_bytes()  # onnxruntime-genai imported; no model yet
-        before = os_threads()
         start = time.perf_counter_ns()
         self.model = og.Model(config)
         load_ns = time.perf_counter_ns() - start
-        added = None if before is None else os_threads() - before
         # Read back: the decoder's session options as the configuration now holds them (the file's
-        # own entries with the overlay applied) and the threads the session started.
+        # own entries with the overlay applied).
         applied = dict(model_cfg["decoder"].get("session_options") or {})
         applied.update(options)
-        # Loading with an intra-op pool of N threads starts N-1 pool threads and one more thread
-        # (seen with 1 to 4 on onnxruntime-genai 0.18): anything else means the setting was lost.
-        if threads and added is not None and added != threads:
-            notes.append(
-                f"asked for {threads} intra-op threads; loading the model started {added} threads "
-                f"(expected {threads}: {threads - 1} for the pool and one more)"
-            )
-
         deadline = time.perf_counter() + float(req.get("warmup_max_s", 2.0))
         sets, totals = 0, []
         while True:  # warm-up: whole sets until one is no faster than the one before, or time's up
@@ -117,14 +99,12 @@ class Worker:
         return {
             "threads": applied.get("intra_op_num_threads"),
             "session_options": applied,
-            "threads_started": added,
             "context_length": longest,
             "model_context_length": self.context,
             "load_ms": load_ns / 1e6,
             "warmup_sets": sets,
             "warmup_settled": settled,
             "baseline_rss_bytes": self.baseline,
-            "notes": notes,
         }
 
     def generator(self, max_length):
