@@ -4,6 +4,7 @@ to the benchmark, and no import cycle between edgekit's modules."""
 from __future__ import annotations
 
 import ast
+import functools
 import json
 import subprocess
 import sys
@@ -78,11 +79,17 @@ def _imports(tree: ast.Module, name: str, is_package: bool) -> set[str]:
     return {m for m in found if m.startswith("edgekit.")}
 
 
-def _graph() -> dict[str, set[str]]:
-    files = {_module(p): p for p in PACKAGE.rglob("*.py")}
+@functools.cache
+def _trees() -> dict[str, tuple[Path, ast.Module]]:
+    """Every edgekit module's file and syntax tree, parsed once for all the tests here."""
+    return {_module(p): (p, ast.parse(p.read_text())) for p in PACKAGE.rglob("*.py")}
+
+
+@functools.cache
+def _graph() -> dict[str, frozenset[str]]:
+    files = _trees()
     graph = {}
-    for name, path in files.items():
-        tree = ast.parse(path.read_text())
+    for name, (path, tree) in files.items():
         wanted = _imports(tree, name, path.name == "__init__.py")
         edges = set()
         for module in wanted:
@@ -94,7 +101,7 @@ def _graph() -> dict[str, set[str]]:
                 package = module.rpartition(".")[0]
                 if package in files and not name.startswith(package + ".") and package != name:
                     edges.add(package)
-        graph[name] = edges
+        graph[name] = frozenset(edges)
     return graph
 
 
@@ -133,9 +140,9 @@ TORCH_FREE = ["edgekit.lm.folder", "edgekit.lm.tokenizer", "edgekit.lm.logits", 
 HOST_ONLY = {"torch", "transformers", "onnxscript", "onnxsim", "torch_pruning"}
 
 
-def _third_party_imports(path: Path) -> set[str]:
+def _third_party_imports(tree: ast.Module) -> set[str]:
     names = set()
-    for node in ast.walk(ast.parse(path.read_text())):
+    for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             names |= {a.name.split(".")[0] for a in node.names}
         elif isinstance(node, ast.ImportFrom) and node.level == 0:
@@ -151,8 +158,7 @@ def test_device_modules_import_no_torch():
         if name not in reached:
             reached.add(name)
             todo += graph[name]
-    files = {name: PACKAGE.parent / (name.replace(".", "/") + ".py") for name in reached}
-    files = {n: f if f.exists() else f.with_suffix("") / "__init__.py" for n, f in files.items()}
-    found = {n: sorted(_third_party_imports(f) & HOST_ONLY) for n, f in files.items()}
+    trees = _trees()
+    found = {n: sorted(_third_party_imports(trees[n][1]) & HOST_ONLY) for n in reached}
     assert set(TORCH_FREE) <= reached
     assert not any(found.values()), {n: names for n, names in found.items() if names}
