@@ -24,7 +24,7 @@ from typing import ClassVar
 import numpy as np
 
 from edgekit.errors import EdgekitError
-from edgekit.passes import PassContext, Variant, float_parent
+from edgekit.passes import Pass, PassContext, Variant, float_parent
 
 ORT = "onnxruntime"
 
@@ -68,7 +68,7 @@ def select(asked: str | None) -> RuntimeSettings:
 
 
 @dataclass(frozen=True)
-class Runtimes:
+class Runtimes(Pass):
     """Each selected runtime's variants of the float model."""
 
     name: ClassVar[str] = "runtimes"
