@@ -20,9 +20,17 @@ def relu_model(path: Path, shape=(1, 4)) -> Path:
     )
 
 
-def matmul_model(path: Path, inputs: int = 64, outputs: int = 32, axis: str = "batch") -> Path:
-    """x[axis, inputs] @ w -> y[axis, outputs]: one MatMul node named "fc", seeded weights."""
-    weight = np.random.default_rng(0).normal(size=(inputs, outputs)).astype(np.float32)
+def matmul_model(
+    path: Path,
+    inputs: int = 64,
+    outputs: int = 32,
+    axis: str = "batch",
+    scale: float = 1.0,
+    **save_options,
+) -> Path:
+    """x[axis, inputs] @ w -> y[axis, outputs]: one MatMul node named "fc", seeded weights times
+    `scale`; save_options go to onnx.save (external data, say)."""
+    weight = np.random.default_rng(0).normal(size=(inputs, outputs)).astype(np.float32) * scale
     graph = helper.make_graph(
         [helper.make_node("MatMul", ["x", "w"], ["y"], name="fc")],
         "matmul",
@@ -30,7 +38,7 @@ def matmul_model(path: Path, inputs: int = 64, outputs: int = 32, axis: str = "b
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [axis, outputs])],
         [numpy_helper.from_array(weight, "w")],
     )
-    return save_graph(graph, path)
+    return save_graph(graph, path, **save_options)
 
 
 CLASSES = 3  # sqrt_classifier's
