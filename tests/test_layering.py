@@ -85,12 +85,22 @@ def _trees() -> dict[str, tuple[Path, ast.Module]]:
     return {_module(p): (p, ast.parse(p.read_text())) for p in PACKAGE.rglob("*.py")}
 
 
+def _pipeline_entries(tree: ast.Module) -> tuple[str, ...]:
+    """The "module.Class" names in PIPELINE: pipeline.py imports those modules by name."""
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and [ast.unparse(t) for t in node.targets] == ["PIPELINE"]:
+            return ast.literal_eval(node.value)
+    raise AssertionError("edgekit/passes/pipeline.py has no PIPELINE")
+
+
 @functools.cache
 def _graph() -> dict[str, frozenset[str]]:
     files = _trees()
     graph = {}
     for name, (path, tree) in files.items():
         wanted = _imports(tree, name, path.name == "__init__.py")
+        if name == "edgekit.passes.pipeline":  # it imports the passes PIPELINE names by name
+            wanted |= {f"edgekit.passes.{entry}" for entry in _pipeline_entries(tree)}
         edges = set()
         for module in wanted:
             while module not in files and "." in module:  # `from pkg import name`: the package
