@@ -134,7 +134,10 @@ def test_the_torch_converter_writes_atomically_and_fails_as_a_conversion_error(t
     assert out.read_text() == "int8" and [p.name for p in tmp_path.iterdir()] == ["m.pte"]
 
 
-@pytest.mark.parametrize("runtime", ["litert", "executorch"])
+@pytest.mark.parametrize(
+    "runtime",
+    ["litert", pytest.param("executorch", marks=pytest.mark.slow)],  # its lowering imports torch
+)
 def test_convert_without_the_converter_installed_is_a_conversion_error(runtime, tmp_path):
     if importlib.util.find_spec(CONVERTERS[runtime].split(".")[0]) is not None:
         pytest.skip(f"{CONVERTERS[runtime]} is installed here")
