@@ -193,7 +193,8 @@ def _optimize(
     specs, feeds, labels = samples.specs, samples.feeds, samples.labels
     loaded.constants = samples.constants
     options = dataclasses.replace(options, for_cpu=made_for(options))  # once, before the passes
-    passes = [p.check(options, specs, feeds) for p in pipeline.PIPELINE]  # bad options fail here
+    # bad options fail here, before any work
+    passes = [p.check(options, specs, feeds) for p in pipeline.pass_classes()]
 
     batch = samples.batch  # drift is measured at the batch the model is timed at
     fp32 = Variant("fp32", staging / "fp32.onnx")

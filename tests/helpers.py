@@ -27,6 +27,22 @@ def save_graph(graph, path: Path, **save_options) -> Path:
     return Path(path)
 
 
+def float_model(path: Path, name: str, nodes: list, inputs: dict, outputs: dict, weights: dict):
+    """The float32 graph of `nodes` saved with save_graph: inputs and outputs {name: shape},
+    weights {name: array} (cast to float32)."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = helper.make_graph(
+        nodes,
+        name,
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in inputs.items()],
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in outputs.items()],
+        [numpy_helper.from_array(np.asarray(a, np.float32), n) for n, a in weights.items()],
+    )
+    return save_graph(graph, path)
+
+
 def int8_context(staging: Path, model: Path, feeds: dict, budget: str, cpu=None):
     """The PassContext the int8 pass gets for `model` (the reference is its own outputs on
     `feeds`), made for `cpu` (default: this machine's), on generated samples without labels."""

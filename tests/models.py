@@ -20,9 +20,17 @@ def relu_model(path: Path, shape=(1, 4)) -> Path:
     )
 
 
-def matmul_model(path: Path, inputs: int = 64, outputs: int = 32, axis: str = "batch") -> Path:
-    """x[axis, inputs] @ w -> y[axis, outputs]: one MatMul node named "fc", seeded weights."""
-    weight = np.random.default_rng(0).normal(size=(inputs, outputs)).astype(np.float32)
+def matmul_model(
+    path: Path,
+    inputs: int = 64,
+    outputs: int = 32,
+    axis: str = "batch",
+    scale: float = 1.0,
+    **save_options,
+) -> Path:
+    """x[axis, inputs] @ w -> y[axis, outputs]: one MatMul node named "fc", seeded weights times
+    `scale`; save_options go to onnx.save (external data, say)."""
+    weight = np.random.default_rng(0).normal(size=(inputs, outputs)).astype(np.float32) * scale
     graph = helper.make_graph(
         [helper.make_node("MatMul", ["x", "w"], ["y"], name="fc")],
         "matmul",
@@ -30,7 +38,7 @@ def matmul_model(path: Path, inputs: int = 64, outputs: int = 32, axis: str = "b
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [axis, outputs])],
         [numpy_helper.from_array(weight, "w")],
     )
-    return save_graph(graph, path)
+    return save_graph(graph, path, **save_options)
 
 
 CLASSES = 3  # sqrt_classifier's
@@ -113,14 +121,16 @@ def tiny_llama(
     seed: int = 0,
     context: int = 256,
     chat: bool = False,
+    architecture: str = "LlamaForCausalLM",
 ) -> Path:
     """A Hugging Face causal-LM folder as `save_pretrained` writes it: LlamaForCausalLM (hidden
-    64, 4 heads, 2 kv heads, vocabulary 512) with seeded random weights, and a byte-level BPE
-    tokenizer trained here on a few sentences (tokenizer.json + tokenizer_config.json; with
-    `chat`, a chat template too)."""
+    64, 4 heads, 2 kv heads, vocabulary 512; or `architecture`, e.g. GPTNeoXForCausalLM, with
+    the same sizes) with seeded random weights, and a byte-level BPE tokenizer trained here on a
+    few sentences (tokenizer.json + tokenizer_config.json; with `chat`, a chat template too)."""
     import torch
+    import transformers
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from transformers import PreTrainedTokenizerFast
 
     path = Path(path)
     bpe = Tokenizer(models.BPE())
@@ -136,20 +146,21 @@ def tiny_llama(
     if chat:
         tokenizer.chat_template = CHAT_TEMPLATE
     tokenizer.save_pretrained(path)
-    config = LlamaConfig(
+    kv_heads = {"num_key_value_heads": 2} if architecture == "LlamaForCausalLM" else {}
+    config = getattr(transformers, architecture.replace("ForCausalLM", "Config"))(
+        **kv_heads,
         vocab_size=512,
         hidden_size=hidden,
         intermediate_size=2 * hidden,
         num_hidden_layers=layers,
         num_attention_heads=4,
-        num_key_value_heads=2,
         max_position_embeddings=context,
         initializer_range=0.1,  # decisive logits: greedy ties would make generation flaky
         bos_token_id=0,
         eos_token_id=1,
     )
     torch.manual_seed(seed)
-    LlamaForCausalLM(config).eval().save_pretrained(path)
+    getattr(transformers, architecture)(config).eval().save_pretrained(path)
     return path
 
 

@@ -23,21 +23,14 @@ from onnx import TensorProto, helper, numpy_helper
 from edgekit.fsutil import sha256_file
 from edgekit.report.schema import Report, Variant
 from edgekit.report.write import write_outputs
+from models import matmul_model
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def linear_model(path: Path, scale: float = 1.0) -> Path:
     """x[N,16] float -> y[N,4] = x @ W (a 4-class 'classifier')."""
-    w = np.random.default_rng(0).normal(size=(16, 4)).astype(np.float32) * scale
-    graph = helper.make_graph(
-        [helper.make_node("MatMul", ["x", "w"], ["y"])],
-        "linear",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 16])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])],
-        [numpy_helper.from_array(w, "w")],
-    )
-    return save_graph(graph, path)
+    return matmul_model(path, 16, 4, "N", scale)
 
 
 def dynamic_int8_model(path: Path) -> Path:

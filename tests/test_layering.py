@@ -4,6 +4,7 @@ to the benchmark, and no import cycle between edgekit's modules."""
 from __future__ import annotations
 
 import ast
+import functools
 import json
 import subprocess
 import sys
@@ -78,12 +79,28 @@ def _imports(tree: ast.Module, name: str, is_package: bool) -> set[str]:
     return {m for m in found if m.startswith("edgekit.")}
 
 
-def _graph() -> dict[str, set[str]]:
-    files = {_module(p): p for p in PACKAGE.rglob("*.py")}
+@functools.cache
+def _trees() -> dict[str, tuple[Path, ast.Module]]:
+    """Every edgekit module's file and syntax tree, parsed once for all the tests here."""
+    return {_module(p): (p, ast.parse(p.read_text())) for p in PACKAGE.rglob("*.py")}
+
+
+def _pipeline_entries(tree: ast.Module) -> tuple[str, ...]:
+    """The "module.Class" names in PIPELINE: pipeline.py imports those modules by name."""
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and [ast.unparse(t) for t in node.targets] == ["PIPELINE"]:
+            return ast.literal_eval(node.value)
+    raise AssertionError("edgekit/passes/pipeline.py has no PIPELINE")
+
+
+@functools.cache
+def _graph() -> dict[str, frozenset[str]]:
+    files = _trees()
     graph = {}
-    for name, path in files.items():
-        tree = ast.parse(path.read_text())
+    for name, (path, tree) in files.items():
         wanted = _imports(tree, name, path.name == "__init__.py")
+        if name == "edgekit.passes.pipeline":  # it imports the passes PIPELINE names by name
+            wanted |= {f"edgekit.passes.{entry}" for entry in _pipeline_entries(tree)}
         edges = set()
         for module in wanted:
             while module not in files and "." in module:  # `from pkg import name`: the package
@@ -94,7 +111,7 @@ def _graph() -> dict[str, set[str]]:
                 package = module.rpartition(".")[0]
                 if package in files and not name.startswith(package + ".") and package != name:
                     edges.add(package)
-        graph[name] = edges
+        graph[name] = frozenset(edges)
     return graph
 
 
@@ -133,9 +150,9 @@ TORCH_FREE = ["edgekit.lm.folder", "edgekit.lm.tokenizer", "edgekit.lm.logits", 
 HOST_ONLY = {"torch", "transformers", "onnxscript", "onnxsim", "torch_pruning"}
 
 
-def _third_party_imports(path: Path) -> set[str]:
+def _third_party_imports(tree: ast.Module) -> set[str]:
     names = set()
-    for node in ast.walk(ast.parse(path.read_text())):
+    for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             names |= {a.name.split(".")[0] for a in node.names}
         elif isinstance(node, ast.ImportFrom) and node.level == 0:
@@ -151,8 +168,7 @@ def test_device_modules_import_no_torch():
         if name not in reached:
             reached.add(name)
             todo += graph[name]
-    files = {name: PACKAGE.parent / (name.replace(".", "/") + ".py") for name in reached}
-    files = {n: f if f.exists() else f.with_suffix("") / "__init__.py" for n, f in files.items()}
-    found = {n: sorted(_third_party_imports(f) & HOST_ONLY) for n, f in files.items()}
+    trees = _trees()
+    found = {n: sorted(_third_party_imports(trees[n][1]) & HOST_ONLY) for n in reached}
     assert set(TORCH_FREE) <= reached
     assert not any(found.values()), {n: names for n, names in found.items() if names}

@@ -16,8 +16,13 @@ from serve_helpers import Server, http, metric, metric_values, poll
 from edgekit.serve.lm_engine import LMEngine
 from edgekit.serve.lm_worker import StopText
 
-openai = pytest.importorskip("openai")
 pytest.importorskip("onnxruntime_genai")
+
+
+@pytest.fixture(scope="module")
+def openai():
+    """The official client library (imported here, not at collection: it takes a second)."""
+    return pytest.importorskip("openai")
 
 
 def greedy_text(hf_folder, variant, prompt: str, new_tokens: int) -> str:
@@ -85,7 +90,7 @@ def server(lm, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def client(server):
+def client(server, openai):
     return openai.OpenAI(base_url=server.url + "/v1", api_key="sesame", max_retries=0)
 
 
@@ -189,7 +194,7 @@ def test_bad_requests_get_openai_errors(server, body, status, param):
 
 
 @pytest.mark.slow
-def test_bad_bodies_and_keys(server, client):
+def test_bad_bodies_and_keys(server, client, openai):
     nan = b'{"prompt": "hi", "temperature": NaN}'
     assert raw(server, "/v1/completions", nan)[0] == 400
     assert raw(server, "/v1/completions", b"{not json")[0] == 400
@@ -280,7 +285,7 @@ def test_concurrent_clients_get_their_own_answers(client):
 
 
 @pytest.mark.slow
-def test_metrics_and_sigterm(lm):
+def test_metrics_and_sigterm(lm, openai):
     _, folder = lm
     srv = Server(folder, "--threads", "1")
     try:
@@ -308,7 +313,7 @@ def test_metrics_and_sigterm(lm):
 
 
 @pytest.mark.slow
-def test_an_optimize_folder_serves_its_pick_with_a_live_drift_shadow(tiny_llama_optimized):
+def test_an_optimize_folder_serves_its_pick_with_a_live_drift_shadow(tiny_llama_optimized, openai):
     out, _ = tiny_llama_optimized
     report = json.loads((out / "report.json").read_text())
     pick = report["recommendation"]["variant"]

@@ -12,39 +12,14 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-import onnx
 import pytest
 from helpers import run_edgekit
-from onnx import TensorProto, helper, numpy_helper
 
 from edgekit.errors import EdgekitError
 from edgekit.fsutil import MANIFEST, output_folder
+from models import matmul_model
 
 QUICK = ("--min-time", "0.2", "--max-time", "0.4", "--int8", "none")
-
-
-def _tiny_onnx(path: Path, external: bool = False, seed: int = 0) -> Path:
-    weight = np.random.default_rng(seed).normal(size=(64, 32)).astype(np.float32)
-    graph = helper.make_graph(
-        [helper.make_node("MatMul", ["x", "w"], ["y"])],
-        "tiny",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 64])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 32])],
-        [numpy_helper.from_array(weight, "w")],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    if external:
-        onnx.save_model(
-            model,
-            path,
-            save_as_external_data=True,
-            location=f"{path.name}.weights",
-            size_threshold=0,
-        )
-    else:
-        onnx.save(model, path)
-    return path
 
 
 def _snapshot(folder: Path) -> dict[str, bytes]:
@@ -67,7 +42,7 @@ def _leftovers(*folders: Path) -> list[str]:
 def earlier(tmp_path_factory):
     """A model and a finished optimize run of it."""
     root = tmp_path_factory.mktemp("earlier")
-    model = _tiny_onnx(root / "tiny.onnx")
+    model = matmul_model(root / "tiny.onnx")
     out = root / "out"
     result = run_edgekit("optimize", model, "-o", out, "-q", *QUICK)
     assert result.returncode == 0, result.stderr
@@ -187,7 +162,8 @@ def test_an_unusable_output_folder_fails_before_the_work(earlier, tmp_path, targ
 
 @pytest.mark.slow
 def test_onnx_with_external_data_is_optimized(tmp_path):
-    model = _tiny_onnx(tmp_path / "ext.onnx", external=True)
+    weights = {"save_as_external_data": True, "location": "ext.onnx.weights", "size_threshold": 0}
+    model = matmul_model(tmp_path / "ext.onnx", **weights)
     assert (tmp_path / "ext.onnx.weights").is_file()
     out = tmp_path / "out"
     result = run_edgekit("optimize", model, "-o", out, "--json", *QUICK)
@@ -198,31 +174,35 @@ def test_onnx_with_external_data_is_optimized(tmp_path):
     assert (out / "fp32.onnx").is_file()
 
 
-def _wait_for_staging(parent: Path, proc: subprocess.Popen) -> None:
-    deadline = time.time() + 60
-    while not [p for p in parent.iterdir() if p.name.startswith(".edgekit-staging-")]:
-        assert proc.poll() is None, proc.stderr.read()
-        assert time.time() < deadline
-        time.sleep(0.05)
-
-
-def _start_optimize(model: Path, out: Path) -> subprocess.Popen:
-    return subprocess.Popen(
+def _optimize_until_staging(model: Path, tmp_path: Path) -> tuple[subprocess.Popen, Path]:
+    """`edgekit optimize` into tmp_path/out: (the process, out), returned running once its
+    staging folder exists (killed when it never does)."""
+    out = tmp_path / "out"
+    proc = subprocess.Popen(
         [sys.executable, "-m", "edgekit.cli", "optimize", str(model), "-o", str(out), *QUICK],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
     )
+    deadline = time.time() + 60
+    try:
+        while not [p for p in out.parent.iterdir() if p.name.startswith(".edgekit-staging-")]:
+            assert proc.poll() is None, proc.stderr.read()
+            assert time.time() < deadline
+            time.sleep(0.05)
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+    return proc, out
 
 
 @pytest.mark.slow
 def test_sigterm_keeps_the_earlier_report_and_leaves_nothing(earlier, tmp_path):
     model, first = earlier
-    out = tmp_path / "out"
-    shutil.copytree(first, out)
-    before = _snapshot(out)
-    proc = _start_optimize(model, out)
-    _wait_for_staging(tmp_path, proc)
+    shutil.copytree(first, tmp_path / "out")
+    before = _snapshot(tmp_path / "out")
+    proc, out = _optimize_until_staging(model, tmp_path)
     proc.send_signal(signal.SIGTERM)
     proc.wait(timeout=60)
     assert proc.returncode != 0
@@ -233,14 +213,11 @@ def test_sigterm_keeps_the_earlier_report_and_leaves_nothing(earlier, tmp_path):
 
 @pytest.mark.slow
 def test_sigkill_leftovers_are_swept_by_the_next_run(earlier, tmp_path):
-    model, first = earlier
-    out = tmp_path / "out"
-    proc = _start_optimize(model, out)
-    _wait_for_staging(tmp_path, proc)
+    proc, out = _optimize_until_staging(earlier[0], tmp_path)
     proc.kill()
     proc.wait()
     assert _leftovers(tmp_path)  # SIGKILL cannot be caught
-    result = run_edgekit("optimize", model, "-o", out, "-q", *QUICK)
+    result = run_edgekit("optimize", earlier[0], "-o", out, "-q", *QUICK)
     assert result.returncode == 0, result.stderr
     assert _leftovers(tmp_path) == []
 
@@ -248,10 +225,8 @@ def test_sigkill_leftovers_are_swept_by_the_next_run(earlier, tmp_path):
 @pytest.mark.slow
 def test_a_concurrent_run_into_the_same_folder_exits_2(earlier, tmp_path):
     model, _ = earlier
-    out = tmp_path / "out"
-    first = _start_optimize(model, out)
+    first, out = _optimize_until_staging(model, tmp_path)
     try:
-        _wait_for_staging(tmp_path, first)
         second = run_edgekit("optimize", model, "-o", out, *QUICK)
         assert second.returncode == 2
         assert f"pid {first.pid}" in second.stderr

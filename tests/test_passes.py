@@ -4,6 +4,8 @@ settings each variant records, and the pipeline's one int8 rule. Fast: tiny ONNX
 from __future__ import annotations
 
 import dataclasses
+import importlib
+import pkgutil
 import shutil
 
 import numpy as np
@@ -14,7 +16,7 @@ from edgekit.api import OptimizeOptions, no_progress
 from edgekit.errors import EdgekitError
 from edgekit.model.inputs import InputSpec
 from edgekit.model.samples import generate_samples
-from edgekit.passes import PassContext, Variant, pipeline
+from edgekit.passes import Pass, PassContext, Variant, pipeline
 from edgekit.passes.int8 import Int8, Int8Settings, _settings
 from edgekit.passes.int8.opmix import DYNAMIC, Recipe
 from edgekit.passes.prune import PrunePlan, PruneSpec
@@ -30,7 +32,7 @@ CPU = {"arch": "x86_64", "features": ["avx2", "fma"], "source": "--for-cpu x86-a
 
 def checked(**options):
     feeds = generate_samples(SPECS, 4)
-    return [p.check(OptimizeOptions(**options), SPECS, feeds) for p in pipeline.PIPELINE]
+    return [p.check(OptimizeOptions(**options), SPECS, feeds) for p in pipeline.pass_classes()]
 
 
 def test_each_pass_reads_its_options_into_frozen_settings():
@@ -50,6 +52,15 @@ def test_each_pass_reads_its_options_into_frozen_settings():
             setattr(one.settings, field.name if field else "anything", None)
         with pytest.raises(dataclasses.FrozenInstanceError):
             one.settings = None
+
+
+def test_every_pass_in_the_package_is_in_the_pipeline():
+    """A pass is its module plus its line in PIPELINE: a Pass subclass left out of it fails here."""
+    import edgekit.passes as package
+
+    for module in pkgutil.walk_packages(package.__path__, "edgekit.passes."):
+        importlib.import_module(module.name)
+    assert set(Pass.__subclasses__()) == set(pipeline.pass_classes())
 
 
 @pytest.mark.parametrize(

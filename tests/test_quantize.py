@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-from helpers import int8_context, save_graph
-from onnx import TensorProto, helper, numpy_helper
+from helpers import float_model, int8_context
+from onnx import helper
 
 from edgekit.accuracy import run_onnx
 from edgekit.passes import Variant
@@ -82,15 +82,12 @@ def test_modes_and_models_with_nothing_to_quantize():
 def small_cnn(path):
     """x (N, 3, 16, 16) → conv → relu → conv → relu → global pool → flatten → fc (N, 10)."""
     rng = np.random.default_rng(0)
-    inits = [
-        numpy_helper.from_array(a.astype(np.float32), n)
-        for n, a in [
-            ("w1", rng.normal(0, 0.3, (8, 3, 3, 3))),
-            ("w2", rng.normal(0, 0.3, (8, 8, 3, 3))),
-            ("fc_w", rng.normal(0, 0.3, (10, 8))),
-            ("fc_b", np.zeros(10)),
-        ]
-    ]
+    weights = {
+        "w1": rng.normal(0, 0.3, (8, 3, 3, 3)),
+        "w2": rng.normal(0, 0.3, (8, 8, 3, 3)),
+        "fc_w": rng.normal(0, 0.3, (10, 8)),
+        "fc_b": np.zeros(10),
+    }
     nodes = [
         helper.make_node("Conv", ["x", "w1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
         helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
@@ -100,14 +97,7 @@ def small_cnn(path):
         helper.make_node("Flatten", ["p"], ["f"], name="flatten"),
         helper.make_node("Gemm", ["f", "fc_w", "fc_b"], ["y"], name="fc", transB=1),
     ]
-    graph = helper.make_graph(
-        nodes,
-        "cnn",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3, 16, 16])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 10])],
-        inits,
-    )
-    return save_graph(graph, path)
+    return float_model(path, "cnn", nodes, {"x": ["n", 3, 16, 16]}, {"y": ["n", 10]}, weights)
 
 
 def context(tmp_path, path, budget="top1>=0.9"):
@@ -153,16 +143,13 @@ def layernorm_matmul(path, gamma_outliers=(3, 40.0)):
     rng = np.random.default_rng(0)
     gamma = np.ones(16)
     gamma[gamma_outliers[0]] = gamma_outliers[1]
-    inits = [
-        numpy_helper.from_array(a.astype(np.float32), n)
-        for n, a in [
-            ("gamma", gamma),
-            ("beta", np.zeros(16)),
-            ("w1", rng.normal(0, 0.3, (16, 32))),
-            ("b1", rng.normal(0, 0.3, 32)),
-            ("w2", rng.normal(0, 0.3, (32, 8))),
-        ]
-    ]
+    weights = {
+        "gamma": gamma,
+        "beta": np.zeros(16),
+        "w1": rng.normal(0, 0.3, (16, 32)),
+        "b1": rng.normal(0, 0.3, 32),
+        "w2": rng.normal(0, 0.3, (32, 8)),
+    }
     nodes = [
         helper.make_node("LayerNormalization", ["x", "gamma", "beta"], ["n"], name="norm", axis=-1),
         helper.make_node("MatMul", ["n", "w1"], ["h"], name="fc1"),
@@ -170,14 +157,7 @@ def layernorm_matmul(path, gamma_outliers=(3, 40.0)):
         helper.make_node("Relu", ["hb"], ["r"], name="relu"),
         helper.make_node("MatMul", ["r", "w2"], ["y"], name="fc2"),
     ]
-    graph = helper.make_graph(
-        nodes,
-        "ln",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4, 16])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 4, 8])],
-        inits,
-    )
-    return save_graph(graph, path)
+    return float_model(path, "ln", nodes, {"x": ["n", 4, 16]}, {"y": ["n", 4, 8]}, weights)
 
 
 def test_outlier_channels_are_found_and_both_rewrites_compute_the_same_function(tmp_path):

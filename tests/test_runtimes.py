@@ -101,6 +101,51 @@ def test_feeds_fit_by_name_or_position_and_integer_width():
         assert fit_feeds(scalar, {"gain": given})[0]["gain"].shape == ()
 
 
+class Evaluable:
+    """What the shared converter asks of the torch module it is given (.eval())."""
+
+    def eval(self):
+        return self
+
+
+def test_the_torch_converter_writes_atomically_and_fails_as_a_conversion_error(tmp_path):
+    """runtimes.base.torch_converter: the convert() of LiteRT and ExecuTorch around their own
+    lowering (their converters are not installed here, so the real lowering runs in the slow
+    tests where they are)."""
+    out = tmp_path / "m.pte"
+    convert = runtimes.base.torch_converter(
+        "executorch", lambda module, args, precision, calibration: lambda p: p.write_text(precision)
+    )
+    assert convert(Evaluable(), (), out, "int8") == out and out.read_text() == "int8"
+    with pytest.raises(ConversionError, match="executorch fp16 conversion failed.*fp32 or int8"):
+        convert(Evaluable(), (), out, "fp16")
+
+    def broken(module, args, precision, calibration):
+        def write(path):
+            path.write_text("half")
+            raise RuntimeError("lowering failed\nsecond line")
+
+        return write
+
+    with pytest.raises(
+        ConversionError, match="fp32 conversion failed: RuntimeError: lowering failed"
+    ):
+        runtimes.base.torch_converter("litert", broken)(Evaluable(), (), out)
+    assert out.read_text() == "int8" and [p.name for p in tmp_path.iterdir()] == ["m.pte"]
+
+
+@pytest.mark.parametrize(
+    "runtime",
+    ["litert", pytest.param("executorch", marks=pytest.mark.slow)],  # its lowering imports torch
+)
+def test_convert_without_the_converter_installed_is_a_conversion_error(runtime, tmp_path):
+    if importlib.util.find_spec(CONVERTERS[runtime].split(".")[0]) is not None:
+        pytest.skip(f"{CONVERTERS[runtime]} is installed here")
+    with pytest.raises(ConversionError, match=f"{runtime} fp32 conversion failed.*No module"):
+        runtimes.module(runtime).convert(Evaluable(), (), tmp_path / f"m{SUFFIX[runtime]}")
+    assert list(tmp_path.iterdir()) == []
+
+
 # ------------------------------------------------------------------ the models
 
 

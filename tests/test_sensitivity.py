@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 import pytest
-from helpers import int8_context, save_graph
+from helpers import float_model, int8_context, save_graph
 from onnx import TensorProto, helper, numpy_helper
 
 from edgekit.accuracy import drift, run_onnx
@@ -115,20 +115,13 @@ def test_many_nodes_are_ranked_by_role_then_in_runs_of_consecutive_nodes():
 
 def two_layer(path, w1, w2):
     """x (N, 32) → MatMul w1 → Relu → MatMul w2 → (N, 16)."""
-    inits = [numpy_helper.from_array(w.astype(np.float32), n) for n, w in (("w1", w1), ("w2", w2))]
     nodes = [
         helper.make_node("MatMul", ["x", "w1"], ["h"], name="fc1"),
         helper.make_node("Relu", ["h"], ["a"], name="relu"),
         helper.make_node("MatMul", ["a", "w2"], ["y"], name="fc2"),
     ]
-    graph = helper.make_graph(
-        nodes,
-        "two_layer",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 32])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 16])],
-        inits,
-    )
-    return save_graph(graph, path)
+    weights = {"w1": w1, "w2": w2}
+    return float_model(path, "two_layer", nodes, {"x": ["n", 32]}, {"y": ["n", 16]}, weights)
 
 
 def test_a_pruned_parents_own_drift_sends_no_sensitivity_search(tmp_path):

@@ -104,6 +104,17 @@ def test_torchscript_with_an_int_argument_bound_to_a_constant(tmp_path):
     assert [i.name for i in graph.graph.input] == ["x"]
 
 
+def state_dict_and_arch(tmp_path: Path, source: str, cls: str) -> tuple[Path, str]:
+    """A user's model file (`source`, as <cls>.py) and a state_dict of its class `cls` (<cls>.pt):
+    (the .pt, the --arch value)."""
+    code, weights = tmp_path / f"{cls.lower()}.py", tmp_path / f"{cls.lower()}.pt"
+    code.write_text(source)
+    namespace: dict = {}
+    exec(source, namespace)
+    torch.save(namespace[cls]().state_dict(), weights)
+    return weights, f"{code}:{cls}"
+
+
 GRU_ARCH = """
 import torch
 from torch import nn
@@ -122,19 +133,16 @@ class Streaming(nn.Module):
 
 
 def test_gru_with_state_batched_on_axis_1(tmp_path):
-    (tmp_path / "streaming.py").write_text(GRU_ARCH)
-    namespace: dict = {}
-    exec(GRU_ARCH, namespace)
-    torch.save(namespace["Streaming"]().state_dict(), tmp_path / "gru.pt")
+    weights, arch = state_dict_and_arch(tmp_path, GRU_ARCH, "Streaming")
     arrays = {
         "x": np.random.default_rng(0).normal(size=(12, 5, 8)).astype(np.float32),
         "h": np.random.default_rng(1).normal(size=(1, 12, 16)).astype(np.float32),
     }
     np.savez(tmp_path / "data.npz", **arrays)
     report = optimize(
-        tmp_path / "gru.pt",
+        weights,
         "--arch",
-        f"{tmp_path / 'streaming.py'}:Streaming",
+        arch,
         "--input",
         "x:1x5x8",
         "--input",
@@ -171,14 +179,8 @@ class TwoHeads(nn.Module):
 
 
 def test_model_returning_a_dict(tmp_path):
-    (tmp_path / "heads.py").write_text(DICT_ARCH)
-    namespace: dict = {}
-    exec(DICT_ARCH, namespace)
-    torch.save(namespace["TwoHeads"]().state_dict(), tmp_path / "heads.pt")
-    arch = f"{tmp_path / 'heads.py'}:TwoHeads"
-    report = optimize(
-        tmp_path / "heads.pt", "--arch", arch, "--input", "x:1x6", "--primary-output", "logits"
-    )
+    weights, arch = state_dict_and_arch(tmp_path, DICT_ARCH, "TwoHeads")
+    report = optimize(weights, "--arch", arch, "--input", "x:1x6", "--primary-output", "logits")
     graph = onnx.load(str(tmp_path / "out" / "fp32.onnx"))
     assert [o.name for o in graph.graph.output] == ["embedding", "logits"]
     fp32 = next(v for v in report["variants"] if v["name"] == "fp32")
@@ -189,12 +191,9 @@ def test_model_returning_a_dict(tmp_path):
 
 
 def test_unknown_primary_output_is_a_clear_error(tmp_path):
-    (tmp_path / "heads.py").write_text(DICT_ARCH)
-    namespace: dict = {}
-    exec(DICT_ARCH, namespace)
-    torch.save(namespace["TwoHeads"]().state_dict(), tmp_path / "heads.pt")
+    weights, arch = state_dict_and_arch(tmp_path, DICT_ARCH, "TwoHeads")
     result = run_edgekit(
-        "optimize", tmp_path / "heads.pt", "--arch", f"{tmp_path / 'heads.py'}:TwoHeads",
+        "optimize", weights, "--arch", arch,
         "--input", "x:1x6", "--primary-output", "nope", *FAST,
     )  # fmt: skip
     assert result.returncode == 2
@@ -325,12 +324,9 @@ class SizeThroughTensor(nn.Module):
 
 
 def test_a_data_dependent_batch_is_exported_fixed_at_the_benchmark_batch(tmp_path):
-    (tmp_path / "size.py").write_text(SIZE_ARCH)
-    namespace: dict = {}
-    exec(SIZE_ARCH, namespace)
-    torch.save(namespace["SizeThroughTensor"]().state_dict(), tmp_path / "size.pt")
+    weights, arch = state_dict_and_arch(tmp_path, SIZE_ARCH, "SizeThroughTensor")
     report = optimize(
-        tmp_path / "size.pt", "--arch", f"{tmp_path / 'size.py'}:SizeThroughTensor",
+        weights, "--arch", arch,
         "--input", "x:3x4", "--int8", "all",  # calibration and outlier probes in whole batches
     )  # fmt: skip
     settings = export_settings(report)

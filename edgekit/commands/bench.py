@@ -170,16 +170,21 @@ def parse_targets(args) -> list:
 # too. Their limits are edgekit.benchmark's, which BenchOptions enforces for Python callers.
 
 
+def whole_number(text: str, what: str) -> int:
+    """`text` as an int, else the ArgumentTypeError "expected a whole number of <what>"."""
+    try:
+        return int(text.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a whole number of {what}, got {text!r}"
+        ) from None
+
+
 def thread_count(text: str) -> int:
     """--threads N: a whole number from 1 to MAX_THREADS."""
     from edgekit.benchmark import MAX_THREADS
 
-    try:
-        value = int(text.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected a whole number of threads like 1, 2 or 4, got {text!r}"
-        ) from None
+    value = whole_number(text, "threads like 1, 2 or 4")
     if not 1 <= value <= MAX_THREADS:
         raise argparse.ArgumentTypeError(
             f"{value} threads: give 1 to {MAX_THREADS}. onnxruntime starts one thread per count, "

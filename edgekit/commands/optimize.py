@@ -27,6 +27,7 @@ from edgekit.commands.bench import (
     parse_targets,
     seconds,
     thread_count,
+    whole_number,
 )
 from edgekit.passes.int8.opmix import CALIBRATION_METHODS, DEFAULT_CALIBRATION, MODES
 
@@ -36,12 +37,7 @@ MAX_EPOCHS = 10_000
 
 def epochs(text: str) -> int:
     """--finetune-epochs N: a whole number from 0 to MAX_EPOCHS."""
-    try:
-        value = int(text.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected a whole number of epochs, got {text!r}"
-        ) from None
+    value = whole_number(text, "epochs")
     if not 0 <= value <= MAX_EPOCHS:
         raise argparse.ArgumentTypeError(f"{value} epochs: give 0 (no fine-tuning) to {MAX_EPOCHS}")
     return value
@@ -200,6 +196,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     out.add_argument("--json", action="store_true", help="print only report.json to stdout")
 
 
+# The OptimizeOptions fields that take their flag's value as it is (same name).
+_AS_GIVEN = (
+    "arch", "code", "trust_pickle", "data", "min_time", "max_time", "int8", "calibration",
+    "prune", "finetune_epochs", "train_data", "primary_output",
+)  # fmt: skip
+
+
 def run(args: argparse.Namespace) -> int:
     from edgekit.api import OptimizeOptions, default_out_dir, optimize
     from edgekit.recommend import parse_budget
@@ -216,25 +219,14 @@ def run(args: argparse.Namespace) -> int:
         probe(targets[0])
         for_cpu = for_cpu or cpus.from_target(targets[0])  # int8 is made for the device's CPU
     options = OptimizeOptions(
-        arch=args.arch,
-        code=args.code,
-        trust_pickle=args.trust_pickle,
+        **{name: getattr(args, name) for name in _AS_GIVEN},
         inputs=args.input,
-        data=args.data,
         out_dir=args.output,
+        runtimes=args.runtime,
         budget=parse_budget(args.max_drift) if args.max_drift else None,
         threads=None if args.threads is None else [args.threads],
-        min_time=args.min_time,
-        max_time=args.max_time,
         target=targets[0] if targets else None,
-        int8=args.int8,
-        calibration=args.calibration,
-        prune=args.prune,
-        finetune_epochs=args.finetune_epochs,
-        train_data=args.train_data,
         for_cpu=for_cpu,
-        primary_output=args.primary_output,
-        runtimes=args.runtime,
         debug=bool(getattr(args, "debug", False)),
     )
     report = optimize(args.model, options, _progress(args))

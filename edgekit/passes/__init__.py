@@ -1,7 +1,7 @@
 """Passes: each takes variants and writes new ONNX files. Passes never benchmark.
 
-A pass is an object (the `Pass` protocol) made from the user's options, and
-`edgekit.passes.pipeline.PIPELINE` lists the passes in the order optimize() runs them. A pass
+A pass is an object (a `Pass` subclass) made from the user's options, and
+`edgekit.passes.pipeline.PIPELINE` names the passes in the order optimize() runs them. A pass
 that cannot produce its variant returns it with `error` set (or raises PassFailed inside
 `attempt`): the report gets an error row and the run goes on.
 """
@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
@@ -69,21 +69,24 @@ def attempt(parent: Variant, name: str, pass_name: str, settings: dict, make: Ca
         return parent.failed_child(name, pass_name, settings, str(exc))
 
 
-class Pass(Protocol):
-    """One step of optimize(). `check` reads the user's options into the pass's `settings` (a
-    frozen dataclass) and raises EdgekitError on bad ones, before any work starts; `run` makes
-    the pass's new variants from those so far, each recording its pass and settings in
-    `passes`. The pipeline, not the pass, makes the int8 variants of the float ones it returns."""
+class Pass:
+    """One step of optimize(), subclassed as a frozen dataclass with a `name` and its
+    `settings` (a frozen dataclass). `check` reads the user's options into the settings and
+    raises EdgekitError on bad ones, before any work starts; `run` makes the pass's new variants
+    from those so far, each recording its pass and settings in `passes`. The pipeline, not the
+    pass, makes the int8 variants of the float ones it returns."""
 
     name: ClassVar[str]
-    settings: Any  # the pass's frozen settings dataclass
+    settings: Any
 
     @classmethod
     def check(
         cls, options: OptimizeOptions, specs: list[InputSpec], feeds: dict[str, np.ndarray]
-    ) -> Pass: ...
+    ) -> Pass:
+        return cls()  # a pass with nothing to choose
 
-    def run(self, variants: list[Variant], ctx: PassContext) -> list[Variant]: ...
+    def run(self, variants: list[Variant], ctx: PassContext) -> list[Variant]:
+        raise NotImplementedError
 
 
 def _this_machine() -> dict:

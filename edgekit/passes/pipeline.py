@@ -1,23 +1,34 @@
 """The passes `optimize()` runs, in order (the contract of a pass: edgekit.passes.Pass).
 
-Adding a pass is a module with a `Pass` class, a line in PIPELINE, and its options (a field of
-OptimizeOptions and a flag of `edgekit optimize`) read by its `check`.
+Adding a pass is a module in edgekit/passes with a Pass subclass, and its line in PIPELINE. A
+pass with options of its own also reads them in its `check` from a field of OptimizeOptions (a
+flag of `edgekit optimize`).
 """
 
 from __future__ import annotations
 
+import importlib
+
 from edgekit.passes import Pass, PassContext, Variant
 from edgekit.passes.int8 import Int8
-from edgekit.passes.prune import Prune
-from edgekit.passes.runtimes import Runtimes
-from edgekit.passes.simplify import Simplify
 
-PIPELINE: tuple[type[Pass], ...] = (
-    Simplify,
-    Runtimes,  # before Int8: the pipeline makes ONNX int8 only of the float ONNX variants after it
-    Int8,  # the passes before it rewrite the float model it starts from
-    Prune,
+# edgekit.passes.<module>.<class>. Runtimes comes before Int8: the pipeline makes ONNX int8 only
+# of the float ONNX variants after Int8; the passes before Int8 rewrite the model it starts from.
+PIPELINE = (
+    "simplify.Simplify",
+    "runtimes.Runtimes",
+    "int8.Int8",
+    "prune.Prune",
 )
+
+
+def pass_classes() -> list[type[Pass]]:
+    """The classes PIPELINE names, in its order."""
+    found = []
+    for entry in PIPELINE:
+        module, _, name = entry.rpartition(".")
+        found.append(getattr(importlib.import_module(f"edgekit.passes.{module}"), name))
+    return found
 
 
 def run(passes: list[Pass], fp32: Variant, ctx: PassContext) -> list[Variant]:

@@ -31,7 +31,7 @@ from edgekit.model.samples import (
     load_npz,
     model_feeds,
 )
-from edgekit.passes import PassContext, PassFailed, Variant
+from edgekit.passes import Pass, PassContext, PassFailed, Variant
 
 KINDS = ("unstructured", "structured")
 # Channel counts stay multiples of 8: onnxruntime's x86 NCHWc conv kernels block channels by 8
@@ -65,7 +65,7 @@ class PrunePlan:
 
 
 @dataclass(frozen=True)
-class Prune:
+class Prune(Pass):
     """Each --prune spec from the export's torch model (the pipeline adds their int8)."""
 
     name: ClassVar[str] = "prune"

@@ -24,7 +24,7 @@ from typing import ClassVar
 import numpy as np
 
 from edgekit.errors import EdgekitError
-from edgekit.passes import PassContext, Variant, float_parent
+from edgekit.passes import Pass, PassContext, Variant, float_parent
 
 ORT = "onnxruntime"
 
@@ -68,7 +68,7 @@ def select(asked: str | None) -> RuntimeSettings:
 
 
 @dataclass(frozen=True)
-class Runtimes:
+class Runtimes(Pass):
     """Each selected runtime's variants of the float model."""
 
     name: ClassVar[str] = "runtimes"
@@ -186,22 +186,32 @@ def nncf_transformer(path) -> bool:
     return mix["matmul"] + mix["attention"] > mix["conv"]
 
 
-def _from_torch(runtime: str, parent: Variant, ctx: PassContext) -> list[Variant]:
-    """fp32 and int8 from the torch module; without one, a note saying why not."""
+def _is_torch_module(module) -> bool:
+    """An nn.Module (torch is imported only when there is something to check: a run from an
+    ONNX file does not import it for this)."""
+    if module is None:
+        return False
     import torch
 
+    return isinstance(module, torch.nn.Module)
+
+
+def _from_torch(runtime: str, parent: Variant, ctx: PassContext) -> list[Variant]:
+    """fp32 and int8 from the torch module; without one, a note saying why not."""
     from edgekit import runtimes
     from edgekit.model.samples import model_feeds
 
     loaded = ctx.loaded
     module = getattr(loaded, "module", None)
-    if loaded is None or loaded.format == "onnx" or not isinstance(module, torch.nn.Module):
+    if loaded is None or loaded.format == "onnx" or not _is_torch_module(module):
         ctx.notes.append(
             f"no {runtime} variants: converting to {runtime} needs the PyTorch model "
             "(an nn.Module), and this run starts from "
             f"{'an ONNX file' if loaded is None or loaded.format == 'onnx' else loaded.format}"
         )
         return []
+    import torch
+
     convert = runtimes.module(runtime).convert
     batch = ctx.batch  # the artifact's batch is fixed at the example's
 

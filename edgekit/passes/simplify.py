@@ -17,7 +17,7 @@ from typing import ClassVar
 import onnx
 
 from edgekit.fsutil import atomic_write_bytes
-from edgekit.passes import PassContext, PassFailed, Variant, attempt, same_function
+from edgekit.passes import Pass, PassContext, PassFailed, Variant, attempt, same_function
 
 GEMM_FUSIONS = [
     "fuse_matmul_add_bias_into_gemm",
@@ -32,13 +32,9 @@ class SimplifySettings:
 
 
 @dataclass(frozen=True)
-class Simplify:
+class Simplify(Pass):
     name: ClassVar[str] = "simplify"
     settings: SimplifySettings = SimplifySettings()
-
-    @classmethod
-    def check(cls, options, specs, feeds) -> Simplify:
-        return cls()
 
     def run(self, variants: list[Variant], ctx: PassContext) -> list[Variant]:
         with ctx.step("simplifying with onnxsim"):

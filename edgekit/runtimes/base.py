@@ -120,6 +120,27 @@ def conversion_failed(runtime: str, precision: str, exc: BaseException) -> Conve
     )
 
 
+def torch_converter(runtime: str, lower):
+    """convert(module, example_inputs, out, precision="fp32", calibration=None) -> out, for a
+    runtime whose artifact is made from the torch module: lower(module, example_inputs,
+    precision, calibration) returns write(path), which writes the artifact; precision is "fp32"
+    or "int8" (PT2E static int8 calibrated on `calibration`, argument tuples like
+    `example_inputs`). The artifact is written atomically; any failure is a ConversionError."""
+
+    def convert(module, example_inputs: tuple, out, precision="fp32", calibration=None) -> Path:
+        try:
+            if precision not in ("fp32", "int8"):
+                raise ValueError(f"unknown precision {precision!r}: fp32 or int8")
+            write_atomically(
+                Path(out), lower(module.eval(), example_inputs, precision, calibration)
+            )
+        except Exception as exc:
+            raise conversion_failed(runtime, precision, exc) from exc
+        return Path(out)
+
+    return convert
+
+
 def calibrated_pt2e(torch, module, example_inputs, calibration, quantizer, **convert_options):
     """PT2E static int8 of `module`: export, prepare with `quantizer`, run the calibration
     argument tuples, convert. The LiteRT and ExecuTorch converters differ only in the quantizer."""

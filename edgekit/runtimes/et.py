@@ -17,8 +17,7 @@ from .base import (
     Session,
     TensorInfo,
     calibrated_pt2e,
-    conversion_failed,
-    write_atomically,
+    torch_converter,
 )
 
 NAME = "executorch"
@@ -95,34 +94,22 @@ class EtSession(Session):
 load = EtSession  # load(path, threads)
 
 
-def convert(
-    module,
-    example_inputs: tuple,
-    out,
-    precision: str = "fp32",
-    calibration: list[tuple] | None = None,
-) -> Path:
-    """The torch module as a .pte at `out`: torch.export, then lowered to the XNNPACK delegate.
-    precision "fp32", or "int8": PT2E static int8 with XNNPACKQuantizer (per-channel symmetric)
-    calibrated on `calibration` (argument tuples like `example_inputs`). ConversionError on
-    failure."""
-    try:
-        import torch
-        from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
-        from executorch.exir import to_edge_transform_and_lower
+def _lower(module, example_inputs, precision, calibration):
+    """The .pte: torch.export, then lowered to the XNNPACK delegate; int8 is PT2E static int8
+    with XNNPACKQuantizer (per-channel symmetric)."""
+    import torch
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.exir import to_edge_transform_and_lower
 
-        module = module.eval()
-        if precision == "int8":
-            module = _int8(torch, module, example_inputs, calibration)
-        elif precision != "fp32":
-            raise ValueError(f"unknown precision {precision!r}: fp32 or int8")
-        program = torch.export.export(module, example_inputs)
-        edge = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()])
-        data = edge.to_executorch().buffer
-        write_atomically(Path(out), lambda p: p.write_bytes(data))
-    except Exception as exc:
-        raise conversion_failed(NAME, precision, exc) from exc
-    return Path(out)
+    if precision == "int8":
+        module = _int8(torch, module, example_inputs, calibration)
+    program = torch.export.export(module, example_inputs)
+    edge = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()])
+    data = edge.to_executorch().buffer
+    return lambda p: p.write_bytes(data)
+
+
+convert = torch_converter(NAME, _lower)  # convert(module, example_inputs, out, precision, ...)
 
 
 def _int8(torch, module, example_inputs, calibration):

@@ -16,9 +16,8 @@ from .base import (
     Session,
     TensorInfo,
     calibrated_pt2e,
-    conversion_failed,
     os_threads,
-    write_atomically,
+    torch_converter,
 )
 
 NAME = "litert"
@@ -129,31 +128,20 @@ class LiteRtSession(Session):
 load = LiteRtSession  # load(path, threads)
 
 
-def convert(
-    module,
-    example_inputs: tuple,
-    out,
-    precision: str = "fp32",
-    calibration: list[tuple] | None = None,
-) -> Path:
-    """The torch module as a .tflite at `out` through litert-torch. precision "fp32", or "int8":
-    PT2E static int8 (litert-torch's quantizer, per-channel symmetric weights) calibrated on
-    `calibration` (a list of argument tuples like `example_inputs`). ConversionError on failure."""
-    try:
-        import litert_torch
-        import torch
+def _lower(module, example_inputs, precision, calibration):
+    """The .tflite through litert-torch; int8 is PT2E static int8 (litert-torch's quantizer,
+    per-channel symmetric weights)."""
+    import litert_torch
+    import torch
 
-        module = module.eval()
-        if precision == "fp32":
-            edge = litert_torch.convert(module, example_inputs)
-        elif precision == "int8":
-            edge = _int8(litert_torch, torch, module, example_inputs, calibration)
-        else:
-            raise ValueError(f"unknown precision {precision!r}: fp32 or int8")
-        write_atomically(Path(out), lambda p: edge.export(str(p)))
-    except Exception as exc:
-        raise conversion_failed(NAME, precision, exc) from exc
-    return Path(out)
+    if precision == "fp32":
+        edge = litert_torch.convert(module, example_inputs)
+    else:
+        edge = _int8(litert_torch, torch, module, example_inputs, calibration)
+    return lambda p: edge.export(str(p))
+
+
+convert = torch_converter(NAME, _lower)  # convert(module, example_inputs, out, precision, ...)
 
 
 def _int8(litert_torch, torch, module, example_inputs, calibration):

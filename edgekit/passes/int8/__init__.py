@@ -23,7 +23,7 @@ import onnx
 from edgekit.accuracy import fixed_batch
 from edgekit.cpus import int8_settings
 from edgekit.model.samples import model_feeds
-from edgekit.passes import PassContext, PassFailed, Variant, attempt
+from edgekit.passes import Pass, PassContext, PassFailed, Variant, attempt
 from edgekit.passes.int8 import outliers
 from edgekit.passes.int8.opmix import (
     CALIBRATION_METHODS,
@@ -58,7 +58,7 @@ class Int8Settings:
 
 
 @dataclass(frozen=True)
-class Int8:
+class Int8(Pass):
     """The int8 variants of the float model the passes before it built (float_parent); the
     pipeline also calls `variants_of` on every float variant a later pass makes."""
 
