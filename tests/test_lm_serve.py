@@ -245,7 +245,7 @@ def test_concurrent_generations_go_side_by_side(lm):
             order = []
 
             async def drain(tag, job):
-                while (event := await job.events.get())[0] in ("accepted", "text"):
+                while (event := await job.events.get())[0] in ("accepted", "started", "text"):
                     pass
                 order.append((tag, event))
 
