@@ -263,6 +263,30 @@ def test_concurrent_generations_go_side_by_side(lm):
 
 
 @pytest.mark.slow
+def test_a_worker_that_dies_ends_its_requests_with_an_error(lm):
+    """Killed mid-answer: the request running ends with an error, and so does every later one."""
+    _, folder = lm
+
+    async def run():
+        engine = LMEngine(folder, threads=1)
+        try:
+            job = engine.submit({"prompt": "while", "max_tokens": 200, "temperature": 0})
+            while (await job.events.get())[0] != "text":
+                pass
+            engine.proc.kill()
+            while (event := await job.events.get())[0] == "text":
+                pass
+            later = engine.submit({"prompt": "while", "max_tokens": 2})
+            return event, await asyncio.wait_for(later.events.get(), 10)
+        finally:
+            engine.close()
+
+    during, after = asyncio.run(run())
+    for kind, message in (during, after):
+        assert kind == "error" and "worker process ended" in message, (kind, message)
+
+
+@pytest.mark.slow
 def test_concurrent_clients_get_their_own_answers(client):
     ask = dict(model=MODEL, prompt="while", max_tokens=40, temperature=0.9)
     alone = {seed: client.completions.create(**ask, seed=seed).choices[0].text for seed in (1, 2)}

@@ -113,6 +113,10 @@ class LMEngine:
             os.set_blocking(self.proc.stdout.fileno(), False)
             self.loop.add_reader(self.proc.stdout.fileno(), self._read)
         job = Job(next(self.ids))
+        if self.proc.poll() is not None:  # nothing would ever answer it
+            job.ended = True
+            job.put("error", self._gone())
+            return job
         self.jobs[job.id] = job
         self._send({"op": "start", "id": job.id, **request})
         return job
@@ -136,10 +140,7 @@ class LMEngine:
             self.proc.kill()
             self.proc.wait()
         if self.loop is not None and not self.loop.is_closed():
-            # from the loop's own thread (a server's shutdown): its queues get the ends
-            with contextlib.suppress(RuntimeError):
-                if asyncio.get_running_loop() is self.loop:
-                    self._read()
+            self.loop.remove_reader(self.proc.stdout.fileno())
 
     def _read(self) -> None:
         """The worker's pipe is readable: dispatch the whole lines that came."""
@@ -162,8 +163,12 @@ class LMEngine:
         self.loop.remove_reader(fd)
         for job in list(self.jobs.values()):  # the worker ended: nothing more will come
             job.ended = True
-            job.put("error", "the model's worker process ended")
+            job.put("error", self._gone())
         self.jobs.clear()
+
+    def _gone(self) -> str:
+        code = self.proc.wait()
+        return f"the model's worker process ended (exit code {code}): restart the server"
 
     def _dispatch(self, job: Job, message: dict, now: float) -> None:
         m = self.metrics
