@@ -287,6 +287,25 @@ def test_a_worker_that_dies_ends_its_requests_with_an_error(lm):
 
 
 @pytest.mark.slow
+def test_a_dead_worker_fails_the_health_probe_and_requests(lm):
+    import psutil
+
+    _, folder = lm
+    srv = Server(folder, "--threads", "1")
+    try:
+        assert http(srv.url + "/health")[0] == 200
+        (worker,) = psutil.Process(srv.proc.pid).children()
+        worker.kill()
+        status, _, body = poll(lambda: http(srv.url + "/health"), lambda r: r[0] != 200, 10)
+        assert status == 503 and b"worker process ended" in body
+        ask = {"model": MODEL, "prompt": "for", "max_tokens": 2}
+        status, _, body = http(srv.url + "/v1/completions", ask)
+        assert status == 500 and "restart the server" in json.loads(body)["error"]["message"]
+    finally:
+        srv.stop()
+
+
+@pytest.mark.slow
 def test_concurrent_clients_get_their_own_answers(client):
     ask = dict(model=MODEL, prompt="while", max_tokens=40, temperature=0.9)
     alone = {seed: client.completions.create(**ask, seed=seed).choices[0].text for seed in (1, 2)}
