@@ -24,6 +24,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from http.client import HTTPConnection
 from pathlib import Path
@@ -96,14 +97,18 @@ class Process:
 
     def __init__(self, argv: list[str], port: int, ready_path: str):
         self.port = port
+        # its log goes to a file: a pipe nobody reads fills up (llama.cpp logs every tensor it
+        # loads) and then stops the server
+        self.log = tempfile.TemporaryFile()  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
-            argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+            argv, stdout=subprocess.DEVNULL, stderr=self.log,
             env={**os.environ, "PYTHONPATH": str(ROOT)},
         )  # fmt: skip
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"{argv[:4]} exited: {self.proc.stderr.read()[-2000:]}")
+                self.log.seek(0)
+                raise RuntimeError(f"{argv[:4]} exited: {self.log.read()[-2000:].decode()}")
             try:
                 conn = HTTPConnection("127.0.0.1", port, timeout=2)
                 conn.request("GET", ready_path)
@@ -116,6 +121,7 @@ class Process:
     def stop(self) -> None:
         self.proc.terminate()
         self.proc.wait(timeout=60)
+        self.log.close()
 
 
 def concurrent(model, tokenizer, og, prompt: str, tokens: int, clients: int) -> dict[str, float]:
