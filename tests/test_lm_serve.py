@@ -250,7 +250,7 @@ def test_concurrent_generations_go_side_by_side(lm):
             order = []
 
             async def drain(tag, job):
-                while (event := await job.events.get())[0] in ("accepted", "text"):
+                while (event := await job.events.get())[0] in ("accepted", "started", "text"):
                     pass
                 order.append((tag, event))
 
@@ -265,6 +265,49 @@ def test_concurrent_generations_go_side_by_side(lm):
     order, long_tokens = asyncio.run(both())
     assert long_tokens > 2, "the long generation ended at once: nothing to overtake"
     assert order[0] == ("short", ("done", "length")), order
+
+
+@pytest.mark.slow
+def test_a_worker_that_dies_ends_its_requests_with_an_error(lm):
+    """Killed mid-answer: the request running ends with an error, and so does every later one."""
+    _, folder = lm
+
+    async def run():
+        engine = LMEngine(folder, threads=1)
+        try:
+            job = engine.submit({"prompt": "while", "max_tokens": 200, "temperature": 0})
+            while (await job.events.get())[0] != "text":
+                pass
+            engine.proc.kill()
+            while (event := await job.events.get())[0] == "text":
+                pass
+            later = engine.submit({"prompt": "while", "max_tokens": 2})
+            return event, await asyncio.wait_for(later.events.get(), 10)
+        finally:
+            engine.close()
+
+    during, after = asyncio.run(run())
+    for kind, message in (during, after):
+        assert kind == "error" and "worker process ended" in message, (kind, message)
+
+
+@pytest.mark.slow
+def test_a_dead_worker_fails_the_health_probe_and_requests(lm):
+    import psutil
+
+    _, folder = lm
+    srv = Server(folder, "--threads", "1")
+    try:
+        assert http(srv.url + "/health")[0] == 200
+        (worker,) = psutil.Process(srv.proc.pid).children()
+        worker.kill()
+        status, _, body = poll(lambda: http(srv.url + "/health"), lambda r: r[0] != 200, 10)
+        assert status == 503 and b"worker process ended" in body
+        ask = {"model": MODEL, "prompt": "for", "max_tokens": 2}
+        status, _, body = http(srv.url + "/v1/completions", ask)
+        assert status == 500 and "restart the server" in json.loads(body)["error"]["message"]
+    finally:
+        srv.stop()
 
 
 @pytest.mark.slow

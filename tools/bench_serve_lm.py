@@ -3,9 +3,10 @@ with onnxruntime-genai in-process, and against llama.cpp's own server on a GGUF 
 weights, measured side by side (`python tools/bench_serve.py --lm FOLDER [--gguf FILE]`).
 
 Each round runs, in turn: greedy generation in this process (onnxruntime-genai, the loop the
-server runs), the same prompt streamed through `edgekit serve` (the OpenAI API, raw HTTP with
-server-sent events) and, with --gguf, through `python -m llama_cpp.server`. Same prompt text,
-same threads, greedy, `--tokens` new tokens. Printed per side: the median time to first token
+server runs), a prompt streamed through `edgekit serve` (the OpenAI API, raw HTTP with
+server-sent events) and, with --gguf, through `python -m llama_cpp.server`. The same prompt text
+but for a number in front (a new one each request, so no server reuses a cached prefill), same
+threads, greedy, `--tokens` new tokens. Printed per side: the median time to first token
 (request sent -> first text) and generation tokens/s (tokens after the first / time from the
 first to the last), the server's ratio to in-process and llama.cpp's figures beside them.
 Then (section 5) what serving several clients at once gives: the aggregate tokens/s of 4
@@ -17,6 +18,7 @@ code is 1 when one is not met.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
@@ -24,6 +26,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from http.client import HTTPConnection
 from pathlib import Path
@@ -32,6 +35,9 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 PROMPT = "The for statement is used to iterate over the elements of a sequence"
+# Each request's prompt starts with its own number: llama.cpp's server keeps the last prompt's KV
+# cache and computes only what is new, so the same prompt again would time one token, not a prefill.
+PROMPTS = (f"{n}. {PROMPT}" for n in itertools.count(1000))
 TG_TARGET, TTFT_TARGET_MS = 0.95, 2.0
 SETTLE_S = 0.3
 CLIENTS = 4
@@ -96,14 +102,18 @@ class Process:
 
     def __init__(self, argv: list[str], port: int, ready_path: str):
         self.port = port
+        # its log goes to a file: a pipe nobody reads fills up (llama.cpp logs every tensor it
+        # loads) and then stops the server
+        self.log = tempfile.TemporaryFile()  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
-            argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+            argv, stdout=subprocess.DEVNULL, stderr=self.log,
             env={**os.environ, "PYTHONPATH": str(ROOT)},
         )  # fmt: skip
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"{argv[:4]} exited: {self.proc.stderr.read()[-2000:]}")
+                self.log.seek(0)
+                raise RuntimeError(f"{argv[:4]} exited: {self.log.read()[-2000:].decode()}")
             try:
                 conn = HTTPConnection("127.0.0.1", port, timeout=2)
                 conn.request("GET", ready_path)
@@ -116,6 +126,7 @@ class Process:
     def stop(self) -> None:
         self.proc.terminate()
         self.proc.wait(timeout=60)
+        self.log.close()
 
 
 def concurrent(model, tokenizer, og, prompt: str, tokens: int, clients: int) -> dict[str, float]:
@@ -184,8 +195,8 @@ def run(folder: Path, gguf: Path | None, rounds: int, tokens: int, threads: int)
          "--threads", str(threads)],
         port, "/health",
     )  # fmt: skip
-    sides = {"in-process": lambda: in_process(model, tokenizer, og, PROMPT, tokens)}
-    sides["edgekit serve"] = lambda: streamed(port, name, PROMPT, tokens)
+    sides = {"in-process": lambda: in_process(model, tokenizer, og, next(PROMPTS), tokens)}
+    sides["edgekit serve"] = lambda: streamed(port, name, next(PROMPTS), tokens)
     llama = None
     if gguf is not None:
         llama_port = free_port()
@@ -195,7 +206,7 @@ def run(folder: Path, gguf: Path | None, rounds: int, tokens: int, threads: int)
              "--port", str(llama_port), "--n_ctx", "2048"],
             llama_port, "/v1/models",
         )  # fmt: skip
-        sides["llama.cpp server"] = lambda: streamed(llama_port, "x", PROMPT, tokens)
+        sides["llama.cpp server"] = lambda: streamed(llama_port, "x", next(PROMPTS), tokens)
     results: dict[str, list[tuple[float, float, int]]] = {side: [] for side in sides}
     try:
         for side in sides.values():

@@ -1,11 +1,14 @@
 """A language model served: the model generates in its own process (edgekit.serve.lm_worker; it
 holds the GIL while it computes, so it stays off the server's), the server sends it requests and
-hands the text it streams back to each request's queue on the event loop.
+hands the text it streams back to each request's queue. The event loop reads the worker's pipe
+itself: a token is one wake-up of the loop, with no thread between (a reader thread cost a thread
+switch and a wake-up of the loop per token, taken from the cores the model computes on).
 
     engine = LMEngine(folder, threads, metrics)   # starts the worker, waits until it is loaded
     job = engine.submit({"prompt": "...", "max_tokens": 20, ...})   # on the event loop
-    await job.events.get()   # ("accepted", {...}) | ("rejected", {...}), then ("text", str)...,
-                             # then ("done", reason) or ("error", message)
+    await job.events.get()   # ("accepted", {...}) | ("rejected", {...}), then ("started", {...})
+                             # once its prefill is done, ("text", str)..., then ("done", reason)
+                             # or ("error", message)
     engine.cancel(job)       # its client went away
     engine.close()
 """
@@ -16,6 +19,7 @@ import asyncio
 import contextlib
 import itertools
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -30,10 +34,9 @@ LOAD_TIMEOUT_S = 300
 
 @dataclass
 class Job:
-    """One request: the worker's messages about it arrive on `events` (on the event loop)."""
+    """One request: the worker's messages about it arrive on `events`."""
 
     id: int
-    loop: asyncio.AbstractEventLoop
     events: asyncio.Queue = field(default_factory=asyncio.Queue)
     submitted_at: float = field(default_factory=time.perf_counter)
     prompt_tokens: int = 0
@@ -44,7 +47,7 @@ class Job:
     ended: bool = False
 
     def put(self, kind: str, value) -> None:
-        self.loop.call_soon_threadsafe(self.events.put_nowait, (kind, value))
+        self.events.put_nowait((kind, value))
 
 
 class LMEngine:
@@ -54,6 +57,8 @@ class LMEngine:
         self.jobs: dict[int, Job] = {}
         self.ids = itertools.count(1)
         self.lock = threading.Lock()  # stdin writes come from the loop and from close()
+        self.loop = None  # the event loop reading the worker's answers, from the first request on
+        self.unread = b""
         self.on_done = None  # on_done(prompt ids, generated ids) after each answered request
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "edgekit.serve.lm_worker", str(self.folder), str(threads)],
@@ -66,11 +71,14 @@ class LMEngine:
         self.vocab_size = ready["vocab_size"]
         self.kv_bytes_per_token = ready["kv_bytes_per_token"]
         self.metrics = metrics(self) if metrics else None
-        self.reader = threading.Thread(target=self._read, name="lm-reader", daemon=True)
-        self.reader.start()
 
     def _first_message(self) -> dict:
-        line = self.proc.stdout.readline()
+        line = b""
+        while not line.endswith(b"\n"):  # the worker says nothing more until it is asked
+            chunk = os.read(self.proc.stdout.fileno(), 1 << 16)
+            if not chunk:
+                break
+            line += chunk
         try:
             message = json.loads(line)
         except ValueError:
@@ -97,12 +105,18 @@ class LMEngine:
         (onnxruntime-genai allocates prompt + max_tokens up front)."""
         return sum(j.prompt_tokens + j.max_tokens for j in list(self.jobs.values()) if j.running)
 
-    # -- on the event loop --------------------------------------------------------------------
-
     def submit(self, request: dict) -> Job:
         """request: prompt or messages, max_tokens (None: the rest of the context), temperature,
         top_p, seed, stop (lm_worker's "start" command without op and id)."""
-        job = Job(next(self.ids), asyncio.get_running_loop())
+        if self.loop is None:
+            self.loop = asyncio.get_running_loop()
+            os.set_blocking(self.proc.stdout.fileno(), False)
+            self.loop.add_reader(self.proc.stdout.fileno(), self._read)
+        job = Job(next(self.ids))
+        if self.proc.poll() is not None:  # nothing would ever answer it
+            job.ended = True
+            job.put("error", self._gone())
+            return job
         self.jobs[job.id] = job
         self._send({"op": "start", "id": job.id, **request})
         return job
@@ -125,20 +139,36 @@ class LMEngine:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
-        self.reader.join(timeout=5)
-
-    # -- on the reader thread -----------------------------------------------------------------
+        if self.loop is not None and not self.loop.is_closed():
+            self.loop.remove_reader(self.proc.stdout.fileno())
 
     def _read(self) -> None:
-        for line in self.proc.stdout:
-            message = json.loads(line)
-            job = self.jobs.get(message.get("id"))
-            if job is not None:
-                self._dispatch(job, message, time.perf_counter())
+        """The worker's pipe is readable: dispatch the whole lines that came."""
+        fd = self.proc.stdout.fileno()
+        try:
+            chunk = os.read(fd, 1 << 16)
+        except BlockingIOError:
+            return
+        except OSError:
+            chunk = b""
+        now = time.perf_counter()
+        if chunk:
+            *lines, self.unread = (self.unread + chunk).split(b"\n")
+            for line in lines:
+                message = json.loads(line)
+                job = self.jobs.get(message.get("id"))
+                if job is not None:
+                    self._dispatch(job, message, now)
+            return
+        self.loop.remove_reader(fd)
         for job in list(self.jobs.values()):  # the worker ended: nothing more will come
             job.ended = True
-            job.put("error", "the model's worker process ended")
+            job.put("error", self._gone())
         self.jobs.clear()
+
+    def _gone(self) -> str:
+        code = self.proc.wait()
+        return f"the model's worker process ended (exit code {code}): restart the server"
 
     def _dispatch(self, job: Job, message: dict, now: float) -> None:
         m = self.metrics
@@ -157,7 +187,8 @@ class LMEngine:
         elif "started" in message:
             job.running = True
             if m is not None:
-                m.started(job, now)
+                m.started(job, message["started"]["queued_s"])
+            job.put("started", message["started"])
         else:
             job.ended = True
             self.jobs.pop(job.id, None)

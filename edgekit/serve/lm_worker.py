@@ -12,13 +12,14 @@ Protocol: JSON lines. In on stdin, one command a line:
 Out on the protocol pipe (fd 1 as started; the worker's own stdout goes to stderr):
   {"ready": {"context_length": n, "vocab_size": n, "kv_bytes_per_token": n}}  once, first
   {"id": N, "accepted": {"prompt_tokens": n, "max_tokens": m}}  or  {"id": N, "rejected": {...}}
-  {"id": N, "started": true}                  its prefill begins (queue time ends)
+  {"id": N, "started": {"queued_s": s}}       its prefill is done (after s seconds in the queue)
   {"id": N, "token": "text"}                  each generated token, with its text ("" while a
                                               character's bytes are incomplete)
   {"id": N, "done": "stop" | "length", "tokens": [ids], "prompt": [ids]}  or  {"id": N, "error": ...}
 Generations that are running go side by side: one token step of each in turn (at most
-MAX_ACTIVE, each with its own KV cache), so a short answer does not wait for a long one. The
-worker ends when stdin closes.
+MAX_ACTIVE, each with its own KV cache), so a short answer does not wait for a long one. What a
+pass of that loop has to say goes out in one write at its end: the server wakes once a pass, not
+once a message, and never while a prefill computes. The worker ends when stdin closes.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import secrets
 import select
 import signal
 import sys
+import time
 from collections import deque
 from pathlib import Path
 
@@ -122,6 +124,7 @@ class Generation:
         self.stop = StopText(command.get("stop") or ())
         self.tokens: list[int] = []
         self.generator = None
+        self.received = time.perf_counter()
 
     def begin(self) -> None:
         og, c = self.model.og, self.command
@@ -207,7 +210,7 @@ class Commands:
 
 def main(argv: list[str]) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C goes to the server; stdin's end stops us
-    out = os.fdopen(os.dup(1), "w", buffering=1)
+    out = os.fdopen(os.dup(1), "w")  # flushed once a pass of the loop below
     os.dup2(2, 1)  # anything the libraries print goes to stderr, never into the protocol
 
     def say(message: dict) -> None:
@@ -225,11 +228,13 @@ def main(argv: list[str]) -> int:
         return 1
     say({"ready": {"context_length": model.context_length, "vocab_size": model.vocab_size,
                    "kv_bytes_per_token": model.kv_bytes_per_token}})  # fmt: skip
+    out.flush()
     commands = Commands(sys.stdin.fileno())
     waiting: deque[Generation] = deque()
     running: list[Generation] = []
     cancelled: set[int] = set()
     while not (commands.closed and not running and not waiting):
+        out.flush()
         for command in commands.read(wait=not (running or waiting) and not commands.closed):
             if command["op"] == "cancel":
                 cancelled.add(command["id"])
@@ -251,9 +256,10 @@ def main(argv: list[str]) -> int:
             job = waiting.popleft()
             if job.id in cancelled:
                 continue
-            say({"id": job.id, "started": True})
+            queued_s = time.perf_counter() - job.received
             try:
                 job.begin()
+                say({"id": job.id, "started": {"queued_s": queued_s}})
                 running.append(job)
             except Exception as exc:  # noqa: BLE001
                 say({"id": job.id, "error": f"generation failed: {exc}"})

@@ -224,8 +224,8 @@ class LMMetrics:
         )
         kv.labels(name).set_function(kv_bytes)
 
-    def started(self, job, now: float) -> None:
-        self.queue.observe(now - job.submitted_at)
+    def started(self, job, queued_s: float) -> None:
+        self.queue.observe(queued_s)
         self.prompt_tokens.inc(job.prompt_tokens)
 
     def token(self, job, now: float) -> None:

@@ -230,19 +230,29 @@ def openai_routes(
         except APIError as exc:
             return exc.response()
         job = engine.submit(ask.request)
-        kind, value = await job.events.get()
-        if kind == "rejected":
-            return APIError(400, value["message"], value["param"], value["code"]).response()
-        if kind == "error":
-            return APIError(500, value).response()
-        ident = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
-        if ask.stream:
-            return StreamingResponse(
-                stream(job, ask, ident, chat),
-                media_type="text/event-stream",
-                headers={"Cache-Control": "no-cache"},
-            )
-        return await whole(request, job, ask, ident, chat)
+        gone = asyncio.ensure_future(_disconnected(request))
+        try:
+            # The response starts once the prefill is done: sending its headers (and waking the
+            # client) sooner takes the cores from the prefill, which is the time to first token.
+            while (event := await _next_event(job, gone)) and event[0] != "started":
+                kind, value = event
+                if kind == "rejected":
+                    return APIError(400, value["message"], value["param"], value["code"]).response()
+                if kind == "error":
+                    return APIError(500, value).response()
+            if event is None:
+                engine.cancel(job)
+                return Response(status_code=499)  # nobody reads it: the client is gone
+            ident = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
+            if ask.stream:
+                return StreamingResponse(
+                    stream(job, ask, ident, chat),
+                    media_type="text/event-stream",
+                    headers={"Cache-Control": "no-cache"},
+                )
+            return await whole(job, ask, ident, chat, gone)
+        finally:
+            gone.cancel()
 
     def usage(job: Job, ask: Ask) -> dict:
         prompt = job.prompt_tokens
@@ -261,26 +271,20 @@ def openai_routes(
             "choices": choices,
         }
 
-    async def whole(request: Request, job: Job, ask: Ask, ident: str, chat: bool):
-        gone = asyncio.ensure_future(_disconnected(request))
+    async def whole(job: Job, ask: Ask, ident: str, chat: bool, gone: asyncio.Future):
         parts, reason = [], None
-        try:
-            while reason is None:
-                get = asyncio.ensure_future(job.events.get())
-                done, _ = await asyncio.wait({get, gone}, return_when=asyncio.FIRST_COMPLETED)
-                if get not in done:
-                    get.cancel()
-                    engine.cancel(job)
-                    return Response(status_code=499)  # nobody reads it: the client is gone
-                kind, value = get.result()
-                if kind == "text":
-                    parts.append(value)
-                elif kind == "error":
-                    return APIError(500, value).response()
-                else:
-                    reason = value
-        finally:
-            gone.cancel()
+        while reason is None:
+            event = await _next_event(job, gone)
+            if event is None:
+                engine.cancel(job)
+                return Response(status_code=499)  # nobody reads it: the client is gone
+            kind, value = event
+            if kind == "text":
+                parts.append(value)
+            elif kind == "error":
+                return APIError(500, value).response()
+            else:
+                reason = value
         text = "".join(parts)
         choice = (
             {"index": 0, "message": {"role": "assistant", "content": text}}
@@ -332,6 +336,9 @@ def openai_routes(
     identity = {IDENTITY_HEADER: str(os.getpid())}  # which server answers (edgekit deploy)
 
     async def health(request):
+        if engine.proc.poll() is not None:  # a probe's cue to restart the server
+            body = {"status": "error", "reason": "the model's worker process ended"}
+            return JSONResponse(body, status_code=503, headers=identity)
         return JSONResponse({"status": "ok"}, headers=identity)
 
     async def prometheus(request):
@@ -361,6 +368,16 @@ def openai_routes(
         exception_handlers={HTTPException: http_error, Exception: internal_error},
         lifespan=lifespan,
     )
+
+
+async def _next_event(job: Job, gone: asyncio.Future) -> tuple | None:
+    """The job's next event, or None once its client has gone away."""
+    get = asyncio.ensure_future(job.events.get())
+    done, _ = await asyncio.wait({get, gone}, return_when=asyncio.FIRST_COMPLETED)
+    if get in done:
+        return get.result()
+    get.cancel()
+    return None
 
 
 async def _disconnected(request: Request) -> None:
