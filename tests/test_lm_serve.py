@@ -239,30 +239,38 @@ def test_a_client_that_goes_away_stops_its_generation(server, client):
     assert answer.usage.completion_tokens <= 3  # still serving
 
 
-@pytest.mark.slow
-def test_concurrent_generations_go_side_by_side(lm):
-    """The engine the server runs: a short request sent just after a long one ends first."""
-    _, folder = lm
+def on_engine(folder, body):
+    """body(engine) run on an event loop with the engine the server runs (one thread), closed
+    after; what body returns."""
 
-    async def both():
+    async def run():
         engine = LMEngine(folder, threads=1)
         try:
-            order = []
-
-            async def drain(tag, job):
-                while (event := await job.events.get())[0] in ("accepted", "started", "text"):
-                    pass
-                order.append((tag, event))
-
-            ask = {"prompt": "while", "temperature": 0.7, "seed": 1}
-            long = engine.submit({**ask, "max_tokens": 240})
-            short = engine.submit({**ask, "max_tokens": 2})
-            await asyncio.gather(drain("long", long), drain("short", short))
-            return order, long.completion_tokens
+            return await body(engine)
         finally:
             engine.close()
 
-    order, long_tokens = asyncio.run(both())
+    return asyncio.run(run())
+
+
+@pytest.mark.slow
+def test_concurrent_generations_go_side_by_side(lm):
+    """A short request sent just after a long one ends first."""
+    order = []
+
+    async def drain(tag, job):
+        while (event := await job.events.get())[0] in ("accepted", "started", "text"):
+            pass
+        order.append((tag, event))
+
+    async def both(engine):
+        ask = {"prompt": "while", "temperature": 0.7, "seed": 1}
+        long = engine.submit({**ask, "max_tokens": 240})
+        short = engine.submit({**ask, "max_tokens": 2})
+        await asyncio.gather(drain("long", long), drain("short", short))
+        return long.completion_tokens
+
+    long_tokens = on_engine(lm[1], both)
     assert long_tokens > 2, "the long generation ended at once: nothing to overtake"
     assert order[0] == ("short", ("done", "length")), order
 
@@ -270,24 +278,18 @@ def test_concurrent_generations_go_side_by_side(lm):
 @pytest.mark.slow
 def test_a_worker_that_dies_ends_its_requests_with_an_error(lm):
     """Killed mid-answer: the request running ends with an error, and so does every later one."""
-    _, folder = lm
 
-    async def run():
-        engine = LMEngine(folder, threads=1)
-        try:
-            job = engine.submit({"prompt": "while", "max_tokens": 200, "temperature": 0})
-            while (await job.events.get())[0] != "text":
-                pass
-            engine.proc.kill()
-            while (event := await job.events.get())[0] == "text":
-                pass
-            later = engine.submit({"prompt": "while", "max_tokens": 2})
-            return event, await asyncio.wait_for(later.events.get(), 10)
-        finally:
-            engine.close()
+    async def kill_it(engine):
+        job = engine.submit({"prompt": "while", "max_tokens": 200, "temperature": 0})
+        while (await job.events.get())[0] != "text":
+            pass
+        engine.proc.kill()
+        while (event := await job.events.get())[0] == "text":
+            pass
+        later = engine.submit({"prompt": "while", "max_tokens": 2})
+        return event, await asyncio.wait_for(later.events.get(), 10)
 
-    during, after = asyncio.run(run())
-    for kind, message in (during, after):
+    for kind, message in on_engine(lm[1], kill_it):
         assert kind == "error" and "worker process ended" in message, (kind, message)
 
 
