@@ -3,8 +3,9 @@ device:
 
   mktemp -d  →  copy worker.py (and its runtimes/), device.py, the feeds and the models there (one
   tar stream over ssh; edgekit.lm.bench copies bench_worker.py and LM folders the same way)
-  →  probe: python3 with numpy and onnxruntime? device.collect() there  →  one `ssh … python3
-  worker.py` per job, speaking the same JSON-lines protocol as a local worker  →  rm -rf the folder
+  →  probe: python3 with the worker's modules (numpy, onnxruntime; onnxruntime-genai for an LM)?
+  device.collect() there  →  one `ssh … python3 worker.py` per job, speaking the same JSON-lines
+  protocol as a local worker  →  rm -rf the folder
 
 File names on the device are edgekit's own (m0/, m1/, ...); a model's file name travels only
 inside the tar stream and the JSON protocol, never through a shell.
