@@ -148,7 +148,8 @@ def _every_position(file: Path, logits: str) -> bytes | None:
     if unsqueeze is None or unsqueeze.op_type != "Unsqueeze":
         return None
     gather = made_by.get(unsqueeze.input[0])
-    if gather is None or gather.op_type != "Gather":
+    axis = {a.name: a.i for a in gather.attribute}.get("axis", 0) if gather is not None else None
+    if gather is None or gather.op_type != "Gather" or axis != 1:  # [B, S, H] -> [B, H]
         return None
     head.input[0] = gather.input[0]
     model.graph.node.remove(unsqueeze)
