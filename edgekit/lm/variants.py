@@ -41,9 +41,10 @@ class Recipe:
 
 # Every builder variant computes the LM head for the last position only in a prefill (all that
 # generation reads; edgekit.lm.logits restores every position for drift): a 512-token prefill of a
-# Qwen2.5-0.5B shape otherwise holds 512 x 151936 float32 logits, 311 MB. Its int4 in one
-# interleaved `edgekit bench` (2 threads): peak RSS 934 -> 633 MB (the peak is then the load),
-# pp512 80 -> 132 tokens/s. The torch path ignores these builder-only options.
+# Qwen2.5-0.5B shape otherwise holds 512 x 151936 float32 logits, 311 MB. Its int4 in three
+# interleaved `edgekit bench` runs (2 threads, a busy machine): peak RSS 980 -> 664 * 10^6 bytes
+# in each (the peak is then the load), pp512 1.3-2.4x, tg128 no difference beyond the noise. The
+# torch path ignores these builder-only options.
 _FLOAT = {"prune_lm_head": "true"}
 _QUANT = {**_FLOAT, "accuracy_level": ACCURACY_LEVEL}
 _INT4 = {**_QUANT, "block_size": INT4_BLOCK_SIZE, "is_symmetric": "true"}
