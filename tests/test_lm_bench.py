@@ -6,8 +6,11 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from helpers import run_edgekit, torch_blocked_env
@@ -20,6 +23,7 @@ pytestmark = pytest.mark.slow
 
 CONTEXT = 1024
 QUICK = {"min_time": 0.2, "max_time": 1.0}
+LM_QUICK = ("--min-time", "0.2", "--max-time", "0.5")
 
 
 def test_measures_both_variants_torch_free(tiny_llama_variants, tmp_path):
@@ -139,7 +143,60 @@ def test_cli_mixing_lm_folders_and_onnx_files_exits_2(tiny_llama_variants, tmp_p
     assert proc.returncode == 2 and "separate runs" in proc.stderr
     proc = run_edgekit("bench", tiny_llama_variants["int4"], "--threads", "1,2")
     assert proc.returncode == 2 and "one thread count" in proc.stderr
+    proc = run_edgekit("bench", tiny_llama_variants["int4"], "--target", "ssh://a@h1",
+                       "--target", "ssh://a@h2")  # fmt: skip
+    assert proc.returncode == 2 and "one --target at a time" in " ".join(proc.stderr.split())
+
+
+# ---- on a device over SSH: a real sshd on 127.0.0.1, the device's Python this venv's ----------
+
+HOSTILE = 'it\'s an "lm" $(touch pwned) `touch pwned`'
+
+
+def test_cli_bench_on_lm_folders_over_ssh(
+    tiny_llama_variants, ssh_target, ssh_env, tmp_path, block_imports
+):
+    """The folders and bench_worker.py are copied to the device and timed there (torch-free on
+    both sides), the report's device section read there; the device's folder is removed."""
+    hostile = tmp_path / HOSTILE
+    shutil.copytree(tiny_llama_variants["int4"], hostile)
+    before = set(Path("/tmp").glob("edgekit.*"))
+    out = tmp_path / "out"
     proc = run_edgekit(
-        "bench", tiny_llama_variants["int4"], "--target", "ssh://pi@raspberrypi.local"
-    )
-    assert proc.returncode == 2 and "copy the folder to the device" in proc.stderr
+        "bench", hostile, tiny_llama_variants["fp32"], "--target", ssh_target,
+        "--remote-python", sys.executable, "--prompt-tokens", "32", "--gen-tokens", "16",
+        "--threads", "1", "-o", out, *LM_QUICK, env={**ssh_env, **block_imports()}, cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert f"measured on {ssh_target}, over SSH" in proc.stdout
+    report = read_report(out / "report.json").to_json()
+    device = report["device"]
+    assert device["target"] == ssh_target and device["arch"] and device["cores"] >= 1
+    assert device["onnxruntime_genai"] and device["load_avg_after"] is not None
+    rows = {r["name"]: r for r in report["variants"]}
+    assert set(rows) == {HOSTILE, "fp32"}
+    for row in rows.values():
+        assert row["error"] is None, row["error"]
+        assert row["tokens_per_s"]["tg16"]["median"] > 0 and row["threads"] == 1
+        assert row["memory"]["peak_rss_bytes"] > 0
+    assert rows[HOSTILE]["size_bytes"] < rows["fp32"]["size_bytes"]
+    made = [*tmp_path.rglob("pwned*"), *Path.home().glob("pwned*"), *Path("/tmp").glob("pwned*")]
+    assert made == []
+    assert set(Path("/tmp").glob("edgekit.*")) <= before  # the device's folder is gone
+
+
+def test_cli_bench_lm_over_ssh_without_onnxruntime_genai_says_how_to_fix(
+    tiny_llama_variants, ssh_target, ssh_env, tmp_path
+):
+    bare = tmp_path / "bare-python"
+    # the same interpreter, told to ignore site-packages: no numpy, no onnxruntime-genai
+    bare.write_text(f'#!/bin/sh\nexec {shlex.quote(sys.executable)} -I -S "$@"\n')
+    bare.chmod(0o755)
+    out = tmp_path / "out"
+    proc = run_edgekit("bench", tiny_llama_variants["int4"], "--target", ssh_target,
+                       "--remote-python", bare, "-o", out, *LM_QUICK, env=ssh_env, cwd=tmp_path,
+                       timeout=60)  # fmt: skip
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "onnxruntime_genai" in proc.stderr
+    assert "python3 -m pip install onnxruntime-genai numpy" in proc.stderr
+    assert not out.exists()

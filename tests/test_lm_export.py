@@ -83,6 +83,44 @@ def test_builder_path_generates_what_transformers_generates(
 
 
 @pytest.mark.slow
+def test_int4_quantizes_the_embedding_and_prunes_the_head(tiny_llama_optimized, tiny_llama_heldout):
+    """The untied tiny Llama's int4: its token embedding is int4 (GatherBlockQuantized, no float
+    vocabulary x hidden table left), its LM head computes the last position only in a prefill;
+    onnxruntime-genai generates what LogitsModel (every position restored) does, and the drift
+    against fp32 stays within the drift tests' bounds."""
+    import numpy as np
+    import onnx
+
+    from edgekit.lm.drift import heldout_windows, lm_drift
+    from edgekit.lm.logits import LogitsModel
+    from edgekit.lm.tokenizer import Tokenizer
+
+    out, _ = tiny_llama_optimized
+    int4 = out / "int4"
+    graph = onnx.load(str(int4 / "model.onnx"), load_external_data=False).graph
+    (embed,) = [n for n in graph.node if "input_ids" in n.input]
+    assert embed.op_type == "GatherBlockQuantized"
+    types = {i.name: i.data_type for i in graph.initializer}
+    assert types[embed.input[0]] in (onnx.TensorProto.INT4, onnx.TensorProto.UINT4)
+    float_tables = [
+        i.name
+        for i in graph.initializer
+        if list(i.dims) == [512, 64] and i.data_type == onnx.TensorProto.FLOAT
+    ]
+    assert float_tables == []  # vocabulary x hidden in float32: the embedding before
+    (logits,) = [o for o in graph.output if o.name == "logits"]
+    assert logits.type.tensor_type.shape.dim[1].dim_value == 1  # last position only
+
+    model = LogitsModel(int4)
+    assert model.sequence_logits(np.array(PROMPT)).shape == (len(PROMPT), 512)
+    assert genai_greedy(int4) == model.greedy(PROMPT, NEW_TOKENS)
+    tokenizer = Tokenizer.from_folder(int4)
+    windows = heldout_windows(tokenizer, tiny_llama_heldout.read_text(), 128, 4)
+    drift = lm_drift(LogitsModel(out / "fp32"), model, windows, [np.array(PROMPT)], 16)
+    assert 1e-4 < drift["kld_mean"] < 0.05 and 0.5 < drift["same_top1"] < 1
+
+
+@pytest.mark.slow
 def test_torch_path_generates_what_transformers_generates(tmp_path):
     # GPTNeoXForCausalLM: an architecture onnxruntime-genai's builder does not know
     source = tiny_llama(tmp_path / "neox", architecture="GPTNeoXForCausalLM")

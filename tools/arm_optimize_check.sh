@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Run `edgekit optimize` itself (torch export, onnxsim, int8 quantization, structured pruning, the
 # benchmark workers, the report) on aarch64 under QEMU user-mode emulation, as a user running it on
-# a Raspberry Pi does, and print the report's device section and int8 settings.
+# a Raspberry Pi does, and print the report's device section and int8 settings. Then run
+# `edgekit bench` on the shipped tiny language model's int4 variant (made on this host) there,
+# torch-free: the core install and onnxruntime-genai's aarch64 wheel only, as on a device.
+# `--lm-only` runs only that second part (no torch wheels, minutes rather than half an hour).
 #
 # TIMINGS UNDER EMULATION MEAN NOTHING: QEMU translates every aarch64 instruction on this x86 CPU.
 # This checks that the pipeline runs on aarch64 and which int8 settings it picks there.
@@ -17,9 +20,10 @@
 #
 # Needs root (unshare -m), qemu-user-static, debootstrap, network access to the Debian mirror and
 # PyPI the first time (~700 MB of wheels), and PYTHON (default python3) with pip. Cached in
-# $EDGEKIT_ARM_CACHE (default ${XDG_CACHE_HOME:-~/.cache}/edgekit/arm64). Takes 20-40 minutes.
+# $EDGEKIT_ARM_CACHE (default ${XDG_CACHE_HOME:-~/.cache}/edgekit/arm64). Takes 20-40 minutes (--lm-only: a few).
 # Not part of CI. Run it niced on a shared machine: nice -n 19 tools/arm_optimize_check.sh
 set -euo pipefail
+LM_ONLY=${1:-}
 
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 PYTHON=${PYTHON:-python3}
@@ -28,6 +32,7 @@ CACHE=${EDGEKIT_ARM_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/edgekit/arm64}
 ROOT=$CACHE/root
 WHEELS=$CACHE/optimize-wheels
 SITE=$CACHE/optimize-site
+LM_SITE=$CACHE/lm-site  # the core install and onnxruntime-genai: no torch
 QEMU=$(command -v qemu-aarch64-static || true)
 
 say() { printf '== %s\n' "$*"; }
@@ -39,7 +44,7 @@ EDGEKIT_ARM_CACHE=$CACHE PYTHON=$PYTHON bash "$REPO/tools/arm_worker_check.sh" -
 # 2. aarch64 wheels of everything `edgekit optimize` imports. pip evaluates dependency markers for
 #    the machine it runs on (x86_64), so torch would pull CUDA wheels: torch and torch-pruning come
 #    without their dependencies, and torch's own pure-Python dependencies are listed.
-if [ ! -f "$SITE/.complete-$TORCH_VERSION" ]; then
+if [ "$LM_ONLY" != --lm-only ] && [ ! -f "$SITE/.complete-$TORCH_VERSION" ]; then
   say "downloading aarch64 wheels (first run only)"
   rm -rf "$WHEELS" "$SITE"
   get() { "$PYTHON" -m pip download -q --only-binary=:all: --platform manylinux_2_28_aarch64 \
@@ -54,7 +59,7 @@ if [ ! -f "$SITE/.complete-$TORCH_VERSION" ]; then
   done
   touch "$SITE/.complete-$TORCH_VERSION"
 fi
-say "aarch64 wheels: $(cd "$WHEELS" && ls | sed -n 's/^\(torch\|onnxruntime\|onnxsim\|onnx\|onnxscript\|torch_pruning\|numpy\)-\([^-]*\)-.*/\1 \2/p' | tr '\n' ',' | sed 's/,$//; s/,/, /g')"
+[ "$LM_ONLY" = --lm-only ] || say "aarch64 wheels: $(cd "$WHEELS" && ls | sed -n 's/^\(torch\|onnxruntime\|onnxsim\|onnx\|onnxscript\|torch_pruning\|numpy\)-\([^-]*\)-.*/\1 \2/p' | tr '\n' ',' | sed 's/,$//; s/,/, /g')"
 
 # 3. The shipped model in a scratch folder (the report is written beside it), the CPU description,
 #    and a `python3` the benchmark's worker processes can be started with: without binfmt_misc the
@@ -75,6 +80,7 @@ import sys
 sys.executable = "$WORK/bin/python3"  # worker processes start through QEMU
 EOF
 
+if [ "$LM_ONLY" != --lm-only ]; then
 say "running edgekit optimize on aarch64 under $QEMU (python3.11 from Debian bookworm arm64)"
 unshare -m --propagation private env WORK="$WORK" PYTHONPATH="$WORK/py:$REPO:$SITE" \
     HOME="$WORK" PYTHONDONTWRITEBYTECODE=1 sh -ec '
@@ -135,3 +141,72 @@ for w in report["warnings"]:
     print("  " + w)
 EOF
 say "edgekit optimize ran end to end on aarch64. TIMINGS UNDER EMULATION MEAN NOTHING: every latency above was measured under QEMU on an x86 host and says nothing about any ARM device."
+fi
+# 4. The tiny LM's int4 variant, made on this host by edgekit's recipe (the ONNX files are the same
+#    on any CPU), and aarch64 wheels of the core install plus onnxruntime-genai, the version this
+#    host's builder made the folder with (its aarch64 wheel is on PyPI), without torch.
+GENAI_VERSION=$("$PYTHON" -c 'import onnxruntime_genai; print(onnxruntime_genai.__version__)')
+if [ ! -f "$LM_SITE/.complete-$GENAI_VERSION" ]; then
+  say "downloading aarch64 wheels for the language-model bench (first run only)"
+  rm -rf "$CACHE/lm-wheels" "$LM_SITE"
+  "$PYTHON" -m pip download -q --only-binary=:all: --platform manylinux_2_28_aarch64 \
+    --python-version 3.11 -d "$CACHE/lm-wheels" "onnxruntime-genai==$GENAI_VERSION" \
+    onnxruntime onnx numpy psutil rich
+  mkdir -p "$LM_SITE"
+  for whl in "$CACHE"/lm-wheels/*.whl; do
+    "$PYTHON" -c 'import sys, zipfile; zipfile.ZipFile(sys.argv[1]).extractall(sys.argv[2])' \
+      "$whl" "$LM_SITE"
+  done
+  touch "$LM_SITE/.complete-$GENAI_VERSION"
+fi
+say "making the tiny LM's int4 variant on this host (edgekit.lm.variants, onnxruntime-genai $GENAI_VERSION's builder)"
+"$PYTHON" - "$REPO/models/tiny-lm" "$WORK/tiny-lm-int4" >"$WORK/build.log" 2>&1 <<'EOF' \
+  || { tail -20 "$WORK/build.log" >&2; echo "building the int4 variant failed" >&2; exit 1; }
+import sys
+from edgekit.lm.folder import read_lm_folder
+from edgekit.lm.variants import build_variant
+
+build_variant(read_lm_folder(sys.argv[1]), sys.argv[2], "int4", threads=2)
+EOF
+
+say "running edgekit bench on the tiny LM's int4 folder on aarch64 under $QEMU, torch-free"
+unshare -m --propagation private env WORK="$WORK" PYTHONPATH="$WORK/py:$REPO:$LM_SITE" \
+    HOME="$WORK" PYTHONDONTWRITEBYTECODE=1 sh -ec '
+  mount --bind "$WORK/cpuinfo" /proc/cpuinfo
+  mount -t tmpfs tmpfs /sys/devices/system/cpu
+  for f in possible present online; do echo 0-1 >/sys/devices/system/cpu/$f; done
+  cd "$WORK"
+  "$WORK/bin/python3" -c "import platform, sys, importlib.util, onnxruntime, onnxruntime_genai
+print(\"-- the emulated interpreter:\", platform.machine(), \"python\", sys.version.split()[0],
+      \"onnxruntime\", onnxruntime.__version__, \"onnxruntime-genai\", onnxruntime_genai.__version__,
+      \"torch importable:\", importlib.util.find_spec(\"torch\") is not None)"
+  set -- bench tiny-lm-int4 --threads 2 --min-time 0.2 --max-time 0.5 -o lm-bench
+  echo "-- edgekit $*"
+  start=$(date +%s)
+  rc=0
+  "$WORK/bin/python3" -m edgekit.cli "$@" >"$WORK/bench.log" 2>&1 || rc=$?
+  grep -v "^[[:space:]]*$" "$WORK/bench.log" || true
+  echo "-- edgekit bench exited with $rc after $(( $(date +%s) - start )) s under emulation"
+'
+LM_REPORT=$WORK/lm-bench/report.json
+[ -f "$LM_REPORT" ] || { echo "no language-model report was written" >&2; exit 1; }
+say "the language-model report's device section and rows"
+"$PYTHON" - "$LM_REPORT" <<'EOF'
+import json, sys
+
+report = json.load(open(sys.argv[1]))
+d = report["device"]
+print("device:")
+for key in ("cpu", "arch", "board", "cores", "features", "onnxruntime", "onnxruntime_genai", "python"):
+    print(f"  {key}: {json.dumps(d.get(key))}")
+print("variants:")
+for v in report["variants"]:
+    if v["error"]:
+        print(f"  {v['name']}: FAILED: {v['error']}")
+        continue
+    speeds = ", ".join(f"{k} {s['median']:.1f} tok/s" for k, s in v["tokens_per_s"].items())
+    rss = v["memory"]["peak_rss_bytes"]
+    print(f"  {v['name']}: {speeds}, TTFT {v['ttft_ms']['median']:.1f} ms, "
+          f"peak RSS {rss / 1e6:.1f} MB, size {v['size_bytes'] / 1e6:.2f} MB, threads {v['threads']}")
+EOF
+say "edgekit bench ran on an LM folder on aarch64, torch-free. TIMINGS UNDER EMULATION MEAN NOTHING."

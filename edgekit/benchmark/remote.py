@@ -1,9 +1,11 @@
 """Benchmark on the device itself, over SSH (edgekit.ssh), and on fleets of devices. For each
 device:
 
-  mktemp -d  →  copy worker.py (and its runtimes/), device.py, the feeds and the models there (one tar stream over ssh)
-  →  probe: python3 with numpy and onnxruntime? device.collect() there  →  one `ssh … python3
-  worker.py` per job, speaking the same JSON-lines protocol as a local worker  →  rm -rf the folder
+  mktemp -d  →  copy worker.py (and its runtimes/), device.py, the feeds and the models there (one
+  tar stream over ssh; edgekit.lm.bench copies bench_worker.py and LM folders the same way)
+  →  probe: python3 with the worker's modules (numpy, onnxruntime; onnxruntime-genai for an LM)?
+  device.collect() there  →  one `ssh … python3 worker.py` per job, speaking the same JSON-lines
+  protocol as a local worker  →  rm -rf the folder
 
 File names on the device are edgekit's own (m0/, m1/, ...); a model's file name travels only
 inside the tar stream and the JSON protocol, never through a shell.
@@ -12,6 +14,7 @@ inside the tar stream and the JSON protocol, never through a shell.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import re
 import sys
@@ -34,19 +37,23 @@ if TYPE_CHECKING:
 
 DEVICE_PY = Path(__file__).with_name("device.py")  # stdlib-only: collects device info there
 RUNTIMES = Path(__file__).parents[1] / "runtimes"  # the worker's runtimes, imported beside it
+NEEDS = ("numpy", "onnxruntime")  # what the tensor worker imports on the device
 FIX = "python3 -m pip install onnxruntime numpy"
 
-# Runs on the device with its python3: which modules are missing, else the device description
-# (by device.py in the folder given, if any).
+# Runs on the device with its python3: which of the modules named in argv[1] (comma-separated) are
+# missing, else the device description (by device.py in the folder given as argv[2], if any) and
+# those modules' versions.
 PROBE = """\
-import importlib.util, json, platform, sys
-missing = [m for m in ("numpy", "onnxruntime") if importlib.util.find_spec(m) is None]
-if missing or len(sys.argv) < 2:
+import importlib, importlib.util, json, platform, sys
+wanted = sys.argv[1].split(",")
+missing = [m for m in wanted if importlib.util.find_spec(m) is None]
+if missing or len(sys.argv) < 3:
     print(json.dumps({"missing": missing, "machine": platform.machine()}))
 else:
-    sys.path.insert(0, sys.argv[1])
+    sys.path.insert(0, sys.argv[2])
     import device
-    print(json.dumps({"device": device.collect()}))
+    versions = {m: getattr(importlib.import_module(m), "__version__", None) for m in wanted}
+    print(json.dumps({"device": device.collect(), "versions": versions}))
 """
 
 
@@ -58,9 +65,11 @@ class Remote:
     folder: str
     paths: dict[str, str] = field(default_factory=dict)  # local resolved path -> path on device
     info: dict = field(default_factory=dict)
+    versions: dict = field(default_factory=dict)  # module -> version, of the modules it needs
+    worker: str = "worker.py"  # the worker's file in the folder
 
     def worker_command(self) -> list[str]:
-        return self.target.ssh(self.target.python, f"{self.folder}/worker.py")
+        return self.target.ssh(self.target.python, f"{self.folder}/{self.worker}")
 
     def path(self, local: Path) -> str:
         return self.paths[str(Path(local).resolve())]
@@ -88,19 +97,25 @@ class Remote:
             return None  # extra information, never a reason to lose the measurements
 
 
-def probe(target: Target, folder: str | None = None) -> dict:
-    """Check the device's Python has numpy and onnxruntime (EdgekitError with the fix if not);
-    with the folder holding device.py, also describe the device."""
+def probe(target: Target, folder: str | None = None, needs=NEEDS, fix: str = FIX) -> dict:
+    """Check the device's Python has the modules `needs` (EdgekitError with `fix` if not); with
+    the folder holding device.py, also describe the device and give the modules' versions."""
     try:
         out = ssh_run(
-            target, target.python, "-c", PROBE, *([folder] if folder else []), what="probing"
+            target,
+            target.python,
+            "-c",
+            PROBE,
+            ",".join(needs),
+            *([folder] if folder else []),
+            what="probing",
         )
         reply = json.loads(out)
     except RemoteCommandFailed as exc:
         if exc.code == 127:  # the shell found no such command
             raise EdgekitError(
                 f"{target.spec}: `{target.python}` was not found on the device. Install Python 3 "
-                f"there, then: {FIX}  (or point --remote-python at its interpreter)"
+                f"there, then: {fix}  (or point --remote-python at its interpreter)"
             ) from None
         raise EdgekitError(f"{target.spec}: the device's Python failed: {exc}") from None
     except ValueError:
@@ -111,7 +126,7 @@ def probe(target: Target, folder: str | None = None) -> dict:
     if reply.get("missing"):
         raise EdgekitError(
             f"{target.spec}: the device's {target.python} lacks "
-            f"{' and '.join(reply['missing'])}. Install them on the device with:\n  {FIX}\n"
+            f"{' and '.join(reply['missing'])}. Install them on the device with:\n  {fix}\n"
             "(on Raspberry Pi OS, in a venv: python3 -m venv ~/edgekit-venv, then use "
             "~/edgekit-venv/bin/python3 -m pip … and --remote-python ~/edgekit-venv/bin/python3)"
         )
@@ -129,24 +144,20 @@ def describe(target: Target) -> dict:
         raise EdgekitError(f"{target.spec}: could not describe the device: {exc}") from None
 
 
-def _pack(models: dict[str, Path], feeds_npz: Path, tar_path: Path) -> dict[str, str]:
-    """Everything the device needs in one tar file; returns local path -> name in the folder."""
+def _pack(models: dict[str, Path], feeds_npz: Path, tar: tarfile.TarFile) -> dict[str, str]:
+    """What the tensor worker needs, into the tar; returns local path -> name in the folder."""
     names = {str(feeds_npz.resolve()): "feeds.npz"}
-    with tarfile.open(tar_path, "w") as tar:
-        tar.add(WORKER, "worker.py")
-        tar.add(
-            RUNTIMES, "runtimes", filter=lambda info: None if "__pycache__" in info.name else info
-        )
-        tar.add(DEVICE_PY, "device.py")
-        tar.add(feeds_npz, "feeds.npz")
-        for i, path in enumerate(models.values()):
-            path = Path(path)
-            names[str(path.resolve())] = f"m{i}/{path.name}"
-            for file in files_on_disk(path):  # the .onnx and its external-data files
-                rel = file.relative_to(path.parent)
-                if ".." in rel.parts:
-                    raise EdgekitError(f"{path} keeps external data outside its folder ({rel}).")
-                tar.add(file, f"m{i}/{rel.as_posix()}")
+    tar.add(WORKER, "worker.py")
+    tar.add(RUNTIMES, "runtimes", filter=lambda info: None if "__pycache__" in info.name else info)
+    tar.add(feeds_npz, "feeds.npz")
+    for i, path in enumerate(models.values()):
+        path = Path(path)
+        names[str(path.resolve())] = f"m{i}/{path.name}"
+        for file in files_on_disk(path):  # the .onnx and its external-data files
+            rel = file.relative_to(path.parent)
+            if ".." in rel.parts:
+                raise EdgekitError(f"{path} keeps external data outside its folder ({rel}).")
+            tar.add(file, f"m{i}/{rel.as_posix()}")
     return names
 
 
@@ -159,6 +170,24 @@ def session(
 ) -> Iterator[Remote]:
     """A temporary folder on the device with the worker, models and feeds; removed on the way out,
     also after an error or Ctrl-C."""
+    pack = functools.partial(_pack, models, feeds_npz)
+    with device_folder(target, pack, NEEDS, FIX, "worker.py", progress) as place:
+        yield place
+
+
+@contextlib.contextmanager
+def device_folder(
+    target: Target,
+    pack: Callable[[tarfile.TarFile], dict[str, str]],
+    needs: tuple[str, ...],
+    fix: str,
+    worker: str,
+    progress: Callable[[str], None] | None = None,
+) -> Iterator[Remote]:
+    """A temporary folder on the device holding device.py and what `pack` puts into the tar
+    stream (it returns local path -> name in the folder), its Python checked for the modules
+    `needs` (the fix: `fix`); the Remote starts `worker` from there. Removed on the way out, also
+    after an error or Ctrl-C."""
     say = progress or (lambda _msg: None)
     say(f"connecting to {target.spec}")
     try:
@@ -171,7 +200,9 @@ def session(
     try:
         with tempfile.TemporaryDirectory(prefix="edgekit-pack-") as tmp:
             tar_path = Path(tmp) / "bundle.tar"
-            names = _pack(models, feeds_npz, tar_path)
+            with tarfile.open(tar_path, "w") as tar:
+                tar.add(DEVICE_PY, "device.py")
+                names = pack(tar)
             size = tar_path.stat().st_size
             say(f"copying {size / 1e6:.1f} MB to {target.spec}")
             with open(tar_path, "rb") as bundle:
@@ -181,9 +212,9 @@ def session(
                 except RemoteCommandFailed as exc:
                     raise EdgekitError(f"{target.spec}: copying failed: {exc}") from None
         say(f"checking Python on {target.spec}")
-        info = probe(target, folder)["device"]
+        reply = probe(target, folder, needs, fix)
         paths = {local: f"{folder}/{name}" for local, name in names.items()}
-        yield Remote(target, folder, paths, info)
+        yield Remote(target, folder, paths, reply["device"], reply.get("versions", {}), worker)
     finally:
         try:
             ssh_run(target, "rm", "-rf", "--", folder, what="removing the temporary folder")

@@ -11,11 +11,13 @@ examples:
   edgekit bench fp32.onnx int8.onnx --target ssh://pi@raspberrypi.local
   edgekit bench model.onnx --targets fleet.toml -o fleet   # several devices at once
   edgekit bench out/variants/int4/ out/variants/fp32/   # language-model folders (genai_config.json)
+  edgekit bench out/variants/int4/ --target ssh://pi@raspberrypi.local
 
 A language-model variant folder (genai_config.json, model.onnx, tokenizer: what `edgekit optimize`
 makes of a causal LM) is timed the way llama.cpp's llama-bench reports: prompt tokens/s at 128 and
 512 tokens (pp128, pp512), generation tokens/s over 128 tokens (tg128), time to first token and peak
-RSS, with onnxruntime-genai (pip install onnxruntime-genai), torch-free.
+RSS, with onnxruntime-genai (pip install onnxruntime-genai), torch-free; with --target, on that
+device (its python3 needs onnxruntime-genai and numpy).
 """
 
 from __future__ import annotations
@@ -312,7 +314,6 @@ def _run_lm(args: argparse.Namespace) -> int:
     """LM variant folders: tokens/s, TTFT and peak RSS with onnxruntime-genai; report.json."""
     from rich.console import Console
 
-    from edgekit.benchmark.device import physical_cores
     from edgekit.errors import EdgekitError
     from edgekit.lm.bench import bench_lm
 
@@ -323,11 +324,11 @@ def _run_lm(args: argparse.Namespace) -> int:
             "while other arguments are: bench language-model folders and ONNX models in separate "
             "runs."
         )
-    if args.target or args.targets:
+    targets = parse_targets(args)
+    if len(targets) > 1 or args.targets:
         raise EdgekitError(
-            "--target/--targets do not yet run language-model folders: copy the folder to the "
-            "device and run `edgekit bench FOLDER` there (it needs only the core install and "
-            "onnxruntime-genai)."
+            "--targets (or several --target) do not yet run language-model folders: give one "
+            "--target at a time (one report per device)."
         )
     if args.threads and len(args.threads) > 1:
         raise EdgekitError(
@@ -335,12 +336,13 @@ def _run_lm(args: argparse.Namespace) -> int:
             "language-model folders (a sweep is not supported for them yet)."
         )
     common = dict(
-        threads=args.threads[0] if args.threads else physical_cores(),
+        threads=args.threads[0] if args.threads else None,
         prompt_lengths=args.prompt_tokens,
         gen_tokens=args.gen_tokens,
         min_time=args.min_time,
         max_time=args.max_time,
         out_dir=args.output,
+        target=targets[0] if targets else None,
     )
     if args.quiet or args.json:
         report = bench_lm(args.models, **common)
@@ -365,6 +367,8 @@ def _run_lm(args: argparse.Namespace) -> int:
             for note in row.notes:
                 if note not in shared:
                     console.print(f"[dim]{rich(row.name)}: {rich(note)}[/dim]")
+        if targets:
+            console.print(f"measured on {plain(targets[0].spec)}, over SSH", markup=False)
         console.print(f"[dim]report: {rich(args.output / 'report.json')}[/dim]")
     failed = [v for v in report.variants if v.error]
     for row in failed:

@@ -11,6 +11,7 @@ drift hits all alike, and medians get the same 95% intervals as `edgekit bench` 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import sys
 import time
@@ -136,10 +137,15 @@ def measure_lm(
     max_time: float = 10,
     on_progress: Callable[[str], None] | None = None,
     workers: dict[str, list[str]] | None = None,
+    place=None,
 ) -> dict[str, LMMeasurement]:
     """Time each LM variant folder in its own worker, rounds interleaved; a variant that fails
     gets its error in its measurement. A prompt (or generation) longer than a variant's context, or
     a folder that is not an LM variant, raises EdgekitError before anything starts.
+
+    `place` is where the workers run: None for this machine, or a device's folder over SSH
+    (`device_session`: edgekit.benchmark.remote.Remote, which starts the worker there and gives
+    each folder's path on the device).
 
     `workers` gives, by variant name, another command that starts a worker speaking the same
     protocol (edgekit/lm/bench_worker.py's) for a variant that is not an onnxruntime-genai folder:
@@ -164,15 +170,19 @@ def measure_lm(
     jobs = [_Job(name, Path(folder)) for name, folder in variants.items()]
     round_s = min(0.5, max(min_time / 10, 0.05))
     try:
-        for job in jobs:  # the processes start (import onnxruntime-genai) side by side
-            job.worker = Worker(workers.get(job.name) or [sys.executable, str(WORKER)], wait=False)
+        command = place.worker_command() if place else [sys.executable, str(WORKER)]
+        if place is None:  # here, the processes start (import onnxruntime-genai) side by side
+            for job in jobs:
+                job.worker = Worker(workers.get(job.name) or command, wait=False)
         for job in jobs:
             say(f"loading {job.name}")
             try:
+                if job.worker is None:  # on a device, one SSH session at a time
+                    job.worker = Worker(workers.get(job.name) or command)
                 job.worker.ready()
                 job.load = job.worker.ask(
                     "load",
-                    model=str(job.folder.resolve()),
+                    model=place.path(job.folder) if place else str(job.folder.resolve()),
                     threads=threads,
                     prompt_lengths=lengths,
                     gen_tokens=gen_tokens,
@@ -275,6 +285,33 @@ def device_info() -> dict:
     return {**collect(), "onnxruntime_genai": onnxruntime_genai.__version__}
 
 
+def _pack(folders: list[Path], tar) -> dict[str, str]:
+    """bench_worker.py and the variant folders' files (m0/, m1/, ...) into the tar stream that
+    edgekit.benchmark.remote copies to a device; returns local folder -> name there."""
+    tar.add(WORKER, "bench_worker.py")
+    names = {}
+    for i, folder in enumerate(folders):
+        names[str(Path(folder).resolve())] = f"m{i}"
+        for file in sorted(Path(folder).iterdir()):
+            if file.is_file():  # a symbolic link goes as the file it points to
+                tar.add(file.resolve(), f"m{i}/{file.name}")
+    return names
+
+
+@contextlib.contextmanager
+def device_session(target, folders: list[Path], progress=None):
+    """A temporary folder on the device over SSH with bench_worker.py and the variant folders,
+    its Python checked for numpy and onnxruntime-genai: edgekit.benchmark.remote's, as for the
+    tensor bench."""
+    from edgekit.benchmark import remote
+
+    pack = functools.partial(_pack, folders)
+    fix = "python3 -m pip install onnxruntime-genai numpy"
+    needs = ("numpy", "onnxruntime_genai")
+    with remote.device_folder(target, pack, needs, fix, "bench_worker.py", progress) as place:
+        yield place
+
+
 def folder_size(folder: Path) -> int:
     """Bytes of the variant's model files (model.onnx and its external data)."""
     return sum(f.stat().st_size for f in Path(folder).glob("*.onnx*") if f.is_file())
@@ -305,17 +342,20 @@ def fill_row(row, m: LMMeasurement, too_long: dict[str, str] | None = None) -> N
 def bench_lm(
     folders: list[Path],
     *,
-    threads: int,
+    threads: int | None = None,
     prompt_lengths=(128, 512),
     gen_tokens: int = 128,
     min_time: float = 2,
     max_time: float = 10,
     out_dir: Path | None = None,
     on_progress: Callable[[str], None] | None = None,
+    target=None,
 ):
     """`edgekit bench` on LM variant folders: measure_lm, as a Report of a language model (the
     rows `edgekit optimize` writes for one, so compare reads both); also written to out_dir
-    (report.json, .md, .html; the folder published whole) when given."""
+    (report.json, .md, .html; the folder published whole) when given. With `target`
+    (edgekit.ssh.Target), the folders are copied to that device and timed there over SSH; the
+    device section is read there. threads None: the device's physical cores."""
     from edgekit.benchmark import device
     from edgekit.fsutil import output_folder, sha256_folder
     from edgekit.report.schema import Report, Variant
@@ -329,7 +369,14 @@ def bench_lm(
         staging = None
         if out_dir is not None:
             staging = stack.enter_context(output_folder(Path(out_dir), inputs=list(folders)))
-        info = device_info()
+        if target is None:
+            place, info = None, device_info()
+        else:
+            place = stack.enter_context(
+                device_session(target, list(variants.values()), on_progress)
+            )
+            info = {**place.device(), "onnxruntime_genai": place.versions["onnxruntime_genai"]}
+        threads = threads or info["cores"]
         measured = measure_lm(
             variants,
             threads=threads,
@@ -338,8 +385,10 @@ def bench_lm(
             min_time=min_time,
             max_time=max_time,
             on_progress=on_progress,
+            place=place,
         )
-        info.update({k + "_after": v for k, v in device.conditions().items() if k != "clocks"})
+        after = place.after() if place else device.conditions()
+        info.update({k + "_after": v for k, v in (after or {}).items() if k != "clocks"})
         rows = []
         for name, m in measured.items():
             row = Variant(name, runtime=RUNTIME, file=str(variants[name]))

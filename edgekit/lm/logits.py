@@ -56,10 +56,14 @@ class LogitsModel:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         try:
+            model = _every_position(file, self._logits)
+            if model is not None:  # its weights stay in the folder's external-data files
+                folder = "session.model_external_initializers_file_folder_path"
+                options.add_session_config_entry(folder, str(file.parent))
             self._session = ort.InferenceSession(
-                str(file), options, providers=["CPUExecutionProvider"]
+                model or str(file), options, providers=["CPUExecutionProvider"]
             )
-        except Exception as e:  # onnxruntime raises its own types for a missing or bad file
+        except Exception as e:  # onnxruntime (or onnx) raises its own types for a bad file
             raise EdgekitError(
                 f"{file} cannot be loaded by onnxruntime ({plain(e)}). Rebuild the variant "
                 "folder with `edgekit optimize`."
@@ -128,6 +132,39 @@ class LogitsModel:
         names = [self._logits] + [name for pair in self._present for name in pair]
         logits, *present = self._session.run(names, feeds)
         return logits[0].astype(np.float32, copy=False), present
+
+
+def _every_position(file: Path, logits: str) -> bytes | None:
+    """onnxruntime-genai's builder with prune_lm_head computes the logits of the last position
+    only (Gather(index -1) + Unsqueeze before the LM head): generation reads nothing else. Drift
+    needs every position: the same graph without those two nodes, as bytes (the weights are not
+    read here). None when the graph computes every position already."""
+    import onnx
+
+    model = onnx.load(str(file), load_external_data=False)
+    made_by = {out: node for node in model.graph.node for out in node.output}
+    head = made_by.get(logits)
+    unsqueeze = made_by.get(head.input[0]) if head is not None and head.input else None
+    if unsqueeze is None or unsqueeze.op_type != "Unsqueeze":
+        return None
+    gather = made_by.get(unsqueeze.input[0])
+    axis = {a.name: a.i for a in gather.attribute}.get("axis", 0) if gather is not None else None
+    if gather is None or gather.op_type != "Gather" or axis != 1:  # [B, S, H] -> [B, H]
+        return None
+    head.input[0] = gather.input[0]
+    model.graph.node.remove(unsqueeze)
+    model.graph.node.remove(gather)
+    # their index constants, unless used elsewhere (onnxruntime warns of unused ones)
+    used = {name for node in model.graph.node for name in node.input}
+    unused = {*gather.input[1:], *unsqueeze.input[1:]} - used
+    for init in [i for i in model.graph.initializer if i.name in unused]:
+        model.graph.initializer.remove(init)
+    for node in [n for n in model.graph.node if n.op_type == "Constant" and n.output[0] in unused]:
+        model.graph.node.remove(node)
+    for output in model.graph.output:
+        if output.name == logits and len(output.type.tensor_type.shape.dim) == 3:
+            output.type.tensor_type.shape.dim[1].dim_param = "sequence_length"
+    return model.SerializeToString()
 
 
 def _read_genai_config(folder: Path) -> tuple[dict, dict]:
