@@ -2,8 +2,10 @@
 
 For each model (the trained tiny LM, and a Qwen2.5-0.5B-shaped model with random weights built
 here: small models are overhead-bound and flatter everyone), from one Hugging Face folder:
-  - onnxruntime-genai folders made by its model builder: fp32, int8, int4 (the builder's defaults:
-    block 32, symmetric, accuracy_level 4) and int4-mixed (the last MatMul, lm_head, in int8);
+  - onnxruntime-genai folders made by its model builder with edgekit's LM recipes
+    (edgekit.lm.variants): fp32, int8, int4 (block 32, symmetric, accuracy_level 4, the token
+    embedding int4 too) and int4-mixed (the sensitive MatMuls at int8, k-quant scales); each
+    computes the LM head at a prefill's last position only;
   - GGUF files made by llama.cpp's own converter (convert_hf_to_gguf.py, from llama-cpp-python's
     source distribution), F32, then Q8_0 and Q4_0 with llama.cpp's quantizer (llama_model_quantize).
 Every variant is timed interleaved in one edgekit.lm.bench.measure_lm run, each in its own worker
@@ -40,16 +42,17 @@ import numpy as np
 from edgekit.lm import bench_worker
 from edgekit.lm.bench_worker import Worker as GenaiWorker
 from edgekit.lm.bench_worker import peak_rss_bytes
+from edgekit.lm.variants import RECIPES
 
 HERE = Path(__file__).resolve()
 REPO = HERE.parents[1]
 THREADS = 2
-GENAI = {  # name -> builder precision and extra options
-    "ort-genai fp32": ("fp32", []),
-    "ort-genai int8": ("int8", []),
-    "ort-genai int4": ("int4", []),
-    "ort-genai int4-mixed": ("int4", ["matmul_mixed_precision=last_matmul:int8"]),
-}
+# name -> builder precision and extra options: edgekit's own LM recipes, so the table times
+# the variants `edgekit optimize` makes and picks from
+GENAI = {
+    f"ort-genai {name}": (RECIPES[name].precision, [f"{k}={v}" for k, v in RECIPES[name].builder_options.items()])
+    for name in ("fp32", "int8", "int4", "int4-mixed")
+}  # fmt: skip
 GGUF = ("F32", "Q8_0", "Q4_0")
 BASELINE = "llama.cpp Q4_0"
 REFERENCE = "ort-genai fp32"
