@@ -105,12 +105,20 @@ class Worker:
             raise WorkerError(reply.get("error", "unknown worker error"))
         return reply
 
-    def ask(self, cmd: str, **fields) -> dict:
+    def send(self, cmd: str, **fields) -> None:
+        """A request whose reply is read later (`reply`). Never two requests in flight: `_read`
+        selects on the pipe, and a reply read ahead into the buffer would not wake it."""
         try:
             self.proc.stdin.write(json.dumps({"cmd": cmd, **fields}) + "\n")
             self.proc.stdin.flush()
         except (BrokenPipeError, OSError):
             pass  # _read reports how the worker died
+
+    def reply(self) -> dict:
+        return self._read()
+
+    def ask(self, cmd: str, **fields) -> dict:
+        self.send(cmd, **fields)
         return self._read()
 
     def close(self) -> None:
@@ -247,12 +255,20 @@ def run(
     workers: dict[str, Worker] = {}
     log: list[str] = []
     try:
-        if place.target is None:  # here, the processes start (import onnxruntime) side by side
+        if place.target is None:  # here, the processes start and import their runtime (OpenVINO:
+            # seconds each) side by side ...
             for job in jobs:
                 workers[job.name] = Worker(place.worker_command(), wait=False)
-            for job in jobs:  # ... and all have started before the first one is timed
+            for job in jobs:  # one request in flight per worker: its reply is read after select
                 try:
                     workers[job.name].ready()
+                    workers[job.name].send("import", model=place.path(job.model))
+                except WorkerError as exc:
+                    job.error = f"could not load and run the model: {exc}"
+            for job in jobs:  # ... and all have started before the first one is timed
+                try:
+                    if job.error is None:
+                        workers[job.name].reply()
                 except WorkerError as exc:
                     job.error = f"could not load and run the model: {exc}"
         for job in jobs:  # cold start of each job while the others sit idle
