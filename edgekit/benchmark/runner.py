@@ -167,6 +167,13 @@ def _median_settled(job: Job, target: float) -> bool:
 # A job stops early only when this confident (paired-round bootstrap) that it is slower: the test
 # is repeated at every check, and a tighter level keeps a tie from being stopped by chance.
 STOP_CONFIDENCE = 0.99
+# A candidate may stop from this many paired rounds on, before min_time when it is clearly slower
+# (a model 2x slower than the pick is decided in a few rounds; timing it on to min_time only adds
+# its rounds to every cycle). Few rounds make a coarse bootstrap: at 8, a tie looks slower at the
+# 99% level only when about every round of it was slower. Checked again each time the rounds have
+# grown by STOP_GROWTH (each check bootstraps every round so far).
+STOP_MIN_ROUNDS = 8
+STOP_GROWTH = 1.25
 
 
 def over_budget(jobs: list[Job], candidates: set[str], min_time: float) -> None:
@@ -246,9 +253,10 @@ def run(
     here); the models and feeds must already be there.
 
     `candidates` (optimize: the variants within the drift budget) lets jobs that cannot be the
-    recommendation stop before the others, after `min_time`: the others are then timed alone, to
-    the same stop rule as without it. See stop_early; the first job, the baseline, never stops
-    early. None (edgekit bench): every job is timed alike."""
+    recommendation stop before the others: those over budget after `min_time`, the measurably
+    slower candidates (stop_early) from STOP_MIN_ROUNDS paired rounds on, even before `min_time`.
+    The others are then timed alone, to the same stop rule as without it; the first job, the
+    baseline, never stops early. None (edgekit bench): every job is timed alike."""
     place = place or Local()
     say = progress or (lambda _msg: None)
     round_s = min(0.1, max(min_time / 10, 0.01))
@@ -295,6 +303,7 @@ def run(
 
         start = time.perf_counter()
         next_check = min_time
+        next_stop_check = STOP_MIN_ROUNDS
         while True:
             live = [j for j in jobs if j.error is None and j.stopped is None]
             if not live:
@@ -312,6 +321,9 @@ def run(
                 log.append(job.name)
             if candidates is not None:
                 over_budget(jobs, candidates, min_time)
+                if len(jobs[0].rounds) >= next_stop_check:
+                    stop_early(jobs, candidates)
+                    next_stop_check = len(jobs[0].rounds) * STOP_GROWTH
             live = [j for j in jobs if j.error is None and j.stopped is None]
             if not live:
                 break
@@ -322,8 +334,6 @@ def run(
             if spent >= next_check:
                 if all(_median_settled(j, target_ci) for j in live):
                     break
-                if candidates is not None:
-                    stop_early(jobs, candidates)
                 next_check = spent * CHECK_GROWTH
             if time.perf_counter() - start > 2 * max_time * len(jobs) + 30:
                 break  # a safety net against a stuck clock, never the normal way out
