@@ -174,6 +174,10 @@ STOP_CONFIDENCE = 0.99
 # grown by STOP_GROWTH (each check bootstraps every round so far).
 STOP_MIN_ROUNDS = 8
 STOP_GROWTH = 1.25
+# ... and only when slower by more than this factor: a job's place in the cycle alone can make it
+# measurably slower (two copies of one model timed side by side: 1.01x, 99% CI 1.01-1.02), and a
+# race that close must go on to the end, not be decided by the order of the jobs.
+STOP_MARGIN = 1.03
 
 
 def over_budget(jobs: list[Job], candidates: set[str], min_time: float) -> None:
@@ -194,9 +198,9 @@ def over_budget(jobs: list[Job], candidates: set[str], min_time: float) -> None:
 
 
 def stop_early(jobs: list[Job], candidates: set[str]) -> None:
-    """Stop each candidate that cannot be the recommendation any more: measurably slower than
-    the baseline (jobs[0]), or than the fastest candidate that is measurably faster than the
-    baseline (the recommendation takes the fastest of those). The ratios are over paired rounds
+    """Stop each candidate that cannot be the recommendation any more: measurably slower (by
+    more than STOP_MARGIN) than the baseline (jobs[0]), or than the fastest candidate that is
+    measurably faster than the baseline (the recommendation takes the fastest of those). The ratios are over paired rounds
     (rounds of one cycle share the machine's drift); the rounds kept give the reported numbers."""
     base = jobs[0]
     live = [
@@ -213,11 +217,11 @@ def stop_early(jobs: list[Job], candidates: set[str]) -> None:
     best = min(faster, key=lambda j: ratios[j.name]["ratio"], default=None)
     for job in live:
         ratio = ratios[job.name]
-        if ratio["ci95"][0] > 1:
+        if ratio["ci95"][0] > STOP_MARGIN:
             job.stopped = f"stopped early: {_slower(ratio, base.name)}"
         elif best is not None and job is not best:
             against = stats.paired_ratio(best.rounds, job.rounds, level=STOP_CONFIDENCE)
-            if against["ci95"][0] > 1:
+            if against["ci95"][0] > STOP_MARGIN:
                 job.stopped = (
                     f"stopped early: {_slower(against, best.name)}, which is measurably faster "
                     f"than {base.name} and within budget"
