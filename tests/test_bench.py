@@ -371,3 +371,22 @@ def test_without_candidates_nothing_stops_early(tmp_path):
     v = measure(models, x, opts).variants
     assert v["fast"].latency_ms["rounds"] == v["base"].latency_ms["rounds"]
     assert v["fast"].latency_ms["stopped_early"] is None
+
+
+def test_a_clearly_slower_candidate_stops_before_min_time_and_a_tie_keeps_timing(tmp_path):
+    models = {
+        "base": matmul_chain(tmp_path / "base.onnx", 16),
+        "fast": matmul_chain(tmp_path / "fast.onnx", 1),
+        "twin": matmul_chain(tmp_path / "twin.onnx", 1),  # a tie with fast: a close race
+        "slow": matmul_chain(tmp_path / "slow.onnx", 8),  # faster than base, 8x slower than fast
+    }
+    x = {"x": np.random.default_rng(0).normal(size=(16, 256)).astype(np.float32)}
+    # min_time = max_time: only a stop before min_time can cut a candidate's rounds
+    opts = BenchOptions(threads=[1], min_time=2.0, max_time=2.0, target_ci=1e-9)
+    v = measure(models, x, opts, candidates=set(models)).variants
+    rounds = {name: v[name].latency_ms["rounds"] for name in models}
+    assert "measurably faster than base" in v["slow"].latency_ms["stopped_early"]
+    assert rounds["slow"] < rounds["base"], rounds
+    for name in ("fast", "twin"):  # neither is measurably slower than the other: both timed on
+        assert v[name].latency_ms["stopped_early"] is None, v[name].latency_ms["stopped_early"]
+        assert rounds[name] == rounds["base"], rounds

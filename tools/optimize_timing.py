@@ -1,7 +1,7 @@
 """Where `edgekit optimize` spends its wall time on a MiniLM-shaped sentence encoder, step by step.
 
     python tools/optimize_timing.py make DIR               # the model and its data, once
-    python tools/optimize_timing.py run CODE DIR OUT.json [KEEP]  # one timed optimize(), edgekit from CODE
+    python tools/optimize_timing.py run CODE DIR OUT.json [KEEP] [--runtime R]  # one timed optimize(), edgekit from CODE
     python tools/optimize_timing.py table BEFORE.json... -- AFTER.json...  # the per-step table
 
 `make` writes DIR/sentenceencoder.pt (tools/reference_models.py SentenceEncoder(), 6 layers, hidden
@@ -42,7 +42,9 @@ def make(folder: Path) -> None:
     np.savez(folder / "sentences.npz", **sentence_batch(32))
 
 
-def run(code: Path, folder: Path, out_json: Path, keep: Path | None = None) -> None:
+def run(
+    code: Path, folder: Path, out_json: Path, keep: Path | None = None, runtime: str | None = None
+) -> None:
     sys.path.insert(0, str(code.resolve()))
     import edgekit
     from edgekit.api import OptimizeOptions, optimize
@@ -50,12 +52,21 @@ def run(code: Path, folder: Path, out_json: Path, keep: Path | None = None) -> N
 
     assert edgekit.__file__.startswith(str(code.resolve())), edgekit.__file__
     steps: list[tuple[str, float]] = []
+    updates: list[tuple[float, str]] = []  # the steps' progress lines, seconds into their step
 
     @contextlib.contextmanager
     def step(message):
         t0 = time.perf_counter()
+        last = [None]
+
+        def update(text):  # a progress line when its kind changes ("loading x", "timing ...")
+            kind = " ".join(str(text).split()[:2])
+            if kind != last[0]:
+                updates.append((round(time.perf_counter() - t0, 2), str(text)))
+                last[0] = kind
+
         try:
-            yield lambda text: None
+            yield update
         finally:
             steps.append((message, time.perf_counter() - t0))
 
@@ -69,6 +80,7 @@ def run(code: Path, folder: Path, out_json: Path, keep: Path | None = None) -> N
                 data=folder / "sentences.npz",
                 budget=parse_budget("cosine>=0.99"),
                 out_dir=keep or Path(tmp) / "out",
+                runtimes=runtime,
             ),
             step,
         )
@@ -94,6 +106,7 @@ def run(code: Path, folder: Path, out_json: Path, keep: Path | None = None) -> N
         "load_before": load_before,
         "load_after": os.getloadavg(),
         "steps": steps,
+        "updates": updates,
         "total_s": total,
         "recommendation": report["recommendation"],
         "variants": rows,
@@ -103,6 +116,8 @@ def run(code: Path, folder: Path, out_json: Path, keep: Path | None = None) -> N
     for message, seconds in steps:
         print(f"{seconds:7.1f} s  {_short(message)}")
     print(f"{total:7.1f} s  TOTAL (wall, optimize() call)")
+    for seconds, text in updates:
+        print(f"    at {seconds:6.1f} s of its step: {text}")
     _print_variants(result)
 
 
@@ -163,10 +178,14 @@ def table(before: list[Path], after: list[Path]) -> None:
 
 
 def main(argv: list[str]) -> None:
+    runtime = None
+    if "--runtime" in argv[:-1]:  # --runtime onnxruntime: a core install's default set
+        at = argv.index("--runtime")
+        runtime, argv = argv[at + 1], argv[:at] + argv[at + 2 :]
     if argv[:1] == ["make"] and len(argv) == 2:
         make(Path(argv[1]))
     elif argv[:1] == ["run"] and len(argv) in (4, 5):
-        run(*(Path(a) for a in argv[1:]))
+        run(*(Path(a) for a in argv[1:]), runtime=runtime)
     elif argv[:1] == ["table"] and "--" in argv:
         split = argv.index("--")
         table([Path(p) for p in argv[1:split]], [Path(p) for p in argv[split + 1 :]])

@@ -105,12 +105,20 @@ class Worker:
             raise WorkerError(reply.get("error", "unknown worker error"))
         return reply
 
-    def ask(self, cmd: str, **fields) -> dict:
+    def send(self, cmd: str, **fields) -> None:
+        """A request whose reply is read later (`reply`). Never two requests in flight: `_read`
+        selects on the pipe, and a reply read ahead into the buffer would not wake it."""
         try:
             self.proc.stdin.write(json.dumps({"cmd": cmd, **fields}) + "\n")
             self.proc.stdin.flush()
         except (BrokenPipeError, OSError):
             pass  # _read reports how the worker died
+
+    def reply(self) -> dict:
+        return self._read()
+
+    def ask(self, cmd: str, **fields) -> dict:
+        self.send(cmd, **fields)
         return self._read()
 
     def close(self) -> None:
@@ -159,6 +167,17 @@ def _median_settled(job: Job, target: float) -> bool:
 # A job stops early only when this confident (paired-round bootstrap) that it is slower: the test
 # is repeated at every check, and a tighter level keeps a tie from being stopped by chance.
 STOP_CONFIDENCE = 0.99
+# A candidate may stop from this many paired rounds on, before min_time when it is clearly slower
+# (a model 2x slower than the pick is decided in a few rounds; timing it on to min_time only adds
+# its rounds to every cycle). Few rounds make a coarse bootstrap: at 8, a tie looks slower at the
+# 99% level only when about every round of it was slower. Checked again each time the rounds have
+# grown by STOP_GROWTH (each check bootstraps every round so far).
+STOP_MIN_ROUNDS = 8
+STOP_GROWTH = 1.25
+# ... and only when slower by more than this factor: a job's place in the cycle alone can make it
+# measurably slower (two copies of one model timed side by side: 1.01x, 99% CI 1.01-1.02), and a
+# race that close must go on to the end, not be decided by the order of the jobs.
+STOP_MARGIN = 1.03
 
 
 def over_budget(jobs: list[Job], candidates: set[str], min_time: float) -> None:
@@ -179,9 +198,9 @@ def over_budget(jobs: list[Job], candidates: set[str], min_time: float) -> None:
 
 
 def stop_early(jobs: list[Job], candidates: set[str]) -> None:
-    """Stop each candidate that cannot be the recommendation any more: measurably slower than
-    the baseline (jobs[0]), or than the fastest candidate that is measurably faster than the
-    baseline (the recommendation takes the fastest of those). The ratios are over paired rounds
+    """Stop each candidate that cannot be the recommendation any more: measurably slower (by
+    more than STOP_MARGIN) than the baseline (jobs[0]), or than the fastest candidate that is
+    measurably faster than the baseline (the recommendation takes the fastest of those). The ratios are over paired rounds
     (rounds of one cycle share the machine's drift); the rounds kept give the reported numbers."""
     base = jobs[0]
     live = [
@@ -198,11 +217,11 @@ def stop_early(jobs: list[Job], candidates: set[str]) -> None:
     best = min(faster, key=lambda j: ratios[j.name]["ratio"], default=None)
     for job in live:
         ratio = ratios[job.name]
-        if ratio["ci95"][0] > 1:
+        if ratio["ci95"][0] > STOP_MARGIN:
             job.stopped = f"stopped early: {_slower(ratio, base.name)}"
         elif best is not None and job is not best:
             against = stats.paired_ratio(best.rounds, job.rounds, level=STOP_CONFIDENCE)
-            if against["ci95"][0] > 1:
+            if against["ci95"][0] > STOP_MARGIN:
                 job.stopped = (
                     f"stopped early: {_slower(against, best.name)}, which is measurably faster "
                     f"than {base.name} and within budget"
@@ -238,21 +257,30 @@ def run(
     here); the models and feeds must already be there.
 
     `candidates` (optimize: the variants within the drift budget) lets jobs that cannot be the
-    recommendation stop before the others, after `min_time`: the others are then timed alone, to
-    the same stop rule as without it. See stop_early; the first job, the baseline, never stops
-    early. None (edgekit bench): every job is timed alike."""
+    recommendation stop before the others: those over budget after `min_time`, the measurably
+    slower candidates (stop_early) from STOP_MIN_ROUNDS paired rounds on, even before `min_time`.
+    The others are then timed alone, to the same stop rule as without it; the first job, the
+    baseline, never stops early. None (edgekit bench): every job is timed alike."""
     place = place or Local()
     say = progress or (lambda _msg: None)
     round_s = min(0.1, max(min_time / 10, 0.01))
     workers: dict[str, Worker] = {}
     log: list[str] = []
     try:
-        if place.target is None:  # here, the processes start (import onnxruntime) side by side
+        if place.target is None:  # here, the processes start and import their runtime (OpenVINO:
+            # seconds each) side by side ...
             for job in jobs:
                 workers[job.name] = Worker(place.worker_command(), wait=False)
-            for job in jobs:  # ... and all have started before the first one is timed
+            for job in jobs:  # one request in flight per worker: its reply is read after select
                 try:
                     workers[job.name].ready()
+                    workers[job.name].send("import", model=place.path(job.model))
+                except WorkerError as exc:
+                    job.error = f"could not load and run the model: {exc}"
+            for job in jobs:  # ... and all have started before the first one is timed
+                try:
+                    if job.error is None:
+                        workers[job.name].reply()
                 except WorkerError as exc:
                     job.error = f"could not load and run the model: {exc}"
         for job in jobs:  # cold start of each job while the others sit idle
@@ -279,6 +307,7 @@ def run(
 
         start = time.perf_counter()
         next_check = min_time
+        next_stop_check = STOP_MIN_ROUNDS
         while True:
             live = [j for j in jobs if j.error is None and j.stopped is None]
             if not live:
@@ -296,6 +325,9 @@ def run(
                 log.append(job.name)
             if candidates is not None:
                 over_budget(jobs, candidates, min_time)
+                if len(jobs[0].rounds) >= next_stop_check:
+                    stop_early(jobs, candidates)
+                    next_stop_check = len(jobs[0].rounds) * STOP_GROWTH
             live = [j for j in jobs if j.error is None and j.stopped is None]
             if not live:
                 break
@@ -306,8 +338,6 @@ def run(
             if spent >= next_check:
                 if all(_median_settled(j, target_ci) for j in live):
                     break
-                if candidates is not None:
-                    stop_early(jobs, candidates)
                 next_check = spent * CHECK_GROWTH
             if time.perf_counter() - start > 2 * max_time * len(jobs) + 30:
                 break  # a safety net against a stuck clock, never the normal way out

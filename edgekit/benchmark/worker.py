@@ -8,6 +8,8 @@ Raspberry Pi) and run there as `python3 worker.py`. The runtime is picked by the
 Protocol: one JSON object per line. The worker first writes {"ok": true, "ready": true, ...}; then it
 answers every request line on stdin with exactly one line on stdout:
 
+  {"cmd": "import", "model": PATH, "runtime": null} -> runtime: its runtime imported, nothing loaded
+      (so that workers started side by side import their runtimes side by side too)
   {"cmd": "load", "model": PATH, "feeds": NPZ, "threads": 2, "runtime": null, "spinning": true,
    "stop_spinning": true, "arena": true, "opt_level": "ORT_ENABLE_ALL", "warmup_max_s": 2.0}
       -> baseline_rss_bytes, session_create_ms, first_run_ms, warmup_runs, warmup_settled,
@@ -95,6 +97,13 @@ class Worker:
         start = time.perf_counter_ns()
         session.run(feeds)
         return time.perf_counter_ns() - start
+
+    def cmd_import(self, req):
+        runtime = runtimes.runtime_for(req["model"], req.get("runtime"))
+        ok, why = runtimes.module(runtime).available()
+        if not ok:
+            raise RuntimeError(why)
+        return {"runtime": runtime}
 
     def cmd_load(self, req):
         self.request = req

@@ -175,7 +175,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=seconds,
         default=2.0,
         metavar="S",
-        help="seconds of timed runs per variant, at least (default 2)",
+        help="seconds of timed runs per variant, at least (default 2); a variant measurably slower "
+        "than another within the drift budget stops sooner",
     )
     bench.add_argument(
         "--max-time",
