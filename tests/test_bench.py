@@ -375,10 +375,12 @@ def test_without_candidates_nothing_stops_early(tmp_path):
 
 def test_a_clearly_slower_candidate_stops_before_min_time_and_a_tie_keeps_timing(tmp_path):
     models = {
-        "base": matmul_chain(tmp_path / "base.onnx", 16),
-        "fast": matmul_chain(tmp_path / "fast.onnx", 1),
-        "twin": matmul_chain(tmp_path / "twin.onnx", 1),  # a tie with fast: a close race
-        "slow": matmul_chain(tmp_path / "slow.onnx", 8),  # faster than base, 8x slower than fast
+        "base": matmul_chain(tmp_path / "base.onnx", 32),
+        # a tie with fast: a close race (4 MatMuls, not 1: a run of a few microseconds more or
+        # less by its place in the cycle is a larger share of a shorter run)
+        "fast": matmul_chain(tmp_path / "fast.onnx", 4),
+        "twin": matmul_chain(tmp_path / "twin.onnx", 4),
+        "slow": matmul_chain(tmp_path / "slow.onnx", 16),  # faster than base, 4x slower than fast
     }
     x = {"x": np.random.default_rng(0).normal(size=(16, 256)).astype(np.float32)}
     # min_time = max_time: only a stop before min_time can cut a candidate's rounds
