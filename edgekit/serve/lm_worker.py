@@ -18,8 +18,9 @@ Out on the protocol pipe (fd 1 as started; the worker's own stdout goes to stder
   {"id": N, "done": "stop" | "length", "tokens": [ids], "prompt": [ids]}  or  {"id": N, "error": ...}
 Generations that are running go side by side: one token step of each in turn (at most
 MAX_ACTIVE, each with its own KV cache), so a short answer does not wait for a long one. What a
-pass of that loop has to say goes out in one write at its end: the server wakes once a pass, not
-once a message, and never while a prefill computes. The worker ends when stdin closes.
+pass of that loop has to say goes out in one write at its end (tokens after an answer's first
+at least every COALESCE_S: see Answers), never while a prefill computes. The worker ends when
+stdin closes.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from pathlib import Path
 from edgekit.lm.folder import chat_template
 
 MAX_ACTIVE = 4  # generations side by side; each holds a KV cache of its prompt + max_tokens
+COALESCE_S = 0.005  # tokens after an answer's first go out at least this often
 GENAI_CONFIG = "genai_config.json"
 
 
@@ -150,7 +152,7 @@ class Generation:
             return self.finish("stop", say)
         self.tokens.append(token)
         text, stopped = self.stop.feed(self.stream.decode(token))
-        say({"id": self.id, "token": text})
+        say({"id": self.id, "token": text}, urgent=len(self.tokens) == 1)  # the first: TTFT
         if stopped:
             return self.finish("stop", say)
         if len(self.tokens) >= self.max_tokens or gen.is_done():
@@ -189,6 +191,28 @@ def accept(model: Model, command: dict) -> Generation:
     return Generation(model, command, prompt, asked or room)
 
 
+class Answers:
+    """The protocol pipe. What a pass of the loop says goes out at its end, in one write, but for
+    tokens after an answer's first: those wait up to COALESCE_S. A model faster than that then
+    wakes the server once for several tokens, not once a token (on a small device each wake-up of
+    the server and its client takes the cores from the next token); a slower one waits for nothing.
+    """
+
+    def __init__(self, fd: int):
+        self.file, self.urgent, self.sent_at = os.fdopen(fd, "w"), False, 0.0
+
+    def say(self, message: dict, urgent: bool = True) -> None:
+        self.file.write(json.dumps(message) + "\n")
+        self.urgent |= urgent
+
+    def flush(self, idle: bool) -> None:
+        """At the end of a pass; `idle`: nothing runs, the loop is about to wait."""
+        now = time.perf_counter()
+        if self.urgent or idle or now - self.sent_at >= COALESCE_S:
+            self.file.flush()
+            self.urgent, self.sent_at = False, now
+
+
 class Commands:
     """Lines from stdin, read without blocking the token steps."""
 
@@ -210,11 +234,9 @@ class Commands:
 
 def main(argv: list[str]) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C goes to the server; stdin's end stops us
-    out = os.fdopen(os.dup(1), "w")  # flushed once a pass of the loop below
+    out = Answers(os.dup(1))
     os.dup2(2, 1)  # anything the libraries print goes to stderr, never into the protocol
-
-    def say(message: dict) -> None:
-        out.write(json.dumps(message) + "\n")
+    say = out.say
 
     try:
         import onnxruntime_genai  # noqa: F401
@@ -228,13 +250,13 @@ def main(argv: list[str]) -> int:
         return 1
     say({"ready": {"context_length": model.context_length, "vocab_size": model.vocab_size,
                    "kv_bytes_per_token": model.kv_bytes_per_token}})  # fmt: skip
-    out.flush()
+    out.flush(idle=True)
     commands = Commands(sys.stdin.fileno())
     waiting: deque[Generation] = deque()
     running: list[Generation] = []
     cancelled: set[int] = set()
     while not (commands.closed and not running and not waiting):
-        out.flush()
+        out.flush(idle=not (running or waiting))
         for command in commands.read(wait=not (running or waiting) and not commands.closed):
             if command["op"] == "cancel":
                 cancelled.add(command["id"])

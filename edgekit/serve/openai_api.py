@@ -311,24 +311,37 @@ def openai_routes(
                 event["usage"] = None
             return f"data: {json.dumps(event)}\n\n"
 
+        def events(event: str, value) -> tuple[str, bool]:
+            """(the server-sent events for one of the job's events, whether the answer ended)"""
+            if event == "text":
+                return chunk({"content": value}, value, None), False
+            if event == "error":
+                error = {"message": value, "type": "server_error", "param": None, "code": None}
+                return f"data: {json.dumps({'error': error})}\n\n", True
+            text = chunk({}, "", value)
+            if ask.include_usage:
+                last = envelope(ident, kind, [])
+                last["usage"] = usage(job, ask)
+                text += f"data: {json.dumps(last)}\n\n"
+            return text, True
+
         try:
             if chat:
                 yield chunk({"role": "assistant", "content": ""}, None, None)
-            while True:
-                event, value = await job.events.get()
-                if event == "text":
-                    yield chunk({"content": value}, value, None)
-                elif event == "error":
-                    error = {"message": value, "type": "server_error", "param": None, "code": None}
-                    yield f"data: {json.dumps({'error': error})}\n\n"
-                    break
-                else:
-                    yield chunk({}, "", value)
-                    if ask.include_usage:
-                        last = envelope(ident, kind, [])
-                        last["usage"] = usage(job, ask)
-                        yield f"data: {json.dumps(last)}\n\n"
-                    break
+            ended = False
+            while not ended:
+                # every event that has come goes out in one write: one chunk per token still,
+                # but the client is woken once for the lot
+                pending = [await job.events.get()]
+                while not job.events.empty():
+                    pending.append(job.events.get_nowait())
+                parts = []
+                for event, value in pending:
+                    text, ended = events(event, value)
+                    parts.append(text)
+                    if ended:
+                        break
+                yield "".join(parts)
             yield "data: [DONE]\n\n"
         finally:  # also when the client went away (Starlette cancels this generator)
             engine.cancel(job)
