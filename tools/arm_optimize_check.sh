@@ -79,48 +79,73 @@ cat >"$WORK/py/sitecustomize.py" <<EOF
 import sys
 sys.executable = "$WORK/bin/python3"  # worker processes start through QEMU
 EOF
+# The emulated interpreter's versions: NAME prints module NAME's __version__ (`_` shown as `-`),
+# importable:NAME only whether it can be imported.
+cat >"$WORK/versions.py" <<'EOF'
+import importlib, importlib.util, platform, sys
 
-if [ "$LM_ONLY" != --lm-only ]; then
-say "running edgekit optimize on aarch64 under $QEMU (python3.11 from Debian bookworm arm64)"
-unshare -m --propagation private env WORK="$WORK" PYTHONPATH="$WORK/py:$REPO:$SITE" \
-    HOME="$WORK" PYTHONDONTWRITEBYTECODE=1 sh -ec '
-  mount --bind "$WORK/cpuinfo" /proc/cpuinfo
-  mount -t tmpfs tmpfs /sys/devices/system/cpu
-  for f in possible present online; do echo 0-1 >/sys/devices/system/cpu/$f; done
-  cd "$WORK"
-  "$WORK/bin/python3" -c "import platform, sys, torch, onnxruntime, onnx, onnxsim
-print(\"-- the emulated interpreter:\", platform.machine(), \"python\", sys.version.split()[0],
-      \"torch\", torch.__version__, \"onnxruntime\", onnxruntime.__version__, \"onnx\", onnx.__version__,
-      \"onnxsim\", onnxsim.__version__)"
-  echo "-- edgekit optimize models/digits_cnn.pt --arch models/digits_cnn.py:DigitsCNN --data models/digits_test.npz --prune structured:0.5 --min-time 0.2 --max-time 0.5"
-  start=$(date +%s)
-  rc=0
-  "$WORK/bin/python3" -m edgekit.cli optimize models/digits_cnn.pt \
-      --arch models/digits_cnn.py:DigitsCNN --data models/digits_test.npz \
-      --prune structured:0.5 --min-time 0.2 --max-time 0.5 >"$WORK/optimize.log" 2>&1 || rc=$?
-  grep -v "^[[:space:]]*$" "$WORK/optimize.log" || true
-  echo "-- edgekit optimize exited with $rc after $(( $(date +%s) - start )) s under emulation"
-'
+words = ["-- the emulated interpreter:", platform.machine(), "python", sys.version.split()[0]]
+for name in sys.argv[1:]:
+    if name.startswith("importable:"):
+        name = name.removeprefix("importable:")
+        words += [name, "importable:", str(importlib.util.find_spec(name) is not None)]
+    else:
+        words += [name.replace("_", "-"), importlib.import_module(name).__version__]
+print(*words)
+EOF
 
-REPORT=$WORK/models/digits_cnn.edgekit/report.json
-[ -f "$REPORT" ] || { echo "no report was written" >&2; exit 1; }
-say "the report's device section, the CPU the int8 variants were made for, and the int8 settings"
-"$PYTHON" - "$REPORT" <<'EOF'
+# Run `edgekit ARGS...` through QEMU in a private mount namespace where /proc/cpuinfo and
+# /sys/devices/system/cpu describe the board (2 CPUs), with SITE's packages on the path. Prints the
+# emulated interpreter's versions of MODULES (see versions.py above), the command, its output (kept
+# in $WORK/<command>.log) and its exit status: a failing edgekit does not stop the script.
+emulated() {  # SITE MODULES... -- ARGS...
+  local site=$1 modules=()
+  shift
+  while [ "$1" != -- ]; do modules+=("$1"); shift; done
+  shift
+  unshare -m --propagation private env WORK="$WORK" PYTHONPATH="$WORK/py:$REPO:$site" \
+      HOME="$WORK" PYTHONDONTWRITEBYTECODE=1 MODULES="${modules[*]}" sh -ec '
+    mount --bind "$WORK/cpuinfo" /proc/cpuinfo
+    mount -t tmpfs tmpfs /sys/devices/system/cpu
+    for f in possible present online; do echo 0-1 >/sys/devices/system/cpu/$f; done
+    cd "$WORK"
+    "$WORK/bin/python3" "$WORK/versions.py" $MODULES
+    echo "-- edgekit $*"
+    start=$(date +%s)
+    rc=0
+    "$WORK/bin/python3" -m edgekit.cli "$@" >"$WORK/$1.log" 2>&1 || rc=$?
+    grep -v "^[[:space:]]*$" "$WORK/$1.log" || true
+    echo "-- edgekit $1 exited with $rc after $(( $(date +%s) - start )) s under emulation"
+  ' sh "$@"
+}
+
+# Print a report.json's device KEYS and its variants: for edgekit optimize's report (the one with
+# `made_for`) also the CPU the int8 variants were made for, their passes' settings, notes and
+# warnings; for an LM folder's bench report each variant's tokens/s, TTFT, peak RSS and size.
+print_report() {  # FILE KEYS...
+  [ -f "$1" ] || { echo "no report was written: $1" >&2; exit 1; }
+  "$PYTHON" - "$@" <<'EOF'
 import json, sys
 
 report = json.load(open(sys.argv[1]))
-d = report["device"]
+model = "made_for" in report  # edgekit optimize's report, not an LM folder's bench report
 print("device:")
-for key in ("cpu", "arch", "board", "cpu_cores", "cores", "features", "governor", "temperature_c",
-            "throttled", "clocks", "onnxruntime", "python", "os"):
-    print(f"  {key}: {json.dumps(d.get(key))}")
-print("made_for:", json.dumps(report.get("made_for")))
+for key in sys.argv[2:]:
+    print(f"  {key}: {json.dumps(report['device'].get(key))}")
+if model:
+    print("made_for:", json.dumps(report["made_for"]))
 print("variants:")
 for v in report["variants"]:
-    line = f"  {v['name']}: "
-    line += f"FAILED: {v['error']}" if v["error"] else f"{(v['latency_ms'] or {}).get('p50')} ms p50"
-    print(line)
-    for p in v["passes"]:
+    if v["error"]:
+        print(f"  {v['name']}: FAILED: {v['error']}")
+    elif model:
+        print(f"  {v['name']}: {(v['latency_ms'] or {}).get('p50')} ms p50")
+    else:
+        speeds = ", ".join(f"{k} {s['median']:.1f} tok/s" for k, s in v["tokens_per_s"].items())
+        rss = v["memory"]["peak_rss_bytes"]
+        print(f"  {v['name']}: {speeds}, TTFT {v['ttft_ms']['median']:.1f} ms, peak RSS "
+              f"{rss / 1e6:.1f} MB, size {v['size_bytes'] / 1e6:.2f} MB, threads {v['threads']}")
+    for p in v["passes"] if model else ():
         s = p["settings"]
         if p["name"].startswith("quantize"):
             keep = ("method", "format", "activation_type", "weight_type", "reduce_range",
@@ -128,18 +153,29 @@ for v in report["variants"]:
             print(f"    {p['name']}: " + json.dumps({k: s[k] for k in keep if k in s}))
         elif p["name"] in ("simplify", "prune-structured"):
             print(f"    {p['name']}: {json.dumps(s)}")
-print("notes:")
-for n in report["notes"]:
-    if n.startswith(("int8 variants made for", "simplif", "onnxsim")) or "onnxsim" in n:
-        print("  " + n)
-for v in report["variants"]:
-    for n in v["notes"]:
-        if "onnxsim" in n:
-            print(f"  {v['name']}: {n}")
-print("warnings:")
-for w in report["warnings"]:
-    print("  " + w)
+if model:
+    print("notes:")
+    for n in report["notes"]:
+        if n.startswith(("int8 variants made for", "simplif", "onnxsim")) or "onnxsim" in n:
+            print("  " + n)
+    for v in report["variants"]:
+        for n in v["notes"]:
+            if "onnxsim" in n:
+                print(f"  {v['name']}: {n}")
+    print("warnings:")
+    for w in report["warnings"]:
+        print("  " + w)
 EOF
+}
+
+if [ "$LM_ONLY" != --lm-only ]; then
+say "running edgekit optimize on aarch64 under $QEMU (python3.11 from Debian bookworm arm64)"
+emulated "$SITE" torch onnxruntime onnx onnxsim -- optimize models/digits_cnn.pt \
+  --arch models/digits_cnn.py:DigitsCNN --data models/digits_test.npz --prune structured:0.5 \
+  --min-time 0.2 --max-time 0.5
+say "the report's device section, the CPU the int8 variants were made for, and the int8 settings"
+print_report "$WORK/models/digits_cnn.edgekit/report.json" cpu arch board cpu_cores cores features \
+  governor temperature_c throttled clocks onnxruntime python os
 say "edgekit optimize ran end to end on aarch64. TIMINGS UNDER EMULATION MEAN NOTHING: every latency above was measured under QEMU on an x86 host and says nothing about any ARM device."
 fi
 # 4. The tiny LM's int4 variant, made on this host by edgekit's recipe (the ONNX files are the same
@@ -170,43 +206,9 @@ build_variant(read_lm_folder(sys.argv[1]), sys.argv[2], "int4", threads=2)
 EOF
 
 say "running edgekit bench on the tiny LM's int4 folder on aarch64 under $QEMU, torch-free"
-unshare -m --propagation private env WORK="$WORK" PYTHONPATH="$WORK/py:$REPO:$LM_SITE" \
-    HOME="$WORK" PYTHONDONTWRITEBYTECODE=1 sh -ec '
-  mount --bind "$WORK/cpuinfo" /proc/cpuinfo
-  mount -t tmpfs tmpfs /sys/devices/system/cpu
-  for f in possible present online; do echo 0-1 >/sys/devices/system/cpu/$f; done
-  cd "$WORK"
-  "$WORK/bin/python3" -c "import platform, sys, importlib.util, onnxruntime, onnxruntime_genai
-print(\"-- the emulated interpreter:\", platform.machine(), \"python\", sys.version.split()[0],
-      \"onnxruntime\", onnxruntime.__version__, \"onnxruntime-genai\", onnxruntime_genai.__version__,
-      \"torch importable:\", importlib.util.find_spec(\"torch\") is not None)"
-  set -- bench tiny-lm-int4 --threads 2 --min-time 0.2 --max-time 0.5 -o lm-bench
-  echo "-- edgekit $*"
-  start=$(date +%s)
-  rc=0
-  "$WORK/bin/python3" -m edgekit.cli "$@" >"$WORK/bench.log" 2>&1 || rc=$?
-  grep -v "^[[:space:]]*$" "$WORK/bench.log" || true
-  echo "-- edgekit bench exited with $rc after $(( $(date +%s) - start )) s under emulation"
-'
-LM_REPORT=$WORK/lm-bench/report.json
-[ -f "$LM_REPORT" ] || { echo "no language-model report was written" >&2; exit 1; }
+emulated "$LM_SITE" onnxruntime onnxruntime_genai importable:torch -- \
+  bench tiny-lm-int4 --threads 2 --min-time 0.2 --max-time 0.5 -o lm-bench
 say "the language-model report's device section and rows"
-"$PYTHON" - "$LM_REPORT" <<'EOF'
-import json, sys
-
-report = json.load(open(sys.argv[1]))
-d = report["device"]
-print("device:")
-for key in ("cpu", "arch", "board", "cores", "features", "onnxruntime", "onnxruntime_genai", "python"):
-    print(f"  {key}: {json.dumps(d.get(key))}")
-print("variants:")
-for v in report["variants"]:
-    if v["error"]:
-        print(f"  {v['name']}: FAILED: {v['error']}")
-        continue
-    speeds = ", ".join(f"{k} {s['median']:.1f} tok/s" for k, s in v["tokens_per_s"].items())
-    rss = v["memory"]["peak_rss_bytes"]
-    print(f"  {v['name']}: {speeds}, TTFT {v['ttft_ms']['median']:.1f} ms, "
-          f"peak RSS {rss / 1e6:.1f} MB, size {v['size_bytes'] / 1e6:.2f} MB, threads {v['threads']}")
-EOF
+print_report "$WORK/lm-bench/report.json" cpu arch board cores features onnxruntime \
+  onnxruntime_genai python
 say "edgekit bench ran on an LM folder on aarch64, torch-free. TIMINGS UNDER EMULATION MEAN NOTHING."
