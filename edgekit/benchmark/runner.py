@@ -119,7 +119,7 @@ class Worker:
 
     def ask(self, cmd: str, **fields) -> dict:
         self.send(cmd, **fields)
-        return self._read()
+        return self.reply()
 
     def close(self) -> None:
         if self.proc.poll() is None:
@@ -200,8 +200,9 @@ def over_budget(jobs: list[Job], candidates: set[str], min_time: float) -> None:
 def stop_early(jobs: list[Job], candidates: set[str]) -> None:
     """Stop each candidate that cannot be the recommendation any more: measurably slower (by
     more than STOP_MARGIN) than the baseline (jobs[0]), or than the fastest candidate that is
-    measurably faster than the baseline (the recommendation takes the fastest of those). The ratios are over paired rounds
-    (rounds of one cycle share the machine's drift); the rounds kept give the reported numbers."""
+    measurably faster than the baseline (the recommendation takes the fastest of those). The
+    ratios are over paired rounds (rounds of one cycle share the machine's drift); the rounds
+    kept give the reported numbers."""
     base = jobs[0]
     live = [
         j

@@ -29,8 +29,6 @@ from pathlib import Path
 
 from edgekit.errors import EdgekitError
 
-LOAD_TIMEOUT_S = 300
-
 
 @dataclass
 class Job:
@@ -100,6 +98,11 @@ class LMEngine:
         )
 
     @property
+    def worker_ended(self) -> bool:
+        """The model's worker process has ended: nothing will answer a request any more."""
+        return self.proc.poll() is not None
+
+    @property
     def kv_tokens(self) -> int:
         """The tokens the KV caches of the running generations are allocated for
         (onnxruntime-genai allocates prompt + max_tokens up front)."""
@@ -113,7 +116,7 @@ class LMEngine:
             os.set_blocking(self.proc.stdout.fileno(), False)
             self.loop.add_reader(self.proc.stdout.fileno(), self._read)
         job = Job(next(self.ids))
-        if self.proc.poll() is not None:  # nothing would ever answer it
+        if self.worker_ended:
             job.ended = True
             job.put("error", self._gone())
             return job

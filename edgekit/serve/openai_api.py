@@ -349,7 +349,7 @@ def openai_routes(
     identity = {IDENTITY_HEADER: str(os.getpid())}  # which server answers (edgekit deploy)
 
     async def health(request):
-        if engine.proc.poll() is not None:  # a probe's cue to restart the server
+        if engine.worker_ended:  # a probe's cue to restart the server
             body = {"status": "error", "reason": "the model's worker process ended"}
             return JSONResponse(body, status_code=503, headers=identity)
         return JSONResponse({"status": "ok"}, headers=identity)
