@@ -80,7 +80,8 @@ def run(
                 data=folder / "sentences.npz",
                 budget=parse_budget("cosine>=0.99"),
                 out_dir=keep or Path(tmp) / "out",
-                runtimes=runtime,
+                # checkouts from before the runtime layer have no such option
+                **({"runtimes": runtime} if runtime else {}),
             ),
             step,
         )
