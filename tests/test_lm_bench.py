@@ -129,6 +129,7 @@ def test_cli_prompt_longer_than_context_exits_2_and_keeps_earlier_output(
     first = run_edgekit("bench", tiny_llama_variants["int4"], "-o", out, "--prompt-tokens", "16",
                         "--gen-tokens", "8", "--min-time", "0.2", "--max-time", "0.5")  # fmt: skip
     assert first.returncode == 0, first.stderr
+    assert "pp16 tok/s" in first.stdout and "tg8 tok/s" in first.stdout  # the lengths measured
     before = (out / "report.json").read_text()
     proc = run_edgekit(
         "bench", tiny_llama_variants["int4"], "-o", out, "--prompt-tokens", "128,4096"

@@ -36,6 +36,9 @@ def test_optimize_writes_the_lm_rows(tiny_llama_optimized):
         assert v["ttft_ms"]["median"] > 0
         assert v["memory"]["peak_rss_bytes"] > 0
         assert all(v["accuracy"][key] is not None for key in DRIFT), name
+        # every builder variant, fp32 too, computes the head for the last prompt position only
+        (export,) = [p["settings"] for p in v["passes"] if p["name"] == "export-lm"]
+        assert export == {"exporter": "builder", "prune_lm_head": "true"}, name
     fp32 = by_name["fp32"]["accuracy"]
     assert fp32["kld_mean"] == pytest.approx(0, abs=1e-6) and fp32["same_top1"] == 1.0
     # 4-bit weights are smaller than 8-bit ones, which are smaller than float ones
@@ -179,6 +182,25 @@ def test_lm_rows_render_as_the_lm_table():
     assert "| tg128 tok/s |" in markdown.report_page(report)
     tensor = Report.from_json({**lm_report(), "task": None}).to_json()
     assert "p50 ms" in cells.headers(report=tensor)  # reports without the task: as before
+
+
+def test_lm_speed_columns_are_the_lengths_measured():
+    rate = {"median": 100.0}
+    speeds = {"pp16": rate, "pp64": rate, "pp8": rate, "tg8": {"median": 50.0}, "bogus": rate}
+    report = Report.from_json(lm_report(tokens_per_s=speeds)).to_json()
+    full = [h for h in cells.headers(report=report) if "tok/s" in h]
+    assert full == ["pp64 tok/s", "pp16 tok/s", "pp8 tok/s", "tg8 tok/s"]
+    narrow = [h for h in cells.headers(terminal=True, report=report) if "tok/s" in h]
+    assert narrow == ["pp64 tok/s", "tg8 tok/s"]  # the longest prompt, every generation
+    assert "50.0" in cells.rows(report, terminal=True)[0]
+    # nothing measured (every variant failed): llama-bench's columns, each saying so
+    failed = Report.from_json(lm_report(tokens_per_s=None, error="could not load")).to_json()
+    full = [h for h in cells.headers(report=failed) if "tok/s" in h]
+    assert full == ["pp512 tok/s", "pp128 tok/s", "tg128 tok/s"]
+    # a report from a file with many lengths: a bounded table
+    many = {f"pp{n}": rate for n in range(1, 50)}
+    wide = Report.from_json(lm_report(tokens_per_s=many)).to_json()
+    assert len([h for h in cells.headers(report=wide) if "tok/s" in h]) == cells.MAX_RATE_COLUMNS
 
 
 @pytest.mark.parametrize(

@@ -5,6 +5,8 @@ which may come from other machines."""
 
 from __future__ import annotations
 
+import re
+
 COLUMNS = (
     # header, function(variant) -> text, shown in the (narrow) terminal table too
     ("variant", lambda v: v["name"], True),
@@ -20,13 +22,13 @@ COLUMNS = (
     ("task acc", lambda v: _pct((v["accuracy"] or {}).get("task_accuracy")), True),
 )
 
-# A language model's report ("task": "causal-lm"): llama-bench's speeds and llama.cpp's drift figures.
-LM_COLUMNS = (
+# A language model's report ("task": "causal-lm"): llama-bench's speeds and llama.cpp's drift
+# figures. The speed columns between them are the ones the report measured (_lm_rate_columns).
+LM_FIRST_COLUMNS = (
     ("variant", lambda v: v["name"], True),
     ("runtime", lambda v: _runtime(v.get("runtime")), False),
-    ("pp512 tok/s", lambda v: _rate(v, "pp512"), True),
-    ("pp128 tok/s", lambda v: _rate(v, "pp128"), False),
-    ("tg128 tok/s", lambda v: _rate(v, "tg128"), True),
+)
+LM_COLUMNS = (
     ("TTFT ms", lambda v: _num((v.get("ttft_ms") or {}).get("median"), ".1f"), True),
     ("peak RSS", lambda v: size((v["memory"] or {}).get("peak_rss_bytes")), True),
     ("size", lambda v: size(v["size_bytes"]), True),
@@ -108,8 +110,35 @@ def _relative(variant):
     return text
 
 
+# llama-bench's default speeds: what optimize measures, and the columns when none was measured
+LM_DEFAULT_RATES = ("pp512", "pp128", "tg128")
+# a report read from a file could name any number of speeds: the table shows this many of each kind
+MAX_RATE_COLUMNS = 4
+
+
+def _lm_rate_columns(report: dict) -> tuple:
+    """A column per speed the variants were measured at (`edgekit bench --prompt-tokens 16
+    --gen-tokens 8` measures pp16 and tg8, not llama-bench's pp512 and tg128), longest first.
+    The terminal shows the longest prompt and every generation length."""
+    keys = {k for v in report["variants"] for k in (v.get("tokens_per_s") or {})} or set(
+        LM_DEFAULT_RATES
+    )
+    columns = []
+    for kind in ("pp", "tg"):
+        lengths = sorted(
+            (int(k[2:]) for k in keys if re.fullmatch(kind + r"[1-9]\d{0,6}", k)), reverse=True
+        )
+        for i, n in enumerate(lengths[:MAX_RATE_COLUMNS]):
+            key = f"{kind}{n}"
+            narrow = kind == "tg" or i == 0
+            columns.append((f"{key} tok/s", lambda v, key=key: _rate(v, key), narrow))
+    return tuple(columns)
+
+
 def _columns(terminal: bool, report: dict | None) -> list[tuple]:
-    columns = LM_COLUMNS if is_lm(report) else COLUMNS
+    columns = (
+        (*LM_FIRST_COLUMNS, *_lm_rate_columns(report), *LM_COLUMNS) if is_lm(report) else COLUMNS
+    )
     chosen = [(h, fn) for h, fn, narrow in columns if narrow or not terminal]
     if is_lm(report) and report.get("command") == "bench":  # a bench measures no drift
         chosen = [(h, fn) for h, fn in chosen if h not in LM_DRIFT_HEADERS]
