@@ -132,7 +132,10 @@ def passes(folder, recipe: str) -> list[dict]:
     """What made the variant, for the report's `passes`."""
     r = RECIPES[recipe]
     exporter = export.exporter_for(folder)
-    made = [{"name": "export-lm", "settings": {"exporter": exporter}}]
+    export_settings = {"exporter": exporter}
+    if exporter == "builder":  # every builder variant, fp32 too, computes the head this way
+        export_settings.update((k, v) for k, v in r.builder_options.items() if k in _FLOAT)
+    made = [{"name": "export-lm", "settings": export_settings}]
     if r.bits is not None:
         settings = {"bits": r.bits, **r.builder_options}
         if exporter != "builder":
