@@ -237,6 +237,10 @@ def _slower(ratio: dict, than: str) -> str:
     )
 
 
+def _load_failed(exc: WorkerError) -> str:
+    return f"could not load and run the model: {exc}"
+
+
 def run(
     jobs: list[Job],
     feeds_npz: Path,
@@ -277,13 +281,13 @@ def run(
                     workers[job.name].ready()
                     workers[job.name].send("import", model=place.path(job.model))
                 except WorkerError as exc:
-                    job.error = f"could not load and run the model: {exc}"
+                    job.error = _load_failed(exc)
             for job in jobs:  # ... and all have started before the first one is timed
                 try:
                     if job.error is None:
                         workers[job.name].reply()
                 except WorkerError as exc:
-                    job.error = f"could not load and run the model: {exc}"
+                    job.error = _load_failed(exc)
         for job in jobs:  # cold start of each job while the others sit idle
             if job.error:
                 continue
@@ -304,7 +308,7 @@ def run(
                     warmup_max_s=max(0.5, 0.25 * max_time),
                 )
             except WorkerError as exc:
-                job.error = f"could not load and run the model: {exc}"
+                job.error = _load_failed(exc)
 
         start = time.perf_counter()
         next_check = min_time
