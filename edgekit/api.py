@@ -192,6 +192,11 @@ def _optimize(
     samples = resolve_samples(options.inputs, loaded.input_specs, options.data, GENERATED_SAMPLES)
     specs, feeds, labels = samples.specs, samples.feeds, samples.labels
     loaded.constants = samples.constants
+    state_note = None
+    if loaded.state:  # a TorchScript model that writes attributes: torch is loaded already
+        from edgekit.model.state import make_state_explicit
+
+        state_note = make_state_explicit(loaded, specs)
     options = dataclasses.replace(options, for_cpu=made_for(options))  # once, before the passes
     # bad options fail here, before any work
     passes = [p.check(options, specs, feeds) for p in pipeline.pass_classes()]
@@ -222,6 +227,8 @@ def _optimize(
             f"opset {export['opset']})"
         )
         fp32.notes += export.get("notes", [])
+        if state_note:
+            fp32.notes.append(state_note)
         with step("running the torch model for reference outputs"):
             reference = torch_outputs(loaded, feeds, specs)
         output_names = export["output_names"]

@@ -289,6 +289,71 @@ def test_stateful_torchscript_is_a_clear_exit_2_naming_the_attributes(tmp_path):
     assert "Traceback" not in result.stderr
 
 
+class TensorState(nn.Module):
+    """Streaming state that is all tensors: a context window and a recurrent state."""
+
+    def __init__(self):
+        super().__init__()
+        self.inner = nn.Linear(8, 16)
+        self.register_buffer("h", torch.zeros(1, 16))
+        self.context = torch.zeros(1, 8)
+
+    def forward(self, x: torch.Tensor):
+        h = torch.tanh(self.inner(x + self.context) + self.h)
+        self.h = h
+        self.context = x[:, -8:]
+        return h * 2
+
+
+def test_tensor_state_not_named_is_exit_2_offering_the_inputs_to_give(tmp_path):
+    torch.jit.save(torch.jit.script(TensorState().eval()), tmp_path / "state.pt")
+    result = run_edgekit("optimize", tmp_path / "state.pt", "--input", "x:1x8", *FAST)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "--input context:1x8:float32 --input h:1x16:float32" in result.stderr
+
+
+def test_tensor_state_named_in_input_is_exported_as_inputs_and_outputs(tmp_path):
+    torch.manual_seed(0)
+    scripted = torch.jit.script(TensorState().eval())
+    torch.jit.save(scripted, tmp_path / "state.pt")
+    report = optimize(
+        tmp_path / "state.pt", "--input", "x:1x8", "--input", "h:1x16", "--input", "context:1x8"
+    )
+    fp32 = next(v for v in report["variants"] if v["name"] == "fp32")
+    assert any("keeps state between calls" in n and "h_next" in n for n in fp32["notes"])
+    path = tmp_path / "out" / "fp32.onnx"
+    graph = onnx.load(str(path)).graph
+    assert [i.name for i in graph.input] == ["x", "h", "context"]
+    assert [o.name for o in graph.output] == ["output", "h_next", "context_next"]
+
+    # two calls of the stateful model against two calls of the graph, the state fed back
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path))
+    rng = np.random.default_rng(0)
+    state = {"h": np.zeros((1, 16), np.float32), "context": np.zeros((1, 8), np.float32)}
+    for _ in range(2):
+        x = rng.normal(size=(1, 8)).astype(np.float32)
+        with torch.no_grad():
+            expected = scripted(torch.from_numpy(x)).numpy()
+        y, h, context = session.run(None, {"x": x, **state})
+        np.testing.assert_allclose(y, expected, atol=1e-5)
+        np.testing.assert_allclose(h, scripted.h.numpy(), atol=1e-5)
+        np.testing.assert_allclose(context, scripted.context.numpy(), atol=1e-6)
+        state = {"h": h, "context": context}
+    # the batch stays dynamic: four streams at once
+    four = {n: np.repeat(v, 4, axis=0) for n, v in {"x": x, **state}.items()}
+    assert [o.shape for o in session.run(None, four)] == [(4, 16), (4, 16), (4, 8)]
+
+
+def test_tensor_state_of_the_wrong_shape_is_exit_2(tmp_path):
+    torch.jit.save(torch.jit.script(TensorState().eval()), tmp_path / "state.pt")
+    result = run_edgekit("optimize", tmp_path / "state.pt", "--input", "x:1x8",
+                         "--input", "h:1x32", "--input", "context:1x8", *FAST)  # fmt: skip
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "--input h:1x16:float32" in result.stderr
+
+
 def test_traced_encoder_in_eval_mode_exports_its_fused_fast_path(tmp_path):
     torch.manual_seed(0)
     ids = torch.randint(0, 50, (2, 8))

@@ -358,7 +358,9 @@ def _attempts(
         # Saved with a fixed batch (torch.export's default): re-trace its graph with a dynamic batch.
         notes.append("the .pt2 program had a fixed batch size; re-traced it with a dynamic batch")
         return [("dynamo", dynamo(_program_module(program)))]
-    shapes = (dynamic,) if model.constants else dynamic  # the bound module takes *tensors
+    # the bound module and the explicit-state one take *tensors
+    varargs = model.constants or bool(model.state)
+    shapes = (dynamic,) if varargs else dynamic
     return [("dynamo", dynamo(bound, shapes)), ("torchscript", torchscript)]
 
 

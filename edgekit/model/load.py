@@ -43,6 +43,8 @@ class LoadedModel:
     # Non-tensor forward() arguments bound with --input NAME=VALUE (edgekit.model.inputs.Constant):
     # passed to the torch model and baked into the export.
     constants: list = field(default_factory=list)
+    # TorchScript: the attributes forward() assigns (state kept between calls), dotted from the model
+    state: list[str] = field(default_factory=list)
 
 
 def load_model(
@@ -92,19 +94,9 @@ def _load_torchscript(path: Path, sha: str) -> LoadedModel:
     except Exception as exc:  # torch raises RuntimeError for anything corrupt inside
         raise _corrupt(path, "TorchScript archive", exc) from None
     module.eval()
-    written = _state_writes(module)
-    if written:
-        shown = preview([f"self.{plain(name)}" for name in written], 6)
-        raise EdgekitError(
-            f"{path} is a TorchScript model whose forward() keeps state between calls: it "
-            f"assigns {shown} (prim::SetAttr, in forward() or a method it calls), e.g. a "
-            "streaming model storing its recurrent state or sample-rate context on itself. An ONNX graph cannot hold state "
-            "between calls: an export would freeze that state at one value and compute "
-            "something else. Export a forward() that takes the state as inputs and returns the "
-            "new state as outputs (forward(x, h) -> (y, h_next); then give it as `--input "
-            "h:...`), or use the ONNX file the model's authors publish, if any."
-        )
-    return LoadedModel(path, "torchscript", sha, module, None)
+    # state its forward() writes: made explicit inputs and outputs, or refused, once the input
+    # specs are known (edgekit.model.state)
+    return LoadedModel(path, "torchscript", sha, module, None, state=_state_writes(module))
 
 
 def _state_writes(module) -> list[str]:

@@ -199,7 +199,7 @@ def _why_unprunable(loaded) -> str | None:
     import torch
 
     module = loaded.module
-    if isinstance(module, torch.nn.Module) and not isinstance(module, torch.jit.ScriptModule):
+    if isinstance(module, torch.nn.Module) and loaded.format != "torchscript":
         return None
     kind = {
         "torchscript": "a TorchScript archive",
