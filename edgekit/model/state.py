@@ -36,6 +36,7 @@ def make_state_explicit(model: LoadedModel, specs: list[InputSpec]) -> str | Non
         from torch._export.converter import TS2EPConverter
 
         program = TS2EPConverter(model.module, example).convert().run_decompositions()
+        explicit = ExplicitState(program, [s.name for s in specs], list(values))
     except Exception as exc:
         raise EdgekitError(
             f"{model.path} keeps state between calls, and torch could not convert its "
@@ -43,7 +44,7 @@ def make_state_explicit(model: LoadedModel, specs: list[InputSpec]) -> str | Non
             "forward() that takes the state and returns the new state yourself (a state "
             "written inside an if on the data is one the converter cannot take)."
         ) from None
-    model.module = ExplicitState(program, [s.name for s in specs], list(values))
+    model.module = explicit
     shown = ", ".join(f"self.{plain(n)}" for n in values)
     outputs = ", ".join(f"{plain(n)}_next" for n in values)
     return (
@@ -65,14 +66,15 @@ class ExplicitState(torch.nn.Module):
 
         self.graph = program.graph_module
         self.order, self.state = order, state
-        self.places = []  # per graph placeholder: ("user", i), ("state", name) or ("weight", attr)
+        # per graph placeholder: ("input", position in forward's *tensors) or ("weight", buffer)
+        self.places = []
         users = iter(i for i, name in enumerate(order) if name not in state)
         tables = {**program.state_dict, **program.constants}
         for i, spec in enumerate(program.graph_signature.input_specs):
             if spec.kind == InputKind.USER_INPUT:
-                self.places.append(("user", next(users)))
+                self.places.append(("input", next(users)))
             elif spec.target in state:
-                self.places.append(("state", order.index(spec.target)))
+                self.places.append(("input", order.index(spec.target)))
             else:
                 self.register_buffer(f"weight_{i}", tables[spec.target].detach(), persistent=False)
                 self.places.append(("weight", f"weight_{i}"))
