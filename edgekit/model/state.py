@@ -108,20 +108,28 @@ def _attribute(module, dotted: str):
     return value
 
 
+def _held(name: str, value: torch.Tensor) -> InputSpec:
+    """The --input spec of a state attribute as the model holds it now."""
+    return InputSpec(name, tuple(value.shape), str(value.dtype).removeprefix("torch."))
+
+
+def _flag(spec: InputSpec) -> str:
+    return f"--input {plain(spec.name)}:{spec.notation()}:{spec.dtype}"
+
+
 def _check_spec(spec: InputSpec, value: torch.Tensor) -> None:
-    dtype = str(value.dtype).removeprefix("torch.")
-    same = len(spec.shape) == value.dim() and all(
+    held = _held(spec.name, value)
+    same = len(spec.shape) == len(held.shape) and all(
         a == b
-        for i, (a, b) in enumerate(zip(spec.shape, value.shape, strict=False))
+        for i, (a, b) in enumerate(zip(spec.shape, held.shape, strict=True))
         if i != spec.batch_axis
     )
-    if not same or spec.dtype != dtype:
+    if not same or spec.dtype != held.dtype:
         raise EdgekitError(
             f"--input {plain(spec.name)} gives the state attribute self.{plain(spec.name)} as "
-            f"{spec.dtype} of shape {'x'.join(map(str, spec.shape))}, but the model holds it as "
-            f"{dtype} of shape {'x'.join(map(str, value.shape))}. Give it that shape and type "
-            f"(the batch axis may differ): --input {plain(spec.name)}:"
-            f"{'x'.join(map(str, value.shape))}:{dtype}."
+            f"{spec.dtype} of shape {spec.notation()}, but the model holds it as {held.dtype} "
+            f"of shape {held.notation()}. Give it that shape and type (the batch axis may "
+            f"differ): {_flag(held)}."
         )
 
 
@@ -135,10 +143,7 @@ def _state_error(model: LoadedModel, values: dict, explicit_possible: bool) -> E
         "compute something else. "
     )
     if explicit_possible:
-        specs = " ".join(
-            f"--input {plain(n)}:{'x'.join(map(str, v.shape))}:{str(v.dtype).removeprefix('torch.')}"
-            for n, v in values.items()
-        )
+        specs = " ".join(_flag(_held(n, v)) for n, v in values.items())
         return EdgekitError(
             text + "Every piece of it is a tensor, so edgekit can export it as inputs, with the "
             f"state after the call as outputs: name each with --input, as now held: {specs} "
